@@ -1,0 +1,226 @@
+//! Shared helpers of the end-to-end tests: busybox bundles, a private state
+//! root and config, running the `skerry` binary, and leftover checks.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Busybox applets the test bundles link.
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "true", "false", "head", "tee", "sha256sum", "kill", "ls",
+    "id", "hostname", "dd", "yes", "wc", "env", "pwd", "uname", "mount", "stty",
+];
+
+/// Why the VM tests cannot run here, if they cannot.
+pub fn vm_skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("needs root (mounts, QEMU with vhost-user back ends)".into());
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        return Some("needs busybox-static (/bin/busybox)".into());
+    }
+    let dir = image_dir();
+    for f in ["vmlinuz", "initramfs.img"] {
+        if !dir.join(f).is_file() {
+            return Some(format!(
+                "no guest image in {} (run scripts/test.sh, or set SKERRY_TEST_IMAGE_DIR)",
+                dir.display()
+            ));
+        }
+    }
+    None
+}
+
+/// Skips the calling test with a printed reason when VMs cannot run here;
+/// under `SKERRY_E2E_REQUIRED=1` (set by scripts/test.sh) that is a failure.
+#[macro_export]
+macro_rules! require_vm {
+    () => {
+        if let Some(reason) = common::vm_skip_reason() {
+            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
+                panic!("VM test cannot run: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+/// The guest image the tests use.
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("SKERRY_TEST_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/guest")
+        })
+}
+
+/// A private world for one test: state root, config, bundles.
+pub struct World {
+    /// Keeps the temp dir alive.
+    pub tmp: tempfile::TempDir,
+    /// `--root`.
+    pub root: PathBuf,
+    /// `--config`.
+    pub config: PathBuf,
+}
+
+impl World {
+    /// A new world using the test guest image.
+    pub fn new() -> Self {
+        Self::with_image(&image_dir())
+    }
+
+    /// A new world whose config points at `image`.
+    pub fn with_image(image: &Path) -> Self {
+        // Short path: socket paths must fit in 108 bytes.
+        let tmp = tempfile::Builder::new()
+            .prefix("sk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = tmp.path().join("r");
+        let config = tmp.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 60\n",
+                image.display()
+            ),
+        )
+        .unwrap();
+        Self { tmp, root, config }
+    }
+
+    /// Makes a busybox bundle named `name` running `args`.
+    pub fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
+        let dir = self.tmp.path().join(name);
+        let rootfs = dir.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+        fs::write(dir.join("config.json"), spec(args).to_string()).unwrap();
+        dir
+    }
+
+    /// A `skerry` command with this world's `--root` and `--config`.
+    pub fn skerry(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skerry"));
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--log")
+            .arg(self.tmp.path().join("skerry.log"))
+            .arg("--debug");
+        cmd
+    }
+
+    /// Runs `skerry ARGS` with stdin closed and captures its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.skerry()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Host processes whose command line mentions this world (monitor,
+    /// QEMU, virtiofsd, vsock back end).
+    pub fn processes(&self) -> Vec<String> {
+        let needle = self.tmp.path().to_string_lossy().to_string();
+        let me = std::process::id().to_string();
+        let mut found = vec![];
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
+                continue;
+            }
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                found.push(format!("{name}: {cmdline}"));
+            }
+        }
+        found
+    }
+
+    /// Mounts under this world.
+    pub fn mounts(&self) -> Vec<String> {
+        let needle = self.tmp.path().to_string_lossy().to_string();
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Asserts that container `id` left nothing behind: no process, no
+    /// mount, no state directory (and so no socket).
+    pub fn assert_clean(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.processes().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(self.processes(), Vec::<String>::new(), "processes left behind");
+        assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left behind");
+        assert!(!self.root.join(id).exists(), "state dir of {id} left behind");
+    }
+
+    /// The skerry log, for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.tmp.path().join("skerry.log")).unwrap_or_default()
+    }
+}
+
+/// A minimal OCI spec (the shape `runc spec` writes) running `args`.
+pub fn spec(args: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "skerry-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+        }
+    })
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}

@@ -1,0 +1,280 @@
+//! Host side of the agent API: a ttrpc client over a guest vsock stream.
+//!
+//! The guest is untrusted: every reply is checked (protocol version, reply
+//! sizes, exit status range) before the runtime acts on it.
+
+use std::time::Duration;
+
+use skerry_protocol as proto;
+use tokio::net::UnixStream;
+use ttrpc::context::{self, Context};
+
+/// Timeout of calls that should answer promptly.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed agent call.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent answered with an error status (its message carries context).
+    #[error("agent {call}: {message}")]
+    Status {
+        /// The RPC.
+        call: &'static str,
+        /// ttrpc status code.
+        code: ttrpc::Code,
+        /// The agent's message.
+        message: String,
+    },
+    /// The connection failed.
+    #[error("agent {call}: connection failed")]
+    Transport {
+        /// The RPC.
+        call: &'static str,
+        /// The cause.
+        #[source]
+        source: ttrpc::Error,
+    },
+    /// The agent answered something it must not.
+    #[error("agent {call}: invalid reply: {message}")]
+    InvalidReply {
+        /// The RPC.
+        call: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl AgentError {
+    /// The status code the agent sent, if it sent one.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            AgentError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn map_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> AgentError {
+    move |e| match e {
+        ttrpc::Error::RpcStatus(status) => AgentError::Status {
+            call,
+            code: status.code(),
+            message: status.message,
+        },
+        source => AgentError::Transport { call, source },
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Shell-style status: the exit code, or 128 + signal.
+    pub status: i32,
+    /// Terminating signal, 0 if the process exited.
+    pub signal: u32,
+}
+
+/// A connected agent.
+#[derive(Clone)]
+pub struct AgentConn {
+    client: proto::AgentClient,
+}
+
+impl std::fmt::Debug for AgentConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentConn")
+    }
+}
+
+fn timed() -> Context {
+    context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+fn untimed() -> Context {
+    context::with_timeout(0)
+}
+
+impl AgentConn {
+    /// Wraps a connected stream.
+    pub fn new(stream: UnixStream) -> Self {
+        let socket = ttrpc::asynchronous::transport::Socket::new(stream);
+        let client = ttrpc::asynchronous::Client::new(socket);
+        Self {
+            client: proto::AgentClient::new(client),
+        }
+    }
+
+    /// Version handshake; returns the guest kernel release.
+    pub async fn check(&self) -> Result<proto::CheckResponse, AgentError> {
+        let req = proto::CheckRequest {
+            protocol_version: proto::PROTOCOL_VERSION,
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .check(timed(), &req)
+            .await
+            .map_err(map_err("Check"))?;
+        if resp.protocol_version != proto::PROTOCOL_VERSION {
+            return Err(AgentError::InvalidReply {
+                call: "Check",
+                message: format!(
+                    "agent speaks protocol {}, runtime speaks {}",
+                    resp.protocol_version,
+                    proto::PROTOCOL_VERSION
+                ),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Prepares the guest for containers.
+    pub async fn create_sandbox(&self, sandbox_id: &str, hostname: &str) -> Result<(), AgentError> {
+        let req = proto::CreateSandboxRequest {
+            sandbox_id: sandbox_id.into(),
+            hostname: hostname.into(),
+            shared_fs_tag: proto::SHARED_FS_TAG.into(),
+            ..Default::default()
+        };
+        self.client
+            .create_sandbox(timed(), &req)
+            .await
+            .map_err(map_err("CreateSandbox"))?;
+        Ok(())
+    }
+
+    /// Powers the guest off.
+    pub async fn destroy_sandbox(&self) -> Result<(), AgentError> {
+        self.client
+            .destroy_sandbox(timed(), &proto::DestroySandboxRequest::default())
+            .await
+            .map_err(map_err("DestroySandbox"))?;
+        Ok(())
+    }
+
+    /// Creates a container whose process waits for `start_container`.
+    pub async fn create_container(&self, id: &str, spec_json: &[u8]) -> Result<u32, AgentError> {
+        let req = proto::CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: spec_json.to_vec(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .create_container(timed(), &req)
+            .await
+            .map_err(map_err("CreateContainer"))?;
+        Ok(resp.pid)
+    }
+
+    /// Lets the container process exec the user's program.
+    pub async fn start_container(&self, id: &str) -> Result<(), AgentError> {
+        let req = proto::StartContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client
+            .start_container(timed(), &req)
+            .await
+            .map_err(map_err("StartContainer"))?;
+        Ok(())
+    }
+
+    /// Sends `signal` to the container's process (or all its processes).
+    pub async fn signal(&self, id: &str, signal: u32, all: bool) -> Result<(), AgentError> {
+        let req = proto::SignalProcessRequest {
+            container_id: id.into(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.client
+            .signal_process(timed(), &req)
+            .await
+            .map_err(map_err("SignalProcess"))?;
+        Ok(())
+    }
+
+    /// Waits, without a time limit, for the container's process to exit.
+    pub async fn wait(&self, id: &str) -> Result<ExitStatus, AgentError> {
+        let req = proto::WaitProcessRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .wait_process(untimed(), &req)
+            .await
+            .map_err(map_err("WaitProcess"))?;
+        let valid = (0..=255).contains(&resp.status)
+            && resp.signal < 65
+            && (resp.signal == 0 || resp.status == 128 + resp.signal as i32);
+        if !valid {
+            return Err(AgentError::InvalidReply {
+                call: "WaitProcess",
+                message: format!("status {} with signal {}", resp.status, resp.signal),
+            });
+        }
+        Ok(ExitStatus {
+            status: resp.status,
+            signal: resp.signal,
+        })
+    }
+
+    /// Writes to the process's stdin; returns how much was taken.
+    pub async fn write_stdin(&self, id: &str, data: &[u8]) -> Result<usize, AgentError> {
+        let req = proto::WriteStreamRequest {
+            container_id: id.into(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .write_stdin(untimed(), &req)
+            .await
+            .map_err(map_err("WriteStdin"))?;
+        let len = resp.len as usize;
+        if len > data.len() {
+            return Err(AgentError::InvalidReply {
+                call: "WriteStdin",
+                message: format!("took {len} of {} bytes", data.len()),
+            });
+        }
+        Ok(len)
+    }
+
+    /// Closes the process's stdin.
+    pub async fn close_stdin(&self, id: &str) -> Result<(), AgentError> {
+        let req = proto::CloseStdinRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client
+            .close_stdin(timed(), &req)
+            .await
+            .map_err(map_err("CloseStdin"))?;
+        Ok(())
+    }
+
+    /// Reads the next chunk of stdout (`stderr == false`) or stderr; empty at EOF.
+    pub async fn read_output(&self, id: &str, stderr: bool) -> Result<Vec<u8>, AgentError> {
+        let req = proto::ReadStreamRequest {
+            container_id: id.into(),
+            len: proto::MAX_READ_LEN,
+            ..Default::default()
+        };
+        let (call, resp) = if stderr {
+            ("ReadStderr", self.client.read_stderr(untimed(), &req).await)
+        } else {
+            ("ReadStdout", self.client.read_stdout(untimed(), &req).await)
+        };
+        let data = resp.map_err(map_err(call))?.data;
+        if data.len() > proto::MAX_READ_LEN as usize {
+            return Err(AgentError::InvalidReply {
+                call,
+                message: format!("{} bytes for a {} byte read", data.len(), req.len),
+            });
+        }
+        Ok(data)
+    }
+}

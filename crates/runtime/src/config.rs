@@ -1,0 +1,250 @@
+//! The runtime configuration file (`/etc/skerry/config.toml`).
+//!
+//! Every key is optional; its default is documented on the field and written
+//! out by `Config::default()`. Unknown keys are rejected so that a typo does
+//! not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/skerry/config.toml";
+
+/// Failure to read or parse the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, naming the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config file {path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which hypervisor runs sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HypervisorKind {
+    /// Pick the best available (see `skerry check`).
+    #[default]
+    Auto,
+    /// QEMU (`-M microvm`), with KVM where guest kernels run natively, TCG otherwise.
+    Qemu,
+}
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accel {
+    /// KVM when `skerry check` finds KVM that runs guest kernels natively, else TCG.
+    #[default]
+    Auto,
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulator (slow, works everywhere).
+    Tcg,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[hypervisor]`: what runs the sandbox VM.
+    pub hypervisor: HypervisorConfig,
+    /// `[guest]`: the guest kernel and initramfs.
+    pub guest: GuestConfig,
+}
+
+/// `[hypervisor]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HypervisorConfig {
+    /// `kind`: "auto" (default) or "qemu".
+    pub kind: HypervisorKind,
+    /// `accel`: "auto" (default), "kvm" or "tcg".
+    pub accel: Accel,
+    /// `qemu_path`: QEMU binary; default "qemu-system-x86_64" looked up in PATH.
+    pub qemu_path: PathBuf,
+    /// `virtiofsd_path`: virtiofsd binary; default "virtiofsd" looked up in PATH
+    /// and then in ~/.cargo/bin.
+    pub virtiofsd_path: PathBuf,
+    /// `vsock_backend_path`: vhost-user vsock device binary; default
+    /// "vhost-device-vsock", looked up like virtiofsd.
+    pub vsock_backend_path: PathBuf,
+    /// `vcpus`: virtual CPUs per sandbox VM; default 1.
+    pub vcpus: u32,
+    /// `memory_mib`: memory per sandbox VM in MiB; default 512.
+    pub memory_mib: u32,
+    /// `boot_timeout_secs`: how long to wait for the agent to answer; default 30.
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        Self {
+            kind: HypervisorKind::Auto,
+            accel: Accel::Auto,
+            qemu_path: PathBuf::from("qemu-system-x86_64"),
+            virtiofsd_path: PathBuf::from("virtiofsd"),
+            vsock_backend_path: PathBuf::from("vhost-device-vsock"),
+            vcpus: 1,
+            memory_mib: 512,
+            boot_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[guest]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestConfig {
+    /// `image_dir`: directory holding `vmlinuz` and `initramfs.img` as written by
+    /// `skerry image build`; default "/var/lib/skerry/guest".
+    pub image_dir: PathBuf,
+    /// `kernel_params`: extra guest kernel command-line parameters; default "".
+    pub kernel_params: String,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        Self {
+            image_dir: PathBuf::from("/var/lib/skerry/guest"),
+            kernel_params: String::new(),
+        }
+    }
+}
+
+impl GuestConfig {
+    /// Path of the guest kernel image.
+    pub fn kernel(&self) -> PathBuf {
+        self.image_dir.join("vmlinuz")
+    }
+
+    /// Path of the guest initramfs.
+    pub fn initrd(&self) -> PathBuf {
+        self.image_dir.join("initramfs.img")
+    }
+}
+
+impl Config {
+    /// Loads `path`; a missing file at the default path means all defaults,
+    /// while a missing file the user named explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message: message.to_string(),
+        };
+        let hv = &self.hypervisor;
+        if !(1..=64).contains(&hv.vcpus) {
+            return Err(invalid("hypervisor.vcpus", "must be between 1 and 64"));
+        }
+        if !(64..=1024 * 1024).contains(&hv.memory_mib) {
+            return Err(invalid(
+                "hypervisor.memory_mib",
+                "must be between 64 and 1048576",
+            ));
+        }
+        if hv.boot_timeout_secs == 0 {
+            return Err(invalid("hypervisor.boot_timeout_secs", "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.guest.kernel(), Path::new("/var/lib/skerry/guest/vmlinuz"));
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = Config::parse(
+            "[hypervisor]\naccel = \"tcg\"\nmemory_mib = 256\n[guest]\nimage_dir = \"/x\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.hypervisor.accel, Accel::Tcg);
+        assert_eq!(c.hypervisor.memory_mib, 256);
+        assert_eq!(c.guest.initrd(), Path::new("/x/initramfs.img"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[hypervisor]\nmemory = 1\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_field() {
+        let err = Config::parse("[hypervisor]\nvcpus = 0\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("hypervisor.vcpus"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_missing_explicit_file_is_error() {
+        let p = Path::new("/nonexistent/skerry.toml");
+        assert_eq!(Config::load(p, false).unwrap(), Config::default());
+        assert!(matches!(
+            Config::load(p, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

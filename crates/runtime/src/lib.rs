@@ -1,0 +1,16 @@
+//! skerry host runtime: configuration, sandbox and container lifecycle,
+//! hypervisor backends, guest image and host checks.
+#![forbid(unsafe_code)]
+
+pub mod agent_client;
+pub mod bundle;
+pub mod check;
+pub mod config;
+pub mod control;
+pub mod hypervisor;
+pub mod image;
+pub mod lifecycle;
+pub mod monitor;
+pub mod mounts;
+pub mod sandbox;
+pub mod state;

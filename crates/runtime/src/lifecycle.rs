@@ -1,0 +1,197 @@
+//! Container operations the CLI performs between monitor lifetimes:
+//! `state`, `start`, `kill`, `delete`.
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde::Serialize;
+
+use crate::{
+    control::{self, ControlError, ControlRequest},
+    mounts::{HostMounts, SysMounts},
+    sandbox::SandboxPaths,
+    state::{ProcessId, StateError, StateStore, Status},
+};
+
+/// OCI runtime spec version this runtime reports.
+pub const OCI_VERSION: &str = "1.0.2";
+
+/// How long `delete` waits for a monitor to finish its own teardown.
+const MONITOR_EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Failure of a lifecycle operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// State store failure (unknown id, corrupt state, ...).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The operation does not fit the container's status.
+    #[error("container {id:?} is {status}: {message}")]
+    WrongStatus {
+        /// Container.
+        id: String,
+        /// Its status.
+        status: Status,
+        /// What was refused.
+        message: &'static str,
+    },
+    /// The monitor could not be reached or refused.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Host cleanup failed.
+    #[error("cleaning up container {id:?}")]
+    Cleanup {
+        /// Container.
+        id: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The OCI state document (`skerry state`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    /// Spec version.
+    pub oci_version: String,
+    /// Container id.
+    pub id: String,
+    /// creating | created | running | stopped.
+    pub status: String,
+    /// Host pid standing for the container (0 once stopped).
+    pub pid: u32,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// The spec's annotations.
+    pub annotations: HashMap<String, String>,
+    /// Creation time (RFC 3339).
+    pub created: String,
+}
+
+/// The state of container `id`.
+pub fn state(store: &StateStore, id: &str) -> Result<OciState, LifecycleError> {
+    let s = store.load(id)?;
+    let status = s.effective_status();
+    Ok(OciState {
+        oci_version: OCI_VERSION.into(),
+        id: s.id.clone(),
+        status: status.to_string(),
+        pid: match status {
+            Status::Stopped => 0,
+            _ => s.monitor.map_or(0, |m| m.pid),
+        },
+        bundle: s.bundle.clone(),
+        annotations: s.annotations.clone(),
+        created: s.created.clone(),
+    })
+}
+
+fn monitor_socket(store: &StateStore, id: &str) -> PathBuf {
+    store.dir(id).join(control::SOCKET_NAME)
+}
+
+/// Starts a created container.
+pub async fn start(store: &StateStore, id: &str) -> Result<(), LifecycleError> {
+    let s = store.load(id)?;
+    let status = s.effective_status();
+    if status != Status::Created {
+        return Err(LifecycleError::WrongStatus {
+            id: id.into(),
+            status,
+            message: "only a created container can be started",
+        });
+    }
+    control::call(&monitor_socket(store, id), &ControlRequest::Start).await?;
+    Ok(())
+}
+
+/// Sends `signal` to the container's process (or all of its processes).
+pub async fn kill(
+    store: &StateStore,
+    id: &str,
+    signal: u32,
+    all: bool,
+) -> Result<(), LifecycleError> {
+    let s = store.load(id)?;
+    let status = s.effective_status();
+    if !matches!(status, Status::Created | Status::Running) {
+        return Err(LifecycleError::WrongStatus {
+            id: id.into(),
+            status,
+            message: "cannot signal a container that is not running",
+        });
+    }
+    control::call(
+        &monitor_socket(store, id),
+        &ControlRequest::Kill { signal, all },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes a stopped container (any container with `force`), leaving
+/// nothing behind: no monitor, no VM processes, no mount, no state.
+pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), LifecycleError> {
+    let s = store.load(id)?;
+    let status = s.effective_status();
+    if status != Status::Stopped {
+        if !force {
+            return Err(LifecycleError::WrongStatus {
+                id: id.into(),
+                status,
+                message: "cannot delete a container that is not stopped (use --force)",
+            });
+        }
+        let kill = ControlRequest::Kill {
+            signal: Signal::SIGKILL as u32,
+            all: true,
+        };
+        if let Err(e) = control::call(&monitor_socket(store, id), &kill).await {
+            tracing::warn!(container = id, error = %e, "asking the monitor to kill the container");
+        }
+    }
+    // The monitor tears the VM down itself once the container has exited;
+    // give it the time to, then make sure of everything it owned.
+    if let Some(monitor) = s.monitor {
+        if !wait_exit(monitor, MONITOR_EXIT_TIMEOUT).await {
+            tracing::warn!(
+                container = id,
+                pid = monitor.pid,
+                "monitor did not exit; killing it"
+            );
+            kill_and_wait(monitor).await;
+        }
+    }
+    for p in &s.vm_processes {
+        kill_and_wait(*p).await;
+    }
+    let paths = SandboxPaths::new(&store.dir(id));
+    SysMounts
+        .unmount(&paths.rootfs_mount(id))
+        .map_err(|source| LifecycleError::Cleanup {
+            id: id.into(),
+            source,
+        })?;
+    store.remove(id)?;
+    Ok(())
+}
+
+async fn wait_exit(p: ProcessId, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while p.is_alive() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// SIGKILLs `p` if it is still that very process, and waits for it to go.
+async fn kill_and_wait(p: ProcessId) {
+    if p.is_alive() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+        wait_exit(p, Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,312 @@
+//! One sandbox: a VM with the agent connected and one container created in it.
+//!
+//! `Sandbox::create` is all-or-nothing: if any step fails, everything it had
+//! started (VM, device back ends, rootfs mount) is torn down before the error
+//! is returned.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use tracing::{info, warn};
+
+use crate::{
+    agent_client::{AgentConn, AgentError, ExitStatus},
+    bundle::Bundle,
+    config::{Config, HypervisorConfig},
+    hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
+    mounts::HostMounts,
+};
+
+/// How long a graceful guest shutdown may take before the VM is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Failure to bring up or drive a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The VM could not be started.
+    #[error("cannot start the sandbox VM")]
+    Launch(#[source] HypervisorError),
+    /// The agent did not answer in time.
+    #[error("guest agent did not answer within {0:?} (guest console: {1})")]
+    AgentTimeout(Duration, PathBuf),
+    /// An agent call failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// Sharing the rootfs with the guest failed.
+    #[error("cannot share rootfs {path} with the guest")]
+    Share {
+        /// The rootfs.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VM stopped while the container ran.
+    #[error("sandbox VM exited unexpectedly: {0:?}")]
+    VmExited(VmExit),
+}
+
+/// Starts VMs; the real one is QEMU, tests use a fake.
+#[async_trait]
+pub trait VmLauncher: Send + Sync {
+    /// Boots a VM as described.
+    async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError>;
+}
+
+/// Sandbox sizing and image, from the config.
+#[derive(Debug, Clone)]
+pub struct SandboxParams {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// Extra kernel parameters.
+    pub kernel_params: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// How long the agent may take to answer after launch.
+    pub boot_timeout: Duration,
+}
+
+impl SandboxParams {
+    /// Sizing and image as the configuration file sets them.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            kernel: config.guest.kernel(),
+            initrd: config.guest.initrd(),
+            kernel_params: config.guest.kernel_params.clone(),
+            vcpus: config.hypervisor.vcpus,
+            memory_mib: config.hypervisor.memory_mib,
+            boot_timeout: Duration::from_secs(config.hypervisor.boot_timeout_secs),
+        }
+    }
+}
+
+/// Launches VMs with the configured hypervisor.
+#[derive(Debug, Clone)]
+pub struct ConfiguredLauncher(pub HypervisorConfig);
+
+#[async_trait]
+impl VmLauncher for ConfiguredLauncher {
+    async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+        crate::hypervisor::launch(&self.0, spec).await
+    }
+}
+
+/// Timestamps of the phases of a sandbox start, for `--debug` logs.
+#[derive(Debug, Clone, Default)]
+pub struct BootTimings {
+    /// Until the hypervisor process runs.
+    pub launch: Duration,
+    /// Until the agent answered `Check`.
+    pub agent_ready: Duration,
+    /// Until the container was created.
+    pub container_created: Duration,
+}
+
+/// A running sandbox with its single container.
+pub struct Sandbox {
+    id: String,
+    vm: Box<dyn Vm>,
+    agent: AgentConn,
+    rootfs_mount: PathBuf,
+    mounts: Box<dyn HostMounts>,
+    /// The guest's kernel release, from the agent handshake.
+    pub kernel_release: String,
+    /// Where the start-up time went.
+    pub timings: BootTimings,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("id", &self.id).finish()
+    }
+}
+
+/// Where the files of sandbox `dir` live.
+#[derive(Debug, Clone)]
+pub struct SandboxPaths {
+    /// VM sockets and logs.
+    pub run_dir: PathBuf,
+    /// Shared with the guest over virtio-fs.
+    pub shared_dir: PathBuf,
+    /// Guest serial console log.
+    pub console_log: PathBuf,
+}
+
+impl SandboxPaths {
+    /// The layout under a container's state directory.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            run_dir: dir.join("vm"),
+            shared_dir: dir.join("shared"),
+            console_log: dir.join("console.log"),
+        }
+    }
+
+    /// Where container `id`'s rootfs is mounted in the shared directory.
+    pub fn rootfs_mount(&self, id: &str) -> PathBuf {
+        self.shared_dir.join(id).join("rootfs")
+    }
+}
+
+impl Sandbox {
+    /// Shares the bundle's rootfs, boots the VM, connects the agent and creates
+    /// the container (which then waits for `start`).
+    pub async fn create(
+        id: &str,
+        bundle: &Bundle,
+        params: &SandboxParams,
+        paths: &SandboxPaths,
+        launcher: &dyn VmLauncher,
+        mounts: Box<dyn HostMounts>,
+    ) -> Result<Self, SandboxError> {
+        let rootfs_mount = paths.rootfs_mount(id);
+        for dir in [&paths.run_dir, &rootfs_mount] {
+            std::fs::create_dir_all(dir).map_err(|source| SandboxError::Share {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        mounts
+            .bind(&bundle.rootfs, &rootfs_mount)
+            .map_err(|source| SandboxError::Share {
+                path: bundle.rootfs.clone(),
+                source,
+            })?;
+        let started = Instant::now();
+        let spec = VmSpec {
+            id: id.to_string(),
+            run_dir: paths.run_dir.clone(),
+            kernel: params.kernel.clone(),
+            initrd: params.initrd.clone(),
+            kernel_params: params.kernel_params.clone(),
+            vcpus: params.vcpus,
+            memory_mib: params.memory_mib,
+            shared_dir: paths.shared_dir.clone(),
+            console_log: paths.console_log.clone(),
+        };
+        let mut vm = match launcher.launch(&spec).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                unmount_logged(mounts.as_ref(), &rootfs_mount);
+                return Err(SandboxError::Launch(e));
+            }
+        };
+        let mut timings = BootTimings {
+            launch: started.elapsed(),
+            ..Default::default()
+        };
+        let setup = async {
+            let (agent, check) =
+                connect_agent(vm.as_ref(), params.boot_timeout, &paths.console_log).await?;
+            timings.agent_ready = started.elapsed();
+            agent.create_sandbox(id, &hostname(bundle, id)).await?;
+            agent.create_container(id, &bundle.spec_json).await?;
+            timings.container_created = started.elapsed();
+            Ok::<_, SandboxError>((agent, check.kernel_release))
+        };
+        match setup.await {
+            Ok((agent, kernel_release)) => {
+                info!(sandbox = id, ?timings, kernel = %kernel_release, "sandbox created");
+                Ok(Self {
+                    id: id.to_string(),
+                    vm,
+                    agent,
+                    rootfs_mount,
+                    mounts,
+                    kernel_release,
+                    timings,
+                })
+            }
+            Err(e) => {
+                if let Err(stop) = vm.stop().await {
+                    warn!(sandbox = id, error = %stop, "stopping VM after failed create");
+                }
+                unmount_logged(mounts.as_ref(), &rootfs_mount);
+                Err(e)
+            }
+        }
+    }
+
+    /// The agent connection (cheap to clone).
+    pub fn agent(&self) -> &AgentConn {
+        &self.agent
+    }
+
+    /// Host pids of the VM's processes.
+    pub fn vm_pids(&self) -> Vec<u32> {
+        self.vm.pids()
+    }
+
+    /// Waits for the container's process to exit, or the VM to die.
+    pub async fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
+        tokio::select! {
+            status = self.agent.wait(&self.id) => Ok(status?),
+            exit = self.vm.wait() => Err(SandboxError::VmExited(exit)),
+        }
+    }
+
+    /// Powers the guest off (gracefully if it answers), stops the VM's
+    /// processes and unmounts the shared rootfs.
+    pub async fn shutdown(mut self) {
+        let graceful = async {
+            self.agent.destroy_sandbox().await.ok()?;
+            Some(self.vm.wait().await)
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, graceful).await {
+            Ok(Some(exit)) => info!(sandbox = %self.id, ?exit, "guest powered off"),
+            _ => warn!(sandbox = %self.id, "guest did not power off in time; killing the VM"),
+        }
+        if let Err(e) = self.vm.stop().await {
+            warn!(sandbox = %self.id, error = %e, "stopping VM");
+        }
+        unmount_logged(self.mounts.as_ref(), &self.rootfs_mount);
+    }
+}
+
+fn unmount_logged(mounts: &dyn HostMounts, path: &Path) {
+    if let Err(e) = mounts.unmount(path) {
+        warn!(path = %path.display(), error = %e, "unmounting shared rootfs");
+    }
+}
+
+fn hostname(bundle: &Bundle, id: &str) -> String {
+    bundle
+        .spec
+        .hostname()
+        .clone()
+        .unwrap_or_else(|| id.chars().take(63).collect())
+}
+
+/// Connects to the agent, retrying until it answers `Check` or the deadline passes.
+async fn connect_agent(
+    vm: &dyn Vm,
+    timeout: Duration,
+    console: &Path,
+) -> Result<(AgentConn, skerry_protocol::CheckResponse), SandboxError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let stream = vm.connect(skerry_protocol::AGENT_VSOCK_PORT).await.ok()?;
+            let agent = AgentConn::new(stream);
+            match tokio::time::timeout(Duration::from_secs(2), agent.check()).await {
+                Ok(Ok(check)) => Some(Ok((agent, check))),
+                Ok(Err(e @ AgentError::InvalidReply { .. })) => Some(Err(e)),
+                _ => None,
+            }
+        };
+        if let Some(result) = attempt.await {
+            return result.map_err(SandboxError::from);
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::AgentTimeout(timeout, console.to_path_buf()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,359 @@
+//! The on-disk state store: one directory per container under the root
+//! (`--root`, default `/run/skerry`), holding `state.json`, the monitor's
+//! control socket, the VM's run files and the directory shared with the guest.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Default state root.
+pub const DEFAULT_ROOT: &str = "/run/skerry";
+
+const STATE_FILE: &str = "state.json";
+
+/// Failure of a state-store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The id breaks the naming rule.
+    #[error("invalid container id {0:?}: must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")]
+    InvalidId(String),
+    /// A container with this id exists already.
+    #[error("container {0:?} already exists")]
+    Exists(String),
+    /// No container with this id.
+    #[error("container {0:?} does not exist")]
+    NotFound(String),
+    /// Reading or writing a state file failed.
+    #[error("state of container {id:?}: {path}")]
+    Io {
+        /// The container.
+        id: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `state.json` is not what this runtime wrote.
+    #[error("state of container {id:?}: corrupt {path}: {message}")]
+    Corrupt {
+        /// The container.
+        id: String,
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+}
+
+/// OCI lifecycle status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The VM is being prepared.
+    Creating,
+    /// The container process waits for `start`.
+    Created,
+    /// The user program runs.
+    Running,
+    /// The user program has exited.
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// A host process named by pid and its start time, so that a reused pid is
+/// never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    /// Host pid.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// Identifies the running process `pid`, or `None` if it does not exist.
+    pub fn of(pid: u32) -> Option<Self> {
+        proc_start_time(pid).map(|start_time| Self { pid, start_time })
+    }
+
+    /// Whether this very process is still alive (not a zombie, not a reused pid).
+    pub fn is_alive(&self) -> bool {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        match parse_stat(&stat) {
+            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            None => false,
+        }
+    }
+}
+
+/// Parses the state letter and start time out of a /proc/<pid>/stat line.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    // The command name (field 2) may contain spaces and parentheses: split
+    // after its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state (field 3), start time is field 22: 19 fields further.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, start)| start)
+}
+
+/// What `state.json` records about one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// Container id.
+    pub id: String,
+    /// Absolute bundle path.
+    pub bundle: PathBuf,
+    /// Lifecycle status as last recorded by the monitor.
+    pub status: Status,
+    /// The monitor: the process that stands for the container on the host.
+    pub monitor: Option<ProcessId>,
+    /// Host processes of the VM (hypervisor, device back ends), for cleanup
+    /// when the monitor is gone.
+    #[serde(default)]
+    pub vm_processes: Vec<ProcessId>,
+    /// Exit status of the container process, once stopped.
+    pub exit_status: Option<i32>,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// The spec's annotations.
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+}
+
+impl ContainerState {
+    /// The status a reader should believe: a created/running container whose
+    /// monitor is gone has stopped.
+    pub fn effective_status(&self) -> Status {
+        match self.status {
+            Status::Creating | Status::Created | Status::Running
+                if !self.monitor.is_some_and(|m| m.is_alive()) =>
+            {
+                Status::Stopped
+            }
+            s => s,
+        }
+    }
+}
+
+/// Checks a container id: it names a directory, so no path tricks.
+pub fn validate_id(id: &str) -> Result<(), StateError> {
+    let mut chars = id.chars();
+    let ok = id.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::InvalidId(id.to_string()))
+    }
+}
+
+/// The state root directory.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    root: PathBuf,
+}
+
+impl StateStore {
+    /// A store rooted at `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of container `id`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Creates the directory of a new container; fails if the id is taken.
+    /// Creation is atomic, so two racing `create`s cannot both win.
+    pub fn create_dir(&self, id: &str) -> Result<PathBuf, StateError> {
+        validate_id(id)?;
+        let io = |path: &Path, source| StateError::Io {
+            id: id.to_string(),
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(&self.root).map_err(|e| io(&self.root, e))?;
+        let dir = self.dir(id);
+        match fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StateError::Exists(id.to_string()))
+            }
+            Err(e) => Err(io(&dir, e)),
+        }
+    }
+
+    /// Reads the state of container `id`.
+    pub fn load(&self, id: &str) -> Result<ContainerState, StateError> {
+        validate_id(id)?;
+        let path = self.dir(id).join(STATE_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(id.to_string()))
+            }
+            Err(source) => {
+                return Err(StateError::Io {
+                    id: id.to_string(),
+                    path,
+                    source,
+                })
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            id: id.to_string(),
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the state atomically (temp file + rename).
+    pub fn save(&self, state: &ContainerState) -> Result<(), StateError> {
+        let dir = self.dir(&state.id);
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(".state.json.tmp");
+        let io = |source| StateError::Io {
+            id: state.id.clone(),
+            path: path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(state).expect("state serialises");
+        let mut f = fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&json).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Ids of all containers with a state file, sorted.
+    pub fn list(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join(STATE_FILE).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Removes the container's directory and everything in it.
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io {
+                id: id.to_string(),
+                path: dir,
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: &str) -> ContainerState {
+        ContainerState {
+            id: id.into(),
+            bundle: "/b".into(),
+            status: Status::Created,
+            monitor: ProcessId::of(std::process::id()),
+            vm_processes: vec![],
+            exit_status: None,
+            created: "2026-01-01T00:00:00Z".into(),
+            annotations: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        for ok in ["a", "c1", "A.b-c_d", &"x".repeat(64)] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", "..", ".a", "a/b", "-a", "a b", &"x".repeat(65), "é"] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_and_duplicate_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path().join("root"));
+        store.create_dir("c1").unwrap();
+        assert!(matches!(store.create_dir("c1"), Err(StateError::Exists(_))));
+        let s = state("c1");
+        store.save(&s).unwrap();
+        assert_eq!(store.load("c1").unwrap(), s);
+        assert_eq!(store.list(), vec!["c1".to_string()]);
+        store.remove("c1").unwrap();
+        assert!(matches!(store.load("c1"), Err(StateError::NotFound(_))));
+        assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn corrupt_state_is_reported_with_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path());
+        let dir = store.create_dir("c1").unwrap();
+        fs::write(dir.join(STATE_FILE), "{not json").unwrap();
+        let err = store.load("c1").unwrap_err().to_string();
+        assert!(err.contains("state.json"), "{err}");
+    }
+
+    #[test]
+    fn dead_monitor_means_stopped() {
+        let mut s = state("c1");
+        assert_eq!(s.effective_status(), Status::Created);
+        s.monitor = Some(ProcessId {
+            pid: std::process::id(),
+            start_time: 1, // not our start time: a reused pid
+        });
+        assert_eq!(s.effective_status(), Status::Stopped);
+        s.monitor = None;
+        assert_eq!(s.effective_status(), Status::Stopped);
+    }
+
+    #[test]
+    fn stat_parsing_handles_odd_command_names() {
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200";
+        assert_eq!(parse_stat(line), Some(('S', 98765)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

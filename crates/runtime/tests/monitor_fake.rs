@@ -1,0 +1,498 @@
+//! Tier 1: the monitor driven end to end against a fake VM and a fake agent
+//! speaking the real ttrpc protocol over a Unix socket. No root, no KVM.
+
+use std::{
+    collections::HashMap,
+    io::Read,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex as StdMutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use skerry_protocol as proto;
+use skerry_runtime::{
+    control::{self, ControlRequest},
+    hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
+    monitor::{self, MonitorOptions, MonitorStdio},
+    mounts::HostMounts,
+    sandbox::{SandboxParams, VmLauncher},
+    state::{StateStore, Status},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::UnixStream,
+    sync::{mpsc, watch, Mutex},
+};
+use ttrpc::asynchronous::TtrpcContext;
+
+/// A scripted container process inside the fake agent.
+struct FakeProc {
+    args: Vec<String>,
+    stdout_tx: StdMutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    stdout_rx: Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
+    stdin_tx: StdMutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    stdin_rx: StdMutex<Option<mpsc::UnboundedReceiver<Vec<u8>>>>,
+    signal_tx: mpsc::UnboundedSender<u32>,
+    signal_rx: StdMutex<Option<mpsc::UnboundedReceiver<u32>>>,
+    exit: watch::Sender<Option<i32>>,
+}
+
+struct FakeAgent {
+    procs: StdMutex<HashMap<String, Arc<FakeProc>>>,
+    /// The "VM" is down: set by DestroySandbox (power off) or FakeVm::stop.
+    vm_down: Arc<watch::Sender<bool>>,
+}
+
+fn status(code: ttrpc::Code, msg: &str) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+impl FakeAgent {
+    fn get(&self, id: &str) -> ttrpc::Result<Arc<FakeProc>> {
+        self.procs
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| status(ttrpc::Code::NOT_FOUND, "no such container"))
+    }
+}
+
+#[async_trait]
+impl proto::Agent for FakeAgent {
+    async fn check(
+        &self,
+        _: &TtrpcContext,
+        req: proto::CheckRequest,
+    ) -> ttrpc::Result<proto::CheckResponse> {
+        assert_eq!(req.protocol_version, proto::PROTOCOL_VERSION);
+        Ok(proto::CheckResponse {
+            protocol_version: proto::PROTOCOL_VERSION,
+            kernel_release: "6.1.0-fake".into(),
+            ..Default::default()
+        })
+    }
+
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: proto::CreateSandboxRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        Ok(proto::Empty::new())
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: proto::DestroySandboxRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        self.vm_down.send_replace(true);
+        Ok(proto::Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: proto::CreateContainerRequest,
+    ) -> ttrpc::Result<proto::CreateContainerResponse> {
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.oci_spec_json)
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, &e.to_string()))?;
+        let args = spec.process().as_ref().unwrap().args().clone().unwrap();
+        if args[0] == "fail-create" {
+            return Err(status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                "container c: process.args[0] not found",
+            ));
+        }
+        let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+        let proc = FakeProc {
+            args,
+            stdout_tx: StdMutex::new(Some(stdout_tx)),
+            stdout_rx: Mutex::new(stdout_rx),
+            stdin_tx: StdMutex::new(Some(stdin_tx)),
+            stdin_rx: StdMutex::new(Some(stdin_rx)),
+            signal_tx,
+            signal_rx: StdMutex::new(Some(signal_rx)),
+            exit: watch::channel(None).0,
+        };
+        self.procs
+            .lock()
+            .unwrap()
+            .insert(req.container_id, Arc::new(proc));
+        Ok(proto::CreateContainerResponse {
+            pid: 7,
+            ..Default::default()
+        })
+    }
+
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: proto::StartContainerRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        let p = self.get(&req.container_id)?;
+        tokio::spawn(async move {
+            let out = p.stdout_tx.lock().unwrap().take().unwrap();
+            let mut stdin = p.stdin_rx.lock().unwrap().take().unwrap();
+            let mut signals = p.signal_rx.lock().unwrap().take().unwrap();
+            let code = match p.args[0].as_str() {
+                "echo" => {
+                    out.send(format!("{}\n", p.args[1..].join(" ")).into_bytes())
+                        .unwrap();
+                    0
+                }
+                "exit" => p.args[1].parse().unwrap(),
+                "cat" => {
+                    while let Some(chunk) = stdin.recv().await {
+                        out.send(chunk).unwrap();
+                    }
+                    0
+                }
+                "sleep" => 128 + signals.recv().await.unwrap() as i32,
+                other => panic!("fake agent cannot run {other}"),
+            };
+            drop(out);
+            p.exit.send_replace(Some(code));
+        });
+        Ok(proto::Empty::new())
+    }
+
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: proto::SignalProcessRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        let _ = self.get(&req.container_id)?.signal_tx.send(req.signal);
+        Ok(proto::Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: proto::WaitProcessRequest,
+    ) -> ttrpc::Result<proto::WaitProcessResponse> {
+        let p = self.get(&req.container_id)?;
+        let mut rx = p.exit.subscribe();
+        let code = *rx.wait_for(|c| c.is_some()).await.unwrap();
+        let code = code.unwrap();
+        Ok(proto::WaitProcessResponse {
+            status: code,
+            signal: if code > 128 { (code - 128) as u32 } else { 0 },
+            ..Default::default()
+        })
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: proto::WriteStreamRequest,
+    ) -> ttrpc::Result<proto::WriteStreamResponse> {
+        let p = self.get(&req.container_id)?;
+        let len = req.data.len() as u32;
+        if let Some(tx) = p.stdin_tx.lock().unwrap().as_ref() {
+            let _ = tx.send(req.data);
+        }
+        Ok(proto::WriteStreamResponse {
+            len,
+            ..Default::default()
+        })
+    }
+
+    async fn close_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: proto::CloseStdinRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        self.get(&req.container_id)?.stdin_tx.lock().unwrap().take();
+        Ok(proto::Empty::new())
+    }
+
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: proto::ReadStreamRequest,
+    ) -> ttrpc::Result<proto::ReadStreamResponse> {
+        let p = self.get(&req.container_id)?;
+        let data = p.stdout_rx.lock().await.recv().await.unwrap_or_default();
+        Ok(proto::ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: proto::ReadStreamRequest,
+    ) -> ttrpc::Result<proto::ReadStreamResponse> {
+        self.get(&req.container_id)?;
+        Ok(proto::ReadStreamResponse::default())
+    }
+}
+
+/// A VM whose "guest" is the fake agent on a Unix socket.
+struct FakeVm {
+    agent_socket: PathBuf,
+    down: Arc<watch::Sender<bool>>,
+}
+
+#[async_trait]
+impl Vm for FakeVm {
+    async fn connect(&self, _port: u32) -> Result<UnixStream, HypervisorError> {
+        Ok(UnixStream::connect(&self.agent_socket).await.unwrap())
+    }
+    fn pids(&self) -> Vec<u32> {
+        vec![]
+    }
+    async fn wait(&mut self) -> VmExit {
+        let mut rx = self.down.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+        VmExit::Poweroff
+    }
+    async fn stop(&mut self) -> Result<(), HypervisorError> {
+        self.down.send_replace(true);
+        Ok(())
+    }
+}
+
+struct FakeLauncher {
+    agent_socket: PathBuf,
+    vm_down: Arc<watch::Sender<bool>>,
+}
+
+#[async_trait]
+impl VmLauncher for FakeLauncher {
+    async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+        assert!(spec.run_dir.is_dir());
+        Ok(Box::new(FakeVm {
+            agent_socket: self.agent_socket.clone(),
+            down: Arc::clone(&self.vm_down),
+        }))
+    }
+}
+
+/// Records mount calls instead of making them.
+#[derive(Clone, Default)]
+struct RecordingMounts(Arc<StdMutex<Vec<String>>>);
+
+impl HostMounts for RecordingMounts {
+    fn bind(&self, src: &Path, dst: &Path) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("bind {} {}", src.display(), dst.display()));
+        Ok(())
+    }
+    fn unmount(&self, dst: &Path) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("unmount {}", dst.display()));
+        Ok(())
+    }
+}
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    store: StateStore,
+    bundle: PathBuf,
+    launcher: FakeLauncher,
+    mounts: RecordingMounts,
+}
+
+async fn harness(args: &[&str]) -> Harness {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
+    for prog in ["echo", "exit", "cat", "sleep", "fail-create"] {
+        let p = bundle.join("rootfs/bin").join(prog);
+        std::fs::write(&p, "").unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&p).unwrap().permissions(),
+            0o755,
+        );
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"cwd": "/", "args": args, "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}},
+        "annotations": {"org.example/a": "b"},
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let agent_socket = tmp.path().join("agent.sock");
+    let vm_down = Arc::new(watch::channel(false).0);
+    let agent = FakeAgent {
+        procs: StdMutex::default(),
+        vm_down: Arc::clone(&vm_down),
+    };
+    let mut server = ttrpc::asynchronous::Server::new()
+        .bind(&format!("unix://{}", agent_socket.display()))
+        .unwrap()
+        .register_service(proto::create_agent(Arc::new(agent)));
+    server.start().await.unwrap();
+    // Keep the server alive for the whole test.
+    std::mem::forget(server);
+    Harness {
+        store: StateStore::new(tmp.path().join("root")),
+        bundle,
+        launcher: FakeLauncher {
+            agent_socket,
+            vm_down,
+        },
+        mounts: RecordingMounts::default(),
+        _tmp: tmp,
+    }
+}
+
+struct Running {
+    monitor: tokio::task::JoinHandle<i32>,
+    ready: String,
+    stdin: tokio::io::DuplexStream,
+    stdout: tokio::io::DuplexStream,
+}
+
+async fn start_monitor(h: &Harness, id: &str) -> Running {
+    h.store.create_dir(id).unwrap();
+    let (mut ready_r, ready_w) = std::io::pipe().unwrap();
+    let (stdin, monitor_stdin) = tokio::io::duplex(1 << 16);
+    let (monitor_stdout, stdout) = tokio::io::duplex(1 << 16);
+    let opts = MonitorOptions {
+        id: id.into(),
+        bundle: h.bundle.clone(),
+        store: h.store.clone(),
+        params: SandboxParams {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            kernel_params: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            boot_timeout: Duration::from_secs(5),
+        },
+        ready: Box::new(ready_w),
+        forward_signals: false,
+    };
+    let stdio = MonitorStdio {
+        stdin: Box::new(monitor_stdin),
+        stdout: Box::new(monitor_stdout),
+        stderr: Box::new(tokio::io::sink()),
+    };
+    let launcher = FakeLauncher {
+        agent_socket: h.launcher.agent_socket.clone(),
+        vm_down: Arc::clone(&h.launcher.vm_down),
+    };
+    let mounts = h.mounts.clone();
+    let monitor =
+        tokio::spawn(async move { monitor::run(opts, &launcher, Box::new(mounts), stdio).await });
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        ready_r.read_to_string(&mut s).unwrap();
+        s
+    })
+    .await
+    .unwrap();
+    Running {
+        monitor,
+        ready,
+        stdin,
+        stdout,
+    }
+}
+
+fn socket(h: &Harness, id: &str) -> PathBuf {
+    h.store.dir(id).join(control::SOCKET_NAME)
+}
+
+#[tokio::test]
+async fn output_and_exit_status_come_back_and_nothing_is_left_mounted() {
+    let h = harness(&["echo", "hello", "from", "guest"]).await;
+    let mut r = start_monitor(&h, "c1").await;
+    assert_eq!(r.ready, "ok\n");
+    let state = h.store.load("c1").unwrap();
+    assert_eq!(state.status, Status::Created);
+    assert_eq!(state.annotations["org.example/a"], "b");
+    control::call(&socket(&h, "c1"), &ControlRequest::Start)
+        .await
+        .unwrap();
+    let mut out = String::new();
+    r.stdout.read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "hello from guest\n");
+    assert_eq!(r.monitor.await.unwrap(), 0);
+    let state = h.store.load("c1").unwrap();
+    assert_eq!(
+        (state.status, state.exit_status),
+        (Status::Stopped, Some(0))
+    );
+    assert!(!socket(&h, "c1").exists(), "control socket left behind");
+    assert!(*h.launcher.vm_down.borrow(), "guest was not powered off");
+    let calls = h.mounts.0.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].starts_with("bind ") && calls[1].starts_with("unmount "));
+    assert!(calls[1].ends_with("c1/shared/c1/rootfs"), "{calls:?}");
+}
+
+#[tokio::test]
+async fn nonzero_exit_status_is_the_monitors() {
+    let h = harness(&["exit", "3"]).await;
+    let r = start_monitor(&h, "c3").await;
+    control::call(&socket(&h, "c3"), &ControlRequest::Start)
+        .await
+        .unwrap();
+    assert_eq!(r.monitor.await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_container() {
+    let h = harness(&["cat"]).await;
+    let mut r = start_monitor(&h, "cat").await;
+    control::call(&socket(&h, "cat"), &ControlRequest::Start)
+        .await
+        .unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    r.stdin.write_all(&payload).await.unwrap();
+    r.stdin.shutdown().await.unwrap();
+    drop(r.stdin);
+    let mut out = Vec::new();
+    r.stdout.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, payload);
+    assert_eq!(r.monitor.await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn kill_and_state_transitions() {
+    let h = harness(&["sleep"]).await;
+    let r = start_monitor(&h, "k").await;
+    let start_twice = async { control::call(&socket(&h, "k"), &ControlRequest::Start).await };
+    start_twice.await.unwrap();
+    assert_eq!(h.store.load("k").unwrap().status, Status::Running);
+    let err = control::call(&socket(&h, "k"), &ControlRequest::Start)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not created"), "{err}");
+    control::call(
+        &socket(&h, "k"),
+        &ControlRequest::Kill {
+            signal: 9,
+            all: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.monitor.await.unwrap(), 137);
+    assert_eq!(h.store.load("k").unwrap().exit_status, Some(137));
+}
+
+#[tokio::test]
+async fn agent_refusal_fails_create_and_leaves_nothing() {
+    let h = harness(&["fail-create"]).await;
+    let r = start_monitor(&h, "bad").await;
+    assert!(r.ready.contains("process.args[0] not found"), "{}", r.ready);
+    assert_eq!(r.monitor.await.unwrap(), 1);
+    assert!(!h.store.dir("bad").exists(), "state dir left behind");
+    let calls = h.mounts.0.lock().unwrap().clone();
+    assert!(calls.last().unwrap().starts_with("unmount "), "{calls:?}");
+}

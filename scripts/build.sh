@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds skerry: the host binaries (PROFILE=release|debug, default release),
+# the static guest agent, and the guest image (kernel + initramfs) into
+# $SKERRY_IMAGE_DIR (default: target/guest).
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "$0")/.."
+
+profile=${PROFILE:-release}
+image_dir=${SKERRY_IMAGE_DIR:-$PWD/target/guest}
+flag=()
+[ "$profile" = release ] && flag=(--release)
+
+cargo build "${flag[@]}" -p skerry
+# The agent is PID 1 of the guest: static, so the initramfs needs no libc.
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p skerry-agent --target x86_64-unknown-linux-gnu
+agent=target/x86_64-unknown-linux-gnu/release/skerry-agent
+"target/$profile/skerry" image build --agent "$agent" --output "$image_dir"

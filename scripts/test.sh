@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs dependencies, builds, checks style and
+# lints, then runs every test tier (unit, KVM/QEMU, end to end) with nextest.
+# Must run as root (tests mount, and start QEMU with vhost-user back ends).
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+PROFILE=debug scripts/build.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+SKERRY_E2E_REQUIRED=1 SKERRY_TEST_IMAGE_DIR="$PWD/target/guest" \
+    cargo nextest run --workspace --profile ci "$@"
