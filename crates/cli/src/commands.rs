@@ -197,11 +197,10 @@ fn spawn_monitor(cli: &Cli, bundle: &Path, id: &str) -> anyhow::Result<(Child, S
         pipe2(OFlag::O_CLOEXEC).context("creating the readiness pipe")?;
     // The monitor inherits the write end; nothing else runs concurrently in
     // this process, so clearing close-on-exec leaks it nowhere else.
-    fcntl(write_end.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
-        .context("readiness pipe")?;
+    fcntl(write_end.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty())).context("readiness pipe")?;
     let exe = std::env::current_exe().context("locating the skerry executable")?;
-    let bundle = fs::canonicalize(bundle)
-        .with_context(|| format!("bundle {}", bundle.display()))?;
+    let bundle =
+        fs::canonicalize(bundle).with_context(|| format!("bundle {}", bundle.display()))?;
     let mut cmd = Process::new(exe);
     cmd.arg("--root").arg(&cli.root);
     if let Some(log) = &cli.log {

@@ -44,7 +44,11 @@ fn missing_config_json_is_named() {
 fn invalid_json_is_named_with_its_position() {
     let w = World::new();
     let bundle = w.bundle("b", &["true"]);
-    std::fs::write(bundle.join("config.json"), "{\"ociVersion\": \"1.0.2\",\n  \"process\": [").unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        "{\"ociVersion\": \"1.0.2\",\n  \"process\": [",
+    )
+    .unwrap();
     expect_error(
         &w,
         &["create", "--bundle", bundle.to_str().unwrap(), "c1"],
@@ -69,7 +73,12 @@ fn missing_program_is_named() {
 fn unknown_container_id_is_named() {
     let w = World::new();
     for cmd in ["state", "start", "kill", "delete"] {
-        expect_error(&w, &[cmd, "ghost"], "container \"ghost\" does not exist", "ghost");
+        expect_error(
+            &w,
+            &[cmd, "ghost"],
+            "container \"ghost\" does not exist",
+            "ghost",
+        );
     }
 }
 
@@ -113,5 +122,10 @@ fn bad_config_file_key_is_named() {
 #[test]
 fn bad_signal_is_named() {
     let w = World::new();
-    expect_error(&w, &["kill", "c1", "SIGNOPE"], "invalid signal \"SIGNOPE\"", "c1");
+    expect_error(
+        &w,
+        &["kill", "c1", "SIGNOPE"],
+        "invalid signal \"SIGNOPE\"",
+        "c1",
+    );
 }

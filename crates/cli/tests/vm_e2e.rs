@@ -16,16 +16,35 @@ use sha2::{Digest, Sha256};
 fn vm_run_prints_the_guest_kernel_not_the_hosts() {
     require_vm!();
     let w = World::new();
-    let bundle = w.bundle("b", &["sh", "-c", "cat /proc/version; echo hello from the container; hostname"]);
+    let bundle = w.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/version; echo hello from the container; hostname",
+        ],
+    );
     let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "c1"]);
     let text = stdout(&out);
-    assert!(out.status.success(), "status {:?}\n{}\n{}", out.status, stderr(&out), w.log());
+    assert!(
+        out.status.success(),
+        "status {:?}\n{}\n{}",
+        out.status,
+        stderr(&out),
+        w.log()
+    );
     let host = std::fs::read_to_string("/proc/version").unwrap();
     let version = text.lines().next().unwrap_or_default();
-    assert!(version.starts_with("Linux version 6.1."), "guest /proc/version: {text}");
+    assert!(
+        version.starts_with("Linux version 6.1."),
+        "guest /proc/version: {text}"
+    );
     assert_ne!(version, host.trim(), "container saw the host kernel");
     assert!(text.contains("hello from the container\n"), "{text}");
-    assert!(text.contains("skerry-test\n"), "hostname from the spec: {text}");
+    assert!(
+        text.contains("skerry-test\n"),
+        "hostname from the spec: {text}"
+    );
     w.assert_clean("c1");
 }
 
@@ -33,15 +52,55 @@ fn vm_run_prints_the_guest_kernel_not_the_hosts() {
 fn vm_exit_statuses_come_back() {
     require_vm!();
     let w = World::new();
-    for (id, script, want) in [
-        ("e0", "true", 0),
-        ("e3", "exit 3", 3),
-        ("e137", "kill -9 $$", 137),
-    ] {
+    for (id, script, want) in [("e0", "true", 0), ("e3", "exit 3", 3)] {
         let bundle = w.bundle(id, &["sh", "-c", script]);
         let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), id]);
-        assert_eq!(out.status.code(), Some(want), "{script}: {}\n{}", stderr(&out), w.log());
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{script}: {}\n{}",
+            stderr(&out),
+            w.log()
+        );
         w.assert_clean(id);
+    }
+    // A container killed by SIGKILL (from outside: the init of a pid
+    // namespace cannot be SIGKILLed from inside it) exits 128 + 9.
+    let bundle = w.bundle("e137", &["sh", "-c", "touch /tmp/ready; exec sleep 1000"]);
+    let run = w
+        .skerry()
+        .args(["run", "--bundle", bundle.to_str().unwrap(), "e137"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&w, &bundle);
+    let out = w.run(&["kill", "e137", "KILL"]);
+    assert!(out.status.success(), "kill: {}", stderr(&out));
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    w.assert_clean("e137");
+}
+
+/// Waits until the container has created /tmp/ready in its rootfs (which
+/// the host sees through the bundle): its program is past start-up.
+fn wait_ready(w: &World, bundle: &std::path::Path) {
+    let marker = bundle.join("rootfs/tmp/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "container never got ready\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -57,7 +116,11 @@ fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
     let w = World::new();
     let bundle = w.bundle(
         "b",
-        &["sh", "-c", "trap 'exit 143' TERM; echo up; while true; do sleep 0.1; done"],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; touch /tmp/ready; while true; do sleep 1; done",
+        ],
     );
     let pid_file = w.tmp.path().join("pid");
     let out = w
@@ -90,14 +153,25 @@ fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not stopped"), "{}", stderr(&out));
 
+    // SIGTERM reaches a pid-namespace init only once it has a handler.
+    wait_ready(&w, &bundle);
     let out = w.run(&["kill", "lc", "TERM"]);
     assert!(out.status.success(), "kill: {}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(20);
     while status_of(&w, "lc")["status"] != "stopped" {
-        assert!(Instant::now() < deadline, "container did not stop\n{}", w.log());
+        assert!(
+            Instant::now() < deadline,
+            "container did not stop\n{}",
+            w.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(status_of(&w, "lc")["pid"], 0);
+    assert!(
+        w.log().contains("status=143"),
+        "exit status not logged\n{}",
+        w.log()
+    );
     let out = w.run(&["delete", "lc"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     w.assert_clean("lc");
@@ -145,7 +219,10 @@ fn vm_ten_mib_stdout_arrives_intact() {
     assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
     let got = format!("{:x}", Sha256::digest(&out.stdout));
     let want = stderr(&out);
-    assert!(want.starts_with(&got), "checksum inside {want:?} != outside {got}");
+    assert!(
+        want.starts_with(&got),
+        "checksum inside {want:?} != outside {got}"
+    );
     w.assert_clean("big");
 }
 
@@ -154,17 +231,18 @@ fn vm_duplicate_id_is_refused_and_the_first_survives() {
     require_vm!();
     let w = World::new();
     let bundle = w.bundle("b", &["sleep", "1000"]);
-    let create = |id: &str| {
-        w.skerry()
-            .args(["create", "--bundle", bundle.to_str().unwrap(), id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap()
-    };
-    assert!(create("dup").status.success(), "{}", w.log());
-    let out = create("dup");
+    // The container keeps the stdio it was created with: give the first
+    // create no pipe that the test would wait on.
+    let first = w
+        .skerry()
+        .args(["create", "--bundle", bundle.to_str().unwrap(), "dup"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(first.success(), "{}", w.log());
+    let out = w.run(&["create", "--bundle", bundle.to_str().unwrap(), "dup"]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("\"dup\" already exists"), "{err}");

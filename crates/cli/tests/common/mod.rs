@@ -12,8 +12,27 @@ use std::{
 
 /// Busybox applets the test bundles link.
 const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "sleep", "true", "false", "head", "tee", "sha256sum", "kill", "ls",
-    "id", "hostname", "dd", "yes", "wc", "env", "pwd", "uname", "mount", "stty",
+    "sh",
+    "cat",
+    "echo",
+    "sleep",
+    "true",
+    "false",
+    "head",
+    "tee",
+    "sha256sum",
+    "kill",
+    "ls",
+    "id",
+    "hostname",
+    "dd",
+    "yes",
+    "wc",
+    "env",
+    "pwd",
+    "uname",
+    "mount",
+    "stty",
 ];
 
 /// Why the VM tests cannot run here, if they cannot.
@@ -55,10 +74,7 @@ macro_rules! require_vm {
 pub fn image_dir() -> PathBuf {
     std::env::var_os("SKERRY_TEST_IMAGE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/guest")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest"))
 }
 
 /// A private world for one test: state root, config, bundles.
@@ -176,9 +192,16 @@ impl World {
         while !self.processes().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(self.processes(), Vec::<String>::new(), "processes left behind");
+        assert_eq!(
+            self.processes(),
+            Vec::<String>::new(),
+            "processes left behind"
+        );
         assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left behind");
-        assert!(!self.root.join(id).exists(), "state dir of {id} left behind");
+        assert!(
+            !self.root.join(id).exists(),
+            "state dir of {id} left behind"
+        );
     }
 
     /// The skerry log, for failure messages.

@@ -1,0 +1,156 @@
+//! skerry-agent: PID 1 of the sandbox VM. Serves the agent API on vsock and runs the
+//! pod's containers. `skerry-agent init` is the internal container-setup mode.
+
+mod boot;
+mod reaper;
+mod service;
+mod state;
+mod stdio;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing::{error, info, warn};
+
+/// Default directory the host's virtio-fs share is mounted on.
+const SHARED_DIR: &str = "/run/skerry/shared";
+
+struct Options {
+    listen: String,
+    shared_dir: PathBuf,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
+    let mut o = Options {
+        listen: format!("vsock://-1:{}", skerry_protocol::AGENT_VSOCK_PORT),
+        shared_dir: PathBuf::from(SHARED_DIR),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => o.listen = args.next().context("--listen needs an address")?,
+            "--shared-dir" => {
+                o.shared_dir = args.next().context("--shared-dir needs a path")?.into()
+            }
+            // The kernel passes unknown command-line words to init; ignore them.
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
+}
+
+async fn serve(opts: Options, guest: bool) -> anyhow::Result<()> {
+    let reaper = Arc::new(reaper::Reaper::default());
+    reaper.start()?;
+    let sandbox = Arc::new(state::Sandbox::new(reaper, opts.shared_dir));
+    let service = service::AgentService::new(sandbox, guest);
+    let services = skerry_protocol::create_agent(Arc::new(service));
+    if let Some(path) = opts.listen.strip_prefix("unix://") {
+        let _ = std::fs::remove_file(path);
+    }
+    let mut server = ttrpc::asynchronous::Server::new()
+        .bind(&opts.listen)
+        .with_context(|| format!("binding {}", opts.listen))?
+        .register_service(services);
+    server.start().await.context("starting the ttrpc server")?;
+    info!(listen = %opts.listen, "agent API ready");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+fn main() {
+    let mut args = std::env::args();
+    let _argv0 = args.next();
+    let rest: Vec<String> = args.collect();
+    if rest.first().map(String::as_str) == Some("init") {
+        skerry_container::init::main();
+    }
+    let guest = std::process::id() == 1;
+    let problems = if guest { boot::early() } else { Vec::new() };
+    init_logging();
+    for p in problems {
+        warn!("early boot: {p}");
+    }
+    std::panic::set_hook(Box::new(|info| error!("panic: {info}")));
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        guest, "skerry-agent starting"
+    );
+    let opts = match parse_args(rest.into_iter()) {
+        Ok(o) => o,
+        Err(e) => fatal(guest, e),
+    };
+    if guest {
+        boot::load_modules();
+        if opts.listen.starts_with("vsock://") {
+            boot::wait_for_vsock();
+        }
+    } else {
+        // Development mode on a host: stay the parent of re-parented exec processes.
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fatal(guest, anyhow::Error::new(e).context("building the runtime")),
+    };
+    // A panic on this thread must still end in a logged power-off, never a silent exit.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(serve(opts, guest))
+    }));
+    match result {
+        Ok(Ok(())) => fatal(guest, anyhow::anyhow!("server loop ended")),
+        Ok(Err(e)) => fatal(guest, e),
+        Err(_) => fatal(guest, anyhow::anyhow!("the agent's main loop panicked")),
+    }
+}
+
+fn fatal(guest: bool, e: anyhow::Error) -> ! {
+    error!("fatal: {e:#}");
+    if guest {
+        boot::power_off();
+    }
+    std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_default_and_override() {
+        let o = parse_args(std::iter::empty()).unwrap();
+        assert_eq!(o.listen, "vsock://-1:1024");
+        assert_eq!(o.shared_dir, PathBuf::from(SHARED_DIR));
+        let o = parse_args(
+            [
+                "console=ttyS0",
+                "--listen",
+                "unix:///tmp/a.sock",
+                "--shared-dir",
+                "/x",
+            ]
+            .map(String::from)
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(o.listen, "unix:///tmp/a.sock");
+        assert_eq!(o.shared_dir, PathBuf::from("/x"));
+        assert!(parse_args(["--listen".to_string()].into_iter()).is_err());
+    }
+}

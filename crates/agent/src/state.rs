@@ -1,0 +1,478 @@
+//! Containers and processes of the sandbox, and the operations the API performs on them.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use skerry_container::launch::{self, LaunchError};
+use skerry_container::{spec, IdError, InitConfig, SpecError};
+use tracing::{info, warn};
+
+use crate::reaper::{ExitInfo, ExitReceiver, Reaper};
+use crate::stdio::{ProcessIo, StdioError};
+
+/// How long RemoveContainer waits for a killed container to exit.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// A request on the sandbox's containers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// An id from the host is malformed.
+    #[error(transparent)]
+    BadId(#[from] IdError),
+    /// No container with this id.
+    #[error("container {0} not found")]
+    UnknownContainer(String),
+    /// No exec with this id in the container.
+    #[error("container {container}: exec {exec} not found")]
+    UnknownExec {
+        /// Container id.
+        container: String,
+        /// Exec id.
+        exec: String,
+    },
+    /// The container id is taken.
+    #[error("container {0} already exists")]
+    DuplicateContainer(String),
+    /// The exec id is taken.
+    #[error("container {container}: exec {exec} already exists")]
+    DuplicateExec {
+        /// Container id.
+        container: String,
+        /// Exec id.
+        exec: String,
+    },
+    /// The spec or process is unusable.
+    #[error("container {id}")]
+    BadSpec {
+        /// Container id.
+        id: String,
+        /// What is wrong.
+        #[source]
+        source: SpecError,
+    },
+    /// A request field is out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The operation does not fit the current state.
+    #[error("{0}")]
+    WrongState(String),
+    /// The host speaks another protocol version.
+    #[error("protocol version {host} not supported (agent speaks {agent})")]
+    ProtocolMismatch {
+        /// The host's version.
+        host: u32,
+        /// Ours.
+        agent: u32,
+    },
+    /// Creating or starting the process failed in the child.
+    #[error("container {id}")]
+    Setup {
+        /// Container id.
+        id: String,
+        /// The launch failure, with the child's own message.
+        #[source]
+        source: LaunchError,
+    },
+    /// Stdio failed.
+    #[error("container {id}")]
+    Stdio {
+        /// Container id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: StdioError,
+    },
+    /// A system operation of the agent failed.
+    #[error("{what}")]
+    System {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A process the agent started (a container init or an exec).
+pub struct Process {
+    /// Pid in the agent's pid namespace.
+    pub pid: i32,
+    exit: ExitReceiver,
+    /// Its stdio.
+    pub io: ProcessIo,
+}
+
+impl Process {
+    /// The exit status, if it has exited.
+    pub fn exited(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the exit.
+    pub async fn wait(&self) -> Option<ExitInfo> {
+        let mut rx = self.exit.clone();
+        let r = rx.wait_for(|s| s.is_some()).await.ok().and_then(|s| *s);
+        r
+    }
+}
+
+/// One container.
+pub struct Container {
+    id: String,
+    init: Arc<Process>,
+    clone_flags: CloneFlags,
+    /// Channel to the init process while it waits for StartContainer.
+    pending_start: Mutex<Option<UnixStream>>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// All containers of the sandbox.
+pub struct Sandbox {
+    reaper: Arc<Reaper>,
+    shared_dir: PathBuf,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    reserved: Mutex<HashSet<String>>,
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> AgentError {
+    AgentError::System {
+        what: "blocking task".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl Sandbox {
+    /// An empty sandbox whose container rootfses live under `shared_dir`.
+    pub fn new(reaper: Arc<Reaper>, shared_dir: PathBuf) -> Self {
+        Sandbox {
+            reaper,
+            shared_dir,
+            containers: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The directory shared by the host.
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        skerry_container::validate_container_id(id)?;
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::UnknownContainer(id.to_string()))
+    }
+
+    /// Finds a process: the init for an empty `exec_id`, else the exec.
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>, AgentError> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&c.init));
+        }
+        skerry_container::validate_exec_id(exec_id)?;
+        let execs = lock(&c.execs);
+        execs
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| AgentError::UnknownExec {
+                container: id.to_string(),
+                exec: exec_id.to_string(),
+            })
+    }
+
+    /// Creates a container that waits for [`Sandbox::start`]; returns its init pid.
+    pub async fn create(self: &Arc<Self>, id: &str, spec_json: &[u8]) -> Result<i32, AgentError> {
+        skerry_container::validate_container_id(id)?;
+        {
+            let containers = lock(&self.containers);
+            let mut reserved = lock(&self.reserved);
+            if containers.contains_key(id) || !reserved.insert(id.to_string()) {
+                return Err(AgentError::DuplicateContainer(id.to_string()));
+            }
+        }
+        let me = Arc::clone(self);
+        let (idc, json) = (id.to_string(), spec_json.to_vec());
+        let result = tokio::task::spawn_blocking(move || me.create_blocking(&idc, &json))
+            .await
+            .map_err(blocking_failed)
+            .and_then(|r| r);
+        let result = result.and_then(|(pid, exit, chan, stdio, flags)| {
+            let io = ProcessIo::new(stdio).map_err(|source| AgentError::Stdio {
+                id: id.to_string(),
+                source,
+            })?;
+            Ok((pid, exit, chan, io, flags))
+        });
+        lock(&self.reserved).remove(id);
+        let (pid, exit, chan, io, clone_flags) = result?;
+        let container = Arc::new(Container {
+            id: id.to_string(),
+            init: Arc::new(Process { pid, exit, io }),
+            clone_flags,
+            pending_start: Mutex::new(Some(chan)),
+            execs: Mutex::new(HashMap::new()),
+        });
+        lock(&self.containers).insert(id.to_string(), container);
+        info!(container_id = id, pid, "container created");
+        Ok(pid)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn create_blocking(
+        &self,
+        id: &str,
+        json: &[u8],
+    ) -> Result<
+        (
+            i32,
+            ExitReceiver,
+            UnixStream,
+            skerry_container::ParentStdio,
+            CloneFlags,
+        ),
+        AgentError,
+    > {
+        let bad = |source| AgentError::BadSpec {
+            id: id.to_string(),
+            source,
+        };
+        let spec = spec::parse_spec(json).map_err(bad)?;
+        let rootfs = self.shared_dir.join(id).join("rootfs");
+        if !rootfs.is_dir() {
+            return Err(AgentError::WrongState(format!(
+                "container {id}: rootfs {} does not exist (not shared by the host?)",
+                rootfs.display()
+            )));
+        }
+        spec::validate_spec(&spec, &rootfs).map_err(bad)?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let (flags, warnings) = launch::container_clone_flags(&spec);
+        for w in &warnings {
+            warn!(container_id = id, "{w}");
+        }
+        let setup = |source| AgentError::Setup {
+            id: id.to_string(),
+            source,
+        };
+        let prepared = launch::prepare(terminal, flags).map_err(setup)?;
+        let (pid, exit) = self
+            .reaper
+            .spawn_registered(|| prepared.clone_child())
+            .map_err(setup)?;
+        let (mut chan, stdio) = prepared.into_parent();
+        let config = InitConfig::Container {
+            id: id.to_string(),
+            spec: Box::new(spec),
+            rootfs,
+        };
+        match launch::handshake(&mut chan, &config, |_| {}) {
+            Ok(warnings) => {
+                for w in warnings {
+                    warn!(container_id = id, "{w}");
+                }
+                Ok((pid, exit, chan, stdio, flags))
+            }
+            Err(e) => {
+                // The child exits by itself after reporting; make sure of it either way.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                Err(setup(e))
+            }
+        }
+    }
+
+    /// Lets a created container exec its program.
+    pub async fn start(&self, id: &str) -> Result<(), AgentError> {
+        let c = self.container(id)?;
+        let chan = lock(&c.pending_start).take().ok_or_else(|| {
+            let state = if c.init.exited().is_some() {
+                "stopped"
+            } else {
+                "running"
+            };
+            AgentError::WrongState(format!("container {id} is {state}, not created"))
+        })?;
+        tokio::task::spawn_blocking(move || launch::release(chan))
+            .await
+            .map_err(blocking_failed)?
+            .map_err(|source| AgentError::Setup {
+                id: id.to_string(),
+                source,
+            })?;
+        info!(container_id = id, pid = c.init.pid, "container started");
+        Ok(())
+    }
+
+    /// Runs an extra process in a running container; returns its pid.
+    pub async fn exec(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+    ) -> Result<i32, AgentError> {
+        let c = self.container(id)?;
+        skerry_container::validate_exec_id(exec_id)?;
+        if c.init.exited().is_some() || lock(&c.pending_start).is_some() {
+            return Err(AgentError::WrongState(format!(
+                "container {id} is not running"
+            )));
+        }
+        if lock(&c.execs).contains_key(exec_id) {
+            return Err(AgentError::DuplicateExec {
+                container: id.to_string(),
+                exec: exec_id.to_string(),
+            });
+        }
+        let bad = |source| AgentError::BadSpec {
+            id: id.to_string(),
+            source,
+        };
+        let process = spec::parse_process(process_json).map_err(bad)?;
+        let root = PathBuf::from(format!("/proc/{}/root", c.init.pid));
+        spec::validate_process(&process, &root).map_err(bad)?;
+        let me = Arc::clone(self);
+        let c2 = Arc::clone(&c);
+        let (pid, exit, stdio) =
+            tokio::task::spawn_blocking(move || me.exec_blocking(&c2, process))
+                .await
+                .map_err(blocking_failed)??;
+        let io = ProcessIo::new(stdio).map_err(|source| AgentError::Stdio {
+            id: id.to_string(),
+            source,
+        })?;
+        let p = Arc::new(Process { pid, exit, io });
+        let mut execs = lock(&c.execs);
+        if execs.contains_key(exec_id) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(AgentError::DuplicateExec {
+                container: id.to_string(),
+                exec: exec_id.to_string(),
+            });
+        }
+        execs.insert(exec_id.to_string(), p);
+        info!(container_id = id, exec_id, pid, "exec started");
+        Ok(pid)
+    }
+
+    fn exec_blocking(
+        &self,
+        c: &Container,
+        process: oci_spec::runtime::Process,
+    ) -> Result<(i32, ExitReceiver, skerry_container::ParentStdio), AgentError> {
+        let setup = |source| AgentError::Setup {
+            id: c.id.clone(),
+            source,
+        };
+        let terminal = process.terminal().unwrap_or(false);
+        let prepared = launch::prepare(terminal, CloneFlags::empty()).map_err(setup)?;
+        self.reaper
+            .spawn_registered(|| prepared.clone_child())
+            .map_err(setup)?;
+        let (mut chan, stdio) = prepared.into_parent();
+        let config = InitConfig::Exec {
+            id: c.id.clone(),
+            process: Box::new(process),
+            target_pid: c.init.pid,
+            namespaces: launch::exec_namespaces(c.clone_flags),
+        };
+        let mut registered = None;
+        let r = launch::handshake(&mut chan, &config, |pid| {
+            registered = Some((pid, self.reaper.register(pid)));
+        });
+        match (r, registered) {
+            (Ok(_), Some((pid, exit))) => {
+                launch::release(chan).map_err(setup)?;
+                Ok((pid, exit, stdio))
+            }
+            (Ok(_), None) => Err(setup(LaunchError::Protocol)),
+            (Err(e), reg) => {
+                if let Some((pid, _)) = reg {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                Err(setup(e))
+            }
+        }
+    }
+
+    /// Sends a signal to a process, or with `all` to every process of the container.
+    pub fn signal(&self, id: &str, exec_id: &str, sig: u32, all: bool) -> Result<(), AgentError> {
+        let signal = i32::try_from(sig)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| AgentError::BadRequest(format!("signal {sig} is not a valid signal")))?;
+        let p = self.process(id, exec_id)?;
+        if p.exited().is_some() {
+            return Ok(());
+        }
+        if all {
+            let c = self.container(id)?;
+            for pid in processes_in_pid_ns_of(c.init.pid) {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+        }
+        match kill(Pid::from_raw(p.pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(AgentError::System {
+                what: format!("container {id}: kill({}, {signal})", p.pid),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Kills (if needed) and forgets a container.
+    pub async fn remove(&self, id: &str) -> Result<(), AgentError> {
+        let c = self.container(id)?;
+        if c.init.exited().is_none() {
+            let _ = kill(Pid::from_raw(c.init.pid), Signal::SIGKILL);
+            if tokio::time::timeout(KILL_WAIT, c.init.wait())
+                .await
+                .is_err()
+            {
+                return Err(AgentError::WrongState(format!(
+                    "container {id}: init {} did not exit after SIGKILL",
+                    c.init.pid
+                )));
+            }
+        }
+        lock(&self.containers).remove(id);
+        info!(container_id = id, "container removed");
+        Ok(())
+    }
+
+    /// Pids of all container inits still running.
+    pub fn running_inits(&self) -> Vec<i32> {
+        lock(&self.containers)
+            .values()
+            .filter(|c| c.init.exited().is_none())
+            .map(|c| c.init.pid)
+            .collect()
+    }
+}
+
+/// Every pid whose pid namespace is that of `init`.
+fn processes_in_pid_ns_of(init: i32) -> Vec<i32> {
+    let Ok(target) = std::fs::read_link(format!("/proc/{init}/ns/pid")) else {
+        return Vec::new();
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l == target))
+        .collect()
+}

@@ -1,0 +1,295 @@
+//! Parent side of starting a container process: stdio, the `init` channel and the clone.
+//!
+//! The clone child only rewires fds and re-executes the current binary as
+//! `<exe> init` (see [`crate::init`]), which is safe in a multi-threaded parent.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::channel::{self, ChannelError, InitConfig, SyncMsg, INIT_FD, INIT_FD_ENV};
+use crate::sys::{self, Forked, SysError};
+
+/// How long the parent waits for the child's setup before giving up.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starting a container process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Creating pipes, a pty or the channel failed.
+    #[error("preparing {what}")]
+    Prepare {
+        /// What was being prepared.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// clone(2) failed.
+    #[error("creating the process")]
+    Clone(#[source] SysError),
+    /// The channel to the child broke.
+    #[error("talking to the container's init process")]
+    Channel(#[from] ChannelError),
+    /// The child reported a setup or exec failure.
+    #[error("{0}")]
+    Child(String),
+    /// The child went away without a report.
+    #[error("container init process exited during setup without a report")]
+    Vanished,
+    /// The child sent a message out of order.
+    #[error("container init process sent an unexpected message")]
+    Protocol,
+}
+
+/// The parent's ends of a process's stdio.
+#[derive(Debug)]
+pub struct ParentStdio {
+    /// Where stdin is written (pipe write end or pty master); non-blocking.
+    pub stdin: OwnedFd,
+    /// Where stdout is read (pipe read end or pty master); non-blocking.
+    pub stdout: OwnedFd,
+    /// Where stderr is read; `None` with a terminal. Non-blocking.
+    pub stderr: Option<OwnedFd>,
+    /// Whether the process has a pty (then `stdin`/`stdout` are the master).
+    pub terminal: bool,
+}
+
+/// Everything built before the clone, so the child does no allocation.
+#[derive(Debug)]
+pub struct Prepared {
+    flags: CloneFlags,
+    exe: CString,
+    _args: [CString; 2],
+    argv: [*const libc::c_char; 3],
+    _env: CString,
+    envp: [*const libc::c_char; 2],
+    child_stdio: [OwnedFd; 3],
+    child_chan: OwnedFd,
+    parent_chan: UnixStream,
+    parent_stdio: ParentStdio,
+}
+
+// SAFETY: the raw pointers point into the CStrings owned by the same struct (heap data that
+// does not move with the struct), so sending it to another thread keeps them valid.
+unsafe impl Send for Prepared {}
+
+fn prep<T>(what: &'static str, r: nix::Result<T>) -> Result<T, LaunchError> {
+    r.map_err(|source| LaunchError::Prepare { what, source })
+}
+
+fn set_cloexec(fd: &OwnedFd) -> nix::Result<()> {
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    let fl = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK)).map(drop)
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    prep("stdio pipe", nix::unistd::pipe2(OFlag::O_CLOEXEC))
+}
+
+/// Builds stdio (pty or pipes), the channel and the exec arguments for one child.
+pub fn prepare(terminal: bool, flags: CloneFlags) -> Result<Prepared, LaunchError> {
+    let (child_stdio, parent_stdio) = if terminal {
+        let pty = prep("pty", nix::pty::openpty(None, None))?;
+        prep("pty", set_cloexec(&pty.master))?;
+        prep("pty", set_cloexec(&pty.slave))?;
+        prep("pty", set_nonblocking(&pty.master))?;
+        let master2 = prep("pty", pty.master.try_clone().map_err(io_to_nix))?;
+        let s1 = prep("pty", pty.slave.try_clone().map_err(io_to_nix))?;
+        let s2 = prep("pty", pty.slave.try_clone().map_err(io_to_nix))?;
+        (
+            [pty.slave, s1, s2],
+            ParentStdio {
+                stdin: master2,
+                stdout: pty.master,
+                stderr: None,
+                terminal: true,
+            },
+        )
+    } else {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        for fd in [&in_w, &out_r, &err_r] {
+            prep("stdio pipe", set_nonblocking(fd))?;
+        }
+        (
+            [in_r, out_w, err_w],
+            ParentStdio {
+                stdin: in_w,
+                stdout: out_r,
+                stderr: Some(err_r),
+                terminal: false,
+            },
+        )
+    };
+    let (parent_chan, child_chan) = prep(
+        "init channel",
+        UnixStream::pair()
+            .map(|(a, b)| (a, OwnedFd::from(b)))
+            .map_err(io_to_nix),
+    )?;
+    prep(
+        "init channel",
+        parent_chan
+            .set_read_timeout(Some(SETUP_TIMEOUT))
+            .map_err(io_to_nix),
+    )?;
+    let exe = CString::from(c"/proc/self/exe");
+    let args = [CString::from(c"skerry-agent"), CString::from(c"init")];
+    let argv = [args[0].as_ptr(), args[1].as_ptr(), std::ptr::null()];
+    let env = CString::new(format!("{INIT_FD_ENV}={INIT_FD}")).expect("no NUL in env");
+    let envp = [env.as_ptr(), std::ptr::null()];
+    Ok(Prepared {
+        flags,
+        exe,
+        _args: args,
+        argv,
+        _env: env,
+        envp,
+        child_stdio,
+        child_chan,
+        parent_chan,
+        parent_stdio,
+    })
+}
+
+fn io_to_nix(e: std::io::Error) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl Prepared {
+    /// Clones the child (which re-execs as `init`); returns its pid. Keep this call short:
+    /// callers hold their reaper lock around it.
+    pub fn clone_child(&self) -> Result<i32, LaunchError> {
+        let stdio: [RawFd; 3] = [
+            self.child_stdio[0].as_raw_fd(),
+            self.child_stdio[1].as_raw_fd(),
+            self.child_stdio[2].as_raw_fd(),
+        ];
+        let chan = self.child_chan.as_raw_fd();
+        // SAFETY: the child branch only calls `child_exec`, which is async-signal-safe and
+        // uses fds and C strings built above, all alive for the duration of the call.
+        match unsafe { sys::clone_process(self.flags.bits()) }.map_err(LaunchError::Clone)? {
+            Forked::Parent(pid) => Ok(pid),
+            // SAFETY: we are the freshly cloned child; argv/envp are NULL-terminated.
+            Forked::Child => unsafe {
+                sys::child_exec(stdio, chan, INIT_FD, &self.exe, &self.argv, &self.envp)
+            },
+        }
+    }
+
+    /// Drops the child's fd ends and returns the channel and the parent's stdio.
+    pub fn into_parent(self) -> (UnixStream, ParentStdio) {
+        (self.parent_chan, self.parent_stdio)
+    }
+}
+
+/// Sends the config and waits for `Ready`; `on_pid` sees an exec's final pid first.
+pub fn handshake(
+    chan: &mut UnixStream,
+    config: &InitConfig,
+    mut on_pid: impl FnMut(i32),
+) -> Result<Vec<String>, LaunchError> {
+    channel::send(chan, config)?;
+    loop {
+        match channel::recv::<SyncMsg>(chan)? {
+            Some(SyncMsg::Pid(pid)) => on_pid(pid),
+            Some(SyncMsg::Ready { warnings }) => return Ok(warnings),
+            Some(SyncMsg::Error(msg)) => return Err(LaunchError::Child(msg)),
+            None => return Err(LaunchError::Vanished),
+        }
+    }
+}
+
+/// Releases a ready child to exec its program; `Ok` once the exec succeeded.
+pub fn release(mut chan: UnixStream) -> Result<(), LaunchError> {
+    use std::io::Write;
+    chan.write_all(&[1]).map_err(ChannelError::Io)?;
+    match channel::recv::<SyncMsg>(&mut chan)? {
+        None => Ok(()),
+        Some(SyncMsg::Error(msg)) => Err(LaunchError::Child(msg)),
+        Some(_) => Err(LaunchError::Protocol),
+    }
+}
+
+/// Clone flags for a new container, plus warnings about namespaces that were ignored.
+pub fn container_clone_flags(spec: &Spec) -> (CloneFlags, Vec<String>) {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    let mut warnings = Vec::new();
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in namespaces {
+        let t = ns.typ();
+        if let Some(path) = ns.path() {
+            warnings.push(format!(
+                "linux.namespaces: joining {t} namespace {path:?} is not supported, ignored"
+            ));
+            continue;
+        }
+        match t {
+            LinuxNamespaceType::Network => flags |= CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => flags |= CloneFlags::CLONE_NEWCGROUP,
+            LinuxNamespaceType::User => warnings.push(
+                "linux.namespaces: user namespace not supported in the guest, ignored".into(),
+            ),
+            LinuxNamespaceType::Time => {
+                warnings.push("linux.namespaces: time namespace not supported, ignored".into())
+            }
+            _ => {}
+        }
+    }
+    (flags, warnings)
+}
+
+/// Names (under /proc/<pid>/ns) of the namespaces an exec joins, mount last.
+pub fn exec_namespaces(flags: CloneFlags) -> Vec<String> {
+    let mut out: Vec<String> = vec!["ipc".into(), "uts".into()];
+    if flags.contains(CloneFlags::CLONE_NEWNET) {
+        out.push("net".into());
+    }
+    if flags.contains(CloneFlags::CLONE_NEWCGROUP) {
+        out.push("cgroup".into());
+    }
+    out.push("pid".into());
+    out.push("mnt".into());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_namespaces_and_extras() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"network"},
+            {"type":"user"},{"type":"ipc","path":"/proc/1/ns/ipc"}]}}"#,
+        )
+        .unwrap();
+        let (flags, warnings) = container_clone_flags(&spec);
+        assert!(flags.contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID));
+        assert!(flags.contains(CloneFlags::CLONE_NEWNET));
+        assert!(!flags.contains(CloneFlags::CLONE_NEWUSER));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(
+            exec_namespaces(flags),
+            ["ipc", "uts", "net", "pid", "mnt"].map(String::from)
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! Hypervisor backends: boot one sandbox VM and reach its agent.
+//!
+//! Only QEMU exists today (`qemu.rs`). The agent channel is hybrid vsock (a
+//! host Unix socket speaking `CONNECT <port>`), the shared directory reaches
+//! the guest over virtio-fs; both device backends run as separate vhost-user
+//! processes.
+
+mod process;
+mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::config::HypervisorConfig;
+
+/// Longest path a Unix socket address can hold (`sun_path` minus the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Longest reply line accepted from a hybrid vsock `CONNECT` (including `\n`).
+const MAX_CONNECT_REPLY: usize = 32;
+
+/// How long the guest gets to accept or refuse a vsock connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Everything needed to boot one sandbox VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Sandbox id (already validated).
+    pub id: String,
+    /// Existing per-sandbox directory for sockets and logs.
+    pub run_dir: PathBuf,
+    /// Guest kernel image.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// Extra guest kernel command line.
+    pub kernel_params: String,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Directory shared with the guest over virtio-fs (tag `skerry_protocol::SHARED_FS_TAG`).
+    pub shared_dir: PathBuf,
+    /// File that receives the guest serial console.
+    pub console_log: PathBuf,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered itself off.
+    Poweroff,
+    /// The guest rebooted (or its kernel panicked; `panic=-1` reboots), which ends the VM.
+    Reset,
+    /// The host stopped the hypervisor (`stop()` or a signal it handled gracefully).
+    Stopped,
+    /// The hypervisor was killed by this signal.
+    Killed(i32),
+    /// The hypervisor exited with this status for another or unknown reason.
+    Exited(i32),
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Poweroff => f.write_str("guest powered off"),
+            VmExit::Reset => f.write_str("guest reset"),
+            VmExit::Stopped => f.write_str("stopped by the host"),
+            VmExit::Killed(sig) => write!(f, "hypervisor killed by signal {sig}"),
+            VmExit::Exited(code) => write!(f, "hypervisor exited with status {code}"),
+        }
+    }
+}
+
+/// Failure to boot, reach or stop a sandbox VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// A helper binary could not be found.
+    #[error("{what} binary {name:?} not found in PATH or ~/.cargo/bin")]
+    BinaryNotFound {
+        /// Which program ("qemu", "virtiofsd", ...).
+        what: &'static str,
+        /// The configured name or path.
+        name: PathBuf,
+    },
+    /// The guest kernel image is missing.
+    #[error("guest kernel {0} not found (run `skerry image build`)")]
+    KernelNotFound(PathBuf),
+    /// The guest initramfs is missing.
+    #[error("guest initramfs {0} not found (run `skerry image build`)")]
+    InitrdNotFound(PathBuf),
+    /// A directory the VM needs does not exist.
+    #[error("{what} {path} is not a directory")]
+    NotADirectory {
+        /// Which directory ("run dir", "shared dir").
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A socket path does not fit in a Unix socket address.
+    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (use a shorter run dir)")]
+    SocketPathTooLong(PathBuf),
+    /// KVM was asked for but cannot be used.
+    #[error("hypervisor.accel = \"kvm\" but /dev/kvm is not usable")]
+    KvmUnavailable,
+    /// A process could not be started.
+    #[error("cannot start {what} ({binary})")]
+    Spawn {
+        /// Which program.
+        what: &'static str,
+        /// The binary.
+        binary: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A process exited or did not get ready while the VM was starting.
+    #[error("{what} failed to start: {detail}")]
+    StartFailed {
+        /// Which program.
+        what: &'static str,
+        /// What happened, with the last lines of its log.
+        detail: String,
+    },
+    /// A file in the run dir could not be created or removed.
+    #[error("cannot prepare {0}")]
+    RunDir(PathBuf, #[source] std::io::Error),
+    /// The hypervisor is not running (any more).
+    #[error("VM {0} is not running")]
+    NotRunning(String),
+    /// The hybrid vsock socket could not be used.
+    #[error("cannot reach vsock port {port} of the guest through {path}")]
+    VsockIo {
+        /// The guest port.
+        port: u32,
+        /// The host Unix socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The vsock backend closed the connection: nothing listens on the guest port (yet).
+    #[error("guest refused vsock port {0} (nothing listening yet?)")]
+    VsockRefused(u32),
+    /// The guest neither accepted nor refused the connection in time.
+    #[error("guest did not answer a connection to vsock port {0} in time")]
+    VsockTimeout(u32),
+    /// The vsock backend answered `CONNECT` with something unexpected.
+    #[error("bad reply to CONNECT {port}: {reply:?}")]
+    VsockBadReply {
+        /// The guest port.
+        port: u32,
+        /// What was received (lossy, bounded).
+        reply: String,
+    },
+}
+
+/// A running sandbox VM.
+#[async_trait::async_trait]
+pub trait Vm: Send + Sync {
+    /// Opens a new byte stream to guest vsock `port`.
+    async fn connect(&self, port: u32) -> Result<UnixStream, HypervisorError>;
+    /// Host pids of the live processes that make up this VM (hypervisor + device backends).
+    fn pids(&self) -> Vec<u32>;
+    /// Resolves when the hypervisor process has exited (cancel-safe; may be called again after).
+    async fn wait(&mut self) -> VmExit;
+    /// Stops the hypervisor and its device backends, reaps them and removes their sockets. Idempotent.
+    async fn stop(&mut self) -> Result<(), HypervisorError>;
+}
+
+/// Boots a VM for `spec` and returns once the hypervisor runs; on failure nothing is left behind.
+pub async fn launch(cfg: &HypervisorConfig, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+    let vm = qemu::launch(cfg, spec).await?;
+    Ok(Box::new(vm))
+}
+
+/// Resolves a configured binary: a path with a `/` as is, else `PATH`, else `~/.cargo/bin`.
+pub fn find_binary(name: &Path) -> Option<PathBuf> {
+    if name.as_os_str().is_empty() {
+        return None;
+    }
+    if name.components().count() > 1 || name.is_absolute() {
+        return is_executable(name).then(|| name.to_path_buf());
+    }
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    path_dirs
+        .into_iter()
+        .chain(cargo_bin)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Opens a stream to guest `port` through the hybrid vsock socket `uds`.
+pub(crate) async fn connect_hybrid_vsock(
+    uds: &Path,
+    port: u32,
+) -> Result<UnixStream, HypervisorError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, hybrid_vsock_handshake(uds, port))
+        .await
+        .map_err(|_| HypervisorError::VsockTimeout(port))?
+}
+
+async fn hybrid_vsock_handshake(uds: &Path, port: u32) -> Result<UnixStream, HypervisorError> {
+    let io_err = |source| HypervisorError::VsockIo {
+        port,
+        path: uds.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(uds).await.map_err(io_err)?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(io_err)?;
+    // Read byte by byte so that nothing the guest sends after the reply line is consumed.
+    let mut line = Vec::with_capacity(MAX_CONNECT_REPLY);
+    loop {
+        let mut byte = [0u8; 1];
+        let n = stream.read(&mut byte).await.map_err(io_err)?;
+        if n == 0 {
+            if line.is_empty() {
+                return Err(HypervisorError::VsockRefused(port));
+            }
+            break;
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' || line.len() >= MAX_CONNECT_REPLY {
+            break;
+        }
+    }
+    parse_connect_reply(&line).map_err(|()| HypervisorError::VsockBadReply {
+        port,
+        reply: String::from_utf8_lossy(&line).into_owned(),
+    })?;
+    Ok(stream)
+}
+
+/// Checks a hybrid vsock reply line: exactly `OK <u32>\n`; returns the host-side port.
+fn parse_connect_reply(line: &[u8]) -> Result<u32, ()> {
+    let rest = line.strip_prefix(b"OK ").ok_or(())?;
+    let digits = rest.strip_suffix(b"\n").ok_or(())?;
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(());
+    }
+    std::str::from_utf8(digits)
+        .map_err(|_| ())?
+        .parse::<u32>()
+        .map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_reply_must_be_exact() {
+        assert_eq!(parse_connect_reply(b"OK 1073741824\n"), Ok(1_073_741_824));
+        assert_eq!(parse_connect_reply(b"OK 0\n"), Ok(0));
+        for bad in [
+            &b"OK\n"[..],
+            b"OK 12",
+            b"OK 12\r\n",
+            b"ok 12\n",
+            b"OK -1\n",
+            b"OK 99999999999\n",
+            b"OK 4294967296\n",
+            b"OK 1 2\n",
+            b" OK 1\n",
+            b"",
+        ] {
+            assert!(parse_connect_reply(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn find_binary_uses_paths_and_path_env() {
+        assert_eq!(
+            find_binary(Path::new("/bin/sh")),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(find_binary(Path::new("/nonexistent/qemu")), None);
+        assert!(find_binary(Path::new("sh")).is_some());
+        assert_eq!(find_binary(Path::new("no-such-binary-skerry")), None);
+        assert_eq!(find_binary(Path::new("")), None);
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_handshake_keeps_following_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            for reply in [&b"OK 77\nhello"[..], b"NOPE\n", b""] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 13];
+                s.read_exact(&mut buf[..13]).await.unwrap();
+                assert_eq!(&buf, b"CONNECT 1024\n");
+                s.write_all(reply).await.unwrap();
+            }
+        });
+        let mut s = connect_hybrid_vsock(&path, 1024).await.unwrap();
+        let mut rest = [0u8; 5];
+        s.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"hello");
+        let err = connect_hybrid_vsock(&path, 1024).await.unwrap_err();
+        assert!(
+            matches!(err, HypervisorError::VsockBadReply { .. }),
+            "{err}"
+        );
+        let err = connect_hybrid_vsock(&path, 1024).await.unwrap_err();
+        assert!(matches!(err, HypervisorError::VsockRefused(1024)), "{err}");
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,663 @@
+//! QEMU backend: `-M microvm` with virtio-mmio devices described in ACPI,
+//! virtio-fs through `virtiofsd` and vsock through `vhost-device-vsock`
+//! (vhost-user, so guest memory is a shared memfd).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+
+use super::process::{log_tail, ProcExit, Process};
+use super::{find_binary, HypervisorError, Vm, VmExit, VmSpec, MAX_SOCKET_PATH};
+use crate::config::{Accel, HypervisorConfig};
+
+/// Guest context id; every VM has its own vsock backend, so all can use 3.
+const GUEST_CID: u32 = 3;
+/// How long the vhost-user backends get to create their sockets.
+const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long QEMU gets to answer on QMP.
+const QMP_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SIGTERM → SIGKILL grace for QEMU.
+const QEMU_GRACE: Duration = Duration::from_secs(2);
+/// SIGTERM → SIGKILL grace for the device backends.
+const BACKEND_GRACE: Duration = Duration::from_secs(1);
+/// Longest QMP line accepted.
+const MAX_QMP_LINE: usize = 64 * 1024;
+
+/// Names of the files this backend creates in the run dir.
+const FS_SOCK: &str = "fs.sock";
+const VSOCK_CTL_SOCK: &str = "vsock-ctl.sock";
+const VSOCK_UDS: &str = "vsock.sock";
+const QMP_SOCK: &str = "qmp.sock";
+
+/// Paths of the sockets in the run dir.
+#[derive(Debug, Clone)]
+struct Sockets {
+    fs: PathBuf,
+    vsock_ctl: PathBuf,
+    vsock_uds: PathBuf,
+    qmp: PathBuf,
+}
+
+impl Sockets {
+    fn new(run_dir: &Path) -> Result<Self, HypervisorError> {
+        let s = Sockets {
+            fs: run_dir.join(FS_SOCK),
+            vsock_ctl: run_dir.join(VSOCK_CTL_SOCK),
+            vsock_uds: run_dir.join(VSOCK_UDS),
+            qmp: run_dir.join(QMP_SOCK),
+        };
+        for p in s.all() {
+            // The vsock backend appends `_<port>` for guest-initiated connections.
+            if p.as_os_str().len() + 11 > MAX_SOCKET_PATH {
+                return Err(HypervisorError::SocketPathTooLong(p.to_path_buf()));
+            }
+        }
+        Ok(s)
+    }
+
+    fn all(&self) -> [&Path; 4] {
+        [&self.fs, &self.vsock_ctl, &self.vsock_uds, &self.qmp]
+    }
+
+    /// Removes the sockets and virtiofsd's pid file; missing files are fine.
+    fn remove(&self) -> Result<(), HypervisorError> {
+        let mut pid_file = self.fs.clone().into_os_string();
+        pid_file.push(".pid");
+        let pid_file = PathBuf::from(pid_file);
+        let mut result = Ok(());
+        for p in self.all().into_iter().chain([pid_file.as_path()]) {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => result = Err(HypervisorError::RunDir(p.to_path_buf(), e)),
+            }
+        }
+        result
+    }
+}
+
+/// What QEMU is told to do; turned into arguments by [`qemu_args`].
+#[derive(Debug, Clone)]
+struct QemuPlan {
+    kvm: bool,
+    vcpus: u32,
+    memory_mib: u32,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
+    console_log: PathBuf,
+    sockets: Sockets,
+}
+
+/// A running QEMU microvm and its device backends.
+pub(crate) struct QemuVm {
+    id: String,
+    qemu: Option<Process>,
+    virtiofsd: Option<Process>,
+    vsock: Option<Process>,
+    sockets: Sockets,
+    qmp_reader: Option<JoinHandle<Option<String>>>,
+    shutdown_reason: Option<String>,
+    exit: Option<VmExit>,
+    stopped: bool,
+}
+
+/// Boots the VM; on failure stops whatever was started.
+pub(crate) async fn launch(
+    cfg: &HypervisorConfig,
+    spec: &VmSpec,
+) -> Result<QemuVm, HypervisorError> {
+    let started = Instant::now();
+    let qemu_bin = resolve("qemu", &cfg.qemu_path)?;
+    let virtiofsd_bin = resolve("virtiofsd", &cfg.virtiofsd_path)?;
+    let vsock_bin = resolve("vhost-device-vsock", &cfg.vsock_backend_path)?;
+    if !spec.kernel.is_file() {
+        return Err(HypervisorError::KernelNotFound(spec.kernel.clone()));
+    }
+    if !spec.initrd.is_file() {
+        return Err(HypervisorError::InitrdNotFound(spec.initrd.clone()));
+    }
+    for (what, path) in [("run dir", &spec.run_dir), ("shared dir", &spec.shared_dir)] {
+        if !path.is_dir() {
+            return Err(HypervisorError::NotADirectory {
+                what,
+                path: path.clone(),
+            });
+        }
+    }
+    let kvm = match cfg.accel {
+        Accel::Tcg => false,
+        Accel::Kvm => {
+            if !crate::check::dev_kvm_usable() {
+                return Err(HypervisorError::KvmUnavailable);
+            }
+            true
+        }
+        Accel::Auto => crate::check::kvm_runs_guest_kernels(),
+    };
+    let sockets = Sockets::new(&spec.run_dir)?;
+    sockets.remove()?;
+
+    // cryptomgr.notests skips the crypto self-tests (~0.24 s of guest time under TCG);
+    // no_timer_check skips the IO-APIC timer check. Kata passes both too.
+    let mut cmdline =
+        String::from("console=ttyS0 reboot=k panic=-1 quiet cryptomgr.notests no_timer_check");
+    if !kvm {
+        if let Some(khz) = host_tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    if !spec.kernel_params.trim().is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(spec.kernel_params.trim());
+    }
+    let plan = QemuPlan {
+        kvm,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        cmdline,
+        console_log: spec.console_log.clone(),
+        sockets: sockets.clone(),
+    };
+
+    let mut vm = QemuVm {
+        id: spec.id.clone(),
+        qemu: None,
+        virtiofsd: None,
+        vsock: None,
+        sockets,
+        qmp_reader: None,
+        shutdown_reason: None,
+        exit: None,
+        stopped: false,
+    };
+    match vm
+        .start(spec, &plan, &qemu_bin, &virtiofsd_bin, &vsock_bin)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(
+                sandbox = %spec.id,
+                accel = if kvm { "kvm" } else { "tcg" },
+                pids = ?vm.pids(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "qemu started"
+            );
+            Ok(vm)
+        }
+        Err(e) => {
+            let _ = vm.stop().await;
+            Err(e)
+        }
+    }
+}
+
+fn resolve(what: &'static str, name: &Path) -> Result<PathBuf, HypervisorError> {
+    find_binary(name).ok_or_else(|| HypervisorError::BinaryNotFound {
+        what,
+        name: name.to_path_buf(),
+    })
+}
+
+impl QemuVm {
+    async fn start(
+        &mut self,
+        spec: &VmSpec,
+        plan: &QemuPlan,
+        qemu_bin: &Path,
+        virtiofsd_bin: &Path,
+        vsock_bin: &Path,
+    ) -> Result<(), HypervisorError> {
+        let run = &spec.run_dir;
+
+        let mut cmd = Command::new(virtiofsd_bin);
+        cmd.arg("--shared-dir")
+            .arg(&spec.shared_dir)
+            .arg("--socket-path")
+            .arg(&self.sockets.fs)
+            // Its own namespaces need root; unprivileged runs use no sandbox.
+            .arg("--sandbox")
+            .arg(if nix::unistd::geteuid().is_root() {
+                "namespace"
+            } else {
+                "none"
+            });
+        let log = run.join("virtiofsd.log");
+        self.virtiofsd = Some(spawn("virtiofsd", virtiofsd_bin, cmd, &log)?);
+
+        let mut cmd = Command::new(vsock_bin);
+        cmd.arg("--guest-cid")
+            .arg(GUEST_CID.to_string())
+            .arg("--socket")
+            .arg(&self.sockets.vsock_ctl)
+            .arg("--uds-path")
+            .arg(&self.sockets.vsock_uds);
+        let log = run.join("vsock.log");
+        self.vsock = Some(spawn("vhost-device-vsock", vsock_bin, cmd, &log)?);
+
+        let deadline = Instant::now() + BACKEND_READY_TIMEOUT;
+        for (proc_, sock, log) in [
+            (&self.virtiofsd, &self.sockets.fs, run.join("virtiofsd.log")),
+            (&self.vsock, &self.sockets.vsock_ctl, run.join("vsock.log")),
+        ] {
+            let proc_ = proc_.as_ref().expect("spawned above");
+            wait_for_socket(proc_, sock, &log, deadline).await?;
+        }
+
+        let qemu_log = run.join("qemu.log");
+        let mut cmd = Command::new(qemu_bin);
+        cmd.args(qemu_args(plan));
+        tracing::debug!(sandbox = %spec.id, args = ?qemu_args(plan), "starting qemu");
+        self.qemu = Some(spawn("qemu", qemu_bin, cmd, &qemu_log)?);
+        let qemu = self.qemu.as_ref().expect("spawned above");
+        let reader = qmp_handshake(qemu, &self.sockets.qmp, &qemu_log).await?;
+        self.qmp_reader = Some(reader);
+        Ok(())
+    }
+
+    fn processes(&self) -> impl Iterator<Item = &Process> {
+        [&self.qemu, &self.virtiofsd, &self.vsock]
+            .into_iter()
+            .filter_map(Option::as_ref)
+    }
+}
+
+fn spawn(
+    what: &'static str,
+    binary: &Path,
+    cmd: Command,
+    log: &Path,
+) -> Result<Process, HypervisorError> {
+    Process::spawn(what, cmd, log).map_err(|source| HypervisorError::Spawn {
+        what,
+        binary: binary.to_path_buf(),
+        source,
+    })
+}
+
+/// Waits until `sock` exists, failing early if the process dies.
+async fn wait_for_socket(
+    proc_: &Process,
+    sock: &Path,
+    log: &Path,
+    deadline: Instant,
+) -> Result<(), HypervisorError> {
+    loop {
+        if let Some(exit) = proc_.exited() {
+            return Err(start_failed(proc_.what, &exit.to_string(), log));
+        }
+        if std::fs::symlink_metadata(sock).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let what = format!("socket {} did not appear", sock.display());
+            return Err(start_failed(proc_.what, &what, log));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn start_failed(what: &'static str, happened: &str, log: &Path) -> HypervisorError {
+    let tail = log_tail(log, 5);
+    let detail = if tail.is_empty() {
+        format!("{happened} (log {})", log.display())
+    } else {
+        format!("{happened}; {}: {tail}", log.display())
+    };
+    HypervisorError::StartFailed { what, detail }
+}
+
+/// Connects QMP, negotiates capabilities and returns a task that reports the
+/// last SHUTDOWN reason once QEMU closes the socket.
+async fn qmp_handshake(
+    qemu: &Process,
+    path: &Path,
+    log: &Path,
+) -> Result<JoinHandle<Option<String>>, HypervisorError> {
+    let deadline = Instant::now() + QMP_READY_TIMEOUT;
+    let stream = loop {
+        if let Some(exit) = qemu.exited() {
+            return Err(start_failed("qemu", &exit.to_string(), log));
+        }
+        if let Ok(s) = UnixStream::connect(path).await {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            return Err(start_failed("qemu", "QMP socket did not answer", log));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let fail = |what: &str| start_failed("qemu", what, log);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let exchange = async {
+        let greeting = read_line_bounded(&mut reader).await?;
+        if !greeting.as_deref().is_some_and(|g| g.contains("\"QMP\"")) {
+            return Err("no QMP greeting");
+        }
+        write
+            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .await
+            .map_err(|_| "QMP write failed")?;
+        loop {
+            match read_line_bounded(&mut reader).await? {
+                None => return Err("QMP closed"),
+                Some(l) if l.contains("\"return\"") => return Ok(()),
+                Some(l) if l.contains("\"error\"") => return Err("QMP refused capabilities"),
+                Some(_) => {}
+            }
+        }
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, exchange).await {
+        Ok(Ok(())) => {}
+        Ok(Err(what)) => {
+            // QEMU may be dying; give it a moment so that its log says why.
+            let _ = qemu.wait_timeout(Duration::from_millis(200)).await;
+            return Err(fail(what));
+        }
+        Err(_) => return Err(fail("QMP handshake timed out")),
+    }
+    Ok(tokio::spawn(async move {
+        let _write = write; // keep the connection open
+        let mut reason = None;
+        while let Ok(Some(line)) = read_line_bounded(&mut reader).await {
+            if let Some(r) = parse_shutdown_event(&line) {
+                reason = Some(r);
+            }
+        }
+        reason
+    }))
+}
+
+/// Reads one `\n`-terminated line of at most [`MAX_QMP_LINE`] bytes; `None` at EOF.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<String>, &'static str> {
+    let mut line = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await.map_err(|_| "QMP read failed")?;
+        if buf.is_empty() {
+            return Ok((!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned()));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if line.len() > MAX_QMP_LINE {
+            return Err("QMP line too long");
+        }
+        if done {
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
+    }
+}
+
+/// The `reason` of a QMP `SHUTDOWN` event line, if it is one.
+fn parse_shutdown_event(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("event")?.as_str()? != "SHUTDOWN" {
+        return None;
+    }
+    Some(v.get("data")?.get("reason")?.as_str()?.to_string())
+}
+
+/// Maps QEMU's exit and the last SHUTDOWN reason to a [`VmExit`].
+fn classify_exit(exit: ProcExit, reason: Option<&str>) -> VmExit {
+    match exit {
+        ProcExit::Signal(sig) => VmExit::Killed(sig),
+        ProcExit::Code(0) => match reason {
+            Some("guest-shutdown") => VmExit::Poweroff,
+            Some("guest-reset") | Some("guest-panic") => VmExit::Reset,
+            Some(r) if r.starts_with("host-") => VmExit::Stopped,
+            _ => VmExit::Exited(0),
+        },
+        ProcExit::Code(c) => VmExit::Exited(c),
+        ProcExit::Unknown => VmExit::Exited(-1),
+    }
+}
+
+/// Escapes a value for QEMU's comma-separated option syntax.
+fn opt_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// The QEMU command line (without the binary).
+fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
+    let accel = if plan.kvm { "kvm" } else { "tcg" };
+    let s = &plan.sockets;
+    let args: Vec<String> = vec![
+        "-M".into(),
+        format!(
+            "microvm,accel={accel},acpi=on,pit=off,pic=off,rtc=on,isa-serial=on,memory-backend=mem"
+        ),
+        "-cpu".into(),
+        if plan.kvm { "host" } else { "max" }.into(),
+        "-m".into(),
+        format!("{}M", plan.memory_mib),
+        "-smp".into(),
+        plan.vcpus.to_string(),
+        "-object".into(),
+        format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            plan.memory_mib
+        ),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-chardev".into(),
+        format!("file,id=console,path={}", opt_path(&plan.console_log)),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-chardev".into(),
+        format!("socket,id=fs,path={}", opt_path(&s.fs)),
+        "-device".into(),
+        format!(
+            "vhost-user-fs-device,chardev=fs,tag={}",
+            skerry_protocol::SHARED_FS_TAG
+        ),
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", opt_path(&s.vsock_ctl)),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", opt_path(&s.qmp)),
+        "-kernel".into(),
+        plan.kernel.to_string_lossy().into_owned(),
+        "-initrd".into(),
+        plan.initrd.to_string_lossy().into_owned(),
+        "-append".into(),
+        plan.cmdline.clone(),
+    ];
+    args.into_iter().map(OsString::from).collect()
+}
+
+/// Host TSC frequency in kHz from /proc/cpuinfo, for `tsc_early_khz=` under TCG.
+fn host_tsc_khz() -> Option<u64> {
+    parse_cpu_khz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
+/// The first `cpu MHz` line of a cpuinfo text, in kHz.
+fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split_once(':')?.1.trim().parse().ok()?;
+    (mhz > 0.0 && mhz < 1.0e6).then(|| (mhz * 1000.0).round() as u64)
+}
+
+#[async_trait::async_trait]
+impl Vm for QemuVm {
+    async fn connect(&self, port: u32) -> Result<UnixStream, HypervisorError> {
+        match &self.qemu {
+            Some(q) if q.exited().is_none() && !self.stopped => {}
+            _ => return Err(HypervisorError::NotRunning(self.id.clone())),
+        }
+        super::connect_hybrid_vsock(&self.sockets.vsock_uds, port).await
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.processes().flat_map(Process::pids).collect()
+    }
+
+    async fn wait(&mut self) -> VmExit {
+        if let Some(exit) = self.exit {
+            return exit;
+        }
+        let status = match &self.qemu {
+            Some(q) => q.wait().await,
+            None => ProcExit::Unknown,
+        };
+        if let Some(reader) = &mut self.qmp_reader {
+            // QEMU has exited, so its QMP socket is at EOF or about to be.
+            if let Ok(Ok(reason)) = tokio::time::timeout(Duration::from_secs(1), reader).await {
+                self.shutdown_reason = reason;
+            }
+            self.qmp_reader = None;
+        }
+        let exit = classify_exit(status, self.shutdown_reason.as_deref());
+        self.exit = Some(exit);
+        exit
+    }
+
+    async fn stop(&mut self) -> Result<(), HypervisorError> {
+        if let Some(q) = &self.qemu {
+            q.terminate(QEMU_GRACE).await;
+        }
+        // virtiofsd exits by itself once QEMU disconnects; vhost-device-vsock does not.
+        if let Some(p) = &self.virtiofsd {
+            if p.wait_timeout(Duration::from_millis(500)).await.is_none() {
+                p.terminate(BACKEND_GRACE).await;
+            }
+        }
+        if let Some(p) = &self.vsock {
+            p.terminate(BACKEND_GRACE).await;
+        }
+        if self.qemu.is_some() && self.exit.is_none() {
+            self.wait().await;
+        }
+        if let Some(reader) = self.qmp_reader.take() {
+            reader.abort();
+        }
+        if !self.stopped {
+            tracing::info!(sandbox = %self.id, exit = ?self.exit, "vm stopped");
+        }
+        self.stopped = true;
+        self.sockets.remove()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> QemuPlan {
+        QemuPlan {
+            kvm: false,
+            vcpus: 2,
+            memory_mib: 256,
+            kernel: "/g/vmlinuz".into(),
+            initrd: "/g/initramfs.img".into(),
+            cmdline: "console=ttyS0".into(),
+            console_log: "/r/con,sole.log".into(),
+            sockets: Sockets::new(Path::new("/r")).unwrap(),
+        }
+    }
+
+    #[test]
+    fn command_line_has_shared_memory_and_vhost_user_devices() {
+        let args: Vec<String> = qemu_args(&plan())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-M microvm,accel=tcg,acpi=on"), "{joined}");
+        assert!(joined.contains("-cpu max"));
+        assert!(joined.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert!(joined.contains("memory-backend=mem"));
+        assert!(joined.contains("vhost-user-fs-device,chardev=fs,tag=skerryfs"));
+        assert!(joined.contains("vhost-user-vsock-device,chardev=vsock"));
+        assert!(joined.contains("path=/r/con,,sole.log"), "commas escaped");
+        assert!(joined.contains("-smp 2"));
+        let append = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(args[append + 1], "console=ttyS0");
+        let mut kvm = plan();
+        kvm.kvm = true;
+        let joined = qemu_args(&kvm)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("accel=kvm") && joined.contains("-cpu host"));
+    }
+
+    #[test]
+    fn socket_paths_are_bounded() {
+        assert!(Sockets::new(Path::new("/run/skerry/abc")).is_ok());
+        let long = format!("/run/{}", "x".repeat(90));
+        assert!(matches!(
+            Sockets::new(Path::new(&long)),
+            Err(HypervisorError::SocketPathTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn cpu_khz_from_cpuinfo() {
+        let text = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2596.122\ncache size\t: 512 KB\n\nprocessor\t: 1\ncpu MHz\t\t: 1800.000\n";
+        assert_eq!(parse_cpu_khz(text), Some(2_596_122));
+        assert_eq!(parse_cpu_khz("processor : 0\n"), None);
+        assert_eq!(parse_cpu_khz("cpu MHz : fast\n"), None);
+    }
+
+    #[test]
+    fn exits_are_classified_from_qmp_reason() {
+        let reason = |l: &str| parse_shutdown_event(l);
+        let off = reason(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#,
+        );
+        assert_eq!(off.as_deref(), Some("guest-shutdown"));
+        assert_eq!(reason(r#"{"event": "RESUME"}"#), None);
+        assert_eq!(reason("not json"), None);
+        assert_eq!(
+            classify_exit(ProcExit::Code(0), off.as_deref()),
+            VmExit::Poweroff
+        );
+        assert_eq!(
+            classify_exit(ProcExit::Code(0), Some("guest-reset")),
+            VmExit::Reset
+        );
+        assert_eq!(
+            classify_exit(ProcExit::Code(0), Some("host-signal")),
+            VmExit::Stopped
+        );
+        assert_eq!(classify_exit(ProcExit::Code(0), None), VmExit::Exited(0));
+        assert_eq!(classify_exit(ProcExit::Code(1), None), VmExit::Exited(1));
+        assert_eq!(classify_exit(ProcExit::Signal(9), None), VmExit::Killed(9));
+    }
+
+    #[tokio::test]
+    async fn bounded_lines() {
+        let data: &[u8] = b"{\"QMP\": {}}\nsecond";
+        let mut r = BufReader::new(data);
+        assert_eq!(
+            read_line_bounded(&mut r).await.unwrap().as_deref(),
+            Some("{\"QMP\": {}}\n")
+        );
+        assert_eq!(
+            read_line_bounded(&mut r).await.unwrap().as_deref(),
+            Some("second")
+        );
+        assert_eq!(read_line_bounded(&mut r).await.unwrap(), None);
+        let long = vec![b'a'; MAX_QMP_LINE + 10];
+        let mut r = BufReader::new(&long[..]);
+        assert!(read_line_bounded(&mut r).await.is_err());
+    }
+}
