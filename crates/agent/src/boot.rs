@@ -22,7 +22,7 @@ pub const MODULE_LIST: &str = "/lib/modules/load-order";
 const VSOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Delay between the DestroySandbox reply and the power-off.
-const POWEROFF_DELAY: Duration = Duration::from_millis(50);
+const POWEROFF_DELAY: Duration = Duration::from_millis(5);
 
 /// An early-boot step failed.
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +264,15 @@ pub fn destroy_sandbox(guest: bool, sandbox: &Sandbox) {
     });
 }
 
+/// Whether the kernel command line holds the word `flag`.
+pub fn kernel_flag(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|cmdline| has_word(&cmdline, flag))
+}
+
+fn has_word(cmdline: &str, word: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == word)
+}
+
 /// Powers the VM off (PID 1 must never just exit).
 pub fn power_off() -> ! {
     nix::unistd::sync();
@@ -271,4 +280,20 @@ pub fn power_off() -> ! {
     // reboot(2) only returns on failure; PID 1 exiting would panic the kernel, which with
     // panic=-1 still ends the VM.
     std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_word;
+
+    #[test]
+    fn kernel_flags_match_whole_words() {
+        let cmdline = "console=ttyS0 quiet skerry.poweroff_after_boot panic=-1\n";
+        assert!(has_word(cmdline, "skerry.poweroff_after_boot"));
+        assert!(!has_word(cmdline, "skerry.poweroff"));
+        assert!(!has_word(
+            "skerry.poweroff_after_boot=0",
+            "skerry.poweroff_after_boot"
+        ));
+    }
 }

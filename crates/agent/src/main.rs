@@ -16,6 +16,10 @@ use tracing::{error, info, warn};
 /// Default directory the host's virtio-fs share is mounted on.
 const SHARED_DIR: &str = "/run/skerry/shared";
 
+/// Kernel command-line flag: power off once booted instead of serving the API
+/// (measures boot-to-poweroff of an image; see bench/).
+const POWEROFF_AFTER_BOOT: &str = "skerry.poweroff_after_boot";
+
 struct Options {
     listen: String,
     shared_dir: PathBuf,
@@ -95,6 +99,10 @@ fn main() {
         boot::load_modules();
         if opts.listen.starts_with("vsock://") {
             boot::wait_for_vsock();
+        }
+        if boot::kernel_flag(POWEROFF_AFTER_BOOT) {
+            info!("boot complete; powering off as {POWEROFF_AFTER_BOOT} asks");
+            boot::power_off();
         }
     } else {
         // Development mode on a host: stay the parent of re-parented exec processes.

@@ -64,7 +64,7 @@ fn missing_program_is_named() {
     expect_error(
         &w,
         &["run", "--bundle", bundle.to_str().unwrap(), "c1"],
-        "process.args: executable \"/bin/no-such-program\" not found",
+        "process.args[0] \"/bin/no-such-program\" not found in rootfs",
         "c1",
     );
 }

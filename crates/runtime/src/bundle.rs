@@ -5,7 +5,6 @@
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -33,6 +32,14 @@ pub enum BundleError {
         path: PathBuf,
         /// The parser's message with line and column.
         message: String,
+    },
+    /// The spec breaks a rule of the OCI spec or of this runtime.
+    #[error("{path}: {source}")]
+    Spec {
+        /// The file.
+        path: PathBuf,
+        /// The rule, naming the field.
+        source: skerry_container::spec::SpecError,
     },
     /// A field is missing or wrong.
     #[error("{path}: {field}: {message}")]
@@ -104,27 +111,10 @@ impl Bundle {
                 format!("{} is not a directory", rootfs.display()),
             ));
         }
-        let process = spec
-            .process()
-            .as_ref()
-            .ok_or_else(|| field("process", "missing".into()))?;
-        let args = process.args().clone().unwrap_or_default();
-        let Some(program) = args.first() else {
-            return Err(field("process.args", "must not be empty".into()));
-        };
-        let env = process.env().clone().unwrap_or_default();
-        if resolve_program(&rootfs, program, &env).is_none() {
-            return Err(field(
-                "process.args",
-                format!(
-                    "executable {program:?} not found in rootfs {}",
-                    rootfs.display()
-                ),
-            ));
-        }
-        if !process.cwd().is_absolute() {
-            return Err(field("process.cwd", "must be an absolute path".into()));
-        }
+        skerry_container::spec::validate_spec(&spec, &rootfs).map_err(|e| BundleError::Spec {
+            path: config.clone(),
+            source: e,
+        })?;
         Ok(Self {
             dir,
             rootfs,
@@ -134,54 +124,9 @@ impl Bundle {
     }
 }
 
-/// Finds `program` inside `rootfs` the way execvp would inside the container:
-/// a name with a '/' is taken as is, otherwise each entry of the spec's PATH
-/// (or a default PATH) is tried. Symlinks are followed within the rootfs.
-pub fn resolve_program(rootfs: &Path, program: &str, env: &[String]) -> Option<PathBuf> {
-    if program.contains('/') {
-        let inside = Path::new(program);
-        return is_executable(rootfs, inside).then(|| inside.to_path_buf());
-    }
-    let path = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    path.split(':')
-        .filter(|d| d.starts_with('/'))
-        .map(|d| Path::new(d).join(program))
-        .find(|p| is_executable(rootfs, p))
-}
-
-/// Whether `inside` (a path as seen in the container) is an executable file,
-/// resolving symlinks relative to `rootfs` so that absolute links do not
-/// escape to the host.
-fn is_executable(rootfs: &Path, inside: &Path) -> bool {
-    let mut current = inside.to_path_buf();
-    for _ in 0..40 {
-        let host = rootfs.join(current.strip_prefix("/").unwrap_or(&current));
-        let Ok(meta) = fs::symlink_metadata(&host) else {
-            return false;
-        };
-        if meta.file_type().is_symlink() {
-            let Ok(target) = fs::read_link(&host) else {
-                return false;
-            };
-            current = if target.is_absolute() {
-                target
-            } else {
-                current.parent().unwrap_or(Path::new("/")).join(target)
-            };
-            continue;
-        }
-        return meta.is_file() && meta.permissions().mode() & 0o111 != 0;
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     use super::*;
 
@@ -253,27 +198,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         write_bundle(tmp.path(), &config("[]"));
         let err = Bundle::load(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("process.args: must not be empty"), "{err}");
-    }
-
-    #[test]
-    fn path_lookup_follows_links_inside_rootfs() {
-        let tmp = tempfile::tempdir().unwrap();
-        write_bundle(tmp.path(), &config(r#"["cat"]"#));
-        let rootfs = tmp.path().join("rootfs");
-        assert_eq!(
-            resolve_program(&rootfs, "cat", &["PATH=/usr/bin:/bin".into()]),
-            Some(PathBuf::from("/bin/cat"))
-        );
-        assert_eq!(
-            resolve_program(&rootfs, "cat", &["PATH=/usr/bin".into()]),
-            None
-        );
-        // An absolute link pointing outside the rootfs is resolved inside it.
-        symlink("/usr/bin/env", rootfs.join("bin/escape")).unwrap();
-        assert_eq!(resolve_program(&rootfs, "/bin/escape", &[]), None);
-        // Link loops end.
-        symlink("loop", rootfs.join("bin/loop")).unwrap();
-        assert_eq!(resolve_program(&rootfs, "/bin/loop", &[]), None);
+        assert!(err.contains("process.args is missing or empty"), "{err}");
     }
 }

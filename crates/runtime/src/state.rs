@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -20,7 +19,7 @@ const STATE_FILE: &str = "state.json";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The id breaks the naming rule.
-    #[error("invalid container id {0:?}: must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")]
+    #[error("invalid container id: {0}")]
     InvalidId(String),
     /// A container with this id exists already.
     #[error("container {0:?} already exists")]
@@ -160,17 +159,22 @@ impl ContainerState {
     }
 }
 
-/// Checks a container id: it names a directory, so no path tricks.
+/// Longest container id on the host: the VM's socket paths, which live under
+/// the container's state directory, must fit in a Unix socket address.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Checks a container id: the guest agent's rule, and at most [`MAX_ID_LEN`]
+/// bytes. It names a directory, so no path tricks get through.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
-    let mut chars = id.chars();
-    let ok = id.len() <= 64
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::InvalidId(id.to_string()))
+    skerry_container::id::validate_container_id(id)
+        .map_err(|e| StateError::InvalidId(e.to_string()))?;
+    if id.len() > MAX_ID_LEN {
+        return Err(StateError::InvalidId(format!(
+            "container id is {} bytes long, at most {MAX_ID_LEN} allowed",
+            id.len()
+        )));
     }
+    Ok(())
 }
 
 /// The state root directory.
@@ -250,9 +254,9 @@ impl StateStore {
             source,
         };
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&json).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        // Atomic, not durable: the state root is a tmpfs (/run) in practice,
+        // and a container does not survive a host reboot anyway.
+        fs::write(&tmp, &json).map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)
     }
 
