@@ -6,8 +6,9 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-    qemu-system-x86 busybox-static cpio ca-certificates \
+apt-get install -y -qq \
+    qemu-system-x86 busybox-static cpio ca-certificates bsdutils \
+    podman containerd runc crun hyperfine \
     libseccomp-dev libcap-ng-dev pkg-config gcc >/dev/null
 echo "install-deps: apt packages ready"
 

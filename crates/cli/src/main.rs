@@ -3,7 +3,14 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod console;
+mod container_cmd;
+mod exec_cmd;
+mod features;
+mod list;
 mod logging;
+mod spawn;
+mod spec_cmd;
 
 use std::path::PathBuf;
 
@@ -20,7 +27,13 @@ pub enum LogFormat {
 
 /// Runs OCI containers inside lightweight virtual machines.
 #[derive(Debug, Parser)]
-#[command(name = "skerry", version, about, propagate_version = true)]
+#[command(
+    name = "skerry",
+    version,
+    about,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Directory for container state.
     #[arg(long, global = true, default_value = skerry_runtime::state::DEFAULT_ROOT)]
@@ -37,6 +50,9 @@ pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "SKERRY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Accepted for runc compatibility; sandbox VMs are not placed in systemd cgroups yet.
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -53,6 +69,18 @@ pub enum Command {
         /// Write the container's host pid here.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Unix socket that receives the master of the container's terminal.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Accepted for runc compatibility; the guest always uses pivot_root.
+        #[arg(long)]
+        no_pivot: bool,
+        /// Accepted for runc compatibility; the guest kernel keyring is the VM's own.
+        #[arg(long)]
+        no_new_keyring: bool,
+        /// Accepted for runc compatibility; host fds cannot cross into the VM, so N > 0 is refused.
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: u32,
         /// Container id.
         id: String,
     },
@@ -64,9 +92,23 @@ pub enum Command {
         /// Write the container's host pid here.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Unix socket that receives the master of the container's terminal.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Accepted for runc compatibility; the guest always uses pivot_root.
+        #[arg(long)]
+        no_pivot: bool,
+        /// Accepted for runc compatibility; the guest kernel keyring is the VM's own.
+        #[arg(long)]
+        no_new_keyring: bool,
+        /// Accepted for runc compatibility; host fds cannot cross into the VM, so N > 0 is refused.
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: u32,
         /// Container id.
         id: String,
     },
+    /// Run a new process inside a running container.
+    Exec(ExecArgs),
     /// Start a created container.
     Start {
         /// Container id.
@@ -96,6 +138,37 @@ pub enum Command {
         /// Container id.
         id: String,
     },
+    /// Write a default config.json (runc's example spec) into the bundle.
+    Spec {
+        /// Bundle directory to write config.json into.
+        #[arg(long, short, default_value = ".")]
+        bundle: PathBuf,
+        /// Map the calling user to root in a user namespace.
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Print the OCI runtime features document (what skerry supports) as JSON.
+    Features,
+    /// List the containers in --root.
+    List {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = list::Format::Table)]
+        format: list::Format,
+        /// Print only the container ids.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show the host processes of a container (`ps -ef` by default).
+    Ps {
+        /// Output format: table (ps output) or json (array of host pids).
+        #[arg(long, short, value_enum, default_value_t = list::Format::Table)]
+        format: list::Format,
+        /// Container id.
+        id: String,
+        /// Arguments for ps (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
     /// Tell whether this host can run sandboxes, and with which hypervisor.
     Check,
     /// Guest image tools.
@@ -104,18 +177,70 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Internal: the host process standing for one exec'd process.
+    #[command(hide = true)]
+    ExecProxy {
+        /// The OCI process JSON to run (removed once read).
+        #[arg(long)]
+        process_file: PathBuf,
+        /// Exec id.
+        #[arg(long)]
+        exec_id: String,
+        /// Container id.
+        id: String,
+    },
     /// Internal: the per-sandbox monitor started by `create`.
     #[command(hide = true)]
     Monitor {
         /// Bundle directory.
         #[arg(long)]
         bundle: PathBuf,
-        /// Inherited pipe on which to report readiness.
-        #[arg(long)]
-        ready_fd: i32,
         /// Container id.
         id: String,
     },
+}
+
+/// `skerry exec` arguments (runc's).
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// OCI process JSON to run instead of ARGS.
+    #[arg(long, short)]
+    pub process: Option<PathBuf>,
+    /// Return once the process runs; its host pid goes to --pid-file.
+    #[arg(long, short)]
+    pub detach: bool,
+    /// Write the process's host pid here.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the master of the process's terminal.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Allocate a terminal.
+    #[arg(long, short)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE), repeatable.
+    #[arg(long, short)]
+    pub env: Vec<String>,
+    /// Working directory in the container.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// User as UID[:GID].
+    #[arg(long, short)]
+    pub user: Option<String>,
+    /// Additional group id, repeatable.
+    #[arg(long = "additional-gids", short = 'g')]
+    pub additional_gids: Vec<u32>,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Accepted for runc compatibility; refused when N > 0.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Container id.
+    pub id: String,
+    /// The command and its arguments (without --process).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 /// `skerry image` subcommands.

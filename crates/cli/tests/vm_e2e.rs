@@ -252,3 +252,287 @@ fn vm_duplicate_id_is_refused_and_the_first_survives() {
     assert!(out.status.success(), "{}", stderr(&out));
     w.assert_clean("dup");
 }
+
+/// Creates and starts `id` running `sh -c 'touch /tmp/ready; exec sleep 1000'`.
+fn start_sleeper(w: &World, id: &str) -> std::path::PathBuf {
+    let bundle = w.bundle(id, &["sh", "-c", "touch /tmp/ready; exec sleep 1000"]);
+    let ok = w
+        .skerry()
+        .args(["create", "--bundle", bundle.to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "create\n{}", w.log());
+    let out = w.run(&["start", id]);
+    assert!(out.status.success(), "start: {}", stderr(&out));
+    wait_ready(w, &bundle);
+    bundle
+}
+
+#[test]
+fn vm_exec_runs_inside_the_container() {
+    require_vm!();
+    let w = World::new();
+    start_sleeper(&w, "ex");
+    // Foreground: output, environment, namespaces and exit status come back.
+    let out = w.run(&[
+        "exec",
+        "-e",
+        "GREETING=hi",
+        "ex",
+        "sh",
+        "-c",
+        "echo $GREETING; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 7",
+    ]);
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{text}\n{}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    assert!(text.starts_with("hi\nskerry-test\n"), "{text}");
+    assert!(
+        text.contains("sleep 1000"),
+        "exec is not in the container's pid namespace: {text}"
+    );
+
+    // --process FILE and a cwd.
+    let process = w.tmp.path().join("process.json");
+    let spec = common::spec(&["sh", "-c", "pwd"]);
+    let mut p = spec["process"].clone();
+    p["cwd"] = "/tmp".into();
+    std::fs::write(&process, p.to_string()).unwrap();
+    let out = w.run(&["exec", "--process", process.to_str().unwrap(), "ex"]);
+    assert_eq!(stdout(&out), "/tmp\n", "{}", stderr(&out));
+
+    // Detached: the pid-file process stands for the exec'd process.
+    let pid_file = w.tmp.path().join("exec.pid");
+    let out = w.run(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "ex",
+        "sh",
+        "-c",
+        "sleep 1; exit 5",
+    ]);
+    assert!(
+        out.status.success(),
+        "exec -d: {}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        assert!(
+            Instant::now() < deadline,
+            "exec proxy outlived its process\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Bad input is named.
+    let out = w.run(&["exec", "ex"]);
+    assert!(
+        stderr(&out).contains("no command given"),
+        "{}",
+        stderr(&out)
+    );
+    let out = w.run(&["exec", "ex", "/bin/no-such"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/bin/no-such"), "{}", stderr(&out));
+
+    assert!(w.run(&["kill", "ex", "KILL"]).status.success());
+    let out = w.run(&["delete", "--force", "ex"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    w.assert_clean("ex");
+}
+
+#[test]
+fn vm_bind_mounts_reach_the_guest() {
+    require_vm!();
+    let w = World::new();
+    let data = w.tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello"), "from the host\n").unwrap();
+    let file = w.tmp.path().join("hostinfo");
+    std::fs::write(&file, "a single file\n").unwrap();
+    let bundle = w.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "cat /data/hello /etc/hostinfo; echo written > /data/out",
+        ],
+    );
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let mounts = spec["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}));
+    mounts.push(serde_json::json!({"destination": "/etc/hostinfo", "type": "bind", "source": file, "options": ["bind", "ro"]}));
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "bm"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    assert_eq!(stdout(&out), "from the host\na single file\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap(),
+        "written\n"
+    );
+    w.assert_clean("bm");
+}
+
+#[test]
+fn vm_console_socket_gives_the_container_a_terminal() {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixListener;
+
+    require_vm!();
+    let w = World::new();
+    let bundle = w.bundle("b", &["sh", "-c", "tty; stty size; echo done; sleep 2"]);
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    spec["process"]["terminal"] = true.into();
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let socket = w.tmp.path().join("console.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 256];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+            .expect("no fd in the console socket message");
+        // SAFETY: the fd was just received with SCM_RIGHTS and is owned by no one else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    let out = w
+        .skerry()
+        .args([
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--console-socket",
+        ])
+        .arg(&socket)
+        .arg("tty")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "create: {}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    let master = receiver.join().unwrap();
+    let mut master = std::fs::File::from(master);
+    // Set the size before start: the container must see it.
+    let ws = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid Winsize from the pointer.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(w.run(&["start", "tty"]).status.success());
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 1024];
+    while !text.contains("done") {
+        assert!(
+            Instant::now() < deadline,
+            "no output on the terminal: {text:?}\n{}",
+            w.log()
+        );
+        use std::io::Read;
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(text.contains("/dev/pts/"), "not a terminal: {text:?}");
+    assert!(text.contains("33 101"), "window size not passed: {text:?}");
+    assert!(
+        text.contains("\r\n"),
+        "no terminal line discipline: {text:?}"
+    );
+    let out = w.run(&["delete", "--force", "tty"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    w.assert_clean("tty");
+}
+
+#[test]
+fn vm_hooks_run_on_the_host_with_the_state() {
+    require_vm!();
+    let w = World::new();
+    let bundle = w.bundle("b", &["true"]);
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let out = w.tmp.path().join("hooks");
+    std::fs::create_dir(&out).unwrap();
+    let hook = |name: &str| {
+        let file = out.join(name);
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", file.display())]})
+    };
+    spec["hooks"] = serde_json::json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let run = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "hk"]);
+    assert!(run.status.success(), "{}\n{}", stderr(&run), w.log());
+    for (name, status) in [
+        ("prestart", "created"),
+        ("createRuntime", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(state["id"], "hk", "{name}: {text}");
+        assert_eq!(state["status"], status, "{name}: {text}");
+        assert_eq!(state["ociVersion"], "1.0.2");
+    }
+
+    // A failing prestart hook fails create, leaving nothing behind.
+    spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 3"]}]});
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let run = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "hk2"]);
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains("prestart hook /bin/sh exited with status 3: no network"),
+        "{}",
+        stderr(&run)
+    );
+    w.assert_clean("hk2");
+}

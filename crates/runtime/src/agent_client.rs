@@ -74,6 +74,26 @@ pub struct ExitStatus {
     pub signal: u32,
 }
 
+/// Names a process in the guest: a container's init (empty `exec`) or one
+/// of its exec'd processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc<'a> {
+    /// Container id.
+    pub container: &'a str,
+    /// Exec id; empty for the container's init process.
+    pub exec: &'a str,
+}
+
+impl<'a> Proc<'a> {
+    /// The init process of `container`.
+    pub fn init(container: &'a str) -> Self {
+        Self {
+            container,
+            exec: "",
+        }
+    }
+}
+
 /// A connected agent.
 #[derive(Clone)]
 pub struct AgentConn {
@@ -180,10 +200,11 @@ impl AgentConn {
         Ok(())
     }
 
-    /// Sends `signal` to the container's process (or all its processes).
-    pub async fn signal(&self, id: &str, signal: u32, all: bool) -> Result<(), AgentError> {
+    /// Sends `signal` to a process (or all processes of the container).
+    pub async fn signal(&self, p: Proc<'_>, signal: u32, all: bool) -> Result<(), AgentError> {
         let req = proto::SignalProcessRequest {
-            container_id: id.into(),
+            container_id: p.container.into(),
+            exec_id: p.exec.into(),
             signal,
             all,
             ..Default::default()
@@ -195,10 +216,11 @@ impl AgentConn {
         Ok(())
     }
 
-    /// Waits, without a time limit, for the container's process to exit.
-    pub async fn wait(&self, id: &str) -> Result<ExitStatus, AgentError> {
+    /// Waits, without a time limit, for a process to exit.
+    pub async fn wait(&self, p: Proc<'_>) -> Result<ExitStatus, AgentError> {
         let req = proto::WaitProcessRequest {
-            container_id: id.into(),
+            container_id: p.container.into(),
+            exec_id: p.exec.into(),
             ..Default::default()
         };
         let resp = self
@@ -222,9 +244,10 @@ impl AgentConn {
     }
 
     /// Writes to the process's stdin; returns how much was taken.
-    pub async fn write_stdin(&self, id: &str, data: &[u8]) -> Result<usize, AgentError> {
+    pub async fn write_stdin(&self, p: Proc<'_>, data: &[u8]) -> Result<usize, AgentError> {
         let req = proto::WriteStreamRequest {
-            container_id: id.into(),
+            container_id: p.container.into(),
+            exec_id: p.exec.into(),
             data: data.to_vec(),
             ..Default::default()
         };
@@ -244,9 +267,10 @@ impl AgentConn {
     }
 
     /// Closes the process's stdin.
-    pub async fn close_stdin(&self, id: &str) -> Result<(), AgentError> {
+    pub async fn close_stdin(&self, p: Proc<'_>) -> Result<(), AgentError> {
         let req = proto::CloseStdinRequest {
-            container_id: id.into(),
+            container_id: p.container.into(),
+            exec_id: p.exec.into(),
             ..Default::default()
         };
         self.client
@@ -256,10 +280,43 @@ impl AgentConn {
         Ok(())
     }
 
+    /// Starts an additional process (OCI `process` JSON) in a running container.
+    pub async fn exec_process(&self, p: Proc<'_>, process_json: &[u8]) -> Result<u32, AgentError> {
+        let req = proto::ExecProcessRequest {
+            container_id: p.container.into(),
+            exec_id: p.exec.into(),
+            oci_process_json: process_json.to_vec(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .exec_process(timed(), &req)
+            .await
+            .map_err(map_err("ExecProcess"))?;
+        Ok(resp.pid)
+    }
+
+    /// Sets the window size of a process's terminal.
+    pub async fn resize_tty(&self, p: Proc<'_>, rows: u16, columns: u16) -> Result<(), AgentError> {
+        let req = proto::TtyWinResizeRequest {
+            container_id: p.container.into(),
+            exec_id: p.exec.into(),
+            rows: rows.into(),
+            columns: columns.into(),
+            ..Default::default()
+        };
+        self.client
+            .tty_win_resize(timed(), &req)
+            .await
+            .map_err(map_err("TtyWinResize"))?;
+        Ok(())
+    }
+
     /// Reads the next chunk of stdout (`stderr == false`) or stderr; empty at EOF.
-    pub async fn read_output(&self, id: &str, stderr: bool) -> Result<Vec<u8>, AgentError> {
+    pub async fn read_output(&self, p: Proc<'_>, stderr: bool) -> Result<Vec<u8>, AgentError> {
         let req = proto::ReadStreamRequest {
-            container_id: id.into(),
+            container_id: p.container.into(),
+            exec_id: p.exec.into(),
             len: proto::MAX_READ_LEN,
             ..Default::default()
         };

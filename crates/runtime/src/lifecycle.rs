@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use crate::{
     control::{self, ControlError, ControlRequest},
-    mounts::{HostMounts, SysMounts},
+    hooks::{run_hooks, HookKind},
+    mounts::{mounted_under, HostMounts, SysMounts},
     sandbox::SandboxPaths,
-    state::{ProcessId, StateError, StateStore, Status},
+    state::{ContainerState, ProcessId, StateError, StateStore, Status},
 };
 
 /// OCI runtime spec version this runtime reports.
@@ -71,20 +72,35 @@ pub struct OciState {
 
 /// The state of container `id`.
 pub fn state(store: &StateStore, id: &str) -> Result<OciState, LifecycleError> {
-    let s = store.load(id)?;
-    let status = s.effective_status();
-    Ok(OciState {
-        oci_version: OCI_VERSION.into(),
-        id: s.id.clone(),
-        status: status.to_string(),
-        pid: match status {
-            Status::Stopped => 0,
-            _ => s.monitor.map_or(0, |m| m.pid),
-        },
-        bundle: s.bundle.clone(),
-        annotations: s.annotations.clone(),
-        created: s.created.clone(),
-    })
+    Ok(store.load(id)?.oci_state())
+}
+
+impl ContainerState {
+    /// The OCI state document of this container.
+    pub fn oci_state(&self) -> OciState {
+        let status = self.effective_status();
+        OciState {
+            oci_version: OCI_VERSION.into(),
+            id: self.id.clone(),
+            status: status.to_string(),
+            pid: match status {
+                Status::Stopped => 0,
+                _ => self.monitor.map_or(0, |m| m.pid),
+            },
+            bundle: self.bundle.clone(),
+            annotations: self.annotations.clone(),
+            created: self.created.clone(),
+        }
+    }
+}
+
+/// The hooks of `kind` in the bundle's config.json (none if it is gone).
+pub fn bundle_hooks(bundle: &std::path::Path, kind: HookKind) -> Vec<oci_spec::runtime::Hook> {
+    oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|spec| spec.hooks().clone())
+        .map(|hooks| kind.select(&hooks).to_vec())
+        .unwrap_or_default()
 }
 
 fn monitor_socket(store: &StateStore, id: &str) -> PathBuf {
@@ -166,13 +182,35 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
     for p in &s.vm_processes {
         kill_and_wait(*p).await;
     }
-    let paths = SandboxPaths::new(&store.dir(id));
-    SysMounts
-        .unmount(&paths.rootfs_mount(id))
-        .map_err(|source| LifecycleError::Cleanup {
-            id: id.into(),
-            source,
-        })?;
+    let poststop = bundle_hooks(&s.bundle, HookKind::Poststop);
+    if !poststop.is_empty() {
+        let mut state = s.oci_state();
+        state.status = Status::Stopped.to_string();
+        // Failures of poststop hooks are warnings (logged by run_hooks).
+        let _ = run_hooks(HookKind::Poststop, &poststop, &state).await;
+    }
+    for path in mounted_under(&store.dir(id)) {
+        SysMounts
+            .unmount(&path)
+            .map_err(|source| LifecycleError::Cleanup {
+                id: id.into(),
+                source,
+            })?;
+    }
+    let run_dir = SandboxPaths::new(store, id).run_dir;
+    match std::fs::remove_dir_all(&run_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(LifecycleError::Cleanup {
+                id: id.into(),
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    if let Some(parent) = run_dir.parent() {
+        // Fails harmlessly while other sandboxes use it.
+        let _ = std::fs::remove_dir(parent);
+    }
     store.remove(id)?;
     Ok(())
 }

@@ -3,39 +3,25 @@
 //! stands for the container on the host: it lives exactly as long as the
 //! container process and exits with its status.
 
-use std::{io::Write, path::PathBuf, sync::Arc, time::Duration};
+use std::{io::Write, path::PathBuf, sync::Arc};
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::UnixListener,
-    sync::Mutex,
-};
-use tracing::{debug, error, info, warn};
+use tokio::{net::UnixListener, sync::Mutex};
+use tracing::{debug, error, info};
 
 use crate::{
-    agent_client::AgentConn,
+    agent_client::{AgentConn, Proc},
     bundle::Bundle,
     control::{self, ControlReply, ControlRequest},
+    hooks::{run_hooks, HookKind},
+    lifecycle::bundle_hooks,
     mounts::HostMounts,
+    relay::{ProcessStdio, Relay, RelayOptions},
     sandbox::{Sandbox, SandboxParams, SandboxPaths, VmLauncher},
     state::{ContainerState, ProcessId, StateStore, Status},
 };
 
 /// Exit status the monitor reports when the VM died under the container.
 pub const VM_LOST_STATUS: i32 = 255;
-
-/// How long to wait for the last output after the process exited.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The container's stdio as the monitor holds it.
-pub struct MonitorStdio {
-    /// Fed to the container's stdin.
-    pub stdin: Box<dyn AsyncRead + Send + Unpin>,
-    /// Receives the container's stdout.
-    pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
-    /// Receives the container's stderr.
-    pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
-}
 
 /// What the monitor needs to run one container.
 pub struct MonitorOptions {
@@ -49,9 +35,8 @@ pub struct MonitorOptions {
     pub params: SandboxParams,
     /// Told "ok" or the error once the container is created, then closed.
     pub ready: Box<dyn Write + Send>,
-    /// Forward SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2 received by this
-    /// process to the container.
-    pub forward_signals: bool,
+    /// Signal forwarding and terminal size following.
+    pub relay: RelayOptions,
 }
 
 /// Formats an error with its chain of causes on one line.
@@ -72,7 +57,7 @@ pub async fn run(
     mut opts: MonitorOptions,
     launcher: &dyn VmLauncher,
     mounts: Box<dyn HostMounts>,
-    stdio: MonitorStdio,
+    stdio: ProcessStdio,
 ) -> i32 {
     let id = opts.id.clone();
     let store = opts.store.clone();
@@ -83,6 +68,7 @@ pub async fn run(
         if let Err(e) = store.remove(&id) {
             error!(container = %id, error = %e, "removing state after failed create");
         }
+        let _ = std::fs::remove_dir_all(SandboxPaths::new(&store, &id).run_dir);
         1
     };
     let bundle = match Bundle::load(&opts.bundle) {
@@ -95,6 +81,7 @@ pub async fn run(
         status: Status::Creating,
         monitor: ProcessId::of(std::process::id()),
         vm_processes: vec![],
+        agent_socket: None,
         exit_status: None,
         created: now_rfc3339(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
@@ -102,7 +89,7 @@ pub async fn run(
     if let Err(e) = store.save(&state) {
         return fail(&mut opts, error_chain(&e));
     }
-    let paths = SandboxPaths::new(&dir);
+    let paths = SandboxPaths::new(&store, &id);
     let mut sandbox =
         match Sandbox::create(&id, &bundle, &opts.params, &paths, launcher, mounts).await {
             Ok(s) => s,
@@ -114,6 +101,18 @@ pub async fn run(
         .into_iter()
         .filter_map(ProcessId::of)
         .collect();
+    state.agent_socket = Some(sandbox.vsock_path());
+    for kind in [
+        HookKind::Prestart,
+        HookKind::CreateRuntime,
+        HookKind::CreateContainer,
+    ] {
+        let hooks = bundle_hooks(&bundle.dir, kind);
+        if let Err(e) = run_hooks(kind, &hooks, &state.oci_state()).await {
+            sandbox.shutdown().await;
+            return fail(&mut opts, error_chain(&e));
+        }
+    }
     let listener = UnixListener::bind(dir.join(control::SOCKET_NAME));
     let saved = store.save(&state);
     let listener = match (listener, saved) {
@@ -138,23 +137,12 @@ pub async fn run(
         Arc::clone(&state),
         store.clone(),
     ));
-    let stdout = tokio::spawn(pump_output(agent.clone(), id.clone(), false, stdio.stdout));
-    let stderr = tokio::spawn(pump_output(agent.clone(), id.clone(), true, stdio.stderr));
-    let stdin = tokio::spawn(pump_input(agent.clone(), id.clone(), stdio.stdin));
-    let signals = opts
-        .forward_signals
-        .then(|| tokio::spawn(forward_signals(agent.clone(), id.clone())));
+    let relay = Relay::start(&agent, &id, "", stdio, opts.relay);
 
     let status = match sandbox.wait().await {
         Ok(exit) => {
             info!(container = %id, status = exit.status, signal = exit.signal, "container exited");
-            let drain = async {
-                let _ = stdout.await;
-                let _ = stderr.await;
-            };
-            if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
-                warn!(container = %id, "container output did not end; dropping the rest");
-            }
+            relay.finish().await;
             exit.status
         }
         Err(e) => {
@@ -162,11 +150,7 @@ pub async fn run(
             VM_LOST_STATUS
         }
     };
-    stdin.abort();
     server.abort();
-    if let Some(s) = signals {
-        s.abort();
-    }
     {
         let mut state = state.lock().await;
         state.status = Status::Stopped;
@@ -221,103 +205,29 @@ async fn handle(
                     state.status
                 ));
             }
+            let start_hooks = bundle_hooks(&state.bundle, HookKind::StartContainer);
+            run_hooks(HookKind::StartContainer, &start_hooks, &state.oci_state())
+                .await
+                .map_err(|e| error_chain(&e))?;
             agent
                 .start_container(&id)
                 .await
                 .map_err(|e| error_chain(&e))?;
             state.status = Status::Running;
-            store.save(&state).map_err(|e| error_chain(&e))
+            store.save(&state).map_err(|e| error_chain(&e))?;
+            let poststart = bundle_hooks(&state.bundle, HookKind::Poststart);
+            // Failures of poststart hooks are warnings (logged by run_hooks).
+            let _ = run_hooks(HookKind::Poststart, &poststart, &state.oci_state()).await;
+            Ok(())
         }
         ControlRequest::Kill { signal, all } => {
             if state.status == Status::Stopped {
                 return Err(format!("container {id:?} is not running"));
             }
             agent
-                .signal(&id, signal, all)
+                .signal(Proc::init(&id), signal, all)
                 .await
                 .map_err(|e| error_chain(&e))
-        }
-    }
-}
-
-/// Copies one output stream of the container to `out` until EOF.
-async fn pump_output(
-    agent: AgentConn,
-    id: String,
-    stderr: bool,
-    mut out: Box<dyn AsyncWrite + Send + Unpin>,
-) {
-    loop {
-        match agent.read_output(&id, stderr).await {
-            Ok(data) if data.is_empty() => break,
-            Ok(data) => {
-                if out.write_all(&data).await.is_err() || out.flush().await.is_err() {
-                    // The reader went away; keep draining so the guest never blocks.
-                    continue;
-                }
-            }
-            Err(e) => {
-                debug!(container = %id, stderr, error = %e, "output stream ended");
-                break;
-            }
-        }
-    }
-}
-
-/// Copies `input` to the container's stdin; closes it at EOF.
-async fn pump_input(agent: AgentConn, id: String, mut input: Box<dyn AsyncRead + Send + Unpin>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match input.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            match agent.write_stdin(&id, data).await {
-                Ok(0) => return,
-                Ok(taken) => data = &data[taken..],
-                Err(e) => {
-                    debug!(container = %id, error = %e, "stdin closed by the guest");
-                    return;
-                }
-            }
-        }
-    }
-    if let Err(e) = agent.close_stdin(&id).await {
-        debug!(container = %id, error = %e, "closing stdin");
-    }
-}
-
-/// Forwards the signals a supervisor sends to the monitor pid.
-async fn forward_signals(agent: AgentConn, id: String) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ];
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<i32>(16);
-    for kind in kinds {
-        let Ok(mut stream) = signal(kind) else {
-            continue;
-        };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                if tx.send(kind.as_raw_value()).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    while let Some(sig) = rx.recv().await {
-        info!(container = %id, signal = sig, "forwarding signal");
-        if let Err(e) = agent.signal(&id, sig as u32, false).await {
-            warn!(container = %id, error = %e, "forwarding signal");
         }
     }
 }

@@ -10,14 +10,17 @@ use std::{
 };
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::{
-    agent_client::{AgentConn, AgentError, ExitStatus},
+    agent_client::{AgentConn, AgentError, ExitStatus, Proc},
     bundle::Bundle,
     config::{Config, HypervisorConfig},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     mounts::HostMounts,
+    share::{self, ShareError},
+    state::StateStore,
 };
 
 /// Pause between attempts to reach the booting agent.
@@ -38,9 +41,12 @@ pub enum SandboxError {
     /// An agent call failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
-    /// Sharing the rootfs with the guest failed.
-    #[error("cannot share rootfs {path} with the guest")]
-    Share {
+    /// Sharing host paths with the guest failed.
+    #[error(transparent)]
+    Shared(#[from] ShareError),
+    /// A directory of the sandbox could not be made.
+    #[error("cannot create {path}")]
+    Dir {
         /// The rootfs.
         path: PathBuf,
         /// The cause.
@@ -117,7 +123,8 @@ pub struct Sandbox {
     id: String,
     vm: Box<dyn Vm>,
     agent: AgentConn,
-    rootfs_mount: PathBuf,
+    /// Host bind mounts made for the guest, in order.
+    shared: Vec<PathBuf>,
     mounts: Box<dyn HostMounts>,
     /// The guest's kernel release, from the agent handshake.
     pub kernel_release: String,
@@ -143,10 +150,16 @@ pub struct SandboxPaths {
 }
 
 impl SandboxPaths {
-    /// The layout under a container's state directory.
-    pub fn new(dir: &Path) -> Self {
+    /// The layout of container `id`'s sandbox. The VM's sockets live in a
+    /// short directory of their own (`<root>/.v/<hash of id>`; no id starts
+    /// with a dot): Unix socket
+    /// paths are limited to 107 bytes, and container ids are up to 64.
+    pub fn new(store: &StateStore, id: &str) -> Self {
+        let dir = store.dir(id);
+        let digest = Sha256::digest(id.as_bytes());
+        let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Self {
-            run_dir: dir.join("vm"),
+            run_dir: store.root().join(".v").join(short),
             shared_dir: dir.join("shared"),
             console_log: dir.join("console.log"),
         }
@@ -169,19 +182,11 @@ impl Sandbox {
         launcher: &dyn VmLauncher,
         mounts: Box<dyn HostMounts>,
     ) -> Result<Self, SandboxError> {
-        let rootfs_mount = paths.rootfs_mount(id);
-        for dir in [&paths.run_dir, &rootfs_mount] {
-            std::fs::create_dir_all(dir).map_err(|source| SandboxError::Share {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        mounts
-            .bind(&bundle.rootfs, &rootfs_mount)
-            .map_err(|source| SandboxError::Share {
-                path: bundle.rootfs.clone(),
-                source,
-            })?;
+        std::fs::create_dir_all(&paths.run_dir).map_err(|source| SandboxError::Dir {
+            path: paths.run_dir.clone(),
+            source,
+        })?;
+        let shared = share::share(bundle, id, paths, mounts.as_ref())?;
         let started = Instant::now();
         let spec = VmSpec {
             id: id.to_string(),
@@ -197,7 +202,7 @@ impl Sandbox {
         let mut vm = match launcher.launch(&spec).await {
             Ok(vm) => vm,
             Err(e) => {
-                unmount_logged(mounts.as_ref(), &rootfs_mount);
+                share::unshare(mounts.as_ref(), &shared.mounts);
                 return Err(SandboxError::Launch(e));
             }
         };
@@ -210,7 +215,7 @@ impl Sandbox {
                 connect_agent(vm.as_ref(), params.boot_timeout, &paths.console_log).await?;
             timings.agent_ready = started.elapsed();
             agent.create_sandbox(id, &hostname(bundle, id)).await?;
-            agent.create_container(id, &bundle.spec_json).await?;
+            agent.create_container(id, &shared.spec_json).await?;
             timings.container_created = started.elapsed();
             Ok::<_, SandboxError>((agent, check.kernel_release))
         };
@@ -221,7 +226,7 @@ impl Sandbox {
                     id: id.to_string(),
                     vm,
                     agent,
-                    rootfs_mount,
+                    shared: shared.mounts,
                     mounts,
                     kernel_release,
                     timings,
@@ -231,7 +236,7 @@ impl Sandbox {
                 if let Err(stop) = vm.stop().await {
                     warn!(sandbox = id, error = %stop, "stopping VM after failed create");
                 }
-                unmount_logged(mounts.as_ref(), &rootfs_mount);
+                share::unshare(mounts.as_ref(), &shared.mounts);
                 Err(e)
             }
         }
@@ -242,6 +247,11 @@ impl Sandbox {
         &self.agent
     }
 
+    /// Host socket of the guest's hybrid vsock.
+    pub fn vsock_path(&self) -> PathBuf {
+        self.vm.vsock_path()
+    }
+
     /// Host pids of the VM's processes.
     pub fn vm_pids(&self) -> Vec<u32> {
         self.vm.pids()
@@ -250,7 +260,7 @@ impl Sandbox {
     /// Waits for the container's process to exit, or the VM to die.
     pub async fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
         tokio::select! {
-            status = self.agent.wait(&self.id) => Ok(status?),
+            status = self.agent.wait(Proc::init(&self.id)) => Ok(status?),
             exit = self.vm.wait() => Err(SandboxError::VmExited(exit)),
         }
     }
@@ -273,13 +283,7 @@ impl Sandbox {
         if let Err(e) = self.vm.stop().await {
             warn!(sandbox = %self.id, error = %e, "stopping VM");
         }
-        unmount_logged(self.mounts.as_ref(), &self.rootfs_mount);
-    }
-}
-
-fn unmount_logged(mounts: &dyn HostMounts, path: &Path) {
-    if let Err(e) = mounts.unmount(path) {
-        warn!(path = %path.display(), error = %e, "unmounting shared rootfs");
+        share::unshare(self.mounts.as_ref(), &self.shared);
     }
 }
 

@@ -135,6 +135,9 @@ pub struct ContainerState {
     /// when the monitor is gone.
     #[serde(default)]
     pub vm_processes: Vec<ProcessId>,
+    /// Host socket through which exec proxies reach the guest agent.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
     /// Exit status of the container process, once stopped.
     pub exit_status: Option<i32>,
     /// Creation time, RFC 3339.
@@ -300,6 +303,7 @@ mod tests {
             status: Status::Created,
             monitor: ProcessId::of(std::process::id()),
             vm_processes: vec![],
+            agent_socket: None,
             exit_status: None,
             created: "2026-01-01T00:00:00Z".into(),
             annotations: HashMap::new(),

@@ -14,8 +14,9 @@ use skerry_protocol as proto;
 use skerry_runtime::{
     control::{self, ControlRequest},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
-    monitor::{self, MonitorOptions, MonitorStdio},
+    monitor::{self, MonitorOptions},
     mounts::HostMounts,
+    relay::{ProcessStdio, RelayOptions},
     sandbox::{SandboxParams, VmLauncher},
     state::{StateStore, Status},
 };
@@ -244,6 +245,9 @@ impl Vm for FakeVm {
     async fn connect(&self, _port: u32) -> Result<UnixStream, HypervisorError> {
         Ok(UnixStream::connect(&self.agent_socket).await.unwrap())
     }
+    fn vsock_path(&self) -> PathBuf {
+        self.agent_socket.clone()
+    }
     fn pids(&self) -> Vec<u32> {
         vec![]
     }
@@ -373,9 +377,9 @@ async fn start_monitor(h: &Harness, id: &str) -> Running {
             boot_timeout: Duration::from_secs(5),
         },
         ready: Box::new(ready_w),
-        forward_signals: false,
+        relay: RelayOptions::default(),
     };
-    let stdio = MonitorStdio {
+    let stdio = ProcessStdio {
         stdin: Box::new(monitor_stdin),
         stdout: Box::new(monitor_stdout),
         stderr: Box::new(tokio::io::sink()),

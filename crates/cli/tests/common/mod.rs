@@ -33,6 +33,11 @@ const APPLETS: &[&str] = &[
     "uname",
     "mount",
     "stty",
+    "touch",
+    "ps",
+    "tty",
+    "grep",
+    "tr",
 ];
 
 /// Why the VM tests cannot run here, if they cannot.
@@ -204,9 +209,17 @@ impl World {
         );
     }
 
-    /// The skerry log, for failure messages.
+    /// The skerry log and the guest consoles, for failure messages.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.tmp.path().join("skerry.log")).unwrap_or_default()
+        let mut text = fs::read_to_string(self.tmp.path().join("skerry.log")).unwrap_or_default();
+        for entry in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            for file in ["console.log", "vm/qemu.log", "vm/vsock.log"] {
+                if let Ok(log) = fs::read_to_string(entry.path().join(file)) {
+                    text.push_str(&format!("\n--- {}/{file}\n{log}", entry.path().display()));
+                }
+            }
+        }
+        text
     }
 }
 

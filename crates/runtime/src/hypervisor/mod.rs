@@ -162,6 +162,9 @@ pub enum HypervisorError {
 pub trait Vm: Send + Sync {
     /// Opens a new byte stream to guest vsock `port`.
     async fn connect(&self, port: u32) -> Result<UnixStream, HypervisorError>;
+    /// The host Unix socket of the guest's hybrid vsock, where other host
+    /// processes (exec proxies) can reach the guest with `connect_hybrid_vsock`.
+    fn vsock_path(&self) -> PathBuf;
     /// Host pids of the live processes that make up this VM (hypervisor + device backends).
     fn pids(&self) -> Vec<u32>;
     /// Resolves when the hypervisor process has exited (cancel-safe; may be called again after).
@@ -203,10 +206,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Opens a stream to guest `port` through the hybrid vsock socket `uds`.
-pub(crate) async fn connect_hybrid_vsock(
-    uds: &Path,
-    port: u32,
-) -> Result<UnixStream, HypervisorError> {
+pub async fn connect_hybrid_vsock(uds: &Path, port: u32) -> Result<UnixStream, HypervisorError> {
     tokio::time::timeout(CONNECT_TIMEOUT, hybrid_vsock_handshake(uds, port))
         .await
         .map_err(|_| HypervisorError::VsockTimeout(port))?

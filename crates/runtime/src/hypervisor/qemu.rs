@@ -504,6 +504,10 @@ impl Vm for QemuVm {
         super::connect_hybrid_vsock(&self.sockets.vsock_uds, port).await
     }
 
+    fn vsock_path(&self) -> PathBuf {
+        self.sockets.vsock_uds.clone()
+    }
+
     fn pids(&self) -> Vec<u32> {
         self.processes().flat_map(Process::pids).collect()
     }

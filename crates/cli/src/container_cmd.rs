@@ -1,0 +1,221 @@
+//! `create`, `run` and the hidden `monitor` command.
+
+use std::{
+    fs,
+    io::Write as _,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    process::Child,
+};
+
+use anyhow::{bail, Context};
+use nix::{sys::signal::Signal, unistd::Pid};
+use skerry_runtime::{
+    bundle::Bundle,
+    config::Config,
+    lifecycle,
+    monitor::{self, MonitorOptions},
+    mounts::SysMounts,
+    relay::{ProcessStdio, RelayOptions},
+    sandbox::{ConfiguredLauncher, SandboxParams},
+    state::{validate_id, StateStore},
+};
+
+use crate::{
+    commands::load_config,
+    console::{self, RawMode},
+    spawn::{self, write_pid_file},
+    Cli,
+};
+
+/// The flags `create` and `run` share.
+#[derive(Debug)]
+pub struct CreateOpts<'a> {
+    /// Bundle directory.
+    pub bundle: &'a Path,
+    /// Where to write the monitor's pid.
+    pub pid_file: Option<&'a Path>,
+    /// Where to send the terminal's master.
+    pub console_socket: Option<&'a Path>,
+    /// runc's --preserve-fds.
+    pub preserve_fds: u32,
+}
+
+/// Checks everything a user can get wrong before any process is started.
+fn preflight(cli: &Cli, opts: &CreateOpts<'_>, id: &str) -> anyhow::Result<(Config, Bundle)> {
+    validate_id(id)?;
+    if opts.preserve_fds > 0 {
+        bail!(
+            "--preserve-fds {}: host file descriptors cannot be passed into a VM",
+            opts.preserve_fds
+        );
+    }
+    let config = load_config(cli)?;
+    let bundle = Bundle::load(opts.bundle)?;
+    for (what, path) in [
+        ("guest kernel", config.guest.kernel()),
+        ("guest initramfs", config.guest.initrd()),
+    ] {
+        if !path.is_file() {
+            bail!(
+                "{what} {} not found (run `skerry image build`)",
+                path.display()
+            );
+        }
+    }
+    Ok((config, bundle))
+}
+
+fn terminal(bundle: &Bundle) -> bool {
+    bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
+/// `create`: validates, then starts the monitor and waits until it reports
+/// the container created (or the error). Returns the monitor child.
+pub fn create(
+    cli: &Cli,
+    store: &StateStore,
+    opts: &CreateOpts<'_>,
+    id: &str,
+    detached: bool,
+) -> anyhow::Result<Child> {
+    let (_, bundle) = preflight(cli, opts, id)?;
+    store.create_dir(id)?;
+    let started = console::setup(terminal(&bundle), opts.console_socket, detached).and_then(|c| {
+        let args = vec![
+            "monitor".into(),
+            "--bundle".into(),
+            bundle.dir.clone().into_os_string(),
+            id.into(),
+        ];
+        spawn::spawn(cli, "container monitor", args, c)
+    });
+    let child = match started {
+        Ok(child) => child,
+        Err(e) => {
+            // The monitor removes what it made; this covers an early failure.
+            let _ = store.remove(id);
+            return Err(e);
+        }
+    };
+    if let Some(path) = opts.pid_file {
+        write_pid_file(path, child.id())?;
+    }
+    Ok(child)
+}
+
+/// The hidden `monitor` command: the per-sandbox monitor.
+pub async fn monitor(
+    cli: &Cli,
+    store: &StateStore,
+    bundle: &Path,
+    id: &str,
+) -> anyhow::Result<i32> {
+    let mut ready = spawn::helper_ready_pipe()?;
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(ready, "{e:#}");
+            let _ = store.remove(id);
+            return Ok(1);
+        }
+    };
+    let opts = MonitorOptions {
+        id: id.to_string(),
+        bundle: bundle.to_path_buf(),
+        store: store.clone(),
+        params: SandboxParams::from_config(&config),
+        ready,
+        relay: relay_options(),
+    };
+    let launcher = ConfiguredLauncher(config.hypervisor.clone());
+    Ok(monitor::run(opts, &launcher, Box::new(SysMounts), own_stdio()).await)
+}
+
+/// This process's stdio, handed to a guest process.
+pub fn own_stdio() -> ProcessStdio {
+    ProcessStdio {
+        stdin: Box::new(tokio::io::stdin()),
+        stdout: Box::new(tokio::io::stdout()),
+        stderr: Box::new(tokio::io::stderr()),
+    }
+}
+
+/// Forward signals; follow our terminal's size if stdin is one.
+pub fn relay_options() -> RelayOptions {
+    let stdin = std::io::stdin();
+    let terminal = nix::unistd::isatty(stdin.as_raw_fd())
+        .unwrap_or(false)
+        .then(|| stdin.as_fd().try_clone_to_owned().ok())
+        .flatten()
+        .map(fs::File::from);
+    RelayOptions {
+        forward_signals: true,
+        terminal,
+    }
+}
+
+/// `run`: create, start, wait, delete; the container's status is ours.
+pub async fn run(
+    cli: &Cli,
+    store: &StateStore,
+    opts: &CreateOpts<'_>,
+    id: &str,
+) -> anyhow::Result<i32> {
+    // A terminal on our own tty: pass keystrokes through uncooked.
+    let wants_tty = opts.console_socket.is_none()
+        && Bundle::load(opts.bundle)
+            .map(|b| terminal(&b))
+            .unwrap_or(false);
+    let mut child = create(cli, store, opts, id, false)?;
+    let _raw = wants_tty
+        .then(|| RawMode::enter(std::io::stdin()))
+        .flatten();
+    if let Err(e) = lifecycle::start(store, id).await {
+        let _ = lifecycle::delete(store, id, true).await;
+        let _ = child.wait();
+        return Err(e.into());
+    }
+    let monitor = Pid::from_raw(child.id() as i32);
+    let status = tokio::select! {
+        status = tokio::task::spawn_blocking(move || child.wait()) => status?,
+        () = forward_signals_to(monitor) => unreachable!("signal forwarding never ends"),
+    };
+    let code = status.context("waiting for the container monitor")?;
+    lifecycle::delete(store, id, true).await?;
+    Ok(exit_code(code))
+}
+
+/// A child's exit status as a shell reports it.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    std::os::unix::process::ExitStatusExt::signal(&status)
+        .map_or_else(|| status.code().unwrap_or(1), |s| 128 + s)
+}
+
+/// Relays SIGINT, SIGTERM, SIGHUP and SIGQUIT to `pid` (which relays them to
+/// the container). Never returns.
+async fn forward_signals_to(pid: Pid) {
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+    ] {
+        let (Ok(mut stream), Ok(sig)) = (signal(kind), Signal::try_from(kind.as_raw_value()))
+        else {
+            continue;
+        };
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        });
+    }
+    std::future::pending::<()>().await;
+}

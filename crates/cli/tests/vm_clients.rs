@@ -1,0 +1,426 @@
+//! Tier 3 with real clients: Podman (through conmon) and containerd's runc
+//! shim drive the `skerry` binary as their OCI runtime; every container runs
+//! in its own VM.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{stderr, stdout, World};
+
+/// Skips (or, under SKERRY_E2E_REQUIRED, fails) when `tool` is missing.
+macro_rules! require_tool {
+    ($tool:expr) => {
+        require_vm!();
+        if !Path::new($tool).exists() {
+            let reason = format!(
+                "{} not installed (apt-get install podman containerd)",
+                $tool
+            );
+            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
+                panic!("client test cannot run: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+/// A runtime wrapper script: skerry with this world's config and root.
+fn runtime_wrapper(w: &World) -> PathBuf {
+    let path = w.tmp.path().join("skerry-runtime");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nexec {} --root {} --config {} --log {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_skerry"),
+            w.root.display(),
+            w.config.display(),
+            w.tmp.path().join("skerry.log").display(),
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&path).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Podman with storage in the world's temp dir and skerry as its runtime.
+struct Podman<'a> {
+    w: &'a World,
+    runtime: PathBuf,
+}
+
+impl<'a> Podman<'a> {
+    fn new(w: &'a World) -> Self {
+        let p = Self {
+            w,
+            runtime: runtime_wrapper(w),
+        };
+        // A local image from a busybox rootfs.
+        let bundle = w.bundle("image", &["sh"]);
+        let tar = w.tmp.path().join("bb.tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(bundle.join("rootfs"))
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let out = p
+            .cmd()
+            .args(["import"])
+            .arg(&tar)
+            .arg("localhost/bb:latest")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "podman import: {}", stderr(&out));
+        p
+    }
+
+    fn cmd(&self) -> Command {
+        let dir = self.w.tmp.path();
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(dir.join("storage"))
+            .arg("--runroot")
+            .arg(dir.join("runroot"))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .arg("--runtime")
+            .arg(&self.runtime)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `podman run` with the rlimits this host allows (see host-notes).
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .arg("run")
+            .args([
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=32768:32768",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}\n{}",
+            stderr(&out),
+            self.w.log()
+        );
+        stdout(&out)
+    }
+}
+
+#[test]
+fn vm_podman_run_rm_shows_the_guest_kernel_and_exit_status() {
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let out = p.run(&["--rm", "localhost/bb", "cat", "/proc/version"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    assert!(
+        stdout(&out).starts_with("Linux version 6.1."),
+        "{}",
+        stdout(&out)
+    );
+    let out = p.run(&["--rm", "localhost/bb", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}\n{}", stderr(&out), w.log());
+    assert_eq!(w.processes(), Vec::<String>::new());
+    assert_eq!(w.mounts(), Vec::<String>::new());
+}
+
+#[test]
+fn vm_podman_detached_exec_stop_rm() {
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let out = p.run(&["-d", "--name", "d1", "localhost/bb", "sleep", "1000"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    let exec = p.ok(&[
+        "exec",
+        "d1",
+        "sh",
+        "-c",
+        "echo exec-in-vm; cat /proc/version",
+    ]);
+    assert!(exec.starts_with("exec-in-vm\nLinux version 6.1."), "{exec}");
+    let out = p
+        .cmd()
+        .args(["exec", "d1", "sh", "-c", "exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    p.ok(&["stop", "-t", "1", "d1"]);
+    let ps = p.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.contains("d1 Exited"), "{ps}");
+    p.ok(&["rm", "d1"]);
+    assert_eq!(w.processes(), Vec::<String>::new());
+    assert_eq!(w.mounts(), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(&w.root).map(|d| d.count()).unwrap_or(0),
+        0,
+        "state left"
+    );
+}
+
+#[test]
+fn vm_podman_interactive_terminal_gets_a_shell_prompt() {
+    require_tool!("/usr/bin/script");
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let storage = w.tmp.path();
+    let podman = format!(
+        "podman --root {0}/storage --runroot {0}/runroot --cgroup-manager cgroupfs --events-backend file --runtime {1} \
+         run -it --rm --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 localhost/bb sh",
+        storage.display(),
+        p.runtime.display()
+    );
+    // `script` gives podman a terminal; the shell reads what we type there.
+    let mut child: Child = Command::new("script")
+        .args(["-qfec", &podman, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let typist = std::thread::spawn(move || {
+        use std::io::Write;
+        std::thread::sleep(Duration::from_secs(8));
+        let _ = stdin.write_all(b"echo sum=$((40+2)); tty\n");
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = stdin.write_all(b"exit 5\n");
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    drop(typist);
+    let text = stdout(&out);
+    assert!(started.elapsed() < Duration::from_secs(40));
+    assert!(
+        text.contains("/ # "),
+        "no shell prompt: {text:?}\n{}",
+        w.log()
+    );
+    assert!(text.contains("sum=42"), "command did not run: {text:?}");
+    assert_eq!(out.status.code(), Some(5), "{text:?}\n{}", stderr(&out));
+}
+
+/// containerd with its root, state and socket in the world's temp dir.
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start(w: &World) -> Self {
+        let dir = w.tmp.path().join("ctd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n",
+                dir.display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, socket }
+    }
+
+    fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(&self.socket).args(["-n", "skerry-test"]);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn vm_containerd_runc_shim_runs_execs_and_kills() {
+    require_tool!("/usr/bin/containerd");
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let archive = w.tmp.path().join("bb-oci.tar");
+    p.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        "localhost/bb:latest",
+    ]);
+    let c = Containerd::start(&w);
+    let out = c
+        .ctr()
+        .args(["image", "import", "--base-name", "localhost/bb"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ctr import: {}", stderr(&out));
+    let runtime = p.runtime.to_str().unwrap().to_string();
+    let out = c
+        .ctr()
+        .args([
+            "run",
+            "--rm",
+            "--runc-binary",
+            &runtime,
+            "localhost/bb:latest",
+            "ctr1",
+            "cat",
+            "/proc/version",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run: {}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    assert!(
+        stdout(&out).starts_with("Linux version 6.1."),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = c
+        .ctr()
+        .args([
+            "run",
+            "-d",
+            "--runc-binary",
+            &runtime,
+            "localhost/bb:latest",
+            "ctr2",
+            "sleep",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    let out = c
+        .ctr()
+        .args([
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "ctr2",
+            "sh",
+            "-c",
+            "echo exec-in-vm; exit 4",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "exec-in-vm\n", "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(4));
+    let out = c
+        .ctr()
+        .args(["task", "kill", "-s", "SIGKILL", "ctr2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls = stdout(&c.ctr().args(["task", "ls"]).output().unwrap());
+        if ls
+            .lines()
+            .any(|l| l.starts_with("ctr2") && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task did not stop: {ls}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c.ctr().args(["task", "delete", "ctr2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("137") || stdout(&out).contains("137"),
+        "exit status: {}",
+        stderr(&out)
+    );
+    let _ = c.ctr().args(["container", "rm", "ctr2"]).output();
+    // Nothing of either container survives on the host.
+    let leftovers: Vec<String> = processes_mentioning(&["ctr1", "ctr2"]);
+    assert_eq!(leftovers, Vec::<String>::new());
+}
+
+/// Host processes whose command line contains one of `needles` as a word.
+fn processes_mentioning(needles: &[&str]) -> Vec<String> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let words: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let is_ours = words
+            .iter()
+            .any(|w| w.contains("skerry") || w.contains("qemu"));
+        if is_ours
+            && words.iter().any(|w| {
+                needles
+                    .iter()
+                    .any(|n| w == n || w.ends_with(&format!("/{n}")))
+            })
+        {
+            found.push(words.join(" "));
+        }
+    }
+    found
+}
