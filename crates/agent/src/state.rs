@@ -262,6 +262,8 @@ impl Sandbox {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        // With a terminal, the init allocates the pty in the container's own devpts and
+        // sends the master back during the handshake (as runc does).
         let (flags, warnings) = launch::container_clone_flags(&spec);
         for w in &warnings {
             warn!(container_id = id, "{w}");
@@ -275,14 +277,18 @@ impl Sandbox {
             .reaper
             .spawn_registered(|| prepared.clone_child())
             .map_err(setup)?;
-        let (mut chan, stdio) = prepared.into_parent();
+        let (mut chan, pipes) = prepared.into_parent();
         let config = InitConfig::Container {
             id: id.to_string(),
             spec: Box::new(spec),
             rootfs,
         };
-        match launch::handshake(&mut chan, &config, |_| {}) {
-            Ok(warnings) => {
+        let ready = launch::handshake(&mut chan, &config, |_| {}).and_then(|ready| {
+            let stdio = launch::parent_stdio(pipes, ready.console)?;
+            Ok((ready.warnings, stdio))
+        });
+        match ready {
+            Ok((warnings, stdio)) => {
                 for w in warnings {
                     warn!(container_id = id, "{w}");
                 }
@@ -383,7 +389,7 @@ impl Sandbox {
         self.reaper
             .spawn_registered(|| prepared.clone_child())
             .map_err(setup)?;
-        let (mut chan, stdio) = prepared.into_parent();
+        let (mut chan, pipes) = prepared.into_parent();
         let config = InitConfig::Exec {
             id: c.id.clone(),
             process: Box::new(process),
@@ -393,9 +399,10 @@ impl Sandbox {
         let mut registered = None;
         let r = launch::handshake(&mut chan, &config, |pid| {
             registered = Some((pid, self.reaper.register(pid)));
-        });
+        })
+        .and_then(|ready| launch::parent_stdio(pipes, ready.console));
         match (r, registered) {
-            (Ok(_), Some((pid, exit))) => {
+            (Ok(stdio), Some((pid, exit))) => {
                 launch::release(chan).map_err(setup)?;
                 Ok((pid, exit, stdio))
             }

@@ -27,7 +27,7 @@ fn busybox_rootfs(shared: &Path, id: &str) {
     let bin = shared.join(id).join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "cat", "echo", "sleep", "hostname"] {
+    for applet in ["sh", "cat", "echo", "sleep", "hostname", "tty", "stty"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
 }
@@ -56,6 +56,26 @@ fn code_of<T>(r: ttrpc::Result<T>) -> Option<(Code, String)> {
     }
 }
 
+/// Reads stdout until `want` appears (or EOF / timeout); returns everything read.
+async fn read_until(c: &pb::AgentClient, id: &str, exec: &str, want: &str) -> String {
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !out.contains(want) && Instant::now() < deadline {
+        let req = pb::ReadStreamRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            len: 4096,
+            ..Default::default()
+        };
+        let data = c.read_stdout(ctx(), &req).await.unwrap().data;
+        if data.is_empty() {
+            break;
+        }
+        out.push_str(&String::from_utf8_lossy(&data));
+    }
+    out
+}
+
 async fn read_all(c: &pb::AgentClient, id: &str, exec: &str) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -82,7 +102,7 @@ async fn containers_run_in_a_development_agent() {
     let dir = std::env::temp_dir().join(format!("skerry-dev-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let shared = dir.join("shared");
-    for id in ["t1", "t2"] {
+    for id in ["t1", "t2", "t3"] {
         busybox_rootfs(&shared, id);
     }
     let sock = dir.join("agent.sock");
@@ -196,6 +216,75 @@ async fn containers_run_in_a_development_agent() {
     c.remove_container(ctx(), &remove).await.unwrap();
     let r = code_of(c.remove_container(ctx(), &remove).await);
     assert_eq!(r.map(|r| r.0), Some(Code::NOT_FOUND));
+
+    // A terminal comes from the container's own devpts: `tty` names it, and a size set
+    // before start is what the process sees. An exec'd terminal gets the next pty there.
+    let mut tspec: serde_json::Value = serde_json::from_slice(&spec(
+        &["sh", "-c", "tty; stty size; read x; echo bye"],
+        "/",
+    ))
+    .unwrap();
+    tspec["process"]["terminal"] = true.into();
+    c.create_container(ctx(), &bad("t3", tspec.to_string().as_bytes()))
+        .await
+        .unwrap();
+    let resize = |exec: &str, rows, columns| pb::TtyWinResizeRequest {
+        container_id: "t3".into(),
+        exec_id: exec.into(),
+        rows,
+        columns,
+        ..Default::default()
+    };
+    c.tty_win_resize(ctx(), &resize("", 33, 101)).await.unwrap();
+    let start = pb::StartContainerRequest {
+        container_id: "t3".into(),
+        ..Default::default()
+    };
+    c.start_container(ctx(), &start).await.unwrap();
+    let out = read_until(&c, "t3", "", "33 101").await;
+    assert!(
+        out.contains("/dev/pts/0\r\n33 101\r\n"),
+        "terminal container output: {out:?}"
+    );
+    let tprocess = json!({"args": ["sh", "-c", "tty"], "cwd": "/", "terminal": true,
+                          "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]});
+    let exec = pb::ExecProcessRequest {
+        container_id: "t3".into(),
+        exec_id: "e2".into(),
+        oci_process_json: tprocess.to_string().into_bytes(),
+        ..Default::default()
+    };
+    c.exec_process(ctx(), &exec).await.unwrap();
+    let out = String::from_utf8(read_all(&c, "t3", "e2").await).unwrap();
+    assert_eq!(out, "/dev/pts/1\r\n");
+    // A process without a terminal cannot be resized.
+    let r = code_of(
+        c.tty_win_resize(
+            ctx(),
+            &pb::TtyWinResizeRequest {
+                container_id: "t1".into(),
+                rows: 1,
+                columns: 1,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    assert_eq!(r.map(|r| r.0), Some(Code::FAILED_PRECONDITION));
+    // CloseStdin on a terminal sends ^D: `read` returns and the shell finishes.
+    let close = pb::CloseStdinRequest {
+        container_id: "t3".into(),
+        ..Default::default()
+    };
+    c.close_stdin(ctx(), &close).await.unwrap();
+    let out = String::from_utf8(read_all(&c, "t3", "").await).unwrap();
+    assert!(out.contains("bye"), "after CloseStdin: {out:?}");
+    let wait = pb::WaitProcessRequest {
+        container_id: "t3".into(),
+        ..Default::default()
+    };
+    let w = c.wait_process(ctx(), &wait).await.unwrap();
+    assert_eq!((w.status, w.signal), (0, 0));
 
     c.destroy_sandbox(ctx(), &pb::DestroySandboxRequest::new())
         .await

@@ -120,6 +120,15 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
             lifecycle::delete(&store, id, *force).await?;
             Ok(0)
         }
+        Command::Pause { id } => {
+            lifecycle::pause(&store, id, true).await?;
+            Ok(0)
+        }
+        Command::Resume { id } => {
+            lifecycle::pause(&store, id, false).await?;
+            Ok(0)
+        }
+        Command::Update { resources, id } => update(&store, resources, id),
         Command::Spec { bundle, rootless } => crate::spec_cmd::run(bundle, *rootless),
         Command::Features => crate::features::run(),
         Command::List { format, quiet } => crate::list::list(&store, *format, *quiet),
@@ -136,6 +145,27 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Image { command } => image(cli, command),
         Command::Monitor { bundle, id } => container_cmd::monitor(cli, &store, bundle, id).await,
     }
+}
+
+/// `update`: the resources are checked, but a sandbox VM is sized when it is
+/// created and its guest applies no cgroup limits yet, so nothing can change.
+fn update(store: &StateStore, resources: &std::path::Path, id: &str) -> anyhow::Result<i32> {
+    store.load(id)?;
+    let text = if resources == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("--resources -: reading stdin")?
+    } else {
+        std::fs::read_to_string(resources)
+            .with_context(|| format!("--resources {}", resources.display()))?
+    };
+    serde_json::from_str::<oci_spec::runtime::LinuxResources>(&text).with_context(|| {
+        format!(
+            "--resources {}: invalid LinuxResources JSON",
+            resources.display()
+        )
+    })?;
+    anyhow::bail!(
+        "update of container {id:?}: changing the resources of a running sandbox VM is not supported yet"
+    )
 }
 
 /// Parses a signal given as a name (`TERM`, `SIGTERM`, `kill`) or number.

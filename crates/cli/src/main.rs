@@ -138,6 +138,24 @@ pub enum Command {
         /// Container id.
         id: String,
     },
+    /// Suspend every process of the container.
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// Container id.
+        id: String,
+    },
+    /// Change a running container's resource limits (LinuxResources JSON).
+    Update {
+        /// File with the OCI LinuxResources JSON, or "-" for stdin.
+        #[arg(long, short)]
+        resources: PathBuf,
+        /// Container id.
+        id: String,
+    },
     /// Write a default config.json (runc's example spec) into the bundle.
     Spec {
         /// Bundle directory to write config.json into.

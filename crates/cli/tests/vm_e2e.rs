@@ -350,6 +350,30 @@ fn vm_exec_runs_inside_the_container() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("/bin/no-such"), "{}", stderr(&out));
 
+    // pause freezes the VM, resume thaws it.
+    let out = w.run(&["pause", "ex"]);
+    assert!(out.status.success(), "pause: {}", stderr(&out));
+    assert_eq!(status_of(&w, "ex")["status"], "paused");
+    assert!(!w.run(&["pause", "ex"]).status.success(), "paused twice");
+    let out = w.run(&["resume", "ex"]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert_eq!(status_of(&w, "ex")["status"], "running");
+    let out = w.run(&["exec", "ex", "echo", "alive"]);
+    assert_eq!(stdout(&out), "alive\n", "after resume: {}", stderr(&out));
+
+    // update checks its input, then says plainly that it cannot apply it.
+    let resources = w.tmp.path().join("resources.json");
+    std::fs::write(&resources, r#"{"memory": {"limit": 1000000}}"#).unwrap();
+    let out = w.run(&["update", "--resources", resources.to_str().unwrap(), "ex"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not supported yet"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A paused container can still be killed.
+    assert!(w.run(&["pause", "ex"]).status.success());
     assert!(w.run(&["kill", "ex", "KILL"]).status.success());
     let out = w.run(&["delete", "--force", "ex"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -535,4 +559,83 @@ fn vm_hooks_run_on_the_host_with_the_state() {
         stderr(&run)
     );
     w.assert_clean("hk2");
+}
+
+fn state_json(w: &World, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(w.root.join(id).join("state.json")).unwrap()).unwrap()
+}
+
+fn qemu_pid(w: &World, id: &str) -> i32 {
+    let state = state_json(w, id);
+    state["vm_processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .expect("no QEMU process recorded")
+}
+
+#[test]
+fn vm_killing_qemu_ends_the_container_and_delete_cleans_up() {
+    require_vm!();
+    let w = World::new();
+    let bundle = w.bundle("b", &["sh", "-c", "touch /tmp/ready; exec sleep 1000"]);
+    let run = w
+        .skerry()
+        .args(["run", "--bundle", bundle.to_str().unwrap(), "kq"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&w, &bundle);
+    let monitor = status_of(&w, "kq")["pid"].as_i64().unwrap() as i32;
+    let qemu = qemu_pid(&w, "kq");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    // The monitor (the container's pid) exits within 5 s, with a failure status.
+    while std::path::Path::new(&format!("/proc/{monitor}")).exists()
+        && std::fs::read_to_string(format!("/proc/{monitor}/stat"))
+            .is_ok_and(|s| !s.contains(") Z"))
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "monitor outlived QEMU\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", w.log());
+    w.assert_clean("kq");
+}
+
+#[test]
+fn vm_killing_the_monitor_then_delete_force_cleans_up() {
+    require_vm!();
+    let w = World::new();
+    start_sleeper(&w, "km");
+    let monitor = status_of(&w, "km")["pid"].as_i64().unwrap() as i32;
+    assert!(monitor > 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_of(&w, "km")["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "state still says running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = w.run(&["delete", "--force", "km"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    w.assert_clean("km");
 }

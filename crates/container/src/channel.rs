@@ -3,8 +3,12 @@
 //! The parent sends one [`InitConfig`]; the child answers with [`SyncMsg`]s. After
 //! `Ready` the child blocks until the parent sends the start byte; a successful
 //! execve closes the child's (close-on-exec) end, so the parent then sees EOF.
+//! With a terminal, the child opens the pty in the container's own devpts and sends the
+//! master with [`SyncMsg::Console`] as `SCM_RIGHTS`, before `Ready`.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{Process, Spec};
@@ -44,11 +48,27 @@ pub enum InitConfig {
     },
 }
 
+impl InitConfig {
+    /// Whether the process asks for a terminal (then the child sends a [`SyncMsg::Console`]).
+    pub fn terminal(&self) -> bool {
+        match self {
+            InitConfig::Container { spec, .. } => spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false),
+            InitConfig::Exec { process, .. } => process.terminal().unwrap_or(false),
+        }
+    }
+}
+
 /// Messages from the child.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum SyncMsg {
     /// (exec only) pid of the final process, in the parent's pid namespace.
     Pid(i32),
+    /// The pty master of the process's terminal travels with this frame (`SCM_RIGHTS`).
+    Console,
     /// Setup done; waiting for the start byte. Carries non-fatal warnings.
     Ready {
         /// Things that were skipped or degraded.
@@ -70,10 +90,12 @@ pub enum ChannelError {
     /// A frame was not the expected JSON.
     #[error("malformed frame")]
     Json(#[from] serde_json::Error),
+    /// Sending or receiving with file descriptors failed.
+    #[error("passing file descriptors")]
+    Fds(#[source] crate::sys::SysError),
 }
 
-/// Writes one framed JSON message.
-pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ChannelError> {
+fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ChannelError> {
     let body = serde_json::to_vec(msg)?;
     if body.len() > MAX_FRAME {
         return Err(ChannelError::TooLarge(body.len()));
@@ -82,8 +104,72 @@ pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ChannelErro
     let mut frame = Vec::with_capacity(body.len() + 4);
     frame.extend_from_slice(&len.to_le_bytes());
     frame.extend_from_slice(&body);
-    w.write_all(&frame)?;
+    Ok(frame)
+}
+
+/// Writes one framed JSON message.
+pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ChannelError> {
+    w.write_all(&frame(msg)?)?;
     Ok(())
+}
+
+/// Writes one framed message with `fd` attached to its first bytes (`SCM_RIGHTS`).
+pub fn send_with_fd<T: Serialize>(
+    sock: &UnixStream,
+    msg: &T,
+    fd: BorrowedFd<'_>,
+) -> Result<(), ChannelError> {
+    let frame = frame(msg)?;
+    let sent = loop {
+        match crate::sys::send_with_fds(sock.as_fd(), &frame, &[fd]) {
+            Err(e) if e.errno == nix::errno::Errno::EINTR => {}
+            r => break r.map_err(ChannelError::Fds)?,
+        }
+    };
+    // The fd went with the first byte; a short send leaves only plain bytes to write.
+    let mut w = sock;
+    w.write_all(&frame[sent..])?;
+    Ok(())
+}
+
+/// Fills `buf` with `recvmsg`, collecting passed fds; returns the bytes read (short at EOF).
+fn fill(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, ChannelError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match crate::sys::recv_with_fds(sock.as_fd(), &mut buf[got..], fds) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.errno == nix::errno::Errno::EINTR => {}
+            Err(e) if e.errno == nix::errno::Errno::EMSGSIZE => return Err(ChannelError::Fds(e)),
+            // Plain socket errors (a read timeout shows up as EAGAIN) stay i/o errors.
+            Err(e) => return Err(std::io::Error::from(e.errno).into()),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads one framed message and every fd that arrived with its bytes; `Ok(None)` at a
+/// clean EOF. Use this (not [`recv`]) wherever the peer may pass fds: a plain read would
+/// silently drop them.
+pub fn recv_with_fds<T: for<'de> Deserialize<'de>>(
+    sock: &UnixStream,
+) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
+    let mut fds = Vec::new();
+    let mut len = [0u8; 4];
+    match fill(sock, &mut len, &mut fds)? {
+        0 if fds.is_empty() => return Ok(None),
+        4 => {}
+        _ => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(ChannelError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    if fill(sock, &mut body, &mut fds)? != len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some((serde_json::from_slice(&body)?, fds)))
 }
 
 /// Reads one framed JSON message; `Ok(None)` at a clean EOF.
@@ -146,5 +232,29 @@ mod tests {
         ));
         let mut r: &[u8] = &[3, 0];
         assert!(recv::<SyncMsg>(&mut r).is_err());
+    }
+
+    #[test]
+    fn fds_travel_with_their_frame() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        send(&mut &a, &SyncMsg::Pid(7)).unwrap();
+        send_with_fd(&a, &SyncMsg::Console, r.as_fd()).unwrap();
+        send(&mut &a, &SyncMsg::Ready { warnings: vec![] }).unwrap();
+        drop(a);
+        let (m, fds) = recv_with_fds::<SyncMsg>(&b).unwrap().unwrap();
+        assert_eq!((m, fds.len()), (SyncMsg::Pid(7), 0));
+        let (m, fds) = recv_with_fds::<SyncMsg>(&b).unwrap().unwrap();
+        assert_eq!((m, fds.len()), (SyncMsg::Console, 1));
+        // The received fd is the pipe's read end: what is written to `w` comes out of it.
+        nix::unistd::write(&w, b"x").unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&fds[0]), &mut byte).unwrap(),
+            1
+        );
+        let (m, fds) = recv_with_fds::<SyncMsg>(&b).unwrap().unwrap();
+        assert!(matches!(m, SyncMsg::Ready { .. }) && fds.is_empty());
+        assert!(recv_with_fds::<SyncMsg>(&b).unwrap().is_none());
     }
 }

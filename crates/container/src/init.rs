@@ -4,8 +4,8 @@
 
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::symlink;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +14,8 @@ use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{signal, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, chroot, setgid, setgroups, setsid, setuid, Gid, Uid};
+use nix::sys::stat::{fstat, makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, chroot, dup2, fchown, setgid, setgroups, setsid, setuid, Gid, Uid};
 use oci_spec::runtime::{LinuxDeviceType, Process, Spec};
 
 use crate::channel::{self, InitConfig, SyncMsg, INIT_FD_ENV};
@@ -172,6 +172,9 @@ fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Ne
     if process.capabilities().is_some() {
         warnings.push("process.capabilities: not applied yet (VM is the boundary)".into());
     }
+    if process.terminal().unwrap_or(false) {
+        setup_console(chan, process.user().uid())?;
+    }
     let prepared = setup_process(process)?;
     wait_and_exec(chan, prepared, warnings)
 }
@@ -200,6 +203,10 @@ fn run_exec(
         step(setns(fd, CloneFlags::empty()), || format!("setns({path})"))?;
     }
     drop(fds);
+    // Closed (by our exit) only after `Pid` is sent, so the child's messages come after it.
+    let (gate_r, gate_w) = step(nix::unistd::pipe2(OFlag::O_CLOEXEC), || {
+        "exec: ordering pipe".into()
+    })?;
     // The pid namespace applies to children only: fork once more, with the agent as parent.
     // SAFETY: this process is single-threaded, so the child may run arbitrary code.
     match unsafe { sys::clone_process(libc::CLONE_PARENT) }? {
@@ -208,10 +215,70 @@ fn run_exec(
             std::process::exit(0)
         }
         Forked::Child => {
+            drop(gate_w);
+            let mut byte = [0u8; 1];
+            while nix::unistd::read(gate_r.as_raw_fd(), &mut byte) == Err(Errno::EINTR) {}
+            drop(gate_r);
+            if process.terminal().unwrap_or(false) {
+                setup_console(chan, process.user().uid())?;
+            }
             let prepared = setup_process(process)?;
             wait_and_exec(chan, prepared, Vec::new())
         }
     }
+}
+
+fn console_step(e: SysError) -> InitError {
+    InitError::Step {
+        step: format!("process.terminal: {}", e.call),
+        source: e.errno,
+    }
+}
+
+/// Opens a pty in the devpts instance `/dev/ptmx` leads to (the container's own, after
+/// pivot_root or setns), sends the master to the parent and makes the slave fds 0-2.
+/// The slave is chowned to the process's user, as runc does.
+pub fn setup_console(chan: &UnixStream, uid: u32) -> Result<(), InitError> {
+    let open_tty = |path: &str| {
+        io(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+                .open(path)
+                .map(OwnedFd::from),
+            || format!("process.terminal: opening {path}"),
+        )
+    };
+    let master = open_tty("/dev/ptmx")?;
+    sys::pty_unlock(master.as_fd()).map_err(console_step)?;
+    let n = sys::pty_number(master.as_fd()).map_err(console_step)?;
+    let path = format!("/dev/pts/{n}");
+    let slave = open_tty(&path)?;
+    // /dev/pts/N must be this master's peer: both live on the same devpts instance.
+    let (m, s) = (fstat(master.as_raw_fd()), fstat(slave.as_raw_fd()));
+    match (m, s) {
+        (Ok(m), Ok(s)) if m.st_dev == s.st_dev => {}
+        _ => {
+            return Err(InitError::Step {
+                step: format!("process.terminal: {path} is not in the devpts of /dev/ptmx"),
+                source: Errno::ENXIO,
+            })
+        }
+    }
+    step(
+        fchown(slave.as_raw_fd(), Some(Uid::from_raw(uid)), None),
+        || format!("process.terminal: chown {path} to uid {uid}"),
+    )?;
+    channel::send_with_fd(chan, &SyncMsg::Console, master.as_fd())
+        .map_err(|e| InitError::Channel(error_chain(&e)))?;
+    drop(master);
+    for target in 0..3 {
+        step(dup2(slave.as_raw_fd(), target), || {
+            format!("process.terminal: dup2({path}, {target})")
+        })?;
+    }
+    Ok(())
 }
 
 struct Prepared {
@@ -731,11 +798,18 @@ mod tests {
             "linux":{"maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"]}}"#,
         )
         .unwrap();
+        let (parent_end, child_end) = UnixStream::pair().unwrap();
         let code = in_child_mount_ns(|| {
             let mut warnings = Vec::new();
             if let Err(e) = setup_rootfs(&spec, &rootfs, &mut warnings) {
                 eprintln!("setup failed: {}", error_chain(&e));
                 return 1;
+            }
+            // process.terminal: the pty comes from the container's devpts, is fds 0-2,
+            // and its master goes to the parent.
+            if let Err(e) = setup_console(&child_end, 1234) {
+                eprintln!("console setup failed: {}", error_chain(&e));
+                return 2;
             }
             let checks = [
                 std::fs::read("/etc/marker").ok().as_deref() == Some(b"inside".as_slice()),
@@ -746,6 +820,10 @@ mod tests {
                 // root.readonly: the rootfs refuses writes, the tmpfs on /tmp accepts them.
                 std::fs::write("/etc/new", b"x").is_err(),
                 std::fs::write("/tmp/new", b"x").is_ok(),
+                nix::unistd::ttyname(std::io::stdin()).is_ok_and(|p| p == Path::new("/dev/pts/0")),
+                nix::unistd::ttyname(std::io::stderr()).is_ok_and(|p| p == Path::new("/dev/pts/0")),
+                std::fs::metadata("/dev/pts/0")
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 1234),
             ];
             match checks.iter().position(|ok| !ok) {
                 None => 0,
@@ -753,6 +831,18 @@ mod tests {
             }
         });
         let _ = std::fs::remove_dir_all(&rootfs);
-        assert_eq!(code, 0, "check {} failed (see stderr)", code - 10);
+        assert_eq!(
+            code,
+            0,
+            "setup (1, 2) or check {} failed (see stderr)",
+            code - 10
+        );
+        drop(child_end);
+        let (msg, fds) = channel::recv_with_fds::<SyncMsg>(&parent_end)
+            .unwrap()
+            .expect("no console message");
+        assert_eq!(msg, SyncMsg::Console);
+        let master = crate::launch::validate_console(fds).unwrap();
+        assert_eq!(sys::pty_number(master.as_fd()).unwrap(), 0);
     }
 }

@@ -4,7 +4,8 @@
 //! `<exe> init` (see [`crate::init`]), which is safe in a multi-threaded parent.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starting a container process failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    /// Creating pipes, a pty or the channel failed.
+    /// Creating pipes or the channel, or preparing the pty master, failed.
     #[error("preparing {what}")]
     Prepare {
         /// What was being prepared.
@@ -45,6 +46,9 @@ pub enum LaunchError {
     /// The child sent a message out of order.
     #[error("container init process sent an unexpected message")]
     Protocol,
+    /// The terminal the child sent is unusable.
+    #[error("container init process sent a bad terminal: {0}")]
+    BadConsole(String),
 }
 
 /// The parent's ends of a process's stdio.
@@ -72,7 +76,8 @@ pub struct Prepared {
     child_stdio: [OwnedFd; 3],
     child_chan: OwnedFd,
     parent_chan: UnixStream,
-    parent_stdio: ParentStdio,
+    /// The parent's pipe ends; `None` with a terminal (the child sends the pty master).
+    pipes: Option<ParentStdio>,
 }
 
 // SAFETY: the raw pointers point into the CStrings owned by the same struct (heap data that
@@ -96,25 +101,24 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     prep("stdio pipe", nix::unistd::pipe2(OFlag::O_CLOEXEC))
 }
 
-/// Builds stdio (pty or pipes), the channel and the exec arguments for one child.
+/// Builds stdio, the channel and the exec arguments for one child. With a terminal the
+/// child starts on `/dev/null` and allocates its pty itself, inside the container (see
+/// [`handshake`] and [`parent_stdio`]); otherwise it gets pipes.
 pub fn prepare(terminal: bool, flags: CloneFlags) -> Result<Prepared, LaunchError> {
-    let (child_stdio, parent_stdio) = if terminal {
-        let pty = prep("pty", nix::pty::openpty(None, None))?;
-        prep("pty", set_cloexec(&pty.master))?;
-        prep("pty", set_cloexec(&pty.slave))?;
-        prep("pty", set_nonblocking(&pty.master))?;
-        let master2 = prep("pty", pty.master.try_clone().map_err(io_to_nix))?;
-        let s1 = prep("pty", pty.slave.try_clone().map_err(io_to_nix))?;
-        let s2 = prep("pty", pty.slave.try_clone().map_err(io_to_nix))?;
-        (
-            [pty.slave, s1, s2],
-            ParentStdio {
-                stdin: master2,
-                stdout: pty.master,
-                stderr: None,
-                terminal: true,
-            },
-        )
+    let (child_stdio, pipes) = if terminal {
+        let null = prep(
+            "/dev/null for a terminal process's setup",
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(io_to_nix),
+        )?;
+        let n1 = prep("/dev/null", null.try_clone().map_err(io_to_nix))?;
+        let n2 = prep("/dev/null", null.try_clone().map_err(io_to_nix))?;
+        ([null, n1, n2], None)
     } else {
         let (in_r, in_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
@@ -124,12 +128,12 @@ pub fn prepare(terminal: bool, flags: CloneFlags) -> Result<Prepared, LaunchErro
         }
         (
             [in_r, out_w, err_w],
-            ParentStdio {
+            Some(ParentStdio {
                 stdin: in_w,
                 stdout: out_r,
                 stderr: Some(err_r),
                 terminal: false,
-            },
+            }),
         )
     };
     let (parent_chan, child_chan) = prep(
@@ -159,7 +163,7 @@ pub fn prepare(terminal: bool, flags: CloneFlags) -> Result<Prepared, LaunchErro
         child_stdio,
         child_chan,
         parent_chan,
-        parent_stdio,
+        pipes,
     })
 }
 
@@ -188,26 +192,96 @@ impl Prepared {
         }
     }
 
-    /// Drops the child's fd ends and returns the channel and the parent's stdio.
-    pub fn into_parent(self) -> (UnixStream, ParentStdio) {
-        (self.parent_chan, self.parent_stdio)
+    /// Drops the child's fd ends and returns the channel and the parent's pipe ends
+    /// (`None` with a terminal: see [`parent_stdio`]).
+    pub fn into_parent(self) -> (UnixStream, Option<ParentStdio>) {
+        (self.parent_chan, self.pipes)
     }
 }
 
-/// Sends the config and waits for `Ready`; `on_pid` sees an exec's final pid first.
+/// What the child reported by `Ready`.
+#[derive(Debug)]
+pub struct Ready {
+    /// Things that were skipped or degraded.
+    pub warnings: Vec<String>,
+    /// The pty master the child allocated in the container's devpts (terminal only).
+    pub console: Option<OwnedFd>,
+}
+
+/// Checks what arrived with a [`SyncMsg::Console`]: exactly one fd, and a pty master.
+pub fn validate_console(mut fds: Vec<OwnedFd>) -> Result<OwnedFd, LaunchError> {
+    if fds.len() != 1 {
+        return Err(LaunchError::BadConsole(format!(
+            "expected 1 file descriptor, got {}",
+            fds.len()
+        )));
+    }
+    let fd = fds.remove(0);
+    if !nix::unistd::isatty(fd.as_raw_fd()).unwrap_or(false) {
+        return Err(LaunchError::BadConsole("not a terminal".into()));
+    }
+    sys::pty_number(fd.as_fd())
+        .map_err(|_| LaunchError::BadConsole("a terminal, but not a pty master".into()))?;
+    Ok(fd)
+}
+
+/// Sends the config and waits for `Ready`; `on_pid` sees an exec's final pid first. With a
+/// terminal, the pty master must arrive (validated) before `Ready`.
 pub fn handshake(
     chan: &mut UnixStream,
     config: &InitConfig,
     mut on_pid: impl FnMut(i32),
-) -> Result<Vec<String>, LaunchError> {
+) -> Result<Ready, LaunchError> {
     channel::send(chan, config)?;
+    let terminal = config.terminal();
+    let mut console = None;
     loop {
-        match channel::recv::<SyncMsg>(chan)? {
-            Some(SyncMsg::Pid(pid)) => on_pid(pid),
-            Some(SyncMsg::Ready { warnings }) => return Ok(warnings),
-            Some(SyncMsg::Error(msg)) => return Err(LaunchError::Child(msg)),
-            None => return Err(LaunchError::Vanished),
+        let Some((msg, fds)) = channel::recv_with_fds::<SyncMsg>(chan)? else {
+            return Err(LaunchError::Vanished);
+        };
+        match msg {
+            // The child's own report wins over anything else wrong with the frame.
+            SyncMsg::Error(msg) => return Err(LaunchError::Child(msg)),
+            SyncMsg::Console if terminal && console.is_none() => {
+                console = Some(validate_console(fds)?);
+            }
+            SyncMsg::Console => {
+                return Err(LaunchError::BadConsole(
+                    "sent without a terminal requested, or twice".into(),
+                ))
+            }
+            _ if !fds.is_empty() => return Err(LaunchError::Protocol),
+            SyncMsg::Pid(pid) => on_pid(pid),
+            SyncMsg::Ready { warnings } => {
+                if terminal && console.is_none() {
+                    return Err(LaunchError::BadConsole("missing before ready".into()));
+                }
+                return Ok(Ready { warnings, console });
+            }
         }
+    }
+}
+
+/// The parent's stdio: the pipe ends from [`Prepared::into_parent`], or the pty master
+/// from [`Ready::console`] (then shared by stdin and stdout, non-blocking).
+pub fn parent_stdio(
+    pipes: Option<ParentStdio>,
+    console: Option<OwnedFd>,
+) -> Result<ParentStdio, LaunchError> {
+    match (pipes, console) {
+        (Some(p), None) => Ok(p),
+        (None, Some(master)) => {
+            prep("pty master", set_nonblocking(&master))?;
+            prep("pty master", set_cloexec(&master))?;
+            let stdin = prep("pty master", master.try_clone().map_err(io_to_nix))?;
+            Ok(ParentStdio {
+                stdin,
+                stdout: master,
+                stderr: None,
+                terminal: true,
+            })
+        }
+        _ => Err(LaunchError::Protocol),
     }
 }
 
@@ -215,9 +289,9 @@ pub fn handshake(
 pub fn release(mut chan: UnixStream) -> Result<(), LaunchError> {
     use std::io::Write;
     chan.write_all(&[1]).map_err(ChannelError::Io)?;
-    match channel::recv::<SyncMsg>(&mut chan)? {
+    match channel::recv_with_fds::<SyncMsg>(&chan)? {
         None => Ok(()),
-        Some(SyncMsg::Error(msg)) => Err(LaunchError::Child(msg)),
+        Some((SyncMsg::Error(msg), _)) => Err(LaunchError::Child(msg)),
         Some(_) => Err(LaunchError::Protocol),
     }
 }
@@ -274,6 +348,28 @@ pub fn exec_namespaces(flags: CloneFlags) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_single_pty_master_is_accepted_as_console() {
+        let bad = |fds: Vec<OwnedFd>| match validate_console(fds) {
+            Err(LaunchError::BadConsole(reason)) => reason,
+            other => panic!("accepted: {other:?}"),
+        };
+        assert!(bad(Vec::new()).contains("got 0"));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert!(bad(vec![r]).contains("not a terminal"));
+        let pty = nix::pty::openpty(None, None).unwrap();
+        assert!(bad(vec![pty.slave]).contains("not a pty master"));
+        let master2 = pty.master.try_clone().unwrap();
+        assert!(bad(vec![pty.master.try_clone().unwrap(), w]).contains("got 2"));
+        let master = validate_console(vec![master2]).unwrap();
+        let stdio = parent_stdio(None, Some(master)).unwrap();
+        assert!(stdio.terminal && stdio.stderr.is_none());
+        assert!(matches!(
+            parent_stdio(None, None),
+            Err(LaunchError::Protocol)
+        ));
+    }
 
     #[test]
     fn default_namespaces_and_extras() {

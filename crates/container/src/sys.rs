@@ -1,9 +1,11 @@
 //! The raw, `unsafe` system calls of container setup, fenced in one place.
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// A raw system call failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,86 @@ pub fn set_controlling_tty() -> Result<(), SysError> {
     // SAFETY: TIOCSCTTY takes an int argument, no memory is passed.
     let ret = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
     check(ret.into(), || "ioctl(0, TIOCSCTTY)".into()).map(drop)
+}
+
+/// The number N of a pty master's slave (`/dev/pts/N` in the devpts instance it came from).
+/// Fails with `ENOTTY` when `fd` is not a pty master.
+pub fn pty_number(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one `unsigned int` to the valid pointer.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+    check(ret.into(), || "ioctl(TIOCGPTN)".into())?;
+    Ok(n)
+}
+
+/// Unlocks the slave of a pty master (the `unlockpt(3)` ioctl).
+pub fn pty_unlock(fd: BorrowedFd<'_>) -> Result<(), SysError> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one `int` from the valid pointer.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    check(ret.into(), || "ioctl(TIOCSPTLCK)".into()).map(drop)
+}
+
+/// Most fds one `SCM_RIGHTS` message can carry (the kernel's `SCM_MAX_FD`); receiving with
+/// room for this many means control data is never truncated, so no fd can leak unseen.
+const SCM_MAX_FD: usize = 253;
+
+/// Sends `data` (possibly only a prefix; returns the count) with `fds` attached via
+/// `SCM_RIGHTS`.
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<usize, SysError> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs = [ControlMessage::ScmRights(&raw)];
+    socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(data)],
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|errno| SysError {
+        call: "sendmsg(SCM_RIGHTS)".into(),
+        errno,
+    })
+}
+
+/// Receives into `buf` like `read(2)` and appends any fds that came along (`SCM_RIGHTS`,
+/// close-on-exec) to `fds`. Returns the byte count (0 at EOF); fails with `EMSGSIZE` if
+/// control data was truncated.
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<usize, SysError> {
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let err = |errno| SysError {
+        call: "recvmsg".into(),
+        errno,
+    };
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(err)?;
+    // `cmsgs()` refuses (ENOBUFS) when control data was truncated.
+    let cmsgs = msg.cmsgs().map_err(|_| err(Errno::EMSGSIZE))?;
+    for c in cmsgs {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            for fd in received {
+                // SAFETY: the kernel just installed this fd in our table for this message;
+                // nothing else refers to it, so taking ownership (and closing it on drop)
+                // is sound.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Ok(msg.bytes)
 }
 
 /// Sets the window size of a terminal.

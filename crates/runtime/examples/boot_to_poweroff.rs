@@ -3,7 +3,7 @@
 //! booted and powered the VM off (`skerry.poweroff_after_boot`). The baseline
 //! `bench/run-overhead.sh` compares `skerry run` against.
 //!
-//! Usage: boot_to_poweroff IMAGE_DIR
+//! Usage: boot_to_poweroff IMAGE_DIR [EXTRA KERNEL PARAMS]
 
 use std::{path::PathBuf, time::Instant};
 
@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("usage: boot_to_poweroff IMAGE_DIR"))?,
     );
     let tmp = tempfile::Builder::new().prefix("skb").tempdir_in("/tmp")?;
+    let keep_console = std::env::var_os("SKERRY_KEEP_CONSOLE");
     let (run_dir, shared_dir) = (tmp.path().join("vm"), tmp.path().join("shared"));
     std::fs::create_dir_all(&run_dir)?;
     std::fs::create_dir_all(&shared_dir)?;
@@ -28,7 +29,10 @@ async fn main() -> anyhow::Result<()> {
         run_dir,
         kernel: image.join("vmlinuz"),
         initrd: image.join("initramfs.img"),
-        kernel_params: "skerry.poweroff_after_boot".into(),
+        kernel_params: format!(
+            "skerry.poweroff_after_boot {}",
+            std::env::args().nth(2).unwrap_or_default()
+        ),
         vcpus: 1,
         memory_mib: 512,
         shared_dir,
@@ -39,6 +43,9 @@ async fn main() -> anyhow::Result<()> {
     let exit = vm.wait().await;
     let elapsed = started.elapsed();
     vm.stop().await?;
+    if let Some(path) = keep_console {
+        std::fs::copy(tmp.path().join("console.log"), path)?;
+    }
     anyhow::ensure!(exit == VmExit::Poweroff, "guest did not power off: {exit}");
     eprintln!("boot to poweroff: {} ms", elapsed.as_millis());
     Ok(())

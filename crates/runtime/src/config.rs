@@ -97,8 +97,12 @@ pub struct HypervisorConfig {
     pub vcpus: u32,
     /// `memory_mib`: memory per sandbox VM in MiB; default 512.
     pub memory_mib: u32,
-    /// `boot_timeout_secs`: how long to wait for the agent to answer; default 30.
+    /// `boot_timeout_secs`: how long one boot may take until the agent
+    /// answers; default 15.
     pub boot_timeout_secs: u64,
+    /// `boot_attempts`: boots of a VM whose agent does not answer in time
+    /// before create fails; default 2.
+    pub boot_attempts: u32,
 }
 
 impl Default for HypervisorConfig {
@@ -111,7 +115,8 @@ impl Default for HypervisorConfig {
             vsock_backend_path: PathBuf::from("vhost-device-vsock"),
             vcpus: 1,
             memory_mib: 512,
-            boot_timeout_secs: 30,
+            boot_timeout_secs: 15,
+            boot_attempts: 2,
         }
     }
 }
@@ -198,6 +203,12 @@ impl Config {
         }
         if hv.boot_timeout_secs == 0 {
             return Err(invalid("hypervisor.boot_timeout_secs", "must be > 0"));
+        }
+        if !(1..=10).contains(&hv.boot_attempts) {
+            return Err(invalid(
+                "hypervisor.boot_attempts",
+                "must be between 1 and 10",
+            ));
         }
         Ok(())
     }

@@ -20,6 +20,10 @@ const MAX_LINE: u64 = 64 * 1024;
 pub enum ControlRequest {
     /// Start the created container.
     Start,
+    /// Stop every process of the container.
+    Pause,
+    /// Continue the stopped processes.
+    Resume,
     /// Send a signal to the container's process (or all its processes).
     Kill {
         /// Signal number.

@@ -122,6 +122,37 @@ pub async fn start(store: &StateStore, id: &str) -> Result<(), LifecycleError> {
     Ok(())
 }
 
+/// Suspends every process of a running container (`pause`) or continues them.
+pub async fn pause(store: &StateStore, id: &str, pause: bool) -> Result<(), LifecycleError> {
+    let s = store.load(id)?;
+    let (status, want) = (
+        s.effective_status(),
+        if pause {
+            Status::Running
+        } else {
+            Status::Paused
+        },
+    );
+    if status != want {
+        return Err(LifecycleError::WrongStatus {
+            id: id.into(),
+            status,
+            message: if pause {
+                "only a running container can be paused"
+            } else {
+                "only a paused container can be resumed"
+            },
+        });
+    }
+    let req = if pause {
+        ControlRequest::Pause
+    } else {
+        ControlRequest::Resume
+    };
+    control::call(&monitor_socket(store, id), &req).await?;
+    Ok(())
+}
+
 /// Sends `signal` to the container's process (or all of its processes).
 pub async fn kill(
     store: &StateStore,
@@ -131,7 +162,7 @@ pub async fn kill(
 ) -> Result<(), LifecycleError> {
     let s = store.load(id)?;
     let status = s.effective_status();
-    if !matches!(status, Status::Created | Status::Running) {
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(LifecycleError::WrongStatus {
             id: id.into(),
             status,

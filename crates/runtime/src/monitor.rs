@@ -5,6 +5,7 @@
 
 use std::{io::Write, path::PathBuf, sync::Arc};
 
+use nix::sys::signal::Signal;
 use tokio::{net::UnixListener, sync::Mutex};
 use tracing::{debug, error, info};
 
@@ -130,16 +131,16 @@ pub async fn run(
     drop(opts.ready);
 
     let agent = sandbox.agent().clone();
-    let state = Arc::new(Mutex::new(state));
-    let server = tokio::spawn(serve_control(
-        listener,
-        agent.clone(),
-        Arc::clone(&state),
-        store.clone(),
-    ));
+    let ctx = Arc::new(Control {
+        agent: agent.clone(),
+        state: Mutex::new(state),
+        store: store.clone(),
+    });
+    let server = tokio::spawn(serve_control(listener, Arc::clone(&ctx)));
     let relay = Relay::start(&agent, &id, "", stdio, opts.relay);
 
-    let status = match sandbox.wait().await {
+    let waited = sandbox.wait().await;
+    let status = match waited {
         Ok(exit) => {
             info!(container = %id, status = exit.status, signal = exit.signal, "container exited");
             relay.finish().await;
@@ -152,7 +153,7 @@ pub async fn run(
     };
     server.abort();
     {
-        let mut state = state.lock().await;
+        let mut state = ctx.state.lock().await;
         state.status = Status::Stopped;
         state.exit_status = Some(status);
         if let Err(e) = store.save(&state) {
@@ -164,22 +165,38 @@ pub async fn run(
     status
 }
 
-async fn serve_control(
-    listener: UnixListener,
+/// What control requests act on.
+struct Control {
     agent: AgentConn,
-    state: Arc<Mutex<ContainerState>>,
+    state: Mutex<ContainerState>,
     store: StateStore,
-) {
+}
+
+impl Control {
+    /// Stops (or continues) every process of the container: the guest's
+    /// equivalent of a freezer, which leaves the agent channel working.
+    async fn freeze(&self, id: &str, freeze: bool) -> Result<(), String> {
+        let signal = if freeze {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        self.agent
+            .signal(Proc::init(id), signal as u32, true)
+            .await
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+async fn serve_control(listener: UnixListener, ctx: Arc<Control>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
-        let agent = agent.clone();
-        let state = Arc::clone(&state);
-        let store = store.clone();
+        let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             let reply = match control::read_line::<ControlRequest>(&mut stream).await {
-                Ok(req) => handle(req, &agent, &state, &store).await,
+                Ok(req) => handle(req, &ctx).await,
                 Err(e) => Err(format!("bad control request: {e}")),
             };
             let reply = ControlReply { error: reply.err() };
@@ -188,43 +205,63 @@ async fn serve_control(
     }
 }
 
-async fn handle(
-    req: ControlRequest,
-    agent: &AgentConn,
-    state: &Mutex<ContainerState>,
-    store: &StateStore,
-) -> Result<(), String> {
+async fn handle(req: ControlRequest, ctx: &Control) -> Result<(), String> {
     debug!(?req, "control request");
-    let mut state = state.lock().await;
+    let mut state = ctx.state.lock().await;
     let id = state.id.clone();
+    let wrong = |state: &ContainerState, what: &str| {
+        Err(format!(
+            "cannot {what} container {id:?}: it is {}",
+            state.status
+        ))
+    };
     match req {
         ControlRequest::Start => {
             if state.status != Status::Created {
-                return Err(format!(
-                    "cannot start container {id:?}: it is {}, not created",
-                    state.status
-                ));
+                return wrong(&state, "start");
             }
             let start_hooks = bundle_hooks(&state.bundle, HookKind::StartContainer);
             run_hooks(HookKind::StartContainer, &start_hooks, &state.oci_state())
                 .await
                 .map_err(|e| error_chain(&e))?;
-            agent
+            ctx.agent
                 .start_container(&id)
                 .await
                 .map_err(|e| error_chain(&e))?;
             state.status = Status::Running;
-            store.save(&state).map_err(|e| error_chain(&e))?;
+            ctx.store.save(&state).map_err(|e| error_chain(&e))?;
             let poststart = bundle_hooks(&state.bundle, HookKind::Poststart);
             // Failures of poststart hooks are warnings (logged by run_hooks).
             let _ = run_hooks(HookKind::Poststart, &poststart, &state.oci_state()).await;
             Ok(())
         }
+        ControlRequest::Pause => {
+            if state.status != Status::Running {
+                return wrong(&state, "pause");
+            }
+            ctx.freeze(&id, true).await?;
+            state.status = Status::Paused;
+            ctx.store.save(&state).map_err(|e| error_chain(&e))
+        }
+        ControlRequest::Resume => {
+            if state.status != Status::Paused {
+                return wrong(&state, "resume");
+            }
+            ctx.freeze(&id, false).await?;
+            state.status = Status::Running;
+            ctx.store.save(&state).map_err(|e| error_chain(&e))
+        }
         ControlRequest::Kill { signal, all } => {
             if state.status == Status::Stopped {
                 return Err(format!("container {id:?} is not running"));
             }
-            agent
+            if state.status == Status::Paused && signal != Signal::SIGKILL as u32 {
+                // Stopped processes only act on a signal once continued.
+                ctx.freeze(&id, false).await?;
+                state.status = Status::Running;
+                ctx.store.save(&state).map_err(|e| error_chain(&e))?;
+            }
+            ctx.agent
                 .signal(Proc::init(&id), signal, all)
                 .await
                 .map_err(|e| error_chain(&e))

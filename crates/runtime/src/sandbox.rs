@@ -80,6 +80,8 @@ pub struct SandboxParams {
     pub memory_mib: u32,
     /// How long the agent may take to answer after launch.
     pub boot_timeout: Duration,
+    /// How many times to boot a VM whose agent does not answer.
+    pub boot_attempts: u32,
 }
 
 impl SandboxParams {
@@ -92,6 +94,7 @@ impl SandboxParams {
             vcpus: config.hypervisor.vcpus,
             memory_mib: config.hypervisor.memory_mib,
             boot_timeout: Duration::from_secs(config.hypervisor.boot_timeout_secs),
+            boot_attempts: config.hypervisor.boot_attempts,
         }
     }
 }
@@ -110,9 +113,7 @@ impl VmLauncher for ConfiguredLauncher {
 /// Timestamps of the phases of a sandbox start, for `--debug` logs.
 #[derive(Debug, Clone, Default)]
 pub struct BootTimings {
-    /// Until the hypervisor process runs.
-    pub launch: Duration,
-    /// Until the agent answered `Check`.
+    /// Until the agent answered `Check` (VM launch and guest boot).
     pub agent_ready: Duration,
     /// Until the container was created.
     pub container_created: Duration,
@@ -199,21 +200,18 @@ impl Sandbox {
             shared_dir: paths.shared_dir.clone(),
             console_log: paths.console_log.clone(),
         };
-        let mut vm = match launcher.launch(&spec).await {
-            Ok(vm) => vm,
+        let (mut vm, agent, check) = match boot(launcher, &spec, params).await {
+            Ok(booted) => booted,
             Err(e) => {
                 share::unshare(mounts.as_ref(), &shared.mounts);
-                return Err(SandboxError::Launch(e));
+                return Err(e);
             }
         };
         let mut timings = BootTimings {
-            launch: started.elapsed(),
+            agent_ready: started.elapsed(),
             ..Default::default()
         };
         let setup = async {
-            let (agent, check) =
-                connect_agent(vm.as_ref(), params.boot_timeout, &paths.console_log).await?;
-            timings.agent_ready = started.elapsed();
             agent.create_sandbox(id, &hostname(bundle, id)).await?;
             agent.create_container(id, &shared.spec_json).await?;
             timings.container_created = started.elapsed();
@@ -293,6 +291,36 @@ fn hostname(bundle: &Bundle, id: &str) -> String {
         .hostname()
         .clone()
         .unwrap_or_else(|| id.chars().take(63).collect())
+}
+
+/// Launches the VM and waits for its agent; a guest that does not answer in
+/// time is stopped and booted again, up to `boot_attempts` times (a stock
+/// kernel under TCG occasionally stalls early in boot).
+async fn boot(
+    launcher: &dyn VmLauncher,
+    spec: &VmSpec,
+    params: &SandboxParams,
+) -> Result<(Box<dyn Vm>, AgentConn, skerry_protocol::CheckResponse), SandboxError> {
+    let mut attempt = 1;
+    loop {
+        let mut vm = launcher.launch(spec).await.map_err(SandboxError::Launch)?;
+        match connect_agent(vm.as_ref(), params.boot_timeout, &spec.console_log).await {
+            Ok((agent, check)) => return Ok((vm, agent, check)),
+            Err(e) => {
+                if let Err(stop) = vm.stop().await {
+                    warn!(sandbox = %spec.id, error = %stop, "stopping VM after failed boot");
+                }
+                if attempt >= params.boot_attempts || !matches!(e, SandboxError::AgentTimeout(..)) {
+                    return Err(e);
+                }
+                // Keep the stalled boot's console for diagnosis.
+                let _ =
+                    std::fs::rename(&spec.console_log, spec.console_log.with_extension("log.1"));
+                warn!(sandbox = %spec.id, attempt, "guest agent did not answer; booting the VM again");
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// Connects to the agent, retrying until it answers `Check` or the deadline passes.

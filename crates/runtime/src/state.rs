@@ -60,6 +60,8 @@ pub enum Status {
     Created,
     /// The user program runs.
     Running,
+    /// Every process of the container is stopped (`pause`).
+    Paused,
     /// The user program has exited.
     Stopped,
 }
@@ -70,6 +72,7 @@ impl std::fmt::Display for Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -152,7 +155,7 @@ impl ContainerState {
     /// monitor is gone has stopped.
     pub fn effective_status(&self) -> Status {
         match self.status {
-            Status::Creating | Status::Created | Status::Running
+            Status::Creating | Status::Created | Status::Running | Status::Paused
                 if !self.monitor.is_some_and(|m| m.is_alive()) =>
             {
                 Status::Stopped

@@ -375,6 +375,7 @@ async fn start_monitor(h: &Harness, id: &str) -> Running {
             vcpus: 1,
             memory_mib: 128,
             boot_timeout: Duration::from_secs(5),
+            boot_attempts: 1,
         },
         ready: Box::new(ready_w),
         relay: RelayOptions::default(),

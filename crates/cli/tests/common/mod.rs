@@ -110,7 +110,7 @@ impl World {
         fs::write(
             &config,
             format!(
-                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 60\n",
+                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 12\n",
                 image.display()
             ),
         )
