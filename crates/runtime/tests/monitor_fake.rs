@@ -470,14 +470,15 @@ async fn stdin_reaches_the_container() {
 async fn kill_and_state_transitions() {
     let h = harness(&["sleep"]).await;
     let r = start_monitor(&h, "k").await;
-    let start_twice = async { control::call(&socket(&h, "k"), &ControlRequest::Start).await };
-    start_twice.await.unwrap();
+    control::call(&socket(&h, "k"), &ControlRequest::Start)
+        .await
+        .unwrap();
     assert_eq!(h.store.load("k").unwrap().status, Status::Running);
     let err = control::call(&socket(&h, "k"), &ControlRequest::Start)
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("not created"), "{err}");
+    assert!(err.contains("cannot start container \"k\": it is running"), "{err}");
     control::call(
         &socket(&h, "k"),
         &ControlRequest::Kill {
