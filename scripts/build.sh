@@ -12,8 +12,9 @@ flag=()
 [ "$profile" = release ] && flag=(--release)
 
 cargo build "${flag[@]}" -p skerry
-# The agent is PID 1 of the guest: static, so the initramfs needs no libc.
-RUSTFLAGS="-C target-feature=+crt-static" \
+# The agent is PID 1 of the guest: static, so the initramfs needs no libc;
+# stripped, since every container start execs it once more inside the guest.
+CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p skerry-agent --target x86_64-unknown-linux-gnu
 agent=target/x86_64-unknown-linux-gnu/release/skerry-agent
 "target/$profile/skerry" image build --agent "$agent" --output "$image_dir"
