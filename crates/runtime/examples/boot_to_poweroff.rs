@@ -40,12 +40,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut vm = hypervisor::launch(&HypervisorConfig::default(), &spec).await?;
-    let exit = vm.wait().await;
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), vm.wait()).await;
     let elapsed = started.elapsed();
     vm.stop().await?;
     if let Some(path) = keep_console {
         std::fs::copy(tmp.path().join("console.log"), path)?;
     }
+    let exit = exit.map_err(|_| anyhow::anyhow!("guest did not power off within 30 s"))?;
     anyhow::ensure!(exit == VmExit::Poweroff, "guest did not power off: {exit}");
     eprintln!("boot to poweroff: {} ms", elapsed.as_millis());
     Ok(())

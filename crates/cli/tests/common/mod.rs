@@ -213,7 +213,7 @@ impl World {
     pub fn log(&self) -> String {
         let mut text = fs::read_to_string(self.tmp.path().join("skerry.log")).unwrap_or_default();
         for entry in fs::read_dir(&self.root).into_iter().flatten().flatten() {
-            for file in ["console.log", "vm/qemu.log", "vm/vsock.log"] {
+            for file in ["console.log.1", "console.log"] {
                 if let Ok(log) = fs::read_to_string(entry.path().join(file)) {
                     text.push_str(&format!("\n--- {}/{file}\n{log}", entry.path().display()));
                 }
