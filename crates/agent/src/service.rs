@@ -19,6 +19,38 @@ pub struct AgentService {
 }
 
 impl AgentService {
+    /// ReadStdout / ReadStderr.
+    async fn read_stream(
+        &self,
+        req: pb::ReadStreamRequest,
+        stderr: bool,
+    ) -> RpcResult<pb::ReadStreamResponse> {
+        let call = if stderr { "ReadStderr" } else { "ReadStdout" };
+        let p = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| to_status(call, e))?;
+        let len = read_len(req.len);
+        let read = if stderr {
+            p.io.read_stderr(len).await
+        } else {
+            p.io.read_stdout(len).await
+        };
+        let data = read.map_err(|source| {
+            to_status(
+                call,
+                AgentError::Stdio {
+                    id: req.container_id.clone(),
+                    source,
+                },
+            )
+        })?;
+        Ok(pb::ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
     /// A service over `sandbox`.
     pub fn new(sandbox: Arc<Sandbox>, guest: bool) -> Self {
         AgentService { sandbox, guest }
@@ -259,26 +291,7 @@ impl pb::Agent for AgentService {
         _: &TtrpcContext,
         req: pb::ReadStreamRequest,
     ) -> RpcResult<pb::ReadStreamResponse> {
-        let p = self
-            .sandbox
-            .process(&req.container_id, &req.exec_id)
-            .map_err(|e| to_status("ReadStdout", e))?;
-        let data =
-            p.io.read_stdout(read_len(req.len))
-                .await
-                .map_err(|source| {
-                    to_status(
-                        "ReadStdout",
-                        AgentError::Stdio {
-                            id: req.container_id.clone(),
-                            source,
-                        },
-                    )
-                })?;
-        Ok(pb::ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read_stream(req, false).await
     }
 
     async fn read_stderr(
@@ -286,26 +299,7 @@ impl pb::Agent for AgentService {
         _: &TtrpcContext,
         req: pb::ReadStreamRequest,
     ) -> RpcResult<pb::ReadStreamResponse> {
-        let p = self
-            .sandbox
-            .process(&req.container_id, &req.exec_id)
-            .map_err(|e| to_status("ReadStderr", e))?;
-        let data =
-            p.io.read_stderr(read_len(req.len))
-                .await
-                .map_err(|source| {
-                    to_status(
-                        "ReadStderr",
-                        AgentError::Stdio {
-                            id: req.container_id.clone(),
-                            source,
-                        },
-                    )
-                })?;
-        Ok(pb::ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read_stream(req, true).await
     }
 
     async fn tty_win_resize(

@@ -10,10 +10,7 @@ use skerry_runtime::{
     state::{validate_id, StateStore},
 };
 
-use crate::{
-    container_cmd::{self, CreateOpts},
-    exec_cmd, logging, Cli, Command, ImageCommand,
-};
+use crate::{container_cmd, exec_cmd, logging, Cli, Command, ImageCommand};
 
 /// Runs the command line; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
@@ -63,37 +60,9 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     let store = StateStore::new(&cli.root);
     match &cli.command {
-        Command::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            preserve_fds,
-            id,
-            ..
-        } => {
-            let opts = CreateOpts {
-                bundle,
-                pid_file: pid_file.as_deref(),
-                console_socket: console_socket.as_deref(),
-                preserve_fds: *preserve_fds,
-            };
-            container_cmd::run(cli, &store, &opts, id).await
-        }
-        Command::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            preserve_fds,
-            id,
-            ..
-        } => {
-            let opts = CreateOpts {
-                bundle,
-                pid_file: pid_file.as_deref(),
-                console_socket: console_socket.as_deref(),
-                preserve_fds: *preserve_fds,
-            };
-            container_cmd::create(cli, &store, &opts, id, true)?;
+        Command::Run(args) => container_cmd::run(cli, &store, args).await,
+        Command::Create(args) => {
+            container_cmd::create(cli, &store, args, true)?;
             Ok(0)
         }
         Command::Exec(args) => exec_cmd::exec(cli, &store, args).await,

@@ -25,25 +25,12 @@ use crate::{
     commands::load_config,
     console::{self, RawMode},
     spawn::{self, write_pid_file},
-    Cli,
+    Cli, CreateArgs,
 };
 
-/// The flags `create` and `run` share.
-#[derive(Debug)]
-pub struct CreateOpts<'a> {
-    /// Bundle directory.
-    pub bundle: &'a Path,
-    /// Where to write the monitor's pid.
-    pub pid_file: Option<&'a Path>,
-    /// Where to send the terminal's master.
-    pub console_socket: Option<&'a Path>,
-    /// runc's --preserve-fds.
-    pub preserve_fds: u32,
-}
-
 /// Checks everything a user can get wrong before any process is started.
-fn preflight(cli: &Cli, opts: &CreateOpts<'_>, id: &str) -> anyhow::Result<(Config, Bundle)> {
-    validate_id(id)?;
+fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle)> {
+    validate_id(&opts.id)?;
     if opts.preserve_fds > 0 {
         bail!(
             "--preserve-fds {}: host file descriptors cannot be passed into a VM",
@@ -51,7 +38,7 @@ fn preflight(cli: &Cli, opts: &CreateOpts<'_>, id: &str) -> anyhow::Result<(Conf
         );
     }
     let config = load_config(cli)?;
-    let bundle = Bundle::load(opts.bundle)?;
+    let bundle = Bundle::load(&opts.bundle)?;
     for (what, path) in [
         ("guest kernel", config.guest.kernel()),
         ("guest initramfs", config.guest.initrd()),
@@ -76,17 +63,19 @@ fn terminal(bundle: &Bundle) -> bool {
 }
 
 /// `create`: validates, then starts the monitor and waits until it reports
-/// the container created (or the error). Returns the monitor child.
+/// the container created (or the error). Returns the monitor child and
+/// whether the container has a terminal.
 pub fn create(
     cli: &Cli,
     store: &StateStore,
-    opts: &CreateOpts<'_>,
-    id: &str,
+    opts: &CreateArgs,
     detached: bool,
-) -> anyhow::Result<Child> {
-    let (_, bundle) = preflight(cli, opts, id)?;
+) -> anyhow::Result<(Child, bool)> {
+    let id = opts.id.as_str();
+    let (_, bundle) = preflight(cli, opts)?;
+    let tty = terminal(&bundle);
     store.create_dir(id)?;
-    let started = console::setup(terminal(&bundle), opts.console_socket, detached).and_then(|c| {
+    let started = console::setup(tty, opts.console_socket.as_deref(), detached).and_then(|c| {
         let args = vec![
             "monitor".into(),
             "--bundle".into(),
@@ -103,10 +92,10 @@ pub fn create(
             return Err(e);
         }
     };
-    if let Some(path) = opts.pid_file {
+    if let Some(path) = &opts.pid_file {
         write_pid_file(path, child.id())?;
     }
-    Ok(child)
+    Ok((child, tty))
 }
 
 /// The hidden `monitor` command: the per-sandbox monitor.
@@ -161,19 +150,11 @@ pub fn relay_options() -> RelayOptions {
 }
 
 /// `run`: create, start, wait, delete; the container's status is ours.
-pub async fn run(
-    cli: &Cli,
-    store: &StateStore,
-    opts: &CreateOpts<'_>,
-    id: &str,
-) -> anyhow::Result<i32> {
+pub async fn run(cli: &Cli, store: &StateStore, opts: &CreateArgs) -> anyhow::Result<i32> {
+    let id = opts.id.as_str();
+    let (mut child, terminal) = create(cli, store, opts, false)?;
     // A terminal on our own tty: pass keystrokes through uncooked.
-    let wants_tty = opts.console_socket.is_none()
-        && Bundle::load(opts.bundle)
-            .map(|b| terminal(&b))
-            .unwrap_or(false);
-    let mut child = create(cli, store, opts, id, false)?;
-    let _raw = wants_tty
+    let _raw = (terminal && opts.console_socket.is_none())
         .then(|| RawMode::enter(std::io::stdin()))
         .flatten();
     if let Err(e) = lifecycle::start(store, id).await {

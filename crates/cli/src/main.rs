@@ -62,51 +62,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create and start a container, wait for it, delete it; exit with its status.
-    Run {
-        /// Bundle directory (holds config.json).
-        #[arg(long, short, default_value = ".")]
-        bundle: PathBuf,
-        /// Write the container's host pid here.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Unix socket that receives the master of the container's terminal.
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        /// Accepted for runc compatibility; the guest always uses pivot_root.
-        #[arg(long)]
-        no_pivot: bool,
-        /// Accepted for runc compatibility; the guest kernel keyring is the VM's own.
-        #[arg(long)]
-        no_new_keyring: bool,
-        /// Accepted for runc compatibility; host fds cannot cross into the VM, so N > 0 is refused.
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: u32,
-        /// Container id.
-        id: String,
-    },
+    Run(CreateArgs),
     /// Create a container; its process waits for `start`.
-    Create {
-        /// Bundle directory (holds config.json).
-        #[arg(long, short, default_value = ".")]
-        bundle: PathBuf,
-        /// Write the container's host pid here.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Unix socket that receives the master of the container's terminal.
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        /// Accepted for runc compatibility; the guest always uses pivot_root.
-        #[arg(long)]
-        no_pivot: bool,
-        /// Accepted for runc compatibility; the guest kernel keyring is the VM's own.
-        #[arg(long)]
-        no_new_keyring: bool,
-        /// Accepted for runc compatibility; host fds cannot cross into the VM, so N > 0 is refused.
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: u32,
-        /// Container id.
-        id: String,
-    },
+    Create(CreateArgs),
     /// Run a new process inside a running container.
     Exec(ExecArgs),
     /// Start a created container.
@@ -216,6 +174,31 @@ pub enum Command {
         /// Container id.
         id: String,
     },
+}
+
+/// `skerry create` and `skerry run` arguments (runc's).
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Bundle directory (holds config.json).
+    #[arg(long, short, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the container's host pid here.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the master of the container's terminal.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility; the guest always uses pivot_root.
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility; the guest kernel keyring is the VM's own.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Accepted for runc compatibility; host fds cannot cross into the VM, so N > 0 is refused.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Container id.
+    pub id: String,
 }
 
 /// `skerry exec` arguments (runc's).

@@ -344,13 +344,7 @@ fn setup_process(process: &Process) -> Result<Prepared, InitError> {
     }
     let cwd = process.cwd();
     step(chdir(cwd), || format!("process.cwd: chdir({cwd:?})"))?;
-    let args = process
-        .args()
-        .as_ref()
-        .filter(|a| !a.is_empty())
-        .ok_or(SpecError::Missing {
-            field: "process.args",
-        })?;
+    let args = spec::process_args(process)?;
     let path = spec::find_executable(Path::new("/"), &args[0], spec::path_env(process), cwd)?;
     let path = cstring("process.args[0]".into(), &path.to_string_lossy())?;
     let args = args

@@ -87,16 +87,21 @@ pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
     })
 }
 
-/// Checks a process object against the root it will run in; returns the program path
-/// as the container sees it.
-pub fn validate_process(process: &Process, root: &Path) -> Result<PathBuf, SpecError> {
-    let args = process
+/// The process's arguments; an error if there are none.
+pub fn process_args(process: &Process) -> Result<&[String], SpecError> {
+    process
         .args()
-        .as_ref()
+        .as_deref()
         .filter(|a| !a.is_empty())
         .ok_or(SpecError::Missing {
             field: "process.args",
-        })?;
+        })
+}
+
+/// Checks a process object against the root it will run in; returns the program path
+/// as the container sees it.
+pub fn validate_process(process: &Process, root: &Path) -> Result<PathBuf, SpecError> {
+    let args = process_args(process)?;
     for (i, a) in args.iter().enumerate() {
         if a.as_bytes().contains(&0) {
             return Err(SpecError::Invalid {

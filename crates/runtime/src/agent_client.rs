@@ -216,6 +216,18 @@ impl AgentConn {
         Ok(())
     }
 
+    /// Stops (`freeze`) or continues every process of `container` with
+    /// SIGSTOP/SIGCONT: the guest's freezer, which leaves the agent working.
+    pub async fn freeze(&self, container: &str, freeze: bool) -> Result<(), AgentError> {
+        let signal = if freeze {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        self.signal(Proc::init(container), signal as u32, true)
+            .await
+    }
+
     /// Waits, without a time limit, for a process to exit.
     pub async fn wait(&self, p: Proc<'_>) -> Result<ExitStatus, AgentError> {
         let req = proto::WaitProcessRequest {

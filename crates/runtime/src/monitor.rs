@@ -173,16 +173,10 @@ struct Control {
 }
 
 impl Control {
-    /// Stops (or continues) every process of the container: the guest's
-    /// equivalent of a freezer, which leaves the agent channel working.
+    /// Stops (or continues) every process of the container.
     async fn freeze(&self, id: &str, freeze: bool) -> Result<(), String> {
-        let signal = if freeze {
-            Signal::SIGSTOP
-        } else {
-            Signal::SIGCONT
-        };
         self.agent
-            .signal(Proc::init(id), signal as u32, true)
+            .freeze(id, freeze)
             .await
             .map_err(|e| error_chain(&e))
     }

@@ -478,7 +478,10 @@ async fn kill_and_state_transitions() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("cannot start container \"k\": it is running"), "{err}");
+    assert!(
+        err.contains("cannot start container \"k\": it is running"),
+        "{err}"
+    );
     control::call(
         &socket(&h, "k"),
         &ControlRequest::Kill {
