@@ -1,0 +1,475 @@
+//! End to end: containerd 1.6 runs busybox tasks through
+//! `containerd-shim-skerry-v2` (`--runtime io.containerd.skerry.v2`); every
+//! task runs in its own VM.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+
+const RUNTIME: &str = "io.containerd.skerry.v2";
+const IMAGE: &str = "localhost/bb:latest";
+
+/// Busybox applets the test image links.
+const APPLETS: &[&str] = &["sh", "cat", "echo", "sleep", "true", "ls"];
+
+fn image_dir() -> PathBuf {
+    std::env::var_os("SKERRY_TEST_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest"))
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("needs root (mounts, QEMU with vhost-user back ends)".into());
+    }
+    for tool in ["/usr/bin/containerd", "/usr/bin/ctr", "/bin/busybox"] {
+        if !Path::new(tool).exists() {
+            return Some(format!("{tool} not installed (scripts/install-deps.sh)"));
+        }
+    }
+    let dir = image_dir();
+    if !dir.join("vmlinuz").is_file() || !dir.join("initramfs.img").is_file() {
+        return Some(format!("no guest image in {}", dir.display()));
+    }
+    None
+}
+
+/// Skips with a printed reason; under SKERRY_E2E_REQUIRED=1 that is a failure.
+macro_rules! require_vm {
+    () => {
+        if let Some(reason) = skip_reason() {
+            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
+                panic!("VM test cannot run: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+/// containerd with root, state, socket, shim state and logs in a temp dir,
+/// the shim on its PATH, and the busybox image imported.
+struct World {
+    tmp: tempfile::TempDir,
+    containerd: Child,
+    socket: PathBuf,
+}
+
+impl World {
+    fn new() -> Self {
+        // Short path: the VM's socket paths must fit in 108 bytes.
+        let tmp = tempfile::Builder::new()
+            .prefix("sks")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path();
+        let bin = dir.join("bin");
+        fs::create_dir(&bin).unwrap();
+        symlink(
+            env!("CARGO_BIN_EXE_containerd-shim-skerry-v2"),
+            bin.join("containerd-shim-skerry-v2"),
+        )
+        .unwrap();
+        let config = dir.join("skerry.toml");
+        fs::write(
+            &config,
+            format!(
+                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 12\n",
+                image_dir().display()
+            ),
+        )
+        .unwrap();
+        let socket = dir.join("ctd.sock");
+        let ctd_config = dir.join("containerd.toml");
+        fs::write(
+            &ctd_config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n",
+                dir.display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let containerd = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(&ctd_config)
+            .env("PATH", path)
+            .env("SKERRY_CONFIG", &config)
+            .env("SKERRY_SHIM_ROOT", dir.join("r"))
+            .env("SKERRY_SHIM_LOG", dir.join("shim.log"))
+            .env("SKERRY_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let w = Self {
+            tmp,
+            containerd,
+            socket,
+        };
+        let archive = w.busybox_oci_archive();
+        w.ok(&[
+            "image",
+            "import",
+            "--base-name",
+            "localhost/bb",
+            archive.to_str().unwrap(),
+        ]);
+        w
+    }
+
+    /// An OCI image layout tar holding one busybox layer.
+    fn busybox_oci_archive(&self) -> PathBuf {
+        let dir = self.tmp.path();
+        let rootfs = dir.join("image-rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let layout = dir.join("oci");
+        let blobs = layout.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let layer_tar = dir.join("layer.tar");
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-cf")
+                .arg(&layer_tar)
+                .arg("."),
+        );
+        let blob = |bytes: &[u8]| {
+            let digest = format!("{:x}", Sha256::digest(bytes));
+            fs::write(blobs.join(&digest), bytes).unwrap();
+            (format!("sha256:{digest}"), bytes.len())
+        };
+        let (layer, layer_size) = blob(&fs::read(&layer_tar).unwrap());
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer]}
+        });
+        let (config, config_size) = blob(config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}]
+        });
+        let (manifest, manifest_size) = blob(manifest.to_string().as_bytes());
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest, "size": manifest_size,
+                "annotations": {"org.opencontainers.image.ref.name": "latest"}
+            }]
+        });
+        fs::write(layout.join("index.json"), index.to_string()).unwrap();
+        fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let archive = dir.join("bb-oci.tar");
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&layout)
+                .arg("-cf")
+                .arg(&archive)
+                .arg("."),
+        );
+        archive
+    }
+
+    fn ctr(&self) -> Command {
+        let mut cmd = Command::new("/usr/bin/ctr");
+        cmd.arg("-a")
+            .arg(&self.socket)
+            .args(["-n", "skerry-test"])
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.ctr().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}\n{}",
+            text(&out.stderr),
+            self.log()
+        );
+        text(&out.stdout)
+    }
+
+    /// Host processes whose command line mentions this world (shim, QEMU,
+    /// virtiofsd, vsock back end), but not containerd itself.
+    fn processes(&self) -> Vec<String> {
+        let needle = self.tmp.path().to_string_lossy().to_string();
+        let skip = [std::process::id(), self.containerd.id()];
+        let mut found = vec![];
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if !skip.contains(&pid)
+                && cmdline.contains(&needle)
+                && !cmdline.contains("/usr/bin/ctr")
+            {
+                found.push(format!("{pid}: {cmdline}"));
+            }
+        }
+        found
+    }
+
+    /// Mounts under this world.
+    fn mounts(&self) -> Vec<String> {
+        let needle = self.tmp.path().to_string_lossy().to_string();
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Asserts that no shim, VM process or mount of this world remains
+    /// (containerd's own snapshot mounts are gone once the container is).
+    fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(self.processes().is_empty() && self.mounts().is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            self.processes(),
+            Vec::<String>::new(),
+            "processes left behind"
+        );
+        assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left behind");
+        let state = self.tmp.path().join("r/skerry-test");
+        let left: Vec<_> = fs::read_dir(&state)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != ".v")
+            .collect();
+        assert!(left.is_empty(), "shim state left behind: {left:?}");
+    }
+
+    /// Waits until `ctr task ls` shows `id` STOPPED; returns how long it took.
+    fn wait_stopped(&self, id: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let ls = self.ok(&["task", "ls"]);
+            if ls
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "task {id} did not stop: {ls}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The shim's and containerd's logs, for failure messages.
+    fn log(&self) -> String {
+        let mut text = String::new();
+        for file in ["shim.log", "containerd.log"] {
+            let log = fs::read_to_string(self.tmp.path().join(file)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            text.push_str(&format!("\n--- {file}\n"));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.containerd.kill();
+        let _ = self.containerd.wait();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
+}
+
+#[test]
+fn vm_shim_run_exec_kill_delete_leaves_nothing() {
+    require_vm!();
+    let w = World::new();
+    let out = w.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "c1",
+        "cat",
+        "/proc/version",
+    ]);
+    eprintln!("guest kernel: {}", out.trim());
+    assert!(out.starts_with("Linux version 6.1."), "{out}\n{}", w.log());
+
+    w.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "c2",
+        "sleep",
+        "1000",
+    ]);
+    let out = w.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c2",
+        "sh",
+        "-c",
+        "echo exec-in-vm; exit 4",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "exec-in-vm\n",
+        "{}\n{}",
+        text(&out.stderr),
+        w.log()
+    );
+    assert_eq!(out.status.code(), Some(4));
+
+    w.ok(&["task", "kill", "-s", "SIGKILL", "c2"]);
+    w.wait_stopped("c2", Duration::from_secs(20));
+    let out = w.run(&["task", "delete", "c2"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("137"), "exit status: {said}\n{}", w.log());
+    w.ok(&["container", "rm", "c2"]);
+    w.assert_clean();
+}
+
+#[test]
+fn vm_shim_vm_death_exits_every_task_with_255() {
+    require_vm!();
+    let w = World::new();
+    let events_log = w.tmp.path().join("events.txt");
+    let mut events = w
+        .ctr()
+        .arg("events")
+        .stdout(fs::File::create(&events_log).unwrap())
+        .spawn()
+        .unwrap();
+    w.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "c3",
+        "sleep",
+        "1000",
+    ]);
+    w.ok(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "e2",
+        "c3",
+        "sleep",
+        "1000",
+    ]);
+    let qemu: Vec<u32> = w
+        .processes()
+        .iter()
+        .filter(|p| p.contains("qemu-system"))
+        .map(|p| p.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(qemu.len(), 1, "{:?}", w.processes());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let took = w.wait_stopped("c3", Duration::from_secs(5));
+    eprintln!("task stopped {took:?} after the VM was killed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let exits = loop {
+        let log = fs::read_to_string(&events_log).unwrap_or_default();
+        let exits: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("/tasks/exit"))
+            .map(str::to_string)
+            .collect();
+        if exits.len() >= 2 || Instant::now() > deadline {
+            break exits;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_eq!(exits.len(), 2, "{exits:?}\n{}", w.log());
+    for id in ["\"c3\"", "\"e2\""] {
+        assert!(
+            exits
+                .iter()
+                .any(|e| e.contains(&format!("\"id\":{id}")) && e.contains("\"exit_status\":255")),
+            "no TaskExit 255 for {id}: {exits:?}"
+        );
+    }
+    let out = w.run(&["task", "delete", "c3"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("255"), "exit status: {said}\n{}", w.log());
+    w.ok(&["container", "rm", "c3"]);
+    w.assert_clean();
+}
