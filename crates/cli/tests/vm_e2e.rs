@@ -138,6 +138,11 @@ fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
     assert_eq!(state["status"], "created");
     assert_eq!(state["ociVersion"], "1.0.2");
     assert_eq!(state["id"], "lc");
+    assert_eq!(
+        state["bundle"].as_str().map(std::path::PathBuf::from),
+        Some(std::fs::canonicalize(&bundle).unwrap())
+    );
+    assert!(state["annotations"].is_object(), "{state}");
     let pid = state["pid"].as_u64().unwrap();
     assert!(pid > 0);
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
