@@ -1,0 +1,128 @@
+//! virtio devices and their transports. Devices are transport-agnostic: they see only their
+//! queues (virtio-queue), guest memory and a [`VirtioInterrupt`].
+
+pub mod block;
+pub mod rng;
+#[cfg(test)]
+pub mod testutil;
+pub mod transport;
+pub mod vsock;
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit: the device complies with virtio 1.x (required; no legacy devices).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Device type of an entropy source.
+pub const TYPE_RNG: u32 = 4;
+
+/// Which interrupt a device raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// Buffers were added to a used ring.
+    UsedRing,
+    /// The configuration (or device status) changed.
+    Config,
+}
+
+/// How a device interrupts the driver, whatever the transport.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Raises `kind`.
+    fn trigger(&self, kind: InterruptKind);
+    /// Marks the device broken (DEVICE_NEEDS_RESET) and tells the driver.
+    fn signal_needs_reset(&self);
+}
+
+/// Failure to activate a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up a different number of queues than the device has.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount {
+        /// Queues the device has.
+        expected: usize,
+        /// Queues offered.
+        got: usize,
+    },
+    /// The driver did not accept VIRTIO_F_VERSION_1.
+    #[error("driver did not accept VIRTIO_F_VERSION_1")]
+    NoVersion1,
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// virtio device type (4 = rng, ...).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers.
+    fn avail_features(&self) -> u64;
+    /// Records the features the driver accepted (a subset of the offered ones).
+    fn set_acked_features(&mut self, features: u64);
+    /// Reads the device configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// One eventfd per queue, signalled when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// Starts the device with validated queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+    /// Handles a notification on queue `index`.
+    fn process_queue(&mut self, index: usize);
+    /// Returns to the pre-activation state (drops queues and memory).
+    fn reset(&mut self);
+    /// Whether the device is active.
+    fn is_active(&self) -> bool;
+    /// An fd (e.g. the back end's epoll) the VMM loop must watch for this device.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Handles readiness of [`VirtioDevice::backend_fd`].
+    fn process_backend(&mut self) {}
+}
+
+const BACKEND_EVENT: u32 = u32::MAX;
+
+/// Runs a device's queue handling on the VMM thread's event loop.
+pub struct VirtioEventHandler(pub Arc<Mutex<dyn VirtioDevice>>);
+
+impl MutEventSubscriber for VirtioEventHandler {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let mut dev = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if events.data() == BACKEND_EVENT {
+            dev.process_backend();
+            return;
+        }
+        let index = events.data() as usize;
+        if let Some(evt) = dev.queue_events().get(index) {
+            // Draining a non-blocking eventfd; EAGAIN just means a spurious wake-up.
+            let _ = evt.read();
+            dev.process_queue(index);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let dev = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, evt) in dev.queue_events().iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                log::error!("cannot watch virtio queue {i}: {e}");
+            }
+        }
+        if let Some(fd) = dev.backend_fd() {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT, EventSet::IN)) {
+                log::error!("cannot watch the device back end: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! virtio transports.
+
+pub mod mmio;
+
+pub use self::mmio::{MmioInterrupt, MmioTransport, MmioTransportError};

@@ -1,0 +1,292 @@
+//! virtio-vsock with the hybrid Unix-socket back end ([`muxer`]). Queues: 0 = RX (device →
+//! guest), 1 = TX (guest → device), 2 = events (unused: no transport reset events yet).
+
+pub mod muxer;
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use self::muxer::{Hdr, Muxer, MuxerError};
+use super::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+
+/// Device type of a vsock device.
+pub const TYPE_VSOCK: u32 = 19;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest payload per packet.
+pub const MAX_PKT_DATA: u32 = 64 * 1024;
+const RX: usize = 0;
+const TX: usize = 1;
+
+/// Failure to create the device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// The guest CID is reserved.
+    #[error("guest CID {0} is reserved (use 3 or more)")]
+    Cid(u64),
+    /// A queue eventfd could not be created.
+    #[error("cannot create a vsock queue eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// The host back end.
+    #[error("vsock back end")]
+    Muxer(#[from] MuxerError),
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    queues: Vec<Queue>,
+    broken: bool,
+}
+
+/// The virtio-vsock device.
+pub struct Vsock {
+    cid: u64,
+    evts: [EventFd; 3],
+    acked: u64,
+    muxer: Muxer,
+    active: Option<Active>,
+    /// Guest packets that could not be parsed.
+    pub bad_packets: u64,
+}
+
+impl Vsock {
+    /// A device with guest CID `cid`, serving the host socket `uds`.
+    pub fn new(cid: u64, uds: &Path) -> Result<Self, VsockError> {
+        if cid < 3 || cid > u64::from(u32::MAX) {
+            return Err(VsockError::Cid(cid));
+        }
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd);
+        Ok(Vsock {
+            cid,
+            evts: [evt()?, evt()?, evt()?],
+            acked: 0,
+            muxer: Muxer::new(cid, uds)?,
+            active: None,
+            bad_packets: 0,
+        })
+    }
+
+    /// The back end's counters.
+    pub fn metrics(&self) -> muxer::MuxerMetrics {
+        self.muxer.metrics
+    }
+
+    fn process_tx(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        for _ in 0..a.queues[TX].size() {
+            let mut chain = match a.queues[TX].iter(&a.mem) {
+                Ok(mut it) => match it.next() {
+                    Some(c) => c,
+                    None => break,
+                },
+                Err(_) => {
+                    a.broken = true;
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => {
+                    let h = Hdr {
+                        src_cid: pkt.src_cid(),
+                        dst_cid: pkt.dst_cid(),
+                        src_port: pkt.src_port(),
+                        dst_port: pkt.dst_port(),
+                        len: pkt.len(),
+                        type_: pkt.type_(),
+                        op: pkt.op(),
+                        flags: pkt.flags(),
+                        buf_alloc: pkt.buf_alloc(),
+                        fwd_cnt: pkt.fwd_cnt(),
+                    };
+                    let mut data = vec![0u8; pkt.data_slice().map_or(0, |s| s.len())];
+                    if let Some(s) = pkt.data_slice() {
+                        if s.copy_to(&mut data[..]) != data.len() {
+                            data.clear();
+                        }
+                    }
+                    self.muxer.guest_packet(&h, &data);
+                }
+                Err(_) => self.bad_packets += 1,
+            }
+            if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
+                a.broken = true;
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn process_rx(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        while self.muxer.has_control() || self.muxer.has_readable() {
+            let mut chain = match a.queues[RX].iter(&a.mem) {
+                Ok(mut it) => match it.next() {
+                    Some(c) => c,
+                    None => break,
+                },
+                Err(_) => {
+                    a.broken = true;
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let mut pkt = match VsockPacket::from_rx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.bad_packets += 1;
+                    if a.queues[RX].add_used(&a.mem, head, 0).is_err() {
+                        a.broken = true;
+                        break;
+                    }
+                    used = true;
+                    continue;
+                }
+            };
+            let cap = pkt.data_slice().map_or(0, |s| s.len());
+            let Some((h, data)) = self.muxer.next_rx(cap) else {
+                a.queues[RX].go_to_previous_position();
+                break;
+            };
+            pkt.set_src_cid(h.src_cid)
+                .set_dst_cid(h.dst_cid)
+                .set_src_port(h.src_port)
+                .set_dst_port(h.dst_port)
+                .set_type(h.type_)
+                .set_op(h.op)
+                .set_flags(h.flags)
+                .set_buf_alloc(h.buf_alloc)
+                .set_fwd_cnt(h.fwd_cnt)
+                .set_len(data.len() as u32);
+            if let Some(s) = pkt.data_slice() {
+                s.copy_from(&data[..]);
+            }
+            let len = (PKT_HEADER_SIZE + data.len()) as u32;
+            if a.queues[RX].add_used(&a.mem, head, len).is_err() {
+                a.broken = true;
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn run(&mut self, tx_first: bool) {
+        let tx = tx_first && self.process_tx();
+        let rx = self.process_rx();
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        if a.broken {
+            a.interrupt.signal_needs_reset();
+            self.active = None;
+            return;
+        }
+        let mut notify = false;
+        for (q, did) in [(TX, tx), (RX, rx)] {
+            if did && a.queues[q].needs_notification(&a.mem).unwrap_or(true) {
+                notify = true;
+            }
+        }
+        if notify {
+            a.interrupt.trigger(InterruptKind::UsedRing);
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let cfg = self.cid.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = offset
+                .checked_add(i as u64)
+                .and_then(|o| cfg.get(o as usize).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.evts
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if self.acked & VIRTIO_F_VERSION_1 == 0 {
+            return Err(ActivateError::NoVersion1);
+        }
+        if queues.len() != 3 {
+            return Err(ActivateError::QueueCount {
+                expected: 3,
+                got: queues.len(),
+            });
+        }
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues,
+            broken: false,
+        });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        self.run(index == TX);
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.muxer.epoll_fd())
+    }
+
+    fn process_backend(&mut self) {
+        self.muxer.process_host_events();
+        self.run(false);
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked = 0;
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests;

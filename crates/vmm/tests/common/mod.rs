@@ -1,0 +1,181 @@
+//! Helpers for KVM tests: skip-or-require, tiny guests assembled at test time, and running the
+//! `skerry-vmm` binary with a deadline.
+#![allow(dead_code)]
+
+pub mod kernel;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Returns false (after printing `SKIPPED: reason`) when the test cannot run here; panics
+/// instead when `SKERRY_E2E_REQUIRED=1`.
+pub fn require(cond: Result<(), String>) -> bool {
+    match cond {
+        Ok(()) => true,
+        Err(reason) => {
+            if std::env::var("SKERRY_E2E_REQUIRED").as_deref() == Ok("1") {
+                panic!("required test cannot run: {reason}");
+            }
+            println!("SKIPPED: {reason}");
+            false
+        }
+    }
+}
+
+/// Whether /dev/kvm can be opened read-write and answers KVM_GET_API_VERSION.
+pub fn kvm_usable() -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm unusable: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a number.
+    let v = unsafe { libc::ioctl(f.as_raw_fd(), 0xae00, 0) };
+    if v != 12 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("/dev/kvm API version {v} ({e}), expected 12"));
+    }
+    Ok(())
+}
+
+/// Whether binutils (`as`, `ld`) are present.
+pub fn binutils() -> Result<(), String> {
+    for tool in ["as", "ld"] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return Err(format!("`{tool}` (binutils) not found"));
+        }
+    }
+    Ok(())
+}
+
+/// Assembles `source` (GNU as, AT&T syntax) and links it at 1 MiB into an ELF64 guest.
+pub fn build_guest(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.S"));
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    std::fs::write(&src, source).unwrap();
+    let st = Command::new("as")
+        .args(["--64", "-o"])
+        .arg(&obj)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "as failed for {name}");
+    let st = Command::new("ld")
+        .args([
+            "-N",
+            "-static",
+            "-nostdlib",
+            "--build-id=none",
+            "-Ttext=0x100000",
+            "-e",
+            "_start",
+            "-o",
+        ])
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ld failed for {name}");
+    elf
+}
+
+/// Outcome of one VMM run.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status, or None if the deadline killed it.
+    pub status: Option<ExitStatus>,
+    /// Everything the VMM wrote to stdout (the guest console).
+    pub stdout: String,
+    /// The VMM's stderr.
+    pub stderr: String,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Runs `skerry-vmm` with `args`; kills it after `deadline`.
+pub fn run_vmm(args: &[&str], deadline: Duration) -> Run {
+    run_vmm_until(args, deadline, |_| false)
+}
+
+/// Runs `skerry-vmm`; kills it after `deadline` or as soon as `done(stdout so far)` holds.
+pub fn run_vmm_until(args: &[&str], deadline: Duration, done: impl Fn(&str) -> bool) -> Run {
+    run_vmm_full(args, None, deadline, done)
+}
+
+/// Runs `skerry-vmm` with `input` on its stdin (a pipe kept open until it exits).
+pub fn run_vmm_with_input(args: &[&str], input: &[u8], deadline: Duration) -> Run {
+    run_vmm_full(args, Some(input), deadline, |_| false)
+}
+
+fn run_vmm_full(
+    args: &[&str],
+    input: Option<&[u8]>,
+    deadline: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Run {
+    use std::io::Write;
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skerry-vmm"))
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = input.map(|bytes| {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(bytes).unwrap();
+        pipe
+    });
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdout = Vec::new();
+    let status = loop {
+        while let Ok(chunk) = rx.try_recv() {
+            stdout.extend_from_slice(&chunk);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > deadline || done(&String::from_utf8_lossy(&stdout)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = reader.join();
+    while let Ok(chunk) = rx.try_recv() {
+        stdout.extend_from_slice(&chunk);
+    }
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    Run {
+        status,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr,
+        elapsed: start.elapsed(),
+    }
+}
