@@ -150,6 +150,8 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
             "32"
         );
         let _ = std::fs::remove_dir(&cg);
+        // The parent goes too once no other test uses it.
+        let _ = std::fs::remove_dir(cg.parent().unwrap());
     }
 }
 
