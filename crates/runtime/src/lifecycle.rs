@@ -1,5 +1,5 @@
 //! Container operations the CLI performs between monitor lifetimes:
-//! `state`, `start`, `kill`, `delete`.
+//! `state`, `start`, `pause`/`resume`, `kill`, `delete`.
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
@@ -94,12 +94,18 @@ impl ContainerState {
     }
 }
 
+/// The hooks of `kind` in `spec`.
+pub fn spec_hooks(spec: &oci_spec::runtime::Spec, kind: HookKind) -> Vec<oci_spec::runtime::Hook> {
+    spec.hooks()
+        .as_ref()
+        .map(|hooks| kind.select(hooks).to_vec())
+        .unwrap_or_default()
+}
+
 /// The hooks of `kind` in the bundle's config.json (none if it is gone).
 pub fn bundle_hooks(bundle: &std::path::Path, kind: HookKind) -> Vec<oci_spec::runtime::Hook> {
     oci_spec::runtime::Spec::load(bundle.join("config.json"))
-        .ok()
-        .and_then(|spec| spec.hooks().clone())
-        .map(|hooks| kind.select(&hooks).to_vec())
+        .map(|spec| spec_hooks(&spec, kind))
         .unwrap_or_default()
 }
 

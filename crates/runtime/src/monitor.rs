@@ -14,7 +14,7 @@ use crate::{
     bundle::Bundle,
     control::{self, ControlReply, ControlRequest},
     hooks::{run_hooks, HookKind},
-    lifecycle::bundle_hooks,
+    lifecycle::{bundle_hooks, spec_hooks},
     mounts::HostMounts,
     relay::{ProcessStdio, Relay, RelayOptions},
     sandbox::{Sandbox, SandboxParams, SandboxPaths, VmLauncher},
@@ -108,7 +108,7 @@ pub async fn run(
         HookKind::CreateRuntime,
         HookKind::CreateContainer,
     ] {
-        let hooks = bundle_hooks(&bundle.dir, kind);
+        let hooks = spec_hooks(&bundle.spec, kind);
         if let Err(e) = run_hooks(kind, &hooks, &state.oci_state()).await {
             sandbox.shutdown().await;
             return fail(&mut opts, error_chain(&e));
@@ -139,8 +139,7 @@ pub async fn run(
     let server = tokio::spawn(serve_control(listener, Arc::clone(&ctx)));
     let relay = Relay::start(&agent, &id, "", stdio, opts.relay);
 
-    let waited = sandbox.wait().await;
-    let status = match waited {
+    let status = match sandbox.wait().await {
         Ok(exit) => {
             info!(container = %id, status = exit.status, signal = exit.signal, "container exited");
             relay.finish().await;
@@ -185,6 +184,8 @@ impl Control {
 async fn serve_control(listener: UnixListener, ctx: Arc<Control>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of fds, most likely: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let ctx = Arc::clone(&ctx);
