@@ -98,7 +98,11 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Update { resources, id } => update(&store, resources, id),
-        Command::Spec { bundle, rootless } => crate::spec_cmd::run(bundle, *rootless),
+        Command::Spec {
+            bundle,
+            rootless,
+            runc,
+        } => crate::spec_cmd::run(bundle, *rootless, *runc),
         Command::Features => crate::features::run(),
         Command::List { format, quiet } => crate::list::list(&store, *format, *quiet),
         Command::Ps {

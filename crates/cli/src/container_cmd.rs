@@ -39,6 +39,7 @@ fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle)> {
     }
     let config = load_config(cli)?;
     let bundle = Bundle::load(&opts.bundle)?;
+    skerry_runtime::policy::check(&config.policy, &bundle.spec)?;
     for (what, path) in [
         ("guest kernel", config.guest.kernel()),
         ("guest initramfs", config.guest.initrd()),

@@ -9,6 +9,7 @@ mod exec_cmd;
 mod features;
 mod list;
 mod logging;
+mod seccomp_default;
 mod spawn;
 mod spec_cmd;
 
@@ -114,7 +115,7 @@ pub enum Command {
         /// Container id.
         id: String,
     },
-    /// Write a default config.json (runc's example spec) into the bundle.
+    /// Write a hardened default config.json into the bundle (runc's example with --runc).
     Spec {
         /// Bundle directory to write config.json into.
         #[arg(long, short, default_value = ".")]
@@ -122,6 +123,9 @@ pub enum Command {
         /// Map the calling user to root in a user namespace.
         #[arg(long)]
         rootless: bool,
+        /// Write runc's plain example instead of the hardened spec.
+        #[arg(long)]
+        runc: bool,
     },
     /// Print the OCI runtime features document (what skerry supports) as JSON.
     Features,

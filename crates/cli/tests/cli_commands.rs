@@ -56,7 +56,7 @@ fn one_line_error(w: &World, args: &[&str]) -> String {
 }
 
 #[test]
-fn spec_writes_runcs_example_once() {
+fn spec_writes_the_default_spec_once() {
     let w = World::new();
     let bundle = w.tmp.path().join("b");
     fs::create_dir(&bundle).unwrap();

@@ -75,6 +75,9 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     /// `[guest]`: the guest kernel and initramfs.
     pub guest: GuestConfig,
+    /// `[policy]`: the tenant policy floor every bundle must meet; all rules
+    /// are off by default.
+    pub policy: PolicyConfig,
 }
 
 /// `[hypervisor]` section.
@@ -139,6 +142,73 @@ impl Default for GuestConfig {
             kernel_params: String::new(),
         }
     }
+}
+
+/// A namespace kind that `policy.deny_host_namespaces` can require a
+/// container to create for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostNamespace {
+    /// `network`.
+    Network,
+    /// `pid`.
+    Pid,
+    /// `ipc`.
+    Ipc,
+    /// `uts`.
+    Uts,
+    /// `mount`.
+    Mount,
+    /// `cgroup`.
+    Cgroup,
+}
+
+impl HostNamespace {
+    /// The name used in the config file and in `linux.namespaces[].type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Network => "network",
+            Self::Pid => "pid",
+            Self::Ipc => "ipc",
+            Self::Uts => "uts",
+            Self::Mount => "mount",
+            Self::Cgroup => "cgroup",
+        }
+    }
+}
+
+/// `[policy]` section: the floor a bundle's `config.json` must meet before
+/// `create` starts anything (rules in `crate::policy`). Every rule is off by
+/// default, so a config without `[policy]` accepts what it always accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `deny_privileged`: refuse privileged containers in the Docker/CRI sense
+    /// (every capability, host /proc or /sys read-write, or every device
+    /// allowed; the exact rule is on `crate::policy::check`); default false.
+    pub deny_privileged: bool,
+    /// `require_seccomp`: require `linux.seccomp` with a `defaultAction` that
+    /// denies (neither SCMP_ACT_ALLOW nor SCMP_ACT_LOG); default false.
+    pub require_seccomp: bool,
+    /// `require_user_namespace`: require a user namespace the container
+    /// creates (no `path`), with non-empty uid and gid mappings that do not
+    /// map host ID 0; default false.
+    pub require_user_namespace: bool,
+    /// `allowed_capabilities`: capabilities a process may hold in any of its
+    /// five sets, as "CAP_NAME" or "NAME" (any case); default unset: any.
+    /// A spec without `process.capabilities` keeps every capability, so it is
+    /// refused when this is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_capabilities: Option<Vec<String>>,
+    /// `deny_host_namespaces`: namespace kinds ("network", "pid", "ipc",
+    /// "uts", "mount", "cgroup") the container must create itself; a missing
+    /// one, or one joined by `path`, is shared with the host; default [].
+    pub deny_host_namespaces: Vec<HostNamespace>,
+    /// `allowed_host_paths`: absolute host path prefixes (compared by whole
+    /// components) every bind-mount source must be under; default unset:
+    /// bind mounts are unrestricted. An empty list allows no bind mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_host_paths: Option<Vec<PathBuf>>,
 }
 
 impl GuestConfig {
@@ -210,6 +280,32 @@ impl Config {
                 "must be between 1 and 10",
             ));
         }
+        let policy = &self.policy;
+        for name in policy.allowed_capabilities.iter().flatten() {
+            if crate::policy::parse_capability(name).is_none() {
+                return Err(invalid(
+                    "policy.allowed_capabilities",
+                    &format!("unknown capability {name:?}"),
+                ));
+            }
+        }
+        for prefix in policy.allowed_host_paths.iter().flatten() {
+            if !prefix.is_absolute() {
+                return Err(invalid(
+                    "policy.allowed_host_paths",
+                    &format!("{prefix:?} is not an absolute path"),
+                ));
+            }
+            if prefix
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(invalid(
+                    "policy.allowed_host_paths",
+                    &format!("{prefix:?} contains \"..\""),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -247,6 +343,54 @@ mod tests {
     fn out_of_range_value_names_field() {
         let err = Config::parse("[hypervisor]\nvcpus = 0\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("hypervisor.vcpus"), "{err}");
+    }
+
+    #[test]
+    fn policy_is_off_by_default_and_parses() {
+        assert_eq!(Config::default().policy, PolicyConfig::default());
+        let c = Config::parse(
+            "[policy]\ndeny_privileged = true\nrequire_seccomp = true\n\
+             require_user_namespace = true\nallowed_capabilities = [\"chown\", \"CAP_KILL\"]\n\
+             deny_host_namespaces = [\"network\", \"pid\"]\nallowed_host_paths = [\"/srv\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let p = &c.policy;
+        assert!(p.deny_privileged && p.require_seccomp && p.require_user_namespace);
+        assert_eq!(
+            p.deny_host_namespaces,
+            [HostNamespace::Network, HostNamespace::Pid]
+        );
+        assert_eq!(p.allowed_host_paths, Some(vec![PathBuf::from("/srv")]));
+        assert_eq!(c.hypervisor, HypervisorConfig::default());
+    }
+
+    #[test]
+    fn bad_policy_values_name_the_key() {
+        for (text, needle) in [
+            (
+                "[policy]\nallowed_capabilities = [\"CAP_NOPE\"]\n",
+                "policy.allowed_capabilities: unknown capability \"CAP_NOPE\"",
+            ),
+            (
+                "[policy]\nallowed_host_paths = [\"srv\"]\n",
+                "policy.allowed_host_paths: \"srv\" is not an absolute path",
+            ),
+            (
+                "[policy]\nallowed_host_paths = [\"/srv/../etc\"]\n",
+                "policy.allowed_host_paths",
+            ),
+            (
+                "[policy]\ndeny_host_namespaces = [\"user\"]\n",
+                "unknown variant `user`",
+            ),
+            ("[policy]\ndeny_privilege = true\n", "deny_privilege"),
+        ] {
+            let err = Config::parse(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

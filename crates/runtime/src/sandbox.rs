@@ -16,9 +16,10 @@ use tracing::{debug, info, warn};
 use crate::{
     agent_client::{AgentConn, AgentError, ExitStatus, Proc},
     bundle::Bundle,
-    config::{Config, HypervisorConfig},
+    config::{Config, HypervisorConfig, PolicyConfig},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     mounts::HostMounts,
+    policy::{self, PolicyError},
     share::{self, ShareError},
     state::StateStore,
 };
@@ -41,6 +42,9 @@ pub enum SandboxError {
     /// An agent call failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The spec breaks the tenant policy floor.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// Sharing host paths with the guest failed.
     #[error(transparent)]
     Shared(#[from] ShareError),
@@ -82,6 +86,8 @@ pub struct SandboxParams {
     pub boot_timeout: Duration,
     /// How many times to boot a VM whose agent does not answer.
     pub boot_attempts: u32,
+    /// The tenant policy floor the spec must meet.
+    pub policy: PolicyConfig,
 }
 
 impl SandboxParams {
@@ -95,6 +101,7 @@ impl SandboxParams {
             memory_mib: config.hypervisor.memory_mib,
             boot_timeout: Duration::from_secs(config.hypervisor.boot_timeout_secs),
             boot_attempts: config.hypervisor.boot_attempts,
+            policy: config.policy.clone(),
         }
     }
 }
@@ -183,6 +190,9 @@ impl Sandbox {
         launcher: &dyn VmLauncher,
         mounts: Box<dyn HostMounts>,
     ) -> Result<Self, SandboxError> {
+        // Checked here too, on the very spec the guest gets, not only by
+        // the CLI: config.json may change between the two.
+        policy::check(&params.policy, &bundle.spec)?;
         std::fs::create_dir_all(&paths.run_dir).map_err(|source| SandboxError::Dir {
             path: paths.run_dir.clone(),
             source,

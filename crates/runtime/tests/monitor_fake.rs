@@ -12,6 +12,7 @@ use std::{
 use async_trait::async_trait;
 use skerry_protocol as proto;
 use skerry_runtime::{
+    config::PolicyConfig,
     control::{self, ControlRequest},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     monitor::{self, MonitorOptions},
@@ -360,6 +361,10 @@ struct Running {
 }
 
 async fn start_monitor(h: &Harness, id: &str) -> Running {
+    start_monitor_with(h, id, PolicyConfig::default()).await
+}
+
+async fn start_monitor_with(h: &Harness, id: &str, policy: PolicyConfig) -> Running {
     h.store.create_dir(id).unwrap();
     let (mut ready_r, ready_w) = std::io::pipe().unwrap();
     let (stdin, monitor_stdin) = tokio::io::duplex(1 << 16);
@@ -376,6 +381,7 @@ async fn start_monitor(h: &Harness, id: &str) -> Running {
             memory_mib: 128,
             boot_timeout: Duration::from_secs(5),
             boot_attempts: 1,
+            policy,
         },
         ready: Box::new(ready_w),
         relay: RelayOptions::default(),
@@ -504,4 +510,21 @@ async fn agent_refusal_fails_create_and_leaves_nothing() {
     assert!(!h.store.dir("bad").exists(), "state dir left behind");
     let calls = h.mounts.0.lock().unwrap().clone();
     assert!(calls.last().unwrap().starts_with("unmount "), "{calls:?}");
+}
+
+#[tokio::test]
+async fn policy_floor_is_enforced_by_the_sandbox_itself() {
+    let h = harness(&["echo", "hi"]).await;
+    let policy = PolicyConfig {
+        require_seccomp: true,
+        ..Default::default()
+    };
+    let r = start_monitor_with(&h, "pol", policy).await;
+    assert!(r.ready.contains("policy: linux.seccomp"), "{}", r.ready);
+    assert_eq!(r.monitor.await.unwrap(), 1);
+    assert!(!h.store.dir("pol").exists(), "state dir left behind");
+    assert!(
+        h.mounts.0.lock().unwrap().is_empty(),
+        "mounted before the check"
+    );
 }

@@ -1,0 +1,200 @@
+//! The tenant policy floor (`[policy]` in config.toml) through the `skerry`
+//! binary: a refused spec gets the one-line policy error, exit 1 and nothing
+//! in the state root. The config points at a guest image that does not
+//! exist, so nothing here can boot a VM: a spec the policy lets through
+//! fails at the image check instead.
+
+mod common;
+
+use std::{fs, path::Path};
+
+use common::{stderr, World};
+use serde_json::{json, Value};
+
+/// A floor with the three rules these tests break.
+const POLICY: &str = r#"
+[policy]
+deny_privileged = true
+allowed_capabilities = ["CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "SETGID",
+  "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"]
+allowed_host_paths = ["/srv/skerry-volumes"]
+"#;
+
+/// Every floor rule on, as tight as the hardened `skerry spec` allows.
+const STRICT_POLICY: &str = r#"
+[policy]
+deny_privileged = true
+require_seccomp = true
+require_user_namespace = true
+allowed_capabilities = ["CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "SETGID",
+  "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"]
+deny_host_namespaces = ["network", "pid", "ipc", "uts", "mount", "cgroup"]
+allowed_host_paths = []
+"#;
+
+/// A world whose guest image is missing, with `policy` appended to its config.
+fn world(policy: &str) -> World {
+    let w = World::with_image(Path::new("/nonexistent-image"));
+    let mut config = fs::read_to_string(&w.config).unwrap();
+    config.push_str(policy);
+    fs::write(&w.config, config).unwrap();
+    w
+}
+
+/// Every capability, as Docker's `--privileged` grants on a current kernel.
+fn every_capability() -> Value {
+    json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE"
+    ])
+}
+
+fn caps(names: &[&str]) -> Value {
+    json!({"bounding": names, "effective": names, "permitted": names})
+}
+
+/// A busybox bundle named `name` whose spec is `common::spec` changed by `change`.
+fn bundle(w: &World, name: &str, change: impl FnOnce(&mut Value)) -> String {
+    let dir = w.bundle(name, &["true"]);
+    let mut spec = common::spec(&["true"]);
+    change(&mut spec);
+    fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
+/// The three specs, each breaking one rule of [`POLICY`], with the error
+/// it gets.
+fn breaking_specs(w: &World) -> Vec<(String, &'static str)> {
+    vec![
+        (
+            bundle(w, "privileged", |s| {
+                s["process"]["capabilities"] = json!({
+                    "bounding": every_capability(),
+                    "effective": every_capability(),
+                    "permitted": every_capability(),
+                })
+            }),
+            "skerry: policy: process.capabilities.bounding: holds every capability \
+             (policy.deny_privileged)",
+        ),
+        (
+            bundle(w, "sysadmin", |s| {
+                s["process"]["capabilities"] = caps(&["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_KILL"])
+            }),
+            "skerry: policy: process.capabilities.bounding: CAP_SYS_ADMIN is not in \
+             policy.allowed_capabilities",
+        ),
+        (
+            bundle(w, "hostpath", |s| {
+                s["process"]["capabilities"] = caps(&["CAP_CHOWN"]);
+                s["mounts"].as_array_mut().unwrap().push(json!({
+                    "destination": "/host-etc", "type": "bind", "source": "/etc",
+                    "options": ["rbind", "ro"]
+                }));
+            }),
+            "skerry: policy: mounts[5].source /etc: not under policy.allowed_host_paths",
+        ),
+    ]
+}
+
+/// Nothing in the state root, and no process of this world.
+fn assert_nothing_created(w: &World) {
+    let left: Vec<_> = fs::read_dir(&w.root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the state root: {left:?}");
+    assert_eq!(w.processes(), Vec::<String>::new());
+}
+
+#[test]
+fn the_floor_refuses_each_breaking_spec_with_one_line() {
+    let w = world(POLICY);
+    for (i, (bundle, want)) in breaking_specs(&w).into_iter().enumerate() {
+        for cmd in ["create", "run"] {
+            let id = format!("p{i}");
+            let out = w.run(&[cmd, "--bundle", &bundle, &id]);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{cmd} {bundle}: {err}");
+            assert_eq!(err.trim_end(), want, "{cmd} {bundle}");
+            assert_nothing_created(&w);
+        }
+    }
+}
+
+#[test]
+fn without_the_floor_the_same_specs_pass_the_policy() {
+    let w = world("");
+    for (i, (bundle, _)) in breaking_specs(&w).into_iter().enumerate() {
+        let out = w.run(&["create", "--bundle", &bundle, &format!("p{i}")]);
+        let err = stderr(&out);
+        // They fail later (the guest image is missing), not at the policy.
+        assert!(!out.status.success(), "{bundle}: {err}");
+        assert!(!err.contains("policy"), "{bundle}: {err}");
+        assert_nothing_created(&w);
+    }
+}
+
+#[test]
+fn the_hardened_spec_passes_the_strictest_floor() {
+    let w = world(STRICT_POLICY);
+    let dir = w.bundle("hardened", &["true"]);
+    fs::remove_file(dir.join("config.json")).unwrap();
+    let b = dir.to_str().unwrap();
+    let out = w.run(&["spec", "--bundle", b]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.run(&["create", "--bundle", b, "h"]);
+    let err = stderr(&out);
+    assert!(!err.contains("policy"), "{err}");
+    assert!(err.contains("guest kernel"), "{err}");
+    assert_nothing_created(&w);
+
+    // runc's example is refused by the same floor.
+    fs::remove_file(dir.join("config.json")).unwrap();
+    let out = w.run(&["spec", "--runc", "--bundle", b]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.run(&["create", "--bundle", b, "r"]);
+    assert_eq!(
+        stderr(&out).trim_end(),
+        "skerry: policy: linux.seccomp: missing (policy.require_seccomp)"
+    );
+    assert_nothing_created(&w);
+}
