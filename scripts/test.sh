@@ -12,3 +12,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 SKERRY_E2E_REQUIRED=1 SKERRY_TEST_IMAGE_DIR="$PWD/target/guest" \
     cargo nextest run --workspace --profile ci "$@"
+scripts/fuzz.sh # fuzz the VMM: virtio queues, MMIO transport, command line (20 s per target)

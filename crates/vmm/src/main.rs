@@ -1,73 +1,12 @@
 //! `skerry-vmm`: boots a Linux kernel (or a test guest) with the serial console on stdout.
 //! Exit status: 0 poweroff, 1 VMM error, 2 usage, 3 guest reset, 4 guest crash, 5 stopped.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use clap::Parser;
-use skerry_vmm::boot::{BootProtocolChoice, BootSource};
+use skerry_vmm::cli::{self, Command};
 use skerry_vmm::devices::legacy::serial::UnbufferedStdout;
 use skerry_vmm::exit::EXIT_VMM_ERROR;
-use skerry_vmm::{run_vm, VmConfig};
-
-#[derive(Parser, Debug)]
-#[command(name = "skerry-vmm", version, about = "skerry's minimal KVM VMM")]
-struct Args {
-    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
-    #[arg(long, required_unless_present = "seccomp_summary")]
-    kernel: Option<PathBuf>,
-    /// Initrd / initramfs.
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
-    cmdline: String,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    memory: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
-    /// Boot protocol for ELF kernels.
-    #[arg(long, value_enum, default_value_t = Protocol::Auto)]
-    boot_protocol: Protocol,
-    /// Add a virtio-rng device (virtio-mmio; also announced on the command line).
-    #[arg(long)]
-    rng: bool,
-    /// Add a virtio-blk device backed by this file (raw image, whole 512-byte sectors).
-    #[arg(long)]
-    block: Option<PathBuf>,
-    /// Make the --block device read-only.
-    #[arg(long, requires = "block")]
-    block_read_only: bool,
-    /// Add a virtio-vsock device with this guest CID (needs --vsock-uds).
-    #[arg(long, requires = "vsock_uds")]
-    vsock_cid: Option<u64>,
-    /// Host Unix socket of the hybrid vsock: hosts connect here and send `CONNECT <port>\n`;
-    /// guest connections to port P reach `<path>_P`.
-    #[arg(long, requires = "vsock_cid")]
-    vsock_uds: Option<PathBuf>,
-    /// Serve the control API (JSON lines: status, pause, resume, shutdown) on this Unix socket.
-    #[arg(long)]
-    api_sock: Option<PathBuf>,
-    /// Do not write ACPI tables (then Linux finds virtio devices only via the command line
-    /// and sees one vCPU).
-    #[arg(long)]
-    no_acpi: bool,
-    /// Run without the per-thread seccomp filters (debugging only).
-    #[arg(long)]
-    no_seccomp: bool,
-    /// Print the per-thread syscall allowlists as JSON and exit.
-    #[arg(long)]
-    seccomp_summary: bool,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum Protocol {
-    Auto,
-    Linux,
-    Pvh,
-}
+use skerry_vmm::run_vm;
 
 /// Logs to stderr; level from `SKERRY_VMM_LOG` (error, warn, info, debug; default warn).
 /// Rate-limited as a whole because a guest can trigger some log lines: the first
@@ -114,36 +53,20 @@ fn main() {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }
-    let args = Args::parse();
-    if args.seccomp_summary {
-        match skerry_vmm::seccomp::summary_json() {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("skerry-vmm: {:#}", anyhow::Error::from(e));
-                std::process::exit(EXIT_VMM_ERROR);
+    let config = match cli::parse(std::env::args_os()) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::SeccompSummary) => {
+            match skerry_vmm::seccomp::summary_json() {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("skerry-vmm: {:#}", anyhow::Error::from(e));
+                    std::process::exit(EXIT_VMM_ERROR);
+                }
             }
+            return;
         }
-        return;
-    }
-    let config = VmConfig {
-        boot: BootSource {
-            kernel: args.kernel.unwrap_or_default(),
-            initrd: args.initrd,
-            cmdline: args.cmdline,
-            protocol: match args.boot_protocol {
-                Protocol::Auto => BootProtocolChoice::Auto,
-                Protocol::Linux => BootProtocolChoice::Linux,
-                Protocol::Pvh => BootProtocolChoice::Pvh,
-            },
-        },
-        mem_mib: args.memory,
-        vcpus: args.vcpus,
-        seccomp: !args.no_seccomp,
-        rng: args.rng,
-        acpi: !args.no_acpi,
-        api_sock: args.api_sock,
-        vsock: args.vsock_cid.zip(args.vsock_uds),
-        block: args.block.map(|p| (p, args.block_read_only)),
+        // --help/--version (status 0) or a usage error (status 2), printed by clap.
+        Err(e) => e.exit(),
     };
     match run_vm(&config, Box::new(UnbufferedStdout)) {
         Ok(exit) => std::process::exit(exit.status()),
