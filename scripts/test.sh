@@ -10,6 +10,7 @@ scripts/install-deps.sh
 PROFILE=debug scripts/build.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+scripts/fuzz.sh # fuzz the VMM: virtio queues, MMIO transport, command line (20 s per target)
+# Last, so that its summary closes the output.
 SKERRY_E2E_REQUIRED=1 SKERRY_TEST_IMAGE_DIR="$PWD/target/guest" \
     cargo nextest run --workspace --profile ci "$@"
-scripts/fuzz.sh # fuzz the VMM: virtio queues, MMIO transport, command line (20 s per target)
