@@ -55,6 +55,23 @@ pub enum ActivateError {
     NoVersion1,
 }
 
+impl ActivateError {
+    /// Checks what every device requires of the driver at activation: the
+    /// modern interface (VIRTIO_F_VERSION_1 acked) and exactly `expected` queues.
+    pub fn check(acked: u64, queues: usize, expected: usize) -> Result<(), Self> {
+        if acked & VIRTIO_F_VERSION_1 == 0 {
+            return Err(Self::NoVersion1);
+        }
+        if queues != expected {
+            return Err(Self::QueueCount {
+                expected,
+                got: queues,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// virtio device type (4 = rng, ...).

@@ -267,15 +267,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn VirtioInterrupt>,
         mut queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.acked & VIRTIO_F_VERSION_1 == 0 {
-            return Err(ActivateError::NoVersion1);
-        }
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check(self.acked, queues.len(), 1)?;
         self.active = Some(Active {
             mem,
             interrupt,

@@ -247,15 +247,7 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.acked & VIRTIO_F_VERSION_1 == 0 {
-            return Err(ActivateError::NoVersion1);
-        }
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check(self.acked, queues.len(), 3)?;
         self.active = Some(Active {
             mem,
             interrupt,
