@@ -93,7 +93,8 @@ fn vm_exit_statuses_come_back() {
 /// the host sees through the bundle): its program is past start-up.
 fn wait_ready(w: &World, bundle: &std::path::Path) {
     let marker = bundle.join("rootfs/tmp/ready");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Room for a rebooted stalled guest (boot_attempts in the test config).
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !marker.exists() {
         assert!(
             Instant::now() < deadline,

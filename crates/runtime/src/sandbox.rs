@@ -350,7 +350,9 @@ async fn connect_agent(
                 _ => None,
             }
         };
-        if let Some(result) = attempt.await {
+        // One attempt may not outlive the deadline (a CONNECT can wait 10 s).
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Some(result)) = tokio::time::timeout(remaining, attempt).await {
             return result.map_err(SandboxError::from);
         }
         if Instant::now() >= deadline {

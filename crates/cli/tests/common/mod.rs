@@ -110,7 +110,7 @@ impl World {
         fs::write(
             &config,
             format!(
-                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 12\n",
+                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 20\nboot_attempts = 3\n",
                 image.display()
             ),
         )
