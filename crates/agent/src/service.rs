@@ -70,7 +70,9 @@ fn code_of(e: &AgentError) -> Code {
         AgentError::WrongState(_)
         | AgentError::ProtocolMismatch { .. }
         | AgentError::Setup { .. } => Code::FAILED_PRECONDITION,
-        AgentError::Stdio { .. } | AgentError::System { .. } => Code::INTERNAL,
+        AgentError::Stdio { .. } | AgentError::System { .. } | AgentError::Cgroup { .. } => {
+            Code::INTERNAL
+        }
     }
 }
 
@@ -300,6 +302,16 @@ impl pb::Agent for AgentService {
         req: pb::ReadStreamRequest,
     ) -> RpcResult<pb::ReadStreamResponse> {
         self.read_stream(req, true).await
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::StatsContainerRequest,
+    ) -> RpcResult<pb::StatsContainerResponse> {
+        self.sandbox
+            .stats(&req.container_id)
+            .map_err(|e| to_status("StatsContainer", e))
     }
 
     async fn tty_win_resize(

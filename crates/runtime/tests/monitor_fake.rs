@@ -291,6 +291,13 @@ impl HostMounts for RecordingMounts {
             .push(format!("bind {} {}", src.display(), dst.display()));
         Ok(())
     }
+    fn bind_shared(&self, dir: &Path) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("bind-shared {}", dir.display()));
+        Ok(())
+    }
     fn unmount(&self, dst: &Path) -> std::io::Result<()> {
         self.0
             .lock()
@@ -440,9 +447,12 @@ async fn output_and_exit_status_come_back_and_nothing_is_left_mounted() {
     assert!(!socket(&h, "c1").exists(), "control socket left behind");
     assert!(*h.launcher.vm_down.borrow(), "guest was not powered off");
     let calls = h.mounts.0.lock().unwrap().clone();
-    assert_eq!(calls.len(), 2, "{calls:?}");
-    assert!(calls[0].starts_with("bind ") && calls[1].starts_with("unmount "));
-    assert!(calls[1].ends_with("c1/shared/c1/rootfs"), "{calls:?}");
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls[0].starts_with("bind-shared ") && calls[0].ends_with("c1/shared"));
+    assert!(calls[1].starts_with("bind ") && calls[2].starts_with("unmount "));
+    assert!(calls[2].ends_with("c1/shared/c1/rootfs"), "{calls:?}");
+    let shared = h.store.dir("c1").join("shared");
+    assert_eq!(calls[3], format!("unmount {}", shared.display()));
 }
 
 #[tokio::test]
