@@ -108,7 +108,8 @@ pub async fn start(flags: &Flags) -> Result<(), ShimError> {
         ..Default::default()
     };
     // One shim (and one VM) per pod: the address derives from the sandbox id.
-    let path = bundle_dir(flags)?.join("config.json");
+    let bundle = bundle_dir(flags)?;
+    let path = bundle.join("config.json");
     let spec = Spec::load(&path).map_err(|source| ShimError::Spec { path, source })?;
     let annotations = spec.annotations().clone().unwrap_or_default();
     let sandbox = pod::sandbox_id(&flags.id, &annotations)?;
@@ -122,6 +123,12 @@ pub async fn start(flags: &Flags) -> Result<(), ShimError> {
         }
         address
     };
+    // containerd 1.x reads the address from the bundle when it restarts.
+    let file = bundle.join("address");
+    std::fs::write(&file, &address).map_err(|source| ShimError::Io {
+        what: format!("writing {}", file.display()),
+        source,
+    })?;
     let mut stdout = tokio::io::stdout();
     stdout
         .write_all(address.as_bytes())
