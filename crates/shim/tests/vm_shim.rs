@@ -730,3 +730,51 @@ fn vm_shim_tty_and_exit_status() {
     assert_eq!(out.status.code(), Some(3), "{said}");
     w.assert_clean();
 }
+
+#[test]
+fn vm_shim_oom_kill_publishes_task_oom() {
+    require_vm!();
+    let w = World::new();
+    let events = EventLog::start(&w);
+    // The shell doubles a string until the 32 MiB limit (the container's
+    // guest cgroup) stops it.
+    let out = w.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        "oom1",
+        "sh",
+        "-c",
+        "a=x; while true; do a=$a$a; done",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}\n{}",
+        text(&out.stderr),
+        w.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let oom = loop {
+        let log = fs::read_to_string(&events.path).unwrap_or_default();
+        let oom: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("/tasks/oom"))
+            .map(str::to_string)
+            .collect();
+        if !oom.is_empty() || Instant::now() > deadline {
+            break oom;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        oom.iter().any(|e| e.contains("\"oom1\"")),
+        "no TaskOOM for oom1: {oom:?}\n{}",
+        w.log()
+    );
+    w.assert_clean();
+}
