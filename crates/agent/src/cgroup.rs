@@ -72,6 +72,11 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Applies new limits to the cgroup of container `id`.
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), CgroupError> {
+        apply(&self.dir(id), resources)
+    }
+
     /// Moves `pid` into the cgroup of container `id`.
     pub fn add(&self, id: &str, pid: i32) -> Result<(), CgroupError> {
         write(&self.dir(id), "cgroup.procs", &pid.to_string())

@@ -314,6 +314,17 @@ impl pb::Agent for AgentService {
             .map_err(|e| to_status("StatsContainer", e))
     }
 
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::UpdateContainerRequest,
+    ) -> RpcResult<pb::Empty> {
+        self.sandbox
+            .update(&req.container_id, &req.resources_json)
+            .map_err(|e| to_status("UpdateContainer", e))?;
+        Ok(pb::Empty::new())
+    }
+
     async fn tty_win_resize(
         &self,
         _: &TtrpcContext,

@@ -501,12 +501,27 @@ impl Sandbox {
     /// The resource usage and guest pids of container `id`.
     pub fn stats(&self, id: &str) -> Result<skerry_protocol::StatsContainerResponse, AgentError> {
         self.container(id)?;
-        let cgroups = self.cgroups.as_ref().ok_or_else(|| {
-            AgentError::WrongState("this agent has no cgroup2 hierarchy for statistics".into())
-        })?;
-        cgroups
+        self.cgroups()?
             .stats(id)
             .map_err(|source| cgroup_failed(id, source))
+    }
+
+    /// Applies new limits (OCI `linux.resources` JSON) to container `id`.
+    pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), AgentError> {
+        self.container(id)?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(resources_json)
+            .map_err(|e| {
+            AgentError::BadRequest(format!("resources: not OCI linux.resources: {e}"))
+        })?;
+        self.cgroups()?
+            .update(id, &resources)
+            .map_err(|source| cgroup_failed(id, source))
+    }
+
+    fn cgroups(&self) -> Result<&Cgroups, AgentError> {
+        self.cgroups.as_ref().ok_or_else(|| {
+            AgentError::WrongState("this agent has no cgroup2 hierarchy for containers".into())
+        })
     }
 
     /// Removes container `id`'s cgroup after a failed create; returns `e`.

@@ -233,6 +233,20 @@ impl AgentConn {
         Ok(resp)
     }
 
+    /// Applies new limits (OCI `linux.resources` JSON) to a container.
+    pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), AgentError> {
+        let req = proto::UpdateContainerRequest {
+            container_id: id.into(),
+            resources_json: resources_json.to_vec(),
+            ..Default::default()
+        };
+        self.client
+            .update_container(timed(), &req)
+            .await
+            .map_err(map_err("UpdateContainer"))?;
+        Ok(())
+    }
+
     /// Sends `signal` to a process (or all processes of the container).
     pub async fn signal(&self, p: Proc<'_>, signal: u32, all: bool) -> Result<(), AgentError> {
         let req = proto::SignalProcessRequest {

@@ -598,6 +598,18 @@ impl Container {
         }
     }
 
+    /// Applies new limits (OCI `linux.resources` JSON) to the container's
+    /// guest cgroup.
+    pub async fn update(&self, resources_json: &[u8]) -> Result<(), TaskError> {
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(resources_json).map_err(
+            |e| TaskError::InvalidArgument(format!("resources: not OCI linux.resources: {e}")),
+        )?;
+        if self.status(&self.init) == TaskStatus::Stopped {
+            return Err(self.wrong_status(&self.init, "update"));
+        }
+        Ok(self.agent.update(&self.id, resources_json).await?)
+    }
+
     /// Resource usage and guest pids of the container.
     pub async fn stats(&self) -> Result<StatsContainerResponse, TaskError> {
         Ok(self.agent.stats(&self.id).await?)

@@ -503,14 +503,15 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: api::UpdateTaskRequest,
-    ) -> TtrpcResult<Empty> {
-        reply(Err(TaskError::Unimplemented(
-            "Update (the pod VM is sized at creation; resources are not changed afterwards)",
-        )))
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let updated = async {
+            let resources = req
+                .resources
+                .as_ref()
+                .ok_or_else(|| TaskError::InvalidArgument("resources: missing".into()))?;
+            self.container(&req.id)?.update(&resources.value).await
+        };
+        reply(updated.await.map(|()| Empty::new()))
     }
 
     async fn checkpoint(

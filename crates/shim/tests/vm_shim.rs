@@ -390,6 +390,39 @@ impl Drop for World {
     }
 }
 
+/// Sends Update (a new memory limit) for task `id` straight to the shim of
+/// pod `pod`: ctr 1.6 has no `task update`.
+fn update_memory_limit(w: &World, pod: &str, id: &str, bytes: i64) {
+    use containerd_shim::protos::{
+        api::UpdateTaskRequest,
+        protobuf::well_known_types::any::Any,
+        shim_async::{Client, TaskClient},
+        ttrpc::context,
+    };
+    let socket = format!("unix://{}", w.shim_socket(pod).display());
+    let resources = serde_json::json!({"memory": {"limit": bytes}}).to_string();
+    let req = UpdateTaskRequest {
+        id: id.into(),
+        resources: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: resources.into_bytes(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let task = TaskClient::new(Client::connect(&socket).await.unwrap());
+        task.update(context::with_timeout(10_000_000_000), &req)
+            .await
+            .unwrap();
+    });
+}
+
 /// containerd on the world in `dir`, with the shim on its PATH.
 fn start_containerd(dir: &Path, ctd_config: &Path) -> Child {
     let log = fs::OpenOptions::new()
@@ -592,7 +625,14 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
     require_vm!();
     let w = World::new();
     let events = EventLog::start(&w);
-    w.run_detached(&pod_annotations("p1", true), "p1", &["sleep", "1000"]);
+    // The pod asks for 256 MiB: its VM gets that plus [pod] overhead_memory_mib
+    // (128) instead of the configured 256 MiB.
+    let mut sandbox = pod_annotations("p1", true);
+    sandbox.extend([
+        "--annotation".into(),
+        "io.kubernetes.cri.sandbox-memory=268435456".into(),
+    ]);
+    w.run_detached(&sandbox, "p1", &["sleep", "1000"]);
     w.run_detached(&pod_annotations("p1", false), "c2", &["sleep", "1000"]);
     let boot_id = |id: &str| {
         w.ok(&[
@@ -615,6 +655,29 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
         .filter(|p| p.contains("containerd-shim-skerry-v2"))
         .collect();
     assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
+
+    let meminfo = w.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "m",
+        "p1",
+        "cat",
+        "/proc/meminfo",
+    ]);
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {meminfo}"));
+    assert!(
+        (300 * 1024..=384 * 1024).contains(&total_kib),
+        "guest MemTotal {total_kib} kB for a 384 MiB pod VM"
+    );
+
+    // Update applies limits to c2's guest cgroup.
+    update_memory_limit(&w, "p1", "c2", 67108864);
+    assert_eq!(w.metric("c2", "memory.usage_limit"), 67108864);
 
     // Metrics from the guest cgroup of c2 move when c2 works.
     let cpu_before = w.metric("c2", "cpu.usage_usec");
