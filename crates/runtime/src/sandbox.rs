@@ -373,7 +373,8 @@ impl Sandbox {
     }
 }
 
-fn hostname(bundle: &Bundle, id: &str) -> String {
+/// The guest hostname of sandbox `id`: the bundle's, else the id (its first 63 characters).
+pub fn hostname(bundle: &Bundle, id: &str) -> String {
     bundle
         .spec
         .hostname()

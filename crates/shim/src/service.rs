@@ -29,7 +29,7 @@ use containerd_shim::{
     },
     TtrpcResult,
 };
-use skerry_runtime::{lifecycle, monitor::error_chain, state::StateStore};
+use skerry_runtime::{lifecycle, monitor::error_chain, sandbox, state::StateStore};
 use tracing::{info, warn};
 
 use crate::{
@@ -138,12 +138,7 @@ impl TaskService {
         let (pod, booted) = match existing {
             Some(pod) => (pod, false),
             None if sandbox_id == prepared.id => {
-                let hostname = prepared
-                    .bundle
-                    .spec
-                    .hostname()
-                    .clone()
-                    .unwrap_or_else(|| sandbox_id.chars().take(63).collect());
+                let hostname = sandbox::hostname(&prepared.bundle, &sandbox_id);
                 let size = pod::vm_size(&annotations, config)?;
                 let pod = Pod::boot(&sandbox_id, &hostname, config, &self.store, size).await?;
                 (pod, true)
