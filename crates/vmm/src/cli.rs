@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::boot::{BootProtocolChoice, BootSource};
-use crate::vmm::VmConfig;
+use crate::devices::virtio::net::MacAddr;
+use crate::vmm::{NetConfig, VmConfig};
 
 /// What the command line asks for.
 #[derive(Clone, Debug)]
 pub enum Command {
     /// Boot and run a VM (not validated yet: see [`VmConfig::validate`]).
-    Run(VmConfig),
+    Run(Box<VmConfig>),
     /// Print the per-thread syscall allowlists as JSON and exit.
     SeccompSummary,
 }
@@ -55,6 +56,13 @@ struct Args {
     /// guest connections to port P reach `<path>_P`.
     #[arg(long, requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// Add a virtio-net device on this host tap (created if missing; IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR, no offloads).
+    #[arg(long, value_name = "NAME")]
+    net_tap: Option<String>,
+    /// MAC address of the --net-tap device (default: random, locally administered).
+    #[arg(long, value_name = "MAC", requires = "net_tap")]
+    net_mac: Option<MacAddr>,
     /// Serve the control API (JSON lines: status, pause, resume, shutdown) on this Unix socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -89,7 +97,7 @@ where
     if args.seccomp_summary {
         return Ok(Command::SeccompSummary);
     }
-    Ok(Command::Run(VmConfig {
+    Ok(Command::Run(Box::new(VmConfig {
         boot: BootSource {
             kernel: args.kernel.unwrap_or_default(),
             initrd: args.initrd,
@@ -108,7 +116,11 @@ where
         api_sock: args.api_sock,
         vsock: args.vsock_cid.zip(args.vsock_uds),
         block: args.block.map(|p| (p, args.block_read_only)),
-    }))
+        net: args.net_tap.map(|tap| NetConfig {
+            tap,
+            mac: args.net_mac,
+        }),
+    })))
 }
 
 #[cfg(test)]
@@ -117,7 +129,7 @@ mod tests {
 
     fn run(args: &[&str]) -> VmConfig {
         match parse(std::iter::once("skerry-vmm").chain(args.iter().copied())).unwrap() {
-            Command::Run(c) => c,
+            Command::Run(c) => *c,
             Command::SeccompSummary => panic!("expected a VM configuration"),
         }
     }
@@ -130,6 +142,7 @@ mod tests {
         assert_eq!((c.mem_mib, c.vcpus), (128, 1));
         assert!(c.seccomp && c.acpi && !c.rng);
         assert!(c.block.is_none() && c.vsock.is_none() && c.api_sock.is_none());
+        assert!(c.net.is_none());
     }
 
     #[test]
@@ -156,6 +169,10 @@ mod tests {
             "v.sock",
             "--api-sock",
             "api.sock",
+            "--net-tap",
+            "tap0",
+            "--net-mac",
+            "02:00:00:aa:bb:cc",
             "--no-acpi",
             "--no-seccomp",
         ]);
@@ -168,6 +185,13 @@ mod tests {
         assert_eq!(c.block, Some((PathBuf::from("disk"), true)));
         assert_eq!(c.vsock, Some((3, PathBuf::from("v.sock"))));
         assert_eq!(c.api_sock, Some(PathBuf::from("api.sock")));
+        assert_eq!(
+            c.net,
+            Some(NetConfig {
+                tap: "tap0".into(),
+                mac: Some(MacAddr([2, 0, 0, 0xaa, 0xbb, 0xcc])),
+            })
+        );
         assert!(c.rng && !c.acpi && !c.seccomp);
     }
 
@@ -184,6 +208,15 @@ mod tests {
             &["--kernel", "k", "--vcpus", "300"],
             &["--kernel", "k", "--vsock-cid", "3"],
             &["--kernel", "k", "--block-read-only"],
+            &["--kernel", "k", "--net-mac", "02:00:00:00:00:01"],
+            &[
+                "--kernel",
+                "k",
+                "--net-tap",
+                "t",
+                "--net-mac",
+                "01:00:00:00:00:01",
+            ],
             &["--kernel", "k", "--boot-protocol", "efi"],
             &["--kernel", "k", "--bogus"],
         ] {

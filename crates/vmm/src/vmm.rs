@@ -19,6 +19,7 @@ use crate::devices::legacy::{
     I8042_PORT_LEN, PM1A_CNT_LEN, PM1A_CNT_PORT, SLEEP_CONTROL_LEN, SLEEP_CONTROL_PORT,
 };
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{MacAddr, Net, NetError};
 use crate::devices::virtio::rng::{GetRandom, Rng, RngError};
 use crate::devices::virtio::transport::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::transport::{MmioInterrupt, MmioTransport, MmioTransportError};
@@ -68,6 +69,9 @@ pub enum VmmError {
     /// The virtio-vsock device.
     #[error("virtio-vsock")]
     Vsock(#[source] VsockError),
+    /// The virtio-net device.
+    #[error("virtio-net")]
+    Net(#[source] NetError),
     /// A virtio-mmio transport.
     #[error("virtio-mmio transport")]
     Transport(#[source] MmioTransportError),
@@ -106,6 +110,17 @@ pub struct VmConfig {
     pub block: Option<(std::path::PathBuf, bool)>,
     /// Add a virtio-vsock device: guest CID and host Unix socket path (hybrid vsock).
     pub vsock: Option<(u64, std::path::PathBuf)>,
+    /// Add a virtio-net device on a host tap.
+    pub net: Option<NetConfig>,
+}
+
+/// A virtio-net device's host side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Tap interface name (opened, or created, with TUNSETIFF).
+    pub tap: String,
+    /// Guest MAC address; `None` = random, locally administered.
+    pub mac: Option<MacAddr>,
 }
 
 /// Highest vCPU count we accept.
@@ -248,6 +263,10 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
     if let Some((cid, uds)) = &config.vsock {
         let vsock = Vsock::new(*cid, uds).map_err(VmmError::Vsock)?;
         virtio.push(Arc::new(Mutex::new(vsock)));
+    }
+    if let Some(net) = &config.net {
+        let net = Net::with_tap(&net.tap, net.mac).map_err(VmmError::Net)?;
+        virtio.push(Arc::new(Mutex::new(net)));
     }
     let mut acpi_devices = Vec::with_capacity(virtio.len());
     for (i, dev) in virtio.iter().enumerate() {

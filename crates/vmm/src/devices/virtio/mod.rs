@@ -2,6 +2,7 @@
 //! queues (virtio-queue), guest memory and a [`VirtioInterrupt`].
 
 pub mod block;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod testutil;
@@ -105,6 +106,10 @@ pub trait VirtioDevice: Send {
     fn backend_fd(&self) -> Option<RawFd> {
         None
     }
+    /// How the loop watches [`VirtioDevice::backend_fd`] (level-triggered input by default).
+    fn backend_events(&self) -> EventSet {
+        EventSet::IN
+    }
     /// Handles readiness of [`VirtioDevice::backend_fd`].
     fn process_backend(&mut self) {}
 }
@@ -137,7 +142,11 @@ impl MutEventSubscriber for VirtioEventHandler {
             }
         }
         if let Some(fd) = dev.backend_fd() {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT, EventSet::IN)) {
+            if let Err(e) = ops.add(Events::with_data_raw(
+                fd,
+                BACKEND_EVENT,
+                dev.backend_events(),
+            )) {
                 log::error!("cannot watch the device back end: {e}");
             }
         }
