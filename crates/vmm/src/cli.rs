@@ -8,7 +8,7 @@ use clap::Parser;
 
 use crate::boot::{BootProtocolChoice, BootSource};
 use crate::devices::virtio::net::MacAddr;
-use crate::vmm::{NetConfig, VmConfig};
+use crate::vmm::{FsConfig, NetConfig, VmConfig};
 
 /// What the command line asks for.
 #[derive(Clone, Debug)]
@@ -63,6 +63,12 @@ struct Args {
     /// MAC address of the --net-tap device (default: random, locally administered).
     #[arg(long, value_name = "MAC", requires = "net_tap")]
     net_mac: Option<MacAddr>,
+    /// Add a virtio-fs device served by the vhost-user back end (virtiofsd) listening here.
+    #[arg(long, value_name = "PATH", requires = "fs_tag")]
+    fs_socket: Option<PathBuf>,
+    /// Tag of the --fs-socket device (what the guest mounts; 1..=36 bytes).
+    #[arg(long, value_name = "TAG", requires = "fs_socket")]
+    fs_tag: Option<String>,
     /// Serve the control API (JSON lines: status, pause, resume, shutdown) on this Unix socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -120,6 +126,10 @@ where
             tap,
             mac: args.net_mac,
         }),
+        fs: args
+            .fs_socket
+            .zip(args.fs_tag)
+            .map(|(socket, tag)| FsConfig { socket, tag }),
     })))
 }
 
@@ -142,7 +152,7 @@ mod tests {
         assert_eq!((c.mem_mib, c.vcpus), (128, 1));
         assert!(c.seccomp && c.acpi && !c.rng);
         assert!(c.block.is_none() && c.vsock.is_none() && c.api_sock.is_none());
-        assert!(c.net.is_none());
+        assert!(c.net.is_none() && c.fs.is_none());
     }
 
     #[test]
@@ -173,6 +183,10 @@ mod tests {
             "tap0",
             "--net-mac",
             "02:00:00:aa:bb:cc",
+            "--fs-socket",
+            "fs.sock",
+            "--fs-tag",
+            "shared",
             "--no-acpi",
             "--no-seccomp",
         ]);
@@ -192,6 +206,13 @@ mod tests {
                 mac: Some(MacAddr([2, 0, 0, 0xaa, 0xbb, 0xcc])),
             })
         );
+        assert_eq!(
+            c.fs,
+            Some(FsConfig {
+                socket: PathBuf::from("fs.sock"),
+                tag: "shared".into(),
+            })
+        );
         assert!(c.rng && !c.acpi && !c.seccomp);
     }
 
@@ -208,6 +229,8 @@ mod tests {
             &["--kernel", "k", "--vcpus", "300"],
             &["--kernel", "k", "--vsock-cid", "3"],
             &["--kernel", "k", "--block-read-only"],
+            &["--kernel", "k", "--fs-socket", "s"],
+            &["--kernel", "k", "--fs-tag", "t"],
             &["--kernel", "k", "--net-mac", "02:00:00:00:00:01"],
             &[
                 "--kernel",

@@ -19,6 +19,7 @@ use crate::devices::legacy::{
     I8042_PORT_LEN, PM1A_CNT_LEN, PM1A_CNT_PORT, SLEEP_CONTROL_LEN, SLEEP_CONTROL_PORT,
 };
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{MacAddr, Net, NetError};
 use crate::devices::virtio::rng::{GetRandom, Rng, RngError};
 use crate::devices::virtio::transport::mmio::QUEUE_NOTIFY_OFFSET;
@@ -72,6 +73,9 @@ pub enum VmmError {
     /// The virtio-net device.
     #[error("virtio-net")]
     Net(#[source] NetError),
+    /// The virtio-fs device (vhost-user frontend).
+    #[error("virtio-fs")]
+    Fs(#[source] FsError),
     /// A virtio-mmio transport.
     #[error("virtio-mmio transport")]
     Transport(#[source] MmioTransportError),
@@ -112,6 +116,17 @@ pub struct VmConfig {
     pub vsock: Option<(u64, std::path::PathBuf)>,
     /// Add a virtio-net device on a host tap.
     pub net: Option<NetConfig>,
+    /// Add a virtio-fs device served by a vhost-user back end (virtiofsd).
+    pub fs: Option<FsConfig>,
+}
+
+/// A virtio-fs device's back end and tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    /// The back end's vhost-user socket (virtiofsd `--socket-path`).
+    pub socket: std::path::PathBuf,
+    /// The tag the guest mounts.
+    pub tag: String,
 }
 
 /// A virtio-net device's host side.
@@ -267,6 +282,10 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
     if let Some(net) = &config.net {
         let net = Net::with_tap(&net.tap, net.mac).map_err(VmmError::Net)?;
         virtio.push(Arc::new(Mutex::new(net)));
+    }
+    if let Some(fs) = &config.fs {
+        let fs = Fs::new(&fs.socket, &fs.tag).map_err(VmmError::Fs)?;
+        virtio.push(Arc::new(Mutex::new(fs)));
     }
     let mut acpi_devices = Vec::with_capacity(virtio.len());
     for (i, dev) in virtio.iter().enumerate() {
@@ -505,6 +524,9 @@ pub fn seccomp_filter() -> Result<ThreadFilter, SeccompError> {
             allow("recvfrom", libc::SYS_recvfrom),
             allow("sendto", libc::SYS_sendto),
             allow("shutdown", libc::SYS_shutdown),
+            // virtio-fs: vhost-user messages (with fds) to and from the back end.
+            allow("sendmsg", libc::SYS_sendmsg),
+            allow("recvmsg", libc::SYS_recvmsg),
             // Debug builds only: std checks that an fd being closed is open.
             #[cfg(debug_assertions)]
             allow("fcntl", libc::SYS_fcntl),

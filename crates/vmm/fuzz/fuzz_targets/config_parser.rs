@@ -33,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
     let devices = usize::from(config.rng)
         + usize::from(config.block.is_some())
         + usize::from(config.vsock.is_some())
-        + usize::from(config.net.is_some());
+        + usize::from(config.net.is_some())
+        + usize::from(config.fs.is_some());
     for slot in 0..devices as u32 {
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         if cmdline

@@ -2,6 +2,7 @@
 //! queues (virtio-queue), guest memory and a [`VirtioInterrupt`].
 
 pub mod block;
+pub mod fs;
 pub mod net;
 pub mod rng;
 #[cfg(test)]
@@ -102,6 +103,11 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Whether the device is active.
     fn is_active(&self) -> bool;
+    /// Whether the VMM loop serves [`VirtioDevice::queue_events`] (false when an external
+    /// back end reads them as its kick fds).
+    fn loop_handles_queues(&self) -> bool {
+        true
+    }
     /// An fd (e.g. the back end's epoll) the VMM loop must watch for this device.
     fn backend_fd(&self) -> Option<RawFd> {
         None
@@ -136,7 +142,12 @@ impl MutEventSubscriber for VirtioEventHandler {
 
     fn init(&mut self, ops: &mut EventOps) {
         let dev = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, evt) in dev.queue_events().iter().enumerate() {
+        let queues = if dev.loop_handles_queues() {
+            dev.queue_events()
+        } else {
+            &[]
+        };
+        for (i, evt) in queues.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
                 log::error!("cannot watch virtio queue {i}: {e}");
             }
