@@ -74,6 +74,18 @@ impl ActivateError {
     }
 }
 
+/// Copies the part of a device's configuration space `cfg` at `offset` into `data`; bytes
+/// past its end (or an offset that overflows) read as zero.
+pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| cfg.get(o).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// virtio device type (4 = rng, ...).

@@ -366,12 +366,7 @@ impl VirtioDevice for Net {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Only `mac` at offset 0 (no STATUS, MQ or MTU features).
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = offset
-                .checked_add(i as u64)
-                .and_then(|o| self.mac.0.get(o as usize).copied())
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.mac.0, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
