@@ -1,6 +1,7 @@
 //! Assembles a VM from a [`VmConfig`] and runs the VMM thread's event loop until it ends.
 
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -283,8 +284,10 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
         let net = Net::with_tap(&net.tap, net.mac).map_err(VmmError::Net)?;
         virtio.push(Arc::new(Mutex::new(net)));
     }
+    let mut vhost_sockets = Vec::new();
     if let Some(fs) = &config.fs {
         let fs = Fs::new(&fs.socket, &fs.tag).map_err(VmmError::Fs)?;
+        vhost_sockets.push(fs.socket_fd());
         virtio.push(Arc::new(Mutex::new(fs)));
     }
     let mut acpi_devices = Vec::with_capacity(virtio.len());
@@ -321,7 +324,7 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
     }
 
     let vmm_filter = if config.seccomp {
-        Some(seccomp_filter()?.compile()?)
+        Some(seccomp_filter(Some(&vhost_sockets))?.compile()?)
     } else {
         None
     };
@@ -482,54 +485,71 @@ fn stop_vcpus(handles: Vec<vstate::VcpuHandle>, control: &RunControl) {
 }
 
 /// The VMM thread's allowlist (after start-up: event loop, vCPU kicks and teardown).
-pub fn seccomp_filter() -> Result<ThreadFilter, SeccompError> {
+/// `vhost_sockets`: the vhost-user sockets `sendmsg`/`recvmsg` may use (none: neither is
+/// allowed); `None` lists both without the fd check (for the summary).
+pub fn seccomp_filter(vhost_sockets: Option<&[RawFd]>) -> Result<ThreadFilter, SeccompError> {
+    let build = |e| SeccompError::Build("vmm", e);
+    let mut vhost = Vec::new();
+    for (name, nr) in [
+        ("sendmsg", libc::SYS_sendmsg),
+        ("recvmsg", libc::SYS_recvmsg),
+    ] {
+        match vhost_sockets {
+            None => vhost.push(allow(name, nr)),
+            Some([]) => {}
+            Some(fds) => {
+                let fds: Vec<u64> = fds.iter().map(|fd| *fd as u64).collect();
+                vhost.push(allow_arg_in(name, nr, 0, &fds).map_err(build)?);
+            }
+        }
+    }
+    let mut allowed = vec![
+        allow("epoll_wait", libc::SYS_epoll_wait),
+        allow("epoll_ctl", libc::SYS_epoll_ctl),
+        allow("read", libc::SYS_read),
+        allow("write", libc::SYS_write),
+        allow("futex", libc::SYS_futex),
+        // Only the vCPU kick signal.
+        allow_arg_in(
+            "tgkill",
+            libc::SYS_tgkill,
+            2,
+            &[vmm_sys_util::signal::SIGRTMIN() as u64],
+        )
+        .map_err(|e| SeccompError::Build("vmm", e))?,
+        allow("getpid", libc::SYS_getpid),
+        allow("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+        allow("close", libc::SYS_close),
+        allow("munmap", libc::SYS_munmap),
+        allow("mmap", libc::SYS_mmap),
+        allow("brk", libc::SYS_brk),
+        allow("sigaltstack", libc::SYS_sigaltstack),
+        allow("exit_group", libc::SYS_exit_group),
+        // virtio-rng entropy.
+        allow("getrandom", libc::SYS_getrandom),
+        // virtio-blk file I/O.
+        allow("pread64", libc::SYS_pread64),
+        allow("pwrite64", libc::SYS_pwrite64),
+        allow("fdatasync", libc::SYS_fdatasync),
+        // Hybrid vsock: accept host connections, connect to `<uds>_<port>`, stream I/O.
+        allow("accept4", libc::SYS_accept4),
+        allow_arg_in("socket", libc::SYS_socket, 0, &[libc::AF_UNIX as u64])
+            .map_err(|e| SeccompError::Build("vmm", e))?,
+        allow("connect", libc::SYS_connect),
+        // Only FIONBIO (std's set_nonblocking on accepted/connected sockets); no KVM ioctl.
+        allow_arg_in("ioctl", libc::SYS_ioctl, 1, &[libc::FIONBIO])
+            .map_err(|e| SeccompError::Build("vmm", e))?,
+        allow("recvfrom", libc::SYS_recvfrom),
+        allow("sendto", libc::SYS_sendto),
+        allow("shutdown", libc::SYS_shutdown),
+        // Debug builds only: std checks that an fd being closed is open.
+        #[cfg(debug_assertions)]
+        allow("fcntl", libc::SYS_fcntl),
+    ];
+    // virtio-fs: vhost-user messages (with fds) on the back ends' sockets only.
+    allowed.extend(vhost);
     Ok(ThreadFilter {
         kind: ThreadKind::Vmm,
-        allowed: vec![
-            allow("epoll_wait", libc::SYS_epoll_wait),
-            allow("epoll_ctl", libc::SYS_epoll_ctl),
-            allow("read", libc::SYS_read),
-            allow("write", libc::SYS_write),
-            allow("futex", libc::SYS_futex),
-            // Only the vCPU kick signal.
-            allow_arg_in(
-                "tgkill",
-                libc::SYS_tgkill,
-                2,
-                &[vmm_sys_util::signal::SIGRTMIN() as u64],
-            )
-            .map_err(|e| SeccompError::Build("vmm", e))?,
-            allow("getpid", libc::SYS_getpid),
-            allow("rt_sigprocmask", libc::SYS_rt_sigprocmask),
-            allow("close", libc::SYS_close),
-            allow("munmap", libc::SYS_munmap),
-            allow("mmap", libc::SYS_mmap),
-            allow("brk", libc::SYS_brk),
-            allow("sigaltstack", libc::SYS_sigaltstack),
-            allow("exit_group", libc::SYS_exit_group),
-            // virtio-rng entropy.
-            allow("getrandom", libc::SYS_getrandom),
-            // virtio-blk file I/O.
-            allow("pread64", libc::SYS_pread64),
-            allow("pwrite64", libc::SYS_pwrite64),
-            allow("fdatasync", libc::SYS_fdatasync),
-            // Hybrid vsock: accept host connections, connect to `<uds>_<port>`, stream I/O.
-            allow("accept4", libc::SYS_accept4),
-            allow_arg_in("socket", libc::SYS_socket, 0, &[libc::AF_UNIX as u64])
-                .map_err(|e| SeccompError::Build("vmm", e))?,
-            allow("connect", libc::SYS_connect),
-            // Only FIONBIO (std's set_nonblocking on accepted/connected sockets); no KVM ioctl.
-            allow_arg_in("ioctl", libc::SYS_ioctl, 1, &[libc::FIONBIO])
-                .map_err(|e| SeccompError::Build("vmm", e))?,
-            allow("recvfrom", libc::SYS_recvfrom),
-            allow("sendto", libc::SYS_sendto),
-            allow("shutdown", libc::SYS_shutdown),
-            // virtio-fs: vhost-user messages (with fds) to and from the back end.
-            allow("sendmsg", libc::SYS_sendmsg),
-            allow("recvmsg", libc::SYS_recvmsg),
-            // Debug builds only: std checks that an fd being closed is open.
-            #[cfg(debug_assertions)]
-            allow("fcntl", libc::SYS_fcntl),
-        ],
+        allowed,
     })
 }

@@ -83,6 +83,7 @@ fn vhost(what: &'static str) -> impl FnOnce(vhost::Error) -> FsError {
 /// The virtio-fs device (vhost-user frontend).
 pub struct Fs {
     frontend: Frontend,
+    socket_fd: RawFd,
     config: [u8; TAG_MAX + 4],
     backend_features: u64,
     protocol: bool,
@@ -115,6 +116,7 @@ impl Fs {
             source,
         };
         let stream = UnixStream::connect(socket).map_err(connect_err)?;
+        let socket_fd = stream.as_raw_fd();
         let mut frontend = Frontend::from_stream(stream, NUM_QUEUES as u64);
         frontend.set_owner().map_err(vhost("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(vhost("GET_FEATURES"))?;
@@ -139,6 +141,7 @@ impl Fs {
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(FsError::EventFd);
         Ok(Fs {
             frontend,
+            socket_fd,
             config,
             backend_features,
             protocol,
@@ -150,6 +153,11 @@ impl Fs {
             pending_start: None,
             started: false,
         })
+    }
+
+    /// The back end's socket (the one fd the VMM thread may `sendmsg`/`recvmsg` on).
+    pub fn socket_fd(&self) -> RawFd {
+        self.socket_fd
     }
 
     /// Hands memory and rings to the back end and starts it.
