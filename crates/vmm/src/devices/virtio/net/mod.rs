@@ -219,8 +219,10 @@ impl Net {
                         ok &= a.mem.read_slice(&mut pkt[off..off + len], addr).is_ok();
                         off += len;
                     }
-                    // No offloads were offered: flags (NEEDS_CSUM, ...) and gso_type must be 0.
+                    // No offloads were offered: flags (NEEDS_CSUM, ...) and gso_type must be 0;
+                    // the other fields then mean nothing and the tap gets them as zeros.
                     if ok && pkt[0] == 0 && pkt[1] == 0 {
+                        pkt[2..VNET_HDR_LEN].fill(0);
                         // One write is one frame: all or nothing.
                         match self.tap.write(pkt) {
                             Ok(n) if n == total => {
