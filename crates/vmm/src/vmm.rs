@@ -20,7 +20,7 @@ use crate::devices::legacy::{
     I8042_PORT_LEN, PM1A_CNT_LEN, PM1A_CNT_PORT, SLEEP_CONTROL_LEN, SLEEP_CONTROL_PORT,
 };
 use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::fs::{Fs, FsError};
+use crate::devices::virtio::fs::{Fs, FsError, REPLY_TIMEOUT};
 use crate::devices::virtio::net::{MacAddr, Net, NetError};
 use crate::devices::virtio::rng::{GetRandom, Rng, RngError};
 use crate::devices::virtio::transport::mmio::QUEUE_NOTIFY_OFFSET;
@@ -286,7 +286,8 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
     }
     let mut vhost_sockets = Vec::new();
     if let Some(fs) = &config.fs {
-        let fs = Fs::new(&fs.socket, &fs.tag).map_err(VmmError::Fs)?;
+        let fs =
+            Fs::new(&fs.socket, &fs.tag, REPLY_TIMEOUT, config.seccomp).map_err(VmmError::Fs)?;
         vhost_sockets.push(fs.socket_fd());
         virtio.push(Arc::new(Mutex::new(fs)));
     }

@@ -31,6 +31,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The control API thread.
     Api,
+    /// The vhost-user watchdog thread of a virtio-fs device.
+    VhostWatchdog,
 }
 
 impl ThreadKind {
@@ -40,6 +42,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Api => "api",
+            ThreadKind::VhostWatchdog => "vhost-watchdog",
         }
     }
 }
@@ -133,12 +136,13 @@ pub fn apply(prog: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(prog).map_err(SeccompError::Apply)
 }
 
-/// The three allowlists, with placeholder values where rules depend on runtime fds.
+/// Every thread kind's allowlist, with placeholder values where rules depend on runtime fds.
 pub fn all_filters() -> Result<Vec<ThreadFilter>, SeccompError> {
     Ok(vec![
         crate::vmm::seccomp_filter(None)?,
         crate::vstate::vcpu::seccomp_filter(None)?,
         crate::api::seccomp_filter()?,
+        crate::devices::virtio::fs::watchdog::seccomp_filter(None)?,
     ])
 }
 

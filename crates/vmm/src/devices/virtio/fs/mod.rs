@@ -12,11 +12,17 @@
 //! Activation and reset arrive on a vCPU thread (a register write); the vhost-user exchange
 //! they need is deferred to the VMM thread through the same eventfd, so only the VMM thread's
 //! seccomp filter allows `sendmsg`/`recvmsg`. A failed start asks the driver for a reset.
+//!
+//! Every exchange is bounded in time by a [`watchdog`] thread, so a back end that stops
+//! answering fails the exchange instead of blocking the VMM thread.
+
+pub mod watchdog;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
@@ -27,7 +33,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use self::watchdog::Watchdog;
 use super::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::seccomp::SeccompError;
 
 /// Device type of a file-system device.
 pub const TYPE_FS: u32 = 26;
@@ -35,6 +43,8 @@ pub const TYPE_FS: u32 = 26;
 pub const QUEUE_SIZE: u16 = 256;
 /// Longest tag (bytes, the size of the config field).
 pub const TAG_MAX: usize = 36;
+/// How long one vhost-user exchange (start-up negotiation, start, stop) may take.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const NUM_QUEUES: usize = 2;
 /// Ring features passed through from the back end (it, not the VMM, walks the rings).
 const RING_F_INDIRECT_DESC: u64 = 1 << 28;
@@ -56,7 +66,7 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
-    /// A vhost-user request failed (refused, garbage, closed, or no reply in time).
+    /// A vhost-user request failed (refused, garbage, closed, or cut by the watchdog).
     #[error("vhost-user {what} failed")]
     Vhost {
         /// Which request.
@@ -74,6 +84,12 @@ pub enum FsError {
     /// An eventfd could not be created.
     #[error("cannot create a virtio-fs eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The watchdog thread could not be started.
+    #[error("cannot start the vhost-user watchdog thread")]
+    Watchdog(#[source] std::io::Error),
+    /// The watchdog thread's seccomp filter.
+    #[error("vhost-user watchdog filter")]
+    Seccomp(#[source] SeccompError),
 }
 
 fn vhost(what: &'static str) -> impl FnOnce(vhost::Error) -> FsError {
@@ -82,6 +98,8 @@ fn vhost(what: &'static str) -> impl FnOnce(vhost::Error) -> FsError {
 
 /// The virtio-fs device (vhost-user frontend).
 pub struct Fs {
+    /// Declared (so dropped) before `frontend`, which owns the socket it watches.
+    watchdog: Watchdog,
     frontend: Frontend,
     socket_fd: RawFd,
     config: [u8; TAG_MAX + 4],
@@ -101,10 +119,15 @@ pub struct Fs {
 
 impl Fs {
     /// Connects to the back end at `socket` and negotiates features; `tag` is what the guest
-    /// mounts (`mount -t virtiofs TAG /mnt`). A back end that closes the connection or answers
-    /// garbage is an error; one that accepts and never answers blocks the caller (the vhost
-    /// crate retries timed-out reads, so a socket timeout cannot bound the wait).
-    pub fn new(socket: &Path, tag: &str) -> Result<Self, FsError> {
+    /// mounts (`mount -t virtiofs TAG /mnt`). A back end that closes the connection, answers
+    /// garbage or takes longer than `timeout` for one exchange is an error. With `seccomp`,
+    /// the watchdog thread runs under its own filter.
+    pub fn new(
+        socket: &Path,
+        tag: &str,
+        timeout: Duration,
+        seccomp: bool,
+    ) -> Result<Self, FsError> {
         if tag.is_empty() || tag.len() > TAG_MAX || tag.contains('\0') {
             return Err(FsError::Tag(tag.to_owned()));
         }
@@ -117,7 +140,15 @@ impl Fs {
         };
         let stream = UnixStream::connect(socket).map_err(connect_err)?;
         let socket_fd = stream.as_raw_fd();
+        let filter = if seccomp {
+            let f = watchdog::seccomp_filter(Some(socket_fd)).map_err(FsError::Seccomp)?;
+            Some(f.compile().map_err(FsError::Seccomp)?)
+        } else {
+            None
+        };
+        let watchdog = Watchdog::spawn(socket_fd, timeout, filter).map_err(FsError::Watchdog)?;
         let mut frontend = Frontend::from_stream(stream, NUM_QUEUES as u64);
+        let guard = watchdog.guard();
         frontend.set_owner().map_err(vhost("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(vhost("GET_FEATURES"))?;
         if backend_features & VIRTIO_F_VERSION_1 == 0 {
@@ -138,8 +169,10 @@ impl Fs {
                 frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
         }
+        drop(guard);
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(FsError::EventFd);
         Ok(Fs {
+            watchdog,
             frontend,
             socket_fd,
             config,
@@ -162,6 +195,7 @@ impl Fs {
 
     /// Hands memory and rings to the back end and starts it.
     fn start(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), FsError> {
+        let _guard = self.watchdog.guard();
         let mut features = self.acked;
         if self.protocol {
             features |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -273,6 +307,7 @@ impl VirtioDevice for Fs {
         let _ = self.call.read();
         if std::mem::take(&mut self.pending_stop) && std::mem::take(&mut self.started) {
             // GET_VRING_BASE stops a ring; a dead back end has nothing left to stop.
+            let _guard = self.watchdog.guard();
             for i in 0..NUM_QUEUES {
                 let _ = self.frontend.get_vring_base(i);
             }

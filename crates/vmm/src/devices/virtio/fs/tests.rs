@@ -177,7 +177,7 @@ fn fuse_requests_reach_virtiofsd_and_replies_land_in_guest_memory() {
     let Some(d) = daemon() else {
         return;
     };
-    let dev = Fs::new(&d.socket, "skerryfs").unwrap();
+    let dev = Fs::new(&d.socket, "skerryfs", REPLY_TIMEOUT, false).unwrap();
     assert_eq!(dev.device_type(), TYPE_FS);
     assert_ne!(dev.avail_features() & VIRTIO_F_VERSION_1, 0);
     let mut cfg = [0u8; 40];
@@ -225,7 +225,9 @@ fn fuse_requests_reach_virtiofsd_and_replies_land_in_guest_memory() {
 #[test]
 fn missing_back_end_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Fs::new(&dir.path().join("nobody.sock"), "t").err().unwrap();
+    let e = Fs::new(&dir.path().join("nobody.sock"), "t", REPLY_TIMEOUT, false)
+        .err()
+        .unwrap();
     assert!(matches!(e, FsError::Connect { .. }), "{e}");
 }
 
@@ -234,7 +236,10 @@ fn bad_tags_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("s");
     for tag in ["", "a\0b", &"x".repeat(TAG_MAX + 1)] {
-        assert!(matches!(Fs::new(&s, tag), Err(FsError::Tag(_))), "{tag:?}");
+        assert!(
+            matches!(Fs::new(&s, tag, REPLY_TIMEOUT, false), Err(FsError::Tag(_))),
+            "{tag:?}"
+        );
     }
 }
 
@@ -262,15 +267,55 @@ fn garbage_back_end_is_an_error() {
             }
         }
     });
-    let e = Fs::new(&path, "t").err().unwrap();
+    let e = Fs::new(&path, "t", REPLY_TIMEOUT, false).err().unwrap();
     assert!(matches!(e, FsError::Vhost { .. }), "{e}");
 }
 
 #[test]
 fn back_end_that_hangs_up_is_an_error() {
     let (_dir, path) = fake_back_end(drop);
-    let e = Fs::new(&path, "t").err().unwrap();
+    let e = Fs::new(&path, "t", REPLY_TIMEOUT, false).err().unwrap();
     assert!(matches!(e, FsError::Vhost { .. }), "{e}");
+}
+
+#[test]
+fn silent_back_end_is_cut_off_by_the_watchdog() {
+    let (_dir, path) = fake_back_end(|s| {
+        std::thread::sleep(Duration::from_secs(30));
+        drop(s);
+    });
+    let start = Instant::now();
+    let e = Fs::new(&path, "t", Duration::from_millis(300), false)
+        .err()
+        .unwrap();
+    assert!(matches!(e, FsError::Vhost { .. }), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// A real virtiofsd that stops answering after the start-up negotiation (SIGSTOP): the start
+/// on the VMM thread is cut off and the device asks for a reset.
+#[test]
+fn back_end_that_freezes_makes_the_start_fail_in_bounded_time() {
+    let Some(d) = daemon() else {
+        return;
+    };
+    let dev = Fs::new(&d.socket, "t", Duration::from_millis(500), false).unwrap();
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGSTOP) }, 0);
+    let start = Instant::now();
+    let h = activate(dev).unwrap();
+    assert!(h.irq.needs_reset.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // SAFETY: as above; lets the daemon be killed and reaped on drop.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGCONT) };
 }
 
 #[test]
@@ -278,7 +323,7 @@ fn back_end_that_dies_before_activation_makes_the_device_ask_for_reset() {
     let Some(mut d) = daemon() else {
         return;
     };
-    let dev = Fs::new(&d.socket, "t").unwrap();
+    let dev = Fs::new(&d.socket, "t", REPLY_TIMEOUT, false).unwrap();
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     let h = activate(dev).unwrap();
