@@ -7,7 +7,12 @@ use std::{
     process::Command,
 };
 
-const BINARIES: &[&str] = &["skerry", "containerd-shim-skerry-v2", "skerry-vmm", "jailer"];
+const BINARIES: &[&str] = &[
+    "skerry",
+    "containerd-shim-skerry-v2",
+    "skerry-vmm",
+    "jailer",
+];
 const IMAGE: &[&str] = &["vmlinuz", "initramfs.img", "manifest.json"];
 
 /// Runs the installer; returns its stdout, asserting success.
@@ -75,7 +80,10 @@ fn install_puts_everything_in_place_once() {
             format!("{f} contents")
         );
     }
-    assert!(first.contains("wrote      /etc/skerry/config.toml\n"), "{first}");
+    assert!(
+        first.contains("wrote      /etc/skerry/config.toml\n"),
+        "{first}"
+    );
     let config = dest.join("etc/skerry/config.toml");
     // The written config is one skerry accepts; its guest image is the installed one.
     let out = Command::new(env!("CARGO_BIN_EXE_skerry"))
@@ -95,7 +103,10 @@ fn install_puts_everything_in_place_once() {
     fs::write(&config, "[guest]\nimage_dir = \"/srv/guest\"\n").unwrap();
     fs::write(image.join("vmlinuz"), "a new kernel").unwrap();
     let second = install(&bin_dir, &image, &dest);
-    assert!(second.contains("kept       /etc/skerry/config.toml"), "{second}");
+    assert!(
+        second.contains("kept       /etc/skerry/config.toml"),
+        "{second}"
+    );
     assert!(
         second.contains("installed  /var/lib/skerry/guest/vmlinuz\n"),
         "{second}"
@@ -130,7 +141,10 @@ fn install_refuses_a_missing_binary_with_its_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         err.trim_end(),
-        format!("install: {}/skerry: no such executable", tmp.path().display())
+        format!(
+            "install: {}/skerry: no such executable",
+            tmp.path().display()
+        )
     );
     assert!(!tmp.path().join("dest").exists(), "nothing is installed");
 }
