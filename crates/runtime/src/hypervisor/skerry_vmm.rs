@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::unistd::{chown, Gid, Pid, Uid};
+use nix::unistd::{chown, Gid, Uid};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -407,8 +407,8 @@ impl SkerryVmm {
 
     /// SIGKILLs the VMM if it is still that very process.
     fn kill_vmm(&self) {
-        if let Some(p) = self.vmm.filter(ProcessId::is_alive) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+        if let Some(p) = self.vmm {
+            p.signal(Signal::SIGKILL);
         }
     }
 

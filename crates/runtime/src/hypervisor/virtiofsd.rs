@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tokio::process::Command;
 
 use super::process::{spawn, Process};
 use super::HypervisorError;
+use crate::state::ProcessId;
 
 /// SIGTERM → SIGKILL grace once it has not exited by itself.
 const GRACE: Duration = Duration::from_secs(1);
@@ -36,9 +38,23 @@ pub(crate) fn spawn_virtiofsd(
 }
 
 /// Stops virtiofsd after its VMM has gone: it exits by itself once the VMM
-/// disconnects, else it is terminated.
+/// disconnects. Else its sandbox child (which does the work) is terminated
+/// first, so that the parent reaps it and exits; the parent is terminated only
+/// when that fails or there is no child (`--sandbox none`).
 pub(crate) async fn stop_virtiofsd(p: &Process) {
-    if p.wait_timeout(Duration::from_millis(500)).await.is_none() {
+    if p.wait_timeout(Duration::from_millis(500)).await.is_some() {
+        return;
+    }
+    let children: Vec<ProcessId> = p
+        .pids()
+        .into_iter()
+        .filter(|&pid| pid != p.pid())
+        .filter_map(ProcessId::of)
+        .collect();
+    for child in &children {
+        child.signal(Signal::SIGTERM);
+    }
+    if children.is_empty() || p.wait_timeout(GRACE).await.is_none() {
         p.terminate(GRACE).await;
     }
 }
