@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skerry_runtime::config::HypervisorConfig;
+use skerry_runtime::config::{HypervisorConfig, HypervisorKind};
 use skerry_runtime::hypervisor::{self, find_binary, Vm, VmExit, VmSpec};
 use skerry_runtime::image::{self, BuildOptions, CpioWriter};
 
@@ -138,6 +138,14 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     Some(Guest { _tmp: tmp, spec })
 }
 
+/// The QEMU backend, whatever `auto` would pick on this host.
+fn qemu_config() -> HypervisorConfig {
+    HypervisorConfig {
+        kind: HypervisorKind::Qemu,
+        ..HypervisorConfig::default()
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -221,7 +229,7 @@ fn hv_busybox_guest_uses_load_order_and_virtiofs() {
     };
     let spec = guest.spec.clone();
     runtime().block_on(async move {
-        let cfg = HypervisorConfig::default();
+        let cfg = qemu_config();
         let t = Instant::now();
         let mut vm = hypervisor::launch(&cfg, &spec).await.expect("launch");
         let launched = t.elapsed();
@@ -267,7 +275,7 @@ fn hv_agent_answers_check_over_vsock() {
     };
     let spec = guest.spec.clone();
     runtime().block_on(async move {
-        let cfg = HypervisorConfig::default();
+        let cfg = qemu_config();
         let t = Instant::now();
         let mut vm = hypervisor::launch(&cfg, &spec).await.expect("launch");
         let launched = t.elapsed();
@@ -324,17 +332,16 @@ fn hv_agent_answers_check_over_vsock() {
     });
 }
 
-/// `skerry check` runs on any host and names the backend `auto` picks.
+/// `skerry check` runs on any host and names the backend `auto` picks: the
+/// one `launch` uses.
 #[test]
 fn hv_check_report() {
-    let report = skerry_runtime::check::run(&skerry_runtime::config::Config::default());
+    let config = skerry_runtime::config::Config::default();
+    let report = skerry_runtime::check::run(&config);
     eprintln!("{report}");
     let backend = report.rows.iter().find(|r| r.item == "backend").unwrap();
-    assert!(
-        backend.detail.starts_with("qemu with "),
-        "{}",
-        backend.detail
-    );
+    let choice = hypervisor::choice::backend_choice(&config.hypervisor);
+    assert_eq!(backend.detail, choice.summary());
 }
 
 /// A kernel QEMU cannot load fails `launch` with QEMU's own words and leaves nothing behind.
@@ -364,7 +371,7 @@ fn hv_failed_launch_leaves_nothing() {
         shared_dir: tmp.path().to_path_buf(),
     };
     runtime().block_on(async {
-        let cfg = HypervisorConfig::default();
+        let cfg = qemu_config();
         let err = hypervisor::launch(&cfg, &spec)
             .await
             .err()

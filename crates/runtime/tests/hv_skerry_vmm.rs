@@ -58,21 +58,55 @@ fn host() -> Result<(PathBuf, PathBuf), String> {
             ));
         }
     }
-    let help = std::process::Command::new(&vmm)
-        .arg("--help")
-        .output()
-        .map_err(|e| format!("{}: {e}", vmm.display()))?;
-    if !String::from_utf8_lossy(&help.stdout).contains("--fs-socket") {
-        return Err(format!(
-            "{} has no --fs-socket (vhost-user-fs frontend)",
-            vmm.display()
-        ));
-    }
     let cfg = HypervisorConfig::default();
     if find_binary(&cfg.virtiofsd_path).is_none() {
         return Err("virtiofsd not found".into());
     }
     Ok((vmm, jailer))
+}
+
+/// Why `vmm` cannot run the runtime's VMs, if it cannot.
+fn vmm_lacks_fs(vmm: &Path) -> Option<String> {
+    let help = std::process::Command::new(vmm)
+        .arg("--help")
+        .output()
+        .ok()?;
+    (!String::from_utf8_lossy(&help.stdout).contains("--fs-socket")).then(|| {
+        format!(
+            "{} has no --fs-socket (vhost-user-fs frontend)",
+            vmm.display()
+        )
+    })
+}
+
+/// The skerry-vmm backend with these binaries, its jails under `jail_dir`.
+fn vmm_config(vmm: PathBuf, jailer: PathBuf, jail_dir: &Path) -> HypervisorConfig {
+    HypervisorConfig {
+        kind: HypervisorKind::SkerryVmm,
+        vmm_path: vmm,
+        jailer_path: jailer,
+        jail_dir: jail_dir.to_path_buf(),
+        ..HypervisorConfig::default()
+    }
+}
+
+/// No process whose command line names `dir` is running.
+fn assert_no_process_under(dir: &Path) {
+    let dir = dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(!cmdline.contains(&dir), "left running: {cmdline}");
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn token() -> String {
@@ -112,6 +146,9 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
         Ok(bins) => bins,
         Err(reason) => return skip(&reason),
     };
+    if let Some(reason) = vmm_lacks_fs(&vmm) {
+        return skip(&reason);
+    }
     // Short paths: socket addresses must stay under 108 bytes.
     let tmp = tempfile::Builder::new()
         .prefix("hv")
@@ -142,20 +179,9 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
         shared_dir,
     };
     let jail_dir = tmp.path().join("jail");
-    let cfg = HypervisorConfig {
-        kind: HypervisorKind::SkerryVmm,
-        vmm_path: vmm,
-        jailer_path: jailer,
-        jail_dir: jail_dir.clone(),
-        ..HypervisorConfig::default()
-    };
+    let cfg = vmm_config(vmm, jailer, &jail_dir);
     let want = format!("Command line: {}", spec.kernel_cmdline(None));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let t = Instant::now();
         let mut vm = hypervisor::launch(&cfg, &spec).await.expect("launch");
         eprintln!("launched in {:?}; pids {:?}", t.elapsed(), vm.pids());
@@ -243,12 +269,68 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
             let dir = Path::new(hierarchy).join("skerry").join(&jail_id);
             assert!(!dir.exists(), "{} is left", dir.display());
         }
-        let tmp_path = tmp.path().to_string_lossy().into_owned();
-        for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                assert!(!cmdline.contains(&tmp_path), "left running: {cmdline}");
-            }
-        }
+        assert_no_process_under(tmp.path());
+    });
+}
+
+/// A kernel the VMM cannot load fails `launch` with the VMM's own words, and
+/// nothing is left: no process, jail, cgroup or socket directory. A missing
+/// binary is named.
+#[test]
+fn hv_skerry_vmm_failed_launch_leaves_nothing() {
+    let (vmm, jailer) = match host() {
+        Ok(bins) => bins,
+        Err(reason) => return skip(&reason),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("hv")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::write(tmp.path().join("vmlinuz"), b"not a kernel").unwrap();
+    std::fs::write(tmp.path().join("initramfs.img"), b"").unwrap();
+    let spec = VmSpec {
+        id: "hvfail".into(),
+        console_log: run_dir.join("console.log"),
+        run_dir,
+        kernel: tmp.path().join("vmlinuz"),
+        initrd: tmp.path().join("initramfs.img"),
+        kernel_params: String::new(),
+        vcpus: 1,
+        memory_mib: 128,
+        shared_dir: tmp.path().to_path_buf(),
+    };
+    let jail_dir = tmp.path().join("jail");
+    let cfg = vmm_config(vmm, jailer, &jail_dir);
+    runtime().block_on(async {
+        let err = hypervisor::launch(&cfg, &spec)
+            .await
+            .err()
+            .expect("launch must fail");
+        eprintln!("error: {err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("skerry-vmm failed to start: exited with status ")
+                && text.contains("vmm.log: ")
+                && text.contains("skerry-vmm"),
+            "{text}"
+        );
+        assert!(!spec.run_dir.join("vm").exists(), "sockets are left");
+        let vms = std::fs::read_dir(jail_dir.join("skerry-vmm"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(vms, 0, "a jail directory is left");
+        assert_no_process_under(tmp.path());
+
+        let cfg = HypervisorConfig {
+            vmm_path: "no-such-vmm".into(),
+            ..cfg
+        };
+        let err = hypervisor::launch(&cfg, &spec).await.err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "skerry-vmm binary \"no-such-vmm\" not found in PATH or ~/.cargo/bin"
+        );
     });
 }

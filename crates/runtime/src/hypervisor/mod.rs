@@ -155,6 +155,9 @@ pub enum HypervisorError {
     /// KVM is needed (by the named backend) but cannot be used.
     #[error("{0} needs KVM, but /dev/kvm is not usable")]
     KvmUnavailable(choice::Backend),
+    /// The skerry-vmm backend runs without root.
+    #[error("the skerry-vmm backend needs root (the jailer builds a root, a pid namespace and a cgroup per VM)")]
+    NotRoot,
     /// A file for the jail root has a base name that is not UTF-8 or that
     /// another file there has.
     #[error("{0} cannot go into the jail root: its base name is not UTF-8 or is taken")]

@@ -273,6 +273,9 @@ pub(crate) async fn launch(
     spec: &VmSpec,
 ) -> Result<SkerryVmm, HypervisorError> {
     let started = Instant::now();
+    if !nix::unistd::geteuid().is_root() {
+        return Err(HypervisorError::NotRoot);
+    }
     let jailer_bin = resolve("jailer", &cfg.jailer_path)?;
     let vmm_bin = resolve("skerry-vmm", &cfg.vmm_path)?;
     let virtiofsd_bin = resolve("virtiofsd", &cfg.virtiofsd_path)?;
