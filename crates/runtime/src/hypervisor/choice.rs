@@ -168,7 +168,9 @@ pub fn choose_backend(cfg: &HypervisorConfig, kvm: KvmKind) -> BackendChoice {
         Accel::Kvm => (true, "hypervisor.accel = \"kvm\"".to_string()),
         Accel::Auto => (runs_kernels, kvm_why.to_string()),
     };
-    if cfg.kind == HypervisorKind::Auto {
+    if cfg.kind == HypervisorKind::Auto && cfg.accel == Accel::Tcg {
+        reason = format!("{reason} (skerry-vmm runs on KVM only)");
+    } else if cfg.kind == HypervisorKind::Auto {
         reason = format!("{reason}; {AUTO_RULE}");
     } else {
         reason = format!("hypervisor.kind = \"qemu\"; {reason}");
@@ -286,9 +288,10 @@ mod tests {
              (hypervisor.guest_kernel_pvm = true)"
         );
         let tcg = cfg(HypervisorKind::Auto, Accel::Tcg, false);
-        assert!(choose_backend(&tcg, KvmKind::Native)
-            .reason
-            .starts_with("hypervisor.accel = \"tcg\"; auto picks"));
+        assert_eq!(
+            choose_backend(&tcg, KvmKind::Native).reason,
+            "hypervisor.accel = \"tcg\" (skerry-vmm runs on KVM only)"
+        );
         let qemu = cfg(HypervisorKind::Qemu, Accel::Kvm, false);
         assert_eq!(
             choose_backend(&qemu, KvmKind::None).summary(),
