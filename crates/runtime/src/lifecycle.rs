@@ -235,6 +235,9 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
             })?;
     }
     let run_dir = SandboxPaths::new(store, id).run_dir;
+    if let Err(e) = crate::hypervisor::remove_leftovers(&run_dir) {
+        tracing::warn!(container = id, error = %e, "removing what the VM left");
+    }
     match std::fs::remove_dir_all(&run_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(LifecycleError::Cleanup {

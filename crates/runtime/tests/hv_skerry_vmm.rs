@@ -265,6 +265,10 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
         }
         assert!(!vms[0].exists(), "jail directory is left");
         assert!(!spec.run_dir.join("vm").exists(), "sockets are left");
+        assert!(
+            !spec.run_dir.join("jail.json").exists(),
+            "jail record is left"
+        );
         for hierarchy in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
             let dir = Path::new(hierarchy).join("skerry").join(&jail_id);
             assert!(!dir.exists(), "{} is left", dir.display());
@@ -317,6 +321,10 @@ fn hv_skerry_vmm_failed_launch_leaves_nothing() {
             "{text}"
         );
         assert!(!spec.run_dir.join("vm").exists(), "sockets are left");
+        assert!(
+            !spec.run_dir.join("jail.json").exists(),
+            "jail record is left"
+        );
         let vms = std::fs::read_dir(jail_dir.join("skerry-vmm"))
             .map(|d| d.count())
             .unwrap_or(0);

@@ -244,6 +244,13 @@ pub async fn launch(cfg: &HypervisorConfig, spec: &VmSpec) -> Result<Box<dyn Vm>
     })
 }
 
+/// Removes what a VM of `run_dir` left outside its processes when it was not
+/// stopped (its monitor was killed): skerry-vmm's sockets, jail directory and
+/// cgroup. Call once its processes are gone.
+pub fn remove_leftovers(run_dir: &Path) -> Result<(), HypervisorError> {
+    skerry_vmm::remove_leftovers(run_dir)
+}
+
 /// Resolves a configured binary: a path with a `/` as is, else `PATH`, else `~/.cargo/bin`.
 pub fn find_binary(name: &Path) -> Option<PathBuf> {
     if name.as_os_str().is_empty() {

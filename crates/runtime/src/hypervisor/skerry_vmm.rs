@@ -16,7 +16,8 @@
 //! | `R/vmm.log` | stderr | jailer and VMM messages |
 //!
 //! The jail root is `<jail_dir>/<VMM binary name>/J/root`, the cgroup
-//! `skerry/J` (v1: in the pids hierarchy).
+//! `skerry/J` (v1: in the pids hierarchy); `R/jail.json` names both, so that
+//! `delete` removes them even when no `stop` ran.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::{chown, Gid, Uid};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -42,6 +44,8 @@ const SOCK_DIR: &str = "vm";
 const FS_SOCK: &str = "fs.sock";
 const VSOCK_SOCK: &str = "vsock.sock";
 const API_SOCK: &str = "api.sock";
+/// The run dir's record of the jail directory and cgroup.
+const JAIL_RECORD: &str = "jail.json";
 /// Parent cgroup of every VM's group.
 const CGROUP_PARENT: &str = "skerry";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -74,6 +78,43 @@ fn host_cgroup(layout: CgroupLayout, v1_pids: bool) -> Option<Cgroup> {
     }
 }
 
+/// What a VM leaves outside its run dir until it is stopped (`R/jail.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct JailRecord {
+    /// The jailer's directory of the VM.
+    jail: PathBuf,
+    /// The VM's cgroup directory.
+    cgroup: Option<PathBuf>,
+}
+
+impl JailRecord {
+    /// Removes the jail directory and the cgroup; missing ones are fine.
+    fn remove(&self) -> Result<(), HypervisorError> {
+        // The jail's bind mount lives in the jail's own mount namespace: here,
+        // `root/vm` is an empty directory, so this never reaches the sockets' directory.
+        remove_tree(&self.jail)?;
+        if let Some(dir) = &self.cgroup {
+            remove_file_or_dir(dir, |p| std::fs::remove_dir(p))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes what a skerry-vmm VM of `run_dir` left (its socket directory, and the
+/// jail directory and cgroup its record names); a run dir without them is fine.
+pub(crate) fn remove_leftovers(run_dir: &Path) -> Result<(), HypervisorError> {
+    remove_tree(&run_dir.join(SOCK_DIR))?;
+    let path = run_dir.join(JAIL_RECORD);
+    let bytes = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(run_dir_err(&path))?,
+    };
+    let record: JailRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| HypervisorError::RunDir(path.clone(), e.into()))?;
+    record.remove()?;
+    remove_file_or_dir(&path, |p| std::fs::remove_file(p))
+}
+
 /// Where everything of one jailed VM lives and what it is given; turned into
 /// the jailer's argv by [`jailer_args`].
 #[derive(Debug, Clone)]
@@ -91,6 +132,8 @@ struct JailPlan {
     initrd_name: String,
     /// Host side of the socket directory.
     sock_dir: PathBuf,
+    /// Where the [`JailRecord`] goes.
+    record_file: PathBuf,
     cgroup: Option<Cgroup>,
     cmdline: String,
     vcpus: u32,
@@ -143,6 +186,7 @@ impl JailPlan {
             kernel_name,
             initrd_name,
             sock_dir,
+            record_file: spec.run_dir.join(JAIL_RECORD),
             cgroup,
             cmdline: spec.kernel_cmdline(None),
             vcpus: spec.vcpus,
@@ -159,6 +203,14 @@ impl JailPlan {
     fn jail_vm_dir(&self) -> PathBuf {
         let vmm_name = self.vmm.file_name().unwrap_or_default();
         self.jail_dir.join(vmm_name).join(&self.id)
+    }
+
+    /// What the VM leaves outside the run dir.
+    fn record(&self) -> JailRecord {
+        JailRecord {
+            jail: self.jail_vm_dir(),
+            cgroup: self.cgroup_dir(),
+        }
     }
 
     /// The VM's cgroup directory.
@@ -329,14 +381,22 @@ fn chown_to_jail(path: &Path, plan: &JailPlan) -> Result<(), HypervisorError> {
     .map_err(|e| HypervisorError::RunDir(path.to_path_buf(), e.into()))
 }
 
-/// Removes a directory tree; a missing one is fine.
-fn remove_tree(path: &Path) -> Result<(), HypervisorError> {
-    match std::fs::remove_dir_all(path) {
+/// Removes `path` with `remove`; a missing one is fine.
+fn remove_file_or_dir(
+    path: &Path,
+    remove: fn(&Path) -> std::io::Result<()>,
+) -> Result<(), HypervisorError> {
+    match remove(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(HypervisorError::RunDir(path.to_path_buf(), e))
         }
         _ => Ok(()),
     }
+}
+
+/// Removes a directory tree; a missing one is fine.
+fn remove_tree(path: &Path) -> Result<(), HypervisorError> {
+    remove_file_or_dir(path, |p| std::fs::remove_dir_all(p))
 }
 
 /// Asks the VMM's control API to shut the VM down; returns its reply line.
@@ -359,6 +419,8 @@ impl SkerryVmm {
     ) -> Result<(), HypervisorError> {
         let plan = &self.plan;
         let deadline = Instant::now() + READY_TIMEOUT;
+        let record = serde_json::to_vec(&plan.record()).expect("paths serialize");
+        std::fs::write(&plan.record_file, record).map_err(run_dir_err(&plan.record_file))?;
         std::fs::create_dir(&plan.sock_dir).map_err(run_dir_err(&plan.sock_dir))?;
         std::fs::set_permissions(&plan.sock_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(run_dir_err(&plan.sock_dir))?;
@@ -415,21 +477,11 @@ impl SkerryVmm {
         }
     }
 
-    /// Removes the socket directory, the jail directory and the cgroup.
+    /// Removes the socket directory, the jail directory, the cgroup and their record.
     fn remove_files(&self) -> Result<(), HypervisorError> {
         remove_tree(&self.plan.sock_dir)?;
-        // The jail's bind mount lives in the jail's own mount namespace: here,
-        // `root/vm` is an empty directory, so this never reaches the sockets' directory.
-        remove_tree(&self.plan.jail_vm_dir())?;
-        if let Some(dir) = self.plan.cgroup_dir() {
-            match std::fs::remove_dir(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(HypervisorError::RunDir(dir, e))
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        self.plan.record().remove()?;
+        remove_file_or_dir(&self.plan.record_file, |p| std::fs::remove_file(p))
     }
 }
 
@@ -638,6 +690,46 @@ mod tests {
             JailPlan::new(&cfg, &long, vmm, None),
             Err(HypervisorError::SocketPathTooLong(_))
         ));
+    }
+
+    #[test]
+    fn leftovers_named_by_the_record_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("run");
+        let jail = tmp.path().join("jail/skerry-vmm/abc");
+        let cgroup = tmp.path().join("cg/skerry/abc");
+        std::fs::create_dir_all(run_dir.join(SOCK_DIR)).unwrap();
+        std::fs::write(run_dir.join(SOCK_DIR).join(API_SOCK), b"").unwrap();
+        std::fs::create_dir_all(jail.join("root/dev")).unwrap();
+        std::fs::write(jail.join("root/vmlinuz"), b"k").unwrap();
+        std::fs::create_dir_all(&cgroup).unwrap();
+        std::fs::write(run_dir.join("console.log"), b"kept").unwrap();
+        let record = JailRecord {
+            jail: jail.clone(),
+            cgroup: Some(cgroup.clone()),
+        };
+        std::fs::write(
+            run_dir.join(JAIL_RECORD),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        remove_leftovers(&run_dir).unwrap();
+        for gone in [
+            run_dir.join(SOCK_DIR),
+            run_dir.join(JAIL_RECORD),
+            jail,
+            cgroup,
+        ] {
+            assert!(!gone.exists(), "{} is left", gone.display());
+        }
+        assert!(
+            run_dir.join("console.log").exists(),
+            "nothing else is removed"
+        );
+        remove_leftovers(&run_dir).unwrap();
+        std::fs::write(run_dir.join(JAIL_RECORD), b"{").unwrap();
+        let err = remove_leftovers(&run_dir).unwrap_err().to_string();
+        assert!(err.contains("jail.json"), "{err}");
     }
 
     #[test]
