@@ -11,6 +11,7 @@
 //! root, without a usable /dev/kvm, without the built `skerry-vmm` and `jailer`
 //! (or a `skerry-vmm` without `--fs-socket`), virtiofsd or the guest image.
 
+mod common;
 #[path = "../../vmm/tests/common/kernel.rs"]
 mod kernel;
 
@@ -20,16 +21,10 @@ use std::time::{Duration, Instant};
 use skerry_runtime::config::{HypervisorConfig, HypervisorKind};
 use skerry_runtime::hypervisor::{self, choice, find_binary, VmExit, VmSpec};
 
+use common::{assert_no_leftovers, bad_kernel_spec, runtime, short_tempdir, skip};
+
 /// How long the kernel may take to print its command line (~15 s under PVM).
 const CMDLINE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Prints why the test is skipped; under `SKERRY_E2E_REQUIRED=1` a skip is a failure.
-fn skip(reason: &str) {
-    if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-        panic!("VM test cannot run: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
 
 /// A binary of this workspace's build (`target/debug`), or `$env` if set.
 fn built(name: &str, env: &str) -> PathBuf {
@@ -90,25 +85,6 @@ fn vmm_config(vmm: PathBuf, jailer: PathBuf, jail_dir: &Path) -> HypervisorConfi
     }
 }
 
-/// No process whose command line names `dir` is running.
-fn assert_no_process_under(dir: &Path) {
-    let dir = dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            assert!(!cmdline.contains(&dir), "left running: {cmdline}");
-        }
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn token() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -149,11 +125,7 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
     if let Some(reason) = vmm_lacks_fs(&vmm) {
         return skip(&reason);
     }
-    // Short paths: socket addresses must stay under 108 bytes.
-    let tmp = tempfile::Builder::new()
-        .prefix("hv")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = short_tempdir();
     let kernel = match kernel::vmlinux(tmp.path()) {
         Ok(k) => k,
         Err(reason) => return skip(&reason),
@@ -273,7 +245,7 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
             let dir = Path::new(hierarchy).join("skerry").join(&jail_id);
             assert!(!dir.exists(), "{} is left", dir.display());
         }
-        assert_no_process_under(tmp.path());
+        assert_no_leftovers(&spec);
     });
 }
 
@@ -286,25 +258,8 @@ fn hv_skerry_vmm_failed_launch_leaves_nothing() {
         Ok(bins) => bins,
         Err(reason) => return skip(&reason),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("hv")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let run_dir = tmp.path().join("run");
-    std::fs::create_dir(&run_dir).unwrap();
-    std::fs::write(tmp.path().join("vmlinuz"), b"not a kernel").unwrap();
-    std::fs::write(tmp.path().join("initramfs.img"), b"").unwrap();
-    let spec = VmSpec {
-        id: "hvfail".into(),
-        console_log: run_dir.join("console.log"),
-        run_dir,
-        kernel: tmp.path().join("vmlinuz"),
-        initrd: tmp.path().join("initramfs.img"),
-        kernel_params: String::new(),
-        vcpus: 1,
-        memory_mib: 128,
-        shared_dir: tmp.path().to_path_buf(),
-    };
+    let tmp = short_tempdir();
+    let spec = bad_kernel_spec(tmp.path());
     let jail_dir = tmp.path().join("jail");
     let cfg = vmm_config(vmm, jailer, &jail_dir);
     runtime().block_on(async {
@@ -329,7 +284,7 @@ fn hv_skerry_vmm_failed_launch_leaves_nothing() {
             .map(|d| d.count())
             .unwrap_or(0);
         assert_eq!(vms, 0, "a jail directory is left");
-        assert_no_process_under(tmp.path());
+        assert_no_leftovers(&spec);
 
         let cfg = HypervisorConfig {
             vmm_path: "no-such-vmm".into(),
