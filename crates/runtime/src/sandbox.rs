@@ -64,7 +64,7 @@ pub enum SandboxError {
     VmExited(VmExit),
 }
 
-/// Starts VMs; the real one is QEMU, tests use a fake.
+/// Starts VMs; the real one is [`ConfiguredLauncher`], tests use a fake.
 #[async_trait]
 pub trait VmLauncher: Send + Sync {
     /// Boots a VM as described.
