@@ -2,6 +2,7 @@
 //! pod's containers. `skerry-agent init` is the internal container-setup mode.
 
 mod boot;
+mod network;
 mod reaper;
 mod service;
 mod state;

@@ -19,6 +19,7 @@ use crate::{
     config::{Config, HypervisorConfig, PolicyConfig},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     mounts::HostMounts,
+    net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
     share::{self, ShareError},
     state::StateStore,
@@ -48,6 +49,9 @@ pub enum SandboxError {
     /// Sharing host paths with the guest failed.
     #[error(transparent)]
     Shared(#[from] ShareError),
+    /// Connecting the VM to the pod's network failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// A directory of the sandbox could not be made.
     #[error("cannot create {path}")]
     Dir {
@@ -134,6 +138,8 @@ pub struct Sandbox {
     /// Host bind mounts made for the guest, in order.
     shared: Vec<PathBuf>,
     mounts: Box<dyn HostMounts>,
+    /// The VM's NIC in the pod's network namespace.
+    net: Option<NetSpec>,
     /// The guest's kernel release, from the agent handshake.
     pub kernel_release: String,
     /// Where the start-up time went.
@@ -198,6 +204,14 @@ impl Sandbox {
             source,
         })?;
         let shared = share::share(bundle, id, paths, mounts.as_ref())?;
+        let network = match connect_network(bundle, id).await {
+            Ok(network) => network,
+            Err(e) => {
+                share::unshare(mounts.as_ref(), &shared.mounts);
+                return Err(e);
+            }
+        };
+        let nic = network.as_ref().map(|n| n.nic.clone());
         let started = Instant::now();
         let spec = VmSpec {
             id: id.to_string(),
@@ -209,11 +223,13 @@ impl Sandbox {
             memory_mib: params.memory_mib,
             shared_dir: paths.shared_dir.clone(),
             console_log: paths.console_log.clone(),
+            net: nic.clone(),
         };
         let (mut vm, agent, check) = match boot(launcher, &spec, params).await {
             Ok(booted) => booted,
             Err(e) => {
                 share::unshare(mounts.as_ref(), &shared.mounts);
+                disconnect_network(id, nic.as_ref()).await;
                 return Err(e);
             }
         };
@@ -222,7 +238,10 @@ impl Sandbox {
             ..Default::default()
         };
         let setup = async {
-            agent.create_sandbox(id, &hostname(bundle, id)).await?;
+            let interfaces = network.map(|n| vec![n.guest]).unwrap_or_default();
+            agent
+                .create_sandbox(id, &hostname(bundle, id), interfaces)
+                .await?;
             agent.create_container(id, &shared.spec_json).await?;
             timings.container_created = started.elapsed();
             Ok::<_, SandboxError>((agent, check.kernel_release))
@@ -236,6 +255,7 @@ impl Sandbox {
                     agent,
                     shared: shared.mounts,
                     mounts,
+                    net: nic,
                     kernel_release,
                     timings,
                 })
@@ -245,6 +265,7 @@ impl Sandbox {
                     warn!(sandbox = id, error = %stop, "stopping VM after failed create");
                 }
                 share::unshare(mounts.as_ref(), &shared.mounts);
+                disconnect_network(id, nic.as_ref()).await;
                 Err(e)
             }
         }
@@ -292,6 +313,33 @@ impl Sandbox {
             warn!(sandbox = %self.id, error = %e, "stopping VM");
         }
         share::unshare(self.mounts.as_ref(), &self.shared);
+        disconnect_network(&self.id, self.net.as_ref()).await;
+    }
+}
+
+/// Connects the sandbox to the network namespace its spec joins, if any.
+async fn connect_network(bundle: &Bundle, id: &str) -> Result<Option<PodNetwork>, SandboxError> {
+    let Some(netns) = net::netns_path(&bundle.spec) else {
+        return Ok(None);
+    };
+    let network = net::connect(&netns, &net::tap_name(id)).await?;
+    match &network {
+        Some(n) => {
+            info!(sandbox = id, netns = %netns.display(), tap = %n.nic.tap, mac = %n.nic.mac, "pod network connected")
+        }
+        None => {
+            info!(sandbox = id, netns = %netns.display(), "no interface in the pod's network namespace; no NIC")
+        }
+    }
+    Ok(network)
+}
+
+/// Undoes [`connect_network`]; failures are logged.
+async fn disconnect_network(id: &str, nic: Option<&NetSpec>) {
+    if let Some(nic) = nic {
+        if let Err(e) = net::disconnect(&nic.netns, &nic.tap).await {
+            warn!(sandbox = id, error = %e, "disconnecting the pod network");
+        }
     }
 }
 

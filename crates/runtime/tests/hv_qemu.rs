@@ -127,6 +127,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     let spec = VmSpec {
         id: "hvtest".into(),
         console_log: run_dir.join("console.log"),
+        net: None,
         run_dir,
         kernel: image_dir.join("vmlinuz"),
         initrd,
@@ -355,6 +356,7 @@ fn hv_failed_launch_leaves_nothing() {
     let spec = VmSpec {
         id: "hvfail".into(),
         console_log: run_dir.join("console.log"),
+        net: None,
         run_dir,
         kernel: tmp.path().join("vmlinuz"),
         initrd: tmp.path().join("initramfs.img"),
