@@ -127,7 +127,14 @@ pub async fn connect(netns: &Path, tap: &str) -> Result<Option<PodNetwork>, NetE
         let Some(pod) = pod_interface(&nl).await? else {
             return Ok(None);
         };
+        if nl.has_ingress(&pod).await? {
+            return Err(nl.pod(format!(
+                "{} already has an ingress qdisc (is another sandbox using it?)",
+                pod.name
+            )));
+        }
         let guest = guest_interface(&nl, &pod).await?;
+        // A tap of this very sandbox id left by a runtime that died.
         nl.remove_tap(&tap).await?;
         nl.create_tap(&tap)?;
         if let Err(e) = nl.redirect_both(&pod, &tap).await {
@@ -146,16 +153,19 @@ pub async fn connect(netns: &Path, tap: &str) -> Result<Option<PodNetwork>, NetE
     .await
 }
 
-/// Undoes [`connect`]: deletes the tap and the pod interface's ingress qdisc.
-/// Idempotent.
+/// Undoes [`connect`]: deletes the pod interface's ingress qdisc and the
+/// tap. Idempotent: without the tap, the connection is already undone (and
+/// the interface may be another sandbox's by now), so nothing is touched.
 pub async fn disconnect(netns: &Path, tap: &str) -> Result<(), NetError> {
     let tap = tap.to_string();
     in_netns(netns, move |nl| async move {
-        nl.remove_tap(&tap).await?;
+        if nl.index_of(&tap).await?.is_none() {
+            return Ok(());
+        }
         if let Some(pod) = pod_interface(&nl).await? {
             nl.remove_ingress(&pod).await?;
         }
-        Ok(())
+        nl.remove_tap(&tap).await
     })
     .await
 }
@@ -461,24 +471,13 @@ impl Netlink {
             (pod.index, pod.name.as_str(), tap_index),
             (tap_index, tap, pod.index),
         ] {
-            match self
-                .handle
+            self.handle
                 .qdisc()
                 .add(from as i32)
                 .ingress()
                 .execute()
                 .await
-            {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(libc::EEXIST) => {
-                    return Err(self.pod(format!(
-                        "{from_name} already has an ingress qdisc (is another sandbox using it?)"
-                    )))
-                }
-                Err(e) => {
-                    return Err(self.failed(&format!("adding an ingress qdisc to {from_name}"), e))
-                }
-            }
+                .map_err(|e| self.failed(&format!("adding an ingress qdisc to {from_name}"), e))?;
             let what = format!(
                 "redirecting {from_name} ingress to {}",
                 if from == pod.index { tap } else { &pod.name }
@@ -495,6 +494,21 @@ impl Netlink {
                 .map_err(|e| self.failed(&what, e))?;
         }
         Ok(())
+    }
+
+    /// Whether `pod` has an ingress qdisc.
+    async fn has_ingress(&self, pod: &PodInterface) -> Result<bool, NetError> {
+        let qdiscs: Vec<_> = self
+            .handle
+            .qdisc()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.failed("listing qdiscs", e))?;
+        Ok(qdiscs
+            .iter()
+            .any(|q| q.header.index == pod.index as i32 && q.header.parent == TcHandle::INGRESS))
     }
 
     /// Deletes tap `tap` if it exists (its qdisc and filter go with it).
@@ -556,6 +570,88 @@ mod tests {
         assert_eq!(netns_path(&spec), None);
         let spec: Spec = serde_json::from_str(r#"{"ociVersion":"1.0.2"}"#).unwrap();
         assert_eq!(netns_path(&spec), None);
+    }
+
+    #[tokio::test]
+    async fn the_hosts_own_namespace_is_refused() {
+        let err = connect(Path::new("/proc/self/ns/net"), "tapsk0")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is the host's own network namespace"), "{err}");
+        let err = connect(Path::new("/nonexistent/netns"), "tapsk0")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot enter network namespace /nonexistent/netns"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_guest_gets_global_addresses_and_the_interfaces_own_routes() {
+        use rtnetlink::packet_route::{route::RouteScope, AddressFamily};
+        let pod = PodInterface {
+            index: 7,
+            name: "eth0".into(),
+            mac: [0x0a, 0x58, 0, 0, 0, 5],
+            mtu: 1450,
+        };
+        let addr = |index, scope, prefix, ip: IpAddr| {
+            let mut a = AddressMessage::default();
+            a.header.index = index;
+            a.header.scope = scope;
+            a.header.prefix_len = prefix;
+            a.attributes = vec![AddressAttribute::Address(ip)];
+            if ip.is_ipv4() {
+                a.attributes.push(AddressAttribute::Local(ip));
+            }
+            a
+        };
+        let addresses = [
+            addr(7, AddressScope::Universe, 24, "10.1.2.2".parse().unwrap()),
+            addr(7, AddressScope::Universe, 64, "fd00::2".parse().unwrap()),
+            addr(7, AddressScope::Link, 64, "fe80::1".parse().unwrap()),
+            addr(8, AddressScope::Universe, 24, "10.9.9.9".parse().unwrap()),
+        ];
+        let route = |oif, proto, dest: Option<(IpAddr, u8)>, gw: Option<IpAddr>| {
+            let mut r = RouteMessage::default();
+            r.header.table = RouteHeader::RT_TABLE_MAIN;
+            r.header.protocol = proto;
+            r.header.scope = RouteScope::Universe;
+            r.header.address_family = AddressFamily::Inet;
+            r.attributes.push(RouteAttribute::Oif(oif));
+            if let Some((d, len)) = dest {
+                if d.is_ipv6() {
+                    r.header.address_family = AddressFamily::Inet6;
+                }
+                r.header.destination_prefix_length = len;
+                r.attributes.push(RouteAttribute::Destination(d.into()));
+            }
+            if let Some(g) = gw {
+                r.attributes.push(RouteAttribute::Gateway(g.into()));
+            }
+            r
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let routes = [
+            route(7, RouteProtocol::Kernel, Some((ip("10.1.2.0"), 24)), None),
+            route(7, RouteProtocol::Boot, None, Some(ip("10.1.2.1"))),
+            route(7, RouteProtocol::Static, Some((ip("10.99.0.0"), 16)), None),
+            route(8, RouteProtocol::Boot, Some((ip("10.8.0.0"), 16)), None),
+            route(7, RouteProtocol::Boot, Some((ip("fe80::"), 64)), None),
+        ];
+        let g = describe(&pod, &addresses, &routes);
+        assert_eq!(g.mac, "0a:58:00:00:00:05");
+        assert_eq!(g.mtu, 1450);
+        assert_eq!(g.addresses, ["10.1.2.2/24", "fd00::2/64"]);
+        let routes: Vec<(&str, &str)> = g
+            .routes
+            .iter()
+            .map(|r| (r.destination.as_str(), r.gateway.as_str()))
+            .collect();
+        assert_eq!(routes, [("0.0.0.0/0", "10.1.2.1"), ("10.99.0.0/16", "")]);
     }
 
     #[test]
