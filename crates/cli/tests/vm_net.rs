@@ -221,6 +221,19 @@ fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
         String::from_utf8_lossy(&ping.stderr)
     );
 
+    // The replies came from the guest, not from the namespace's own stack:
+    // the veth's ingress filter stole the frames.
+    let stats = sh(
+        "tc",
+        &[
+            "-s", "-n", &pod.name, "filter", "show", "dev", "eth0", "ingress",
+        ],
+    );
+    assert!(
+        stats.contains("Sent ") && !stats.contains("Sent 0 bytes"),
+        "{stats}"
+    );
+
     let out = w.run(&["delete", "--force", "net1"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     w.assert_clean("net1");

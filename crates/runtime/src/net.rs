@@ -486,7 +486,8 @@ impl Netlink {
                 .traffic_filter(from as i32)
                 .add()
                 .parent(INGRESS)
-                .protocol(ETH_P_ALL)
+                // The kernel reads the protocol in network byte order.
+                .protocol(ETH_P_ALL.to_be())
                 .redirect(to)
                 .map_err(|e| self.failed(&what, e))?
                 .execute()
