@@ -153,20 +153,12 @@ fn http_get(addr: SocketAddr, w: &World) -> String {
     }
 }
 
-#[test]
-fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
-    require_vm!();
-    if let Some(reason) = net_skip_reason() {
-        if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-            panic!("VM test cannot run: {reason}");
-        }
-        eprintln!("SKIPPED: {reason}");
-        return;
-    }
-    let w = World::new();
-    let pod = PodNetns::new();
+/// Creates container `id` serving "hello from the pod" on port 8080 in
+/// `pod`'s network namespace, and checks the namespace got a tap and an
+/// ingress qdisc on eth0.
+fn create_in(w: &World, pod: &PodNetns, id: &str) {
     let bundle = w.bundle(
-        "b",
+        id,
         &[
             "sh",
             "-c",
@@ -184,26 +176,49 @@ fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
         .unwrap()
         .push(serde_json::json!({"type": "network", "path": pod.path()}));
     std::fs::write(&config, spec.to_string()).unwrap();
-
     let status = w
         .skerry()
-        .args(["create", "--bundle", bundle.to_str().unwrap(), "net1"])
+        .args(["create", "--bundle", bundle.to_str().unwrap(), id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "create failed\n{}", w.log());
+    assert!(status.success(), "create {id} failed\n{}", w.log());
     let links = pod.ip(&["-o", "link", "show"]);
     assert!(
         links.contains("tapsk"),
         "no tap in the pod's netns: {links}"
     );
+    let qdiscs = pod.eth0_qdiscs();
+    assert!(qdiscs.contains("ingress"), "{qdiscs}");
+}
+
+/// The namespace is as the test made it: no tap, no ingress qdisc, eth0 kept.
+fn assert_disconnected(pod: &PodNetns) {
+    let links = pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("tapsk"), "tap left behind: {links}");
+    assert!(links.contains("eth0"), "the pod's veth is gone: {links}");
+    let qdiscs = pod.eth0_qdiscs();
     assert!(
-        pod.eth0_qdiscs().contains("ingress"),
-        "{}",
-        pod.eth0_qdiscs()
+        !qdiscs.contains("ingress"),
+        "ingress qdisc left behind: {qdiscs}"
     );
+}
+
+#[test]
+fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
+    require_vm!();
+    if let Some(reason) = net_skip_reason() {
+        if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
+            panic!("VM test cannot run: {reason}");
+        }
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let w = World::new();
+    let pod = PodNetns::new();
+    create_in(&w, &pod, "net1");
     let out = w.run(&["start", "net1"]);
     assert!(out.status.success(), "start: {}", stderr(&out));
 
@@ -220,7 +235,6 @@ fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
         String::from_utf8_lossy(&ping.stdout),
         String::from_utf8_lossy(&ping.stderr)
     );
-
     // The replies came from the guest, not from the namespace's own stack:
     // the veth's ingress filter stole the frames.
     let stats = sh(
@@ -237,12 +251,29 @@ fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
     let out = w.run(&["delete", "--force", "net1"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     w.assert_clean("net1");
-    let links = pod.ip(&["-o", "link", "show"]);
-    assert!(!links.contains("tapsk"), "tap left behind: {links}");
-    assert!(links.contains("eth0"), "the pod's veth is gone: {links}");
-    assert!(
-        !pod.eth0_qdiscs().contains("ingress"),
-        "ingress qdisc left behind: {}",
-        pod.eth0_qdiscs()
-    );
+    assert_disconnected(&pod);
+
+    // A monitor killed outright cannot disconnect; `delete` does. That the
+    // second sandbox connects at all shows the first left the veth free.
+    create_in(&w, &pod, "net2");
+    let state = w.run(&["state", "net2"]);
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    let monitor = state["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{monitor}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "monitor {monitor} survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = w.run(&["delete", "--force", "net2"]);
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    w.assert_clean("net2");
+    assert_disconnected(&pod);
 }
