@@ -63,9 +63,9 @@ pub enum NetError {
         netns: PathBuf,
         /// What was being done.
         what: String,
-        /// The cause.
+        /// The cause (boxed: netlink errors can carry a whole message).
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// The namespace holds something this runtime will not work with.
     #[error("network namespace {netns}: {what}")]
@@ -155,8 +155,12 @@ pub async fn connect(netns: &Path, tap: &str) -> Result<Option<PodNetwork>, NetE
 
 /// Undoes [`connect`]: deletes the pod interface's ingress qdisc and the
 /// tap. Idempotent: without the tap, the connection is already undone (and
-/// the interface may be another sandbox's by now), so nothing is touched.
+/// the interface may be another sandbox's by now), so nothing is touched;
+/// without the namespace file (CNI removed it), neither.
 pub async fn disconnect(netns: &Path, tap: &str) -> Result<(), NetError> {
+    if !netns.exists() {
+        return Ok(());
+    }
     let tap = tap.to_string();
     in_netns(netns, move |nl| async move {
         if nl.index_of(&tap).await?.is_none() {
@@ -408,7 +412,7 @@ impl Netlink {
         NetError::Netlink {
             netns: self.netns.clone(),
             what: what.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -631,7 +631,7 @@ mod tests {
         let mut net = plan();
         net.net = Some(NetSpec {
             netns: "/var/run/netns/pod".into(),
-            tap: "tap_sk0123456789".into(),
+            tap: "tapsk0123456789".into(),
             mac: "02:00:00:aa:bb:cc".into(),
         });
         let joined = qemu_args(&net)
@@ -640,7 +640,7 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         assert!(joined.contains(
-            "-netdev tap,id=net0,ifname=tap_sk0123456789,script=no,downscript=no \
+            "-netdev tap,id=net0,ifname=tapsk0123456789,script=no,downscript=no \
              -device virtio-net-device,netdev=net0,mac=02:00:00:aa:bb:cc"
         ));
     }
