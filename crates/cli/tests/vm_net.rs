@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -16,8 +16,9 @@ use std::{
 
 use common::{stderr, World};
 
-/// A network namespace `sknet<pid>` holding `eth0` (10.a.b.2/24, default
-/// route via the host end), paired with `skh<pid>` (10.a.b.1/24) on the host.
+/// A network namespace `sknet<pid>` holding `eth0` (10.a.b.2/24 and
+/// fd77:a:b::2/64, default routes via the host end), paired with `skh<pid>`
+/// (10.a.b.1/24, fd77:a:b::1/64) on the host.
 struct PodNetns {
     name: String,
     host_veth: String,
@@ -76,7 +77,30 @@ impl PodNetns {
         pod.ip(&["addr", "add", &format!("{}/24", net(2)), "dev", "eth0"]);
         pod.ip(&["link", "set", "eth0", "up"]);
         pod.ip(&["route", "add", "default", "via", &net(1)]);
+        let net6 = |host: u8| format!("fd77:{}:{}::{host}", subnet[1], subnet[2]);
+        // nodad: usable at once (the guest's copy goes through DAD itself).
+        let host6 = format!("{}/64", net6(1));
+        sh(
+            "ip",
+            &["addr", "add", &host6, "dev", &pod.host_veth, "nodad"],
+        );
+        pod.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", net6(2)),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        pod.ip(&["-6", "route", "add", "default", "via", &net6(1)]);
         pod
+    }
+
+    /// The IPv6 address of the pod's interface.
+    fn pod_ip6(&self) -> Ipv6Addr {
+        format!("fd77:{}:{}::2", self.subnet[1], self.subnet[2])
+            .parse()
+            .unwrap()
     }
 
     /// The address of the pod's interface.
@@ -225,6 +249,11 @@ fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
     let reply = http_get(SocketAddr::from((pod.pod_ip(), 8080)), &w);
     assert!(reply.starts_with("HTTP/1."), "{reply}");
     assert!(reply.ends_with("\r\n\r\nhello from the pod\n"), "{reply}");
+    let reply = http_get(SocketAddr::from((pod.pod_ip6(), 8080)), &w);
+    assert!(
+        reply.ends_with("\r\n\r\nhello from the pod\n"),
+        "IPv6: {reply}"
+    );
     let ping = Command::new("/bin/busybox")
         .args(["ping", "-c", "1", "-W", "5", &pod.pod_ip().to_string()])
         .output()
