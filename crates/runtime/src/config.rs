@@ -78,6 +78,8 @@ pub struct Config {
     /// `[policy]`: the tenant policy floor every bundle must meet; all rules
     /// are off by default.
     pub policy: PolicyConfig,
+    /// `[pod]`: sizing of a Kubernetes pod's VM (containerd shim).
+    pub pod: PodConfig,
 }
 
 /// `[hypervisor]` section.
@@ -211,6 +213,28 @@ pub struct PolicyConfig {
     pub allowed_host_paths: Option<Vec<PathBuf>>,
 }
 
+/// `[pod]` section: a pod sandbox whose annotations give its resources
+/// (`io.kubernetes.cri.sandbox-cpu-quota`/`-cpu-period`/`-memory`) gets a VM
+/// of those resources plus this overhead (guest kernel and agent); one
+/// without them gets `hypervisor.vcpus` and `hypervisor.memory_mib`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodConfig {
+    /// `overhead_vcpus`: vCPUs added to the pod's CPU limit; default 1.
+    pub overhead_vcpus: u32,
+    /// `overhead_memory_mib`: MiB added to the pod's memory limit; default 128.
+    pub overhead_memory_mib: u32,
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        Self {
+            overhead_vcpus: 1,
+            overhead_memory_mib: 128,
+        }
+    }
+}
+
 impl GuestConfig {
     /// Path of the guest kernel image.
     pub fn kernel(&self) -> PathBuf {
@@ -278,6 +302,15 @@ impl Config {
             return Err(invalid(
                 "hypervisor.boot_attempts",
                 "must be between 1 and 10",
+            ));
+        }
+        if !(1..=64).contains(&self.pod.overhead_vcpus) {
+            return Err(invalid("pod.overhead_vcpus", "must be between 1 and 64"));
+        }
+        if !(64..=1024 * 1024).contains(&self.pod.overhead_memory_mib) {
+            return Err(invalid(
+                "pod.overhead_memory_mib",
+                "must be between 64 and 1048576",
             ));
         }
         let policy = &self.policy;
