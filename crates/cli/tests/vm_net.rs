@@ -200,15 +200,7 @@ fn create_in(w: &World, pod: &PodNetns, id: &str) {
         .unwrap()
         .push(serde_json::json!({"type": "network", "path": pod.path()}));
     std::fs::write(&config, spec.to_string()).unwrap();
-    let status = w
-        .skerry()
-        .args(["create", "--bundle", bundle.to_str().unwrap(), id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "create {id} failed\n{}", w.log());
+    w.create(&bundle, id);
     let links = pod.ip(&["-o", "link", "show"]);
     assert!(
         links.contains("tapsk"),
