@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what skerry needs on a Debian 12 host: QEMU, busybox (test and demo
+# Installs what skerry needs on a Debian 12 host: QEMU, iproute2 (pod taps), busybox (test and demo
 # bundles), the vhost-user back ends (virtiofsd, vhost-device-vsock) and
 # cargo-nextest. Idempotent: cargo install skips what is already there.
 set -euo pipefail
@@ -7,7 +7,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq \
-    qemu-system-x86 busybox-static cpio ca-certificates bsdutils \
+    qemu-system-x86 busybox-static cpio ca-certificates bsdutils iproute2 \
     podman containerd runc crun hyperfine \
     libseccomp-dev libcap-ng-dev pkg-config gcc >/dev/null
 echo "install-deps: apt packages ready"

@@ -3,6 +3,7 @@
 
 mod boot;
 mod cgroup;
+mod network;
 mod reaper;
 mod service;
 mod state;

@@ -9,6 +9,7 @@ use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
 use crate::boot;
+use crate::network;
 use crate::state::{AgentError, Sandbox};
 
 /// The agent's API implementation.
@@ -124,6 +125,7 @@ impl pb::Agent for AgentService {
         req: pb::CreateSandboxRequest,
     ) -> RpcResult<pb::Empty> {
         info!(sandbox_id = %req.sandbox_id.chars().take(128).collect::<String>(), "create sandbox");
+        let nics = network::parse(&req.interfaces).map_err(|e| to_status("CreateSandbox", e))?;
         boot::create_sandbox(
             self.guest,
             &req.hostname,
@@ -131,6 +133,11 @@ impl pb::Agent for AgentService {
             self.sandbox.shared_dir(),
         )
         .map_err(|e| to_status("CreateSandbox", e))?;
+        if self.guest {
+            network::configure(&nics)
+                .await
+                .map_err(|e| to_status("CreateSandbox", e))?;
+        }
         Ok(pb::Empty::new())
     }
 

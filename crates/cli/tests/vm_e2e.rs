@@ -237,17 +237,7 @@ fn vm_duplicate_id_is_refused_and_the_first_survives() {
     require_vm!();
     let w = World::new();
     let bundle = w.bundle("b", &["sleep", "1000"]);
-    // The container keeps the stdio it was created with: give the first
-    // create no pipe that the test would wait on.
-    let first = w
-        .skerry()
-        .args(["create", "--bundle", bundle.to_str().unwrap(), "dup"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(first.success(), "{}", w.log());
+    w.create(&bundle, "dup");
     let out = w.run(&["create", "--bundle", bundle.to_str().unwrap(), "dup"]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -262,15 +252,7 @@ fn vm_duplicate_id_is_refused_and_the_first_survives() {
 /// Creates and starts `id` running `sh -c 'touch /tmp/ready; exec sleep 1000'`.
 fn start_sleeper(w: &World, id: &str) -> std::path::PathBuf {
     let bundle = w.bundle(id, &["sh", "-c", "touch /tmp/ready; exec sleep 1000"]);
-    let ok = w
-        .skerry()
-        .args(["create", "--bundle", bundle.to_str().unwrap(), id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "create\n{}", w.log());
+    w.create(&bundle, id);
     let out = w.run(&["start", id]);
     assert!(out.status.success(), "start: {}", stderr(&out));
     wait_ready(w, &bundle);

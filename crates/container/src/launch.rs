@@ -310,6 +310,12 @@ pub fn container_clone_flags(spec: &Spec) -> (CloneFlags, Vec<String>) {
         .unwrap_or_default();
     for ns in namespaces {
         let t = ns.typ();
+        // A network namespace joined by path is the pod's (made by CNI on the
+        // host): inside the VM that is the guest's own, which holds the pod's
+        // NIC, so the container shares it; no path means a new, empty one.
+        if t == LinuxNamespaceType::Network && ns.path().is_some() {
+            continue;
+        }
         if let Some(path) = ns.path() {
             warnings.push(format!(
                 "linux.namespaces: joining {t} namespace {path:?} is not supported, ignored"
@@ -387,5 +393,16 @@ mod tests {
             exec_namespaces(flags),
             ["ipc", "uts", "net", "pid", "mnt"].map(String::from)
         );
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},
+            {"type":"network","path":"/var/run/netns/cni-1"}]}}"#,
+        )
+        .unwrap();
+        let (flags, warnings) = container_clone_flags(&spec);
+        assert!(
+            !flags.contains(CloneFlags::CLONE_NEWNET),
+            "the pod's netns is the guest's"
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }

@@ -52,6 +52,12 @@ pub const MAX_WRITE_LEN: usize = 1024 * 1024;
 /// virtio-fs tag of the sandbox's shared directory.
 pub const SHARED_FS_TAG: &str = "skerryfs";
 
+/// A MAC address as `Interface.mac` carries it: `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
 #[cfg(test)]
 mod tests {
     use protobuf::Message;

@@ -149,11 +149,17 @@ impl AgentConn {
     }
 
     /// Prepares the guest for containers.
-    pub async fn create_sandbox(&self, sandbox_id: &str, hostname: &str) -> Result<(), AgentError> {
+    pub async fn create_sandbox(
+        &self,
+        sandbox_id: &str,
+        hostname: &str,
+        interfaces: Vec<proto::Interface>,
+    ) -> Result<(), AgentError> {
         let req = proto::CreateSandboxRequest {
             sandbox_id: sandbox_id.into(),
             hostname: hostname.into(),
             shared_fs_tag: proto::SHARED_FS_TAG.into(),
+            interfaces,
             ..Default::default()
         };
         self.client

@@ -249,6 +249,23 @@ pub fn run(config: &Config) -> CheckReport {
     };
     report.push("cgroups", status, detail);
 
+    // Only specs that join a network namespace (pods) need these.
+    let (status, detail) = match (
+        Path::new("/dev/net/tun").exists(),
+        find_binary(Path::new("ip")),
+    ) {
+        (true, Some(ip)) => (Status::Ok, format!("/dev/net/tun, {}", ip.display())),
+        (false, _) => (
+            Status::Warn,
+            "no /dev/net/tun: pod networks (taps) cannot be made".into(),
+        ),
+        (true, None) => (
+            Status::Warn,
+            "no `ip` (iproute2): pod networks (taps) cannot be made".into(),
+        ),
+    };
+    report.push("pod network", status, detail);
+
     let (status, detail) = backend_row(&choice, kvm);
     report.push("backend", status, detail);
     report

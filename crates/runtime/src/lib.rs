@@ -14,6 +14,7 @@ pub mod image;
 pub mod lifecycle;
 pub mod monitor;
 pub mod mounts;
+pub mod net;
 pub mod policy;
 pub mod relay;
 pub mod sandbox;

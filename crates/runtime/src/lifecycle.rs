@@ -10,6 +10,7 @@ use crate::{
     control::{self, ControlError, ControlRequest},
     hooks::{run_hooks, HookKind},
     mounts::{mounted_under, HostMounts, SysMounts},
+    net,
     sandbox::SandboxPaths,
     state::{ContainerState, StateError, StateStore, Status},
 };
@@ -218,6 +219,13 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
     }
     for p in &s.vm_processes {
         p.kill_and_wait().await;
+    }
+    // A monitor that died left its tap in the pod's network namespace.
+    let spec = oci_spec::runtime::Spec::load(s.bundle.join("config.json")).ok();
+    if let Some(netns) = spec.as_ref().and_then(net::netns_path) {
+        if let Err(e) = net::disconnect(&netns, &net::tap_name(id)).await {
+            tracing::warn!(container = id, error = %e, "disconnecting the pod network");
+        }
     }
     let poststop = bundle_hooks(&s.bundle, HookKind::Poststop);
     if !poststop.is_empty() {

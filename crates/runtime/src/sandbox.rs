@@ -21,6 +21,7 @@ use crate::{
     config::{Config, HypervisorConfig, PolicyConfig},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     mounts::HostMounts,
+    net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
     share::{self, ShareError},
     state::StateStore,
@@ -50,6 +51,9 @@ pub enum SandboxError {
     /// Sharing host paths with the guest failed.
     #[error(transparent)]
     Shared(#[from] ShareError),
+    /// Connecting the VM to the pod's network failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// A directory of the sandbox could not be made.
     #[error("cannot create {path}")]
     Dir {
@@ -90,6 +94,9 @@ pub struct SandboxParams {
     pub boot_attempts: u32,
     /// The tenant policy floor the spec must meet.
     pub policy: PolicyConfig,
+    /// Owner (uid, gid) of a pod network's tap: the jail's, so that a jailed
+    /// skerry-vmm may attach to it (QEMU runs as root and may attach to any).
+    pub tap_owner: (u32, u32),
 }
 
 impl SandboxParams {
@@ -104,6 +111,7 @@ impl SandboxParams {
             boot_timeout: Duration::from_secs(config.hypervisor.boot_timeout_secs),
             boot_attempts: config.hypervisor.boot_attempts,
             policy: config.policy.clone(),
+            tap_owner: (config.hypervisor.jail_uid, config.hypervisor.jail_gid),
         }
     }
 }
@@ -141,6 +149,8 @@ pub struct Sandbox {
     /// Host bind mounts made for each container, in order.
     shared: std::sync::Mutex<HashMap<String, Vec<PathBuf>>>,
     mounts: Box<dyn HostMounts>,
+    /// The VM's NIC in the pod's network namespace.
+    net: Option<NetSpec>,
     /// The guest's kernel release, from the agent handshake.
     pub kernel_release: String,
     /// Where the start-up time went.
@@ -200,8 +210,18 @@ impl Sandbox {
         // Checked before anything starts, and again by `add_container`.
         policy::check(&params.policy, &bundle.spec)?;
         let started = Instant::now();
-        let mut sandbox =
-            Self::boot(id, &hostname(bundle, id), params, paths, launcher, mounts).await?;
+        let hostname = hostname(bundle, id);
+        let netns = net::netns_path(&bundle.spec);
+        let mut sandbox = Self::boot(
+            id,
+            &hostname,
+            netns.as_deref(),
+            params,
+            paths,
+            launcher,
+            mounts,
+        )
+        .await?;
         if let Err(e) = sandbox.add_container(id, bundle).await {
             sandbox.shutdown().await;
             return Err(e);
@@ -212,10 +232,12 @@ impl Sandbox {
     }
 
     /// Boots the VM of sandbox `id`, connects the agent and prepares the
-    /// guest (hostname, shared directory); containers are added later.
+    /// guest (hostname, shared directory, and the network of the pod's
+    /// network namespace `netns`, if any); containers are added later.
     pub async fn boot(
         id: &str,
         hostname: &str,
+        netns: Option<&Path>,
         params: &SandboxParams,
         paths: &SandboxPaths,
         launcher: &dyn VmLauncher,
@@ -234,6 +256,17 @@ impl Sandbox {
                 path: paths.shared_dir.clone(),
                 source,
             })?;
+        let unshare_dir = |mounts: &dyn HostMounts| {
+            share::unshare(mounts, std::slice::from_ref(&paths.shared_dir))
+        };
+        let network = match connect_network(id, netns, params.tap_owner).await {
+            Ok(network) => network,
+            Err(e) => {
+                unshare_dir(mounts.as_ref());
+                return Err(e);
+            }
+        };
+        let nic = network.as_ref().map(|n| n.nic.clone());
         let started = Instant::now();
         let spec = VmSpec {
             id: id.to_string(),
@@ -245,22 +278,23 @@ impl Sandbox {
             memory_mib: params.memory_mib,
             shared_dir: paths.shared_dir.clone(),
             console_log: paths.console_log.clone(),
-        };
-        let unshare_dir = |mounts: &dyn HostMounts| {
-            share::unshare(mounts, std::slice::from_ref(&paths.shared_dir))
+            net: nic.clone(),
         };
         let (mut vm, agent, check) = match boot(launcher, &spec, params).await {
             Ok(booted) => booted,
             Err(e) => {
                 unshare_dir(mounts.as_ref());
+                disconnect_network(id, nic.as_ref()).await;
                 return Err(e);
             }
         };
-        if let Err(e) = agent.create_sandbox(id, hostname).await {
+        let interfaces = network.map(|n| vec![n.guest]).unwrap_or_default();
+        if let Err(e) = agent.create_sandbox(id, hostname, interfaces).await {
             if let Err(stop) = vm.stop().await {
                 warn!(sandbox = id, error = %stop, "stopping VM after failed create");
             }
             unshare_dir(mounts.as_ref());
+            disconnect_network(id, nic.as_ref()).await;
             return Err(e.into());
         }
         let timings = BootTimings {
@@ -278,6 +312,7 @@ impl Sandbox {
             policy: params.policy.clone(),
             shared: std::sync::Mutex::new(HashMap::new()),
             mounts,
+            net: nic,
             kernel_release: check.kernel_release,
             timings,
         })
@@ -370,6 +405,37 @@ impl Sandbox {
             self.mounts.as_ref(),
             std::slice::from_ref(&self.paths.shared_dir),
         );
+        disconnect_network(&self.id, self.net.as_ref()).await;
+    }
+}
+
+/// Connects sandbox `id` to the pod network in `netns`, if there is one.
+async fn connect_network(
+    id: &str,
+    netns: Option<&Path>,
+    tap_owner: (u32, u32),
+) -> Result<Option<PodNetwork>, SandboxError> {
+    let Some(netns) = netns else {
+        return Ok(None);
+    };
+    let network = net::connect(netns, &net::tap_name(id), tap_owner).await?;
+    match &network {
+        Some(n) => {
+            info!(sandbox = id, netns = %netns.display(), tap = %n.nic.tap, mac = %n.nic.mac, "pod network connected")
+        }
+        None => {
+            info!(sandbox = id, netns = %netns.display(), "no interface in the pod's network namespace; no NIC")
+        }
+    }
+    Ok(network)
+}
+
+/// Undoes [`connect_network`]; failures are logged.
+async fn disconnect_network(id: &str, nic: Option<&NetSpec>) {
+    if let Some(nic) = nic {
+        if let Err(e) = net::disconnect(&nic.netns, &nic.tap).await {
+            warn!(sandbox = id, error = %e, "disconnecting the pod network");
+        }
     }
 }
 

@@ -435,6 +435,7 @@ fn params(policy: PolicyConfig) -> SandboxParams {
         boot_timeout: Duration::from_secs(5),
         boot_attempts: 1,
         policy,
+        tap_owner: (10000, 10000),
     }
 }
 
@@ -565,6 +566,7 @@ async fn one_sandbox_holds_several_containers_and_undoes_each_share() {
     let sandbox = Sandbox::boot(
         "pod",
         "pod",
+        None,
         &params(PolicyConfig::default()),
         &paths,
         &h.launcher,

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -119,11 +120,11 @@ impl std::fmt::Debug for Pod {
 }
 
 impl Pod {
-    /// Boots the VM of pod `id` (its state directory exists), sized
-    /// `vcpus` × `memory_mib`.
+    /// Boots the VM of pod `id` (its state directory exists) with the
+    /// sandbox's hostname and network namespace, sized `vcpus` × `memory_mib`.
     pub async fn boot(
         id: &str,
-        hostname: &str,
+        (hostname, netns): (&str, Option<&Path>),
         config: &Config,
         store: &StateStore,
         (vcpus, memory_mib): (u32, u32),
@@ -136,6 +137,7 @@ impl Pod {
         let sandbox = Sandbox::boot(
             id,
             hostname,
+            netns,
             &params,
             &paths,
             &launcher,

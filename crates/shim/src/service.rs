@@ -29,7 +29,7 @@ use containerd_shim::{
     },
     TtrpcResult,
 };
-use skerry_runtime::{lifecycle, monitor::error_chain, sandbox, state::StateStore};
+use skerry_runtime::{lifecycle, monitor::error_chain, net, sandbox, state::StateStore};
 use tracing::{info, warn};
 
 use crate::{
@@ -139,8 +139,10 @@ impl TaskService {
             Some(pod) => (pod, false),
             None if sandbox_id == prepared.id => {
                 let hostname = sandbox::hostname(&prepared.bundle, &sandbox_id);
+                let netns = net::netns_path(&prepared.bundle.spec);
                 let size = pod::vm_size(&annotations, config)?;
-                let pod = Pod::boot(&sandbox_id, &hostname, config, &self.store, size).await?;
+                let guest = (hostname.as_str(), netns.as_deref());
+                let pod = Pod::boot(&sandbox_id, guest, config, &self.store, size).await?;
                 (pod, true)
             }
             None => {

@@ -157,6 +157,21 @@ impl World {
             .unwrap()
     }
 
+    /// `skerry create --bundle BUNDLE ID` with no stdio (the container keeps
+    /// the stdio it was created with: no pipe the test would wait on);
+    /// asserts success.
+    pub fn create(&self, bundle: &Path, id: &str) {
+        let status = self
+            .skerry()
+            .args(["create", "--bundle", bundle.to_str().unwrap(), id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "create {id} failed\n{}", self.log());
+    }
+
     /// Host processes whose command line mentions this world (monitor,
     /// QEMU, virtiofsd, vsock back end).
     pub fn processes(&self) -> Vec<String> {

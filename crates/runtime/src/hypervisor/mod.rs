@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::config::HypervisorConfig;
+use crate::net::{NetError, NetSpec};
 
 /// Longest path a Unix socket address can hold (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -52,6 +53,10 @@ pub struct VmSpec {
     pub shared_dir: PathBuf,
     /// File that receives the guest serial console.
     pub console_log: PathBuf,
+    /// The VM's NIC, when the pod has a network: the backend runs the VMM
+    /// in `net.netns` and backs a virtio-net device with MAC `net.mac` by
+    /// the tap `net.tap` there.
+    pub net: Option<NetSpec>,
 }
 
 impl VmSpec {
@@ -184,6 +189,9 @@ pub enum HypervisorError {
     /// A file in the run dir could not be created or removed.
     #[error("cannot prepare {0}")]
     RunDir(PathBuf, #[source] std::io::Error),
+    /// The pod's network namespace could not be entered.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The hypervisor is not running (any more).
     #[error("VM {0} is not running")]
     NotRunning(String),

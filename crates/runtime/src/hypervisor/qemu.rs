@@ -15,6 +15,7 @@ use super::process::{resolve, spawn, start_failed, wait_for_socket, ProcExit, Pr
 use super::virtiofsd::{pid_file, spawn_virtiofsd, stop_virtiofsd};
 use super::{HypervisorError, Vm, VmExit, VmSpec, GUEST_CID, MAX_SOCKET_PATH};
 use crate::config::HypervisorConfig;
+use crate::net::NetSpec;
 
 /// How long the vhost-user backends get to create their sockets.
 const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,6 +90,7 @@ struct QemuPlan {
     cmdline: String,
     console_log: PathBuf,
     sockets: Sockets,
+    net: Option<NetSpec>,
 }
 
 /// A running QEMU microvm and its device backends.
@@ -129,6 +131,7 @@ pub(crate) async fn launch(
         cmdline,
         console_log: spec.console_log.clone(),
         sockets: sockets.clone(),
+        net: spec.net.clone(),
     };
 
     let mut vm = QemuVm {
@@ -205,7 +208,18 @@ impl QemuVm {
         let mut cmd = Command::new(qemu_bin);
         cmd.args(qemu_args(plan));
         tracing::debug!(sandbox = %spec.id, args = ?qemu_args(plan), "starting qemu");
-        self.qemu = Some(spawn("qemu", qemu_bin, cmd, &qemu_log)?);
+        let qemu = match &spec.net {
+            // The tap is only visible in the pod's namespace: QEMU runs there.
+            Some(net) => {
+                let rt = tokio::runtime::Handle::current();
+                crate::net::run_in_netns(&net.netns, || {
+                    let _rt = rt.enter();
+                    spawn("qemu", qemu_bin, cmd, &qemu_log)
+                })??
+            }
+            None => spawn("qemu", qemu_bin, cmd, &qemu_log)?,
+        };
+        self.qemu = Some(qemu);
         let qemu = self.qemu.as_ref().expect("spawned above");
         let reader = qmp_handshake(qemu, &self.sockets.qmp, &qemu_log).await?;
         self.qmp_reader = Some(reader);
@@ -340,7 +354,7 @@ fn opt_path(p: &Path) -> String {
 fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
     let accel = if plan.kvm { "kvm" } else { "tcg" };
     let s = &plan.sockets;
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "-M".into(),
         format!(
             "microvm,accel={accel},acpi=on,pit=off,pic=off,rtc=on,isa-serial=on,memory-backend=mem"
@@ -384,6 +398,17 @@ fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
         "-append".into(),
         plan.cmdline.clone(),
     ];
+    if let Some(net) = &plan.net {
+        args.extend([
+            "-netdev".into(),
+            format!(
+                "tap,id=net0,ifname={},script=no,downscript=no",
+                net.tap.replace(',', ",,")
+            ),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+        ]);
+    }
     args.into_iter().map(OsString::from).collect()
 }
 
@@ -476,6 +501,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             console_log: "/r/con,sole.log".into(),
             sockets: Sockets::new(Path::new("/r")).unwrap(),
+            net: None,
         }
     }
 
@@ -504,6 +530,22 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         assert!(joined.contains("accel=kvm") && joined.contains("-cpu host"));
+        assert!(!joined.contains("-netdev"));
+        let mut net = plan();
+        net.net = Some(NetSpec {
+            netns: "/var/run/netns/pod".into(),
+            tap: "tapsk0123456789".into(),
+            mac: "02:00:00:aa:bb:cc".into(),
+        });
+        let joined = qemu_args(&net)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains(
+            "-netdev tap,id=net0,ifname=tapsk0123456789,script=no,downscript=no \
+             -device virtio-net-device,netdev=net0,mac=02:00:00:aa:bb:cc"
+        ));
     }
 
     #[test]

@@ -37,6 +37,7 @@ use super::virtiofsd::{spawn_virtiofsd, stop_virtiofsd};
 use super::{HypervisorError, Vm, VmExit, VmSpec, GUEST_CID, MAX_SOCKET_PATH};
 use crate::check::{cgroup_layout, CgroupLayout};
 use crate::config::HypervisorConfig;
+use crate::net::NetSpec;
 use crate::state::ProcessId;
 
 /// The run dir's subdirectory bound into the jail at `/vm`.
@@ -138,6 +139,8 @@ struct JailPlan {
     cmdline: String,
     vcpus: u32,
     memory_mib: u32,
+    /// The pod NIC: the VMM runs in its namespace and attaches to its tap.
+    net: Option<NetSpec>,
 }
 
 /// A file's base name as the VMM is told it (UTF-8).
@@ -191,6 +194,7 @@ impl JailPlan {
             cmdline: spec.kernel_cmdline(None),
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
+            net: spec.net.clone(),
         })
     }
 
@@ -263,8 +267,17 @@ fn jailer_args(p: &JailPlan) -> Vec<OsString> {
             .map(OsString::from),
         );
     }
+    if let Some(net) = &p.net {
+        // The tap is only visible in the pod's namespace, and belongs to the jail uid.
+        args.extend([
+            "--netns".into(),
+            net.netns.clone().into(),
+            "--device".into(),
+            "/dev/net/tun".into(),
+        ]);
+    }
     let jail_sock = |name: &str| format!("/{SOCK_DIR}/{name}");
-    let vmm: Vec<String> = vec![
+    let mut vmm: Vec<String> = vec![
         "--kernel".into(),
         format!("/{}", p.kernel_name),
         "--initrd".into(),
@@ -286,6 +299,14 @@ fn jailer_args(p: &JailPlan) -> Vec<OsString> {
         "--fs-tag".into(),
         skerry_protocol::SHARED_FS_TAG.into(),
     ];
+    if let Some(net) = &p.net {
+        vmm.extend([
+            "--net-tap".into(),
+            net.tap.clone(),
+            "--net-mac".into(),
+            net.mac.clone(),
+        ]);
+    }
     args.push("--".into());
     args.extend(vmm.into_iter().map(OsString::from));
     args
@@ -575,6 +596,7 @@ mod tests {
             memory_mib: 256,
             shared_dir: "/run/skerry/ctr_1.a/shared".into(),
             console_log: "/run/skerry/ctr_1.a/console.log".into(),
+            net: None,
         }
     }
 
@@ -649,6 +671,32 @@ mod tests {
         let none = plan(None);
         assert_eq!(none.cgroup_dir(), None);
         assert!(!strings(jailer_args(&none)).contains(&"--cgroup-version".to_string()));
+    }
+
+    #[test]
+    fn a_pod_nic_puts_the_vmm_in_the_pod_netns_on_its_tap() {
+        let cfg = HypervisorConfig::default();
+        let with_net = VmSpec {
+            net: Some(NetSpec {
+                netns: "/var/run/netns/pod".into(),
+                tap: "tapsk0123456789".into(),
+                mac: "02:00:00:aa:bb:cc".into(),
+            }),
+            ..spec()
+        };
+        let p = JailPlan::new(&cfg, &with_net, "/x/skerry-vmm".into(), None).unwrap();
+        let args = strings(jailer_args(&p)).join(" ");
+        let (jail, vmm) = args.split_once(" -- ").unwrap();
+        assert!(
+            jail.ends_with("--netns /var/run/netns/pod --device /dev/net/tun"),
+            "{jail}"
+        );
+        assert!(
+            vmm.ends_with("--net-tap tapsk0123456789 --net-mac 02:00:00:aa:bb:cc"),
+            "{vmm}"
+        );
+        let without = strings(jailer_args(&plan(None))).join(" ");
+        assert!(!without.contains("--netns") && !without.contains("--net-tap"));
     }
 
     #[test]
