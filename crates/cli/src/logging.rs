@@ -23,7 +23,13 @@ use crate::LogFormat;
 
 /// Routes tracing output to `file` (appending) or to stderr.
 pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Result<()> {
-    let level = if debug { "debug" } else { "info" };
+    // libcgroups warns about every v1 controller the host lacks, on every
+    // container-mode operation: only its errors matter without --debug.
+    let level = if debug {
+        "debug"
+    } else {
+        "info,libcgroups=error"
+    };
     let filter = EnvFilter::try_from_env("SKERRY_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = fmt().with_env_filter(filter).with_ansi(false);
     match file {
@@ -41,7 +47,11 @@ pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resu
         }
         None => {
             // Without --log only warnings reach stderr, unless --debug.
-            let filter = if debug { "debug" } else { "warn" };
+            let filter = if debug {
+                "debug"
+            } else {
+                "warn,libcgroups=error"
+            };
             let builder = fmt()
                 .with_env_filter(EnvFilter::new(filter))
                 .with_ansi(false)

@@ -10,6 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Isolation;
+
 /// Default state root.
 pub const DEFAULT_ROOT: &str = "/run/skerry";
 
@@ -148,6 +150,9 @@ pub struct ContainerState {
     /// The spec's annotations.
     #[serde(default)]
     pub annotations: HashMap<String, String>,
+    /// How the container is isolated (state files without it are VMs').
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl ContainerState {
@@ -310,6 +315,7 @@ mod tests {
             exit_status: None,
             created: "2026-01-01T00:00:00Z".into(),
             annotations: HashMap::new(),
+            isolation: Isolation::Vm,
         }
     }
 

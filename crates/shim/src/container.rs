@@ -28,7 +28,7 @@ use nix::sys::signal::Signal;
 use skerry_runtime::{
     agent_client::{AgentConn, Proc},
     bundle::Bundle,
-    config::Config,
+    config::{Config, Isolation},
     lifecycle,
     monitor::{error_chain, now_rfc3339, VM_LOST_STATUS},
     mounts::{HostMounts, SysMounts},
@@ -559,6 +559,7 @@ async fn boot(
         exit_status: None,
         created: now_rfc3339(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        isolation: Isolation::Vm,
     };
     store.save(&state)?;
     let (stdio, stdin_end) = stdio::open(io)?;
