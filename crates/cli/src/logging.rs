@@ -23,12 +23,13 @@ use crate::LogFormat;
 
 /// Routes tracing output to `file` (appending) or to stderr.
 pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Result<()> {
-    // libcgroups warns about every v1 controller the host lacks, on every
-    // container-mode operation: only its errors matter without --debug.
+    // libcgroups warns about every v1 controller the host lacks, and
+    // libcontainer's seccomp about every syscall libseccomp does not know, on
+    // every container-mode operation: only their errors matter without --debug.
     let level = if debug {
         "debug"
     } else {
-        "info,libcgroups=error"
+        "info,libcgroups=error,libcontainer::seccomp=error"
     };
     let filter = EnvFilter::try_from_env("SKERRY_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = fmt().with_env_filter(filter).with_ansi(false);
@@ -46,11 +47,12 @@ pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resu
             }
         }
         None => {
-            // Without --log only warnings reach stderr, unless --debug.
+            // Without --log only warnings reach stderr, unless --debug; none
+            // of libcontainer's, whose container init shares the container's stderr.
             let filter = if debug {
                 "debug"
             } else {
-                "warn,libcgroups=error"
+                "warn,libcgroups=error,libcontainer=error"
             };
             let builder = fmt()
                 .with_env_filter(EnvFilter::new(filter))

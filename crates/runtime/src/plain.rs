@@ -20,6 +20,7 @@ use libcontainer::{
     signal::Signal,
     syscall::syscall::SyscallType,
 };
+use nix::fcntl::{Flock, FlockArg};
 use oci_spec::runtime::Spec;
 
 use crate::{
@@ -31,6 +32,9 @@ use crate::{
 
 /// libcontainer's root inside a container's state directory.
 const LIBCONTAINER_DIR: &str = "lc";
+
+/// The lock file in libcontainer's root (see [`locked`]).
+const LOCK_FILE: &str = "lock";
 
 /// Failure of a container-mode operation.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +151,30 @@ fn builder(
         .map_err(lc_error(id, what))
 }
 
+/// Runs `f` holding the container's lock: libcontainer rewrites its state
+/// file in place, so two commands on one container must not overlap.
+fn locked<T>(
+    store: &StateStore,
+    id: &str,
+    f: impl FnOnce() -> Result<T, PlainError>,
+) -> Result<T, PlainError> {
+    let path = lc_root(store, id).join(LOCK_FILE);
+    let io = |source| PlainError::Io {
+        id: id.into(),
+        path: path.clone(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    let _lock = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+    f()
+}
+
 fn load(store: &StateStore, id: &str) -> Result<Container, PlainError> {
     Container::load(lc_root(store, id).join(id)).map_err(lc_error(id, "loading its state"))
 }
@@ -239,14 +267,15 @@ fn create_in(
     .with_no_pivot(opts.no_pivot)
     .build()
     .map_err(lc_error(id, "create"))?;
-    let pid = container
-        .pid()
-        .map(|p| p.as_raw() as u32)
-        .ok_or_else(|| PlainError::Libcontainer {
-            id: id.into(),
-            what: "create",
-            source: LibcontainerError::Other("no init pid recorded".into()),
-        })?;
+    let pid =
+        container
+            .pid()
+            .map(|p| p.as_raw() as u32)
+            .ok_or_else(|| PlainError::Libcontainer {
+                id: id.into(),
+                what: "create",
+                source: LibcontainerError::Other("no init pid recorded".into()),
+            })?;
     let state = ContainerState {
         id: id.to_string(),
         bundle: bundle.dir.clone(),
@@ -273,67 +302,79 @@ fn record(store: &StateStore, state: &ContainerState, status: Status) -> Result<
 /// Starts a created container (runs its poststart hooks).
 pub fn start(store: &StateStore, state: &ContainerState) -> Result<(), PlainError> {
     let id = &state.id;
-    load(store, id)?.start().map_err(lc_error(id, "start"))?;
-    record(store, state, Status::Running)
+    locked(store, id, || {
+        load(store, id)?.start().map_err(lc_error(id, "start"))?;
+        record(store, state, Status::Running)
+    })
 }
 
 /// Freezes (`pause`) or thaws the container's cgroup.
 pub fn pause(store: &StateStore, state: &ContainerState, pause: bool) -> Result<(), PlainError> {
     let id = &state.id;
-    let mut container = load(store, id)?;
-    if pause {
-        container.pause().map_err(lc_error(id, "pause"))?;
-        record(store, state, Status::Paused)
-    } else {
-        container.resume().map_err(lc_error(id, "resume"))?;
-        record(store, state, Status::Running)
-    }
+    locked(store, id, || {
+        let mut container = load(store, id)?;
+        if pause {
+            container.pause().map_err(lc_error(id, "pause"))?;
+            record(store, state, Status::Paused)
+        } else {
+            container.resume().map_err(lc_error(id, "resume"))?;
+            record(store, state, Status::Running)
+        }
+    })
 }
 
 /// Sends `signal` to the init (or every process of the container).
 pub fn kill(store: &StateStore, id: &str, signal: i32, all: bool) -> Result<(), PlainError> {
     let signal = Signal::try_from(signal).map_err(|_| PlainError::Signal(signal))?;
-    load(store, id)?
-        .kill(signal, all)
-        .map_err(lc_error(id, "kill"))
+    locked(store, id, || {
+        load(store, id)?
+            .kill(signal, all)
+            .map_err(lc_error(id, "kill"))
+    })
 }
 
 /// Kills what is left (with `force`), runs poststop hooks, removes the
 /// cgroup and every piece of state.
 pub fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), PlainError> {
-    match load(store, id) {
-        Ok(mut container) => container.delete(force).map_err(lc_error(id, "delete"))?,
-        // A create that died before libcontainer wrote its state.
-        Err(e) if !lc_root(store, id).join(id).exists() => {
-            tracing::warn!(container = id, error = %e, "no libcontainer state");
+    locked(store, id, || {
+        match load(store, id) {
+            Ok(mut container) => container.delete(force).map_err(lc_error(id, "delete"))?,
+            // A create that died before libcontainer wrote its state.
+            Err(e) if !lc_root(store, id).join(id).exists() => {
+                tracing::warn!(container = id, error = %e, "no libcontainer state");
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
-    }
-    Ok(store.remove(id)?)
+        Ok(store.remove(id)?)
+    })
 }
 
 /// Runs a new process in the running container; returns its host pid.
 pub fn exec(store: &StateStore, id: &str, opts: &ExecOptions) -> Result<u32, PlainError> {
-    let pid = builder(
-        store,
-        id,
-        opts.pid_file.as_deref(),
-        opts.console_socket.as_deref(),
-        opts.preserve_fds,
-    )?
-    .as_tenant()
-    .with_detach(opts.detached)
-    .with_process(Some(&opts.process_file))
-    .build()
-    .map_err(lc_error(id, "exec"))?;
+    let pid = locked(store, id, || {
+        builder(
+            store,
+            id,
+            opts.pid_file.as_deref(),
+            opts.console_socket.as_deref(),
+            opts.preserve_fds,
+        )?
+        .as_tenant()
+        .with_detach(opts.detached)
+        .with_process(Some(&opts.process_file))
+        .build()
+        .map_err(lc_error(id, "exec"))
+    })?;
     Ok(pid.as_raw() as u32)
 }
 
 /// Host pids of every process in the container's cgroup.
 pub fn pids(store: &StateStore, id: &str) -> Result<Vec<u32>, PlainError> {
-    let config = load(store, id)?
-        .spec()
-        .map_err(lc_error(id, "reading its config"))?;
+    let config = locked(store, id, || {
+        load(store, id)?
+            .spec()
+            .map_err(lc_error(id, "reading its config"))
+    })?;
     let cgroup = |e: &dyn std::fmt::Display| PlainError::Cgroup {
         id: id.into(),
         message: e.to_string(),
