@@ -1,6 +1,8 @@
 //! Tier 3 with real clients: Podman (through conmon) and containerd's runc
 //! shim drive the `skerry` binary as their OCI runtime; every container runs
-//! in its own VM.
+//! in its own VM, except in the side-by-side tests, where a second runtime
+//! binary with its own config file (as a RuntimeClass would point at) runs a
+//! container in container mode next to a VM one.
 
 mod common;
 
@@ -32,24 +34,36 @@ macro_rules! require_tool {
 
 /// A runtime wrapper script: skerry with this world's config and root.
 fn runtime_wrapper(w: &World) -> PathBuf {
-    let path = w.tmp.path().join("skerry-runtime");
+    wrapper(w, "skerry-runtime", &w.config)
+}
+
+/// A runtime wrapper script named `name`: skerry with `config` and this
+/// world's root.
+fn wrapper(w: &World, name: &str, config: &Path) -> PathBuf {
+    let path = w.tmp.path().join(name);
     std::fs::write(
         &path,
         format!(
             "#!/bin/sh\nexec {} --root {} --config {} --log {} \"$@\"\n",
             env!("CARGO_BIN_EXE_skerry"),
             w.root.display(),
-            w.config.display(),
+            config.display(),
             w.tmp.path().join("skerry.log").display(),
         ),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&path).unwrap().permissions(),
-        0o755,
-    );
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     path
+}
+
+/// A second runtime binary whose config (this world's, plus
+/// `isolation = "container"`) runs containers in container mode.
+fn plain_wrapper(w: &World) -> PathBuf {
+    let config = w.tmp.path().join("plain.toml");
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str("[runtime]\nisolation = \"container\"\n");
+    std::fs::write(&config, text).unwrap();
+    wrapper(w, "skerry-plain", &config)
 }
 
 /// Podman with storage in the world's temp dir and skerry as its runtime.
@@ -224,6 +238,49 @@ fn vm_podman_interactive_terminal_gets_a_shell_prompt() {
     assert_eq!(out.status.code(), Some(5), "{text:?}\n{}", stderr(&out));
 }
 
+#[test]
+fn vm_podman_runs_a_plain_container_beside_a_vm_one() {
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let plain = plain_wrapper(&w);
+    let out = p.run(&[
+        "-d",
+        "--name",
+        "plain1",
+        "--runtime",
+        plain.to_str().unwrap(),
+        "localhost/bb",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    // The VM container runs while the plain one does.
+    let out = p.run(&["--rm", "localhost/bb", "cat", "/proc/version"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    assert!(
+        stdout(&out).starts_with("Linux version 6.1."),
+        "{}",
+        stdout(&out)
+    );
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    let exec = p.ok(&["exec", "plain1", "cat", "/proc/version"]);
+    assert_eq!(exec, host, "the plain container runs on the host kernel");
+    let out = p
+        .cmd()
+        .args(["exec", "plain1", "sh", "-c", "exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    p.ok(&["rm", "-f", "-t", "1", "plain1"]);
+    assert_eq!(w.settled_processes(), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(&w.root).map(|d| d.count()).unwrap_or(0),
+        0,
+        "state left"
+    );
+}
+
 /// containerd with its root, state and socket in the world's temp dir.
 struct Containerd {
     child: Child,
@@ -396,6 +453,115 @@ fn vm_containerd_runc_shim_runs_execs_and_kills() {
     // Nothing of either container survives on the host.
     let leftovers: Vec<String> = processes_mentioning(&["ctr1", "ctr2"]);
     assert_eq!(leftovers, Vec::<String>::new());
+}
+
+#[test]
+fn vm_containerd_runc_shim_runs_a_plain_container_beside_a_vm_one() {
+    require_tool!("/usr/bin/containerd");
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let archive = w.tmp.path().join("bb-oci.tar");
+    p.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        "localhost/bb:latest",
+    ]);
+    let c = Containerd::start(&w);
+    let out = c
+        .ctr()
+        .args(["image", "import", "--base-name", "localhost/bb"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ctr import: {}", stderr(&out));
+    let plain = plain_wrapper(&w);
+    let out = c
+        .ctr()
+        .args(["run", "-d", "--runc-binary"])
+        .arg(&plain)
+        .args(["localhost/bb:latest", "plain2", "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    let vm = p.runtime.to_str().unwrap().to_string();
+    let out = c
+        .ctr()
+        .args([
+            "run",
+            "--rm",
+            "--runc-binary",
+            &vm,
+            "localhost/bb:latest",
+            "vm2",
+            "cat",
+            "/proc/version",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run: {}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    assert!(
+        stdout(&out).starts_with("Linux version 6.1."),
+        "{}",
+        stdout(&out)
+    );
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    let out = c
+        .ctr()
+        .args([
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "plain2",
+            "cat",
+            "/proc/version",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), host, "{}", stderr(&out));
+    let out = c
+        .ctr()
+        .args(["task", "kill", "-s", "SIGKILL", "plain2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls = stdout(&c.ctr().args(["task", "ls"]).output().unwrap());
+        if ls
+            .lines()
+            .any(|l| l.starts_with("plain2") && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task did not stop: {ls}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c.ctr().args(["task", "delete", "plain2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = c.ctr().args(["container", "rm", "plain2"]).output();
+    assert_eq!(
+        processes_mentioning(&["plain2", "vm2"]),
+        Vec::<String>::new()
+    );
 }
 
 /// Host processes whose command line contains one of `needles` as a word.

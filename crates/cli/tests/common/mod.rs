@@ -266,6 +266,16 @@ impl World {
         found
     }
 
+    /// [`World::processes`] once they are gone, or after 10 s (helpers such
+    /// as conmon exit shortly after the container).
+    pub fn settled_processes(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.processes().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.processes()
+    }
+
     /// Mounts under this world.
     pub fn mounts(&self) -> Vec<String> {
         let needle = self.tmp.path().to_string_lossy().to_string();
@@ -280,12 +290,8 @@ impl World {
     /// Asserts that container `id` left nothing behind: no process, no
     /// mount, no state directory (and so no socket).
     pub fn assert_clean(&self, id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.processes().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
         assert_eq!(
-            self.processes(),
+            self.settled_processes(),
             Vec::<String>::new(),
             "processes left behind"
         );
