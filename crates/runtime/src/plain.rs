@@ -49,9 +49,9 @@ pub enum PlainError {
         id: String,
         /// The operation.
         what: &'static str,
-        /// The cause.
+        /// The cause (boxed: libcontainer's error is large).
         #[source]
-        source: LibcontainerError,
+        source: Box<LibcontainerError>,
     },
     /// Not a signal number.
     #[error("invalid signal number {0}")]
@@ -124,7 +124,7 @@ fn lc_error<'a>(
     move |source| PlainError::Libcontainer {
         id: id.to_string(),
         what,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -274,7 +274,7 @@ fn create_in(
             .ok_or_else(|| PlainError::Libcontainer {
                 id: id.into(),
                 what: "create",
-                source: LibcontainerError::Other("no init pid recorded".into()),
+                source: Box::new(LibcontainerError::Other("no init pid recorded".into())),
             })?;
     let state = ContainerState {
         id: id.to_string(),
