@@ -35,16 +35,15 @@ allowed_host_paths = []
 
 /// A world whose guest image is missing, with `policy` appended to its config.
 fn world(policy: &str) -> World {
-    let w = World::with_image(Path::new("/nonexistent-image"));
-    let mut config = fs::read_to_string(&w.config).unwrap();
-    config.push_str(policy);
-    fs::write(&w.config, config).unwrap();
-    w
+    with_policy(World::with_image(Path::new("/nonexistent-image")), policy)
 }
 
 /// A container-mode world with `policy` appended to its config.
 fn plain_world(policy: &str) -> World {
-    let w = World::plain();
+    with_policy(World::plain(), policy)
+}
+
+fn with_policy(w: World, policy: &str) -> World {
     let mut config = fs::read_to_string(&w.config).unwrap();
     config.push_str(policy);
     fs::write(&w.config, config).unwrap();

@@ -60,21 +60,6 @@ pub fn vm_skip_reason() -> Option<String> {
     None
 }
 
-/// Skips the calling test with a printed reason when VMs cannot run here;
-/// under `SKERRY_E2E_REQUIRED=1` (set by scripts/test.sh) that is a failure.
-#[macro_export]
-macro_rules! require_vm {
-    () => {
-        if let Some(reason) = common::vm_skip_reason() {
-            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("VM test cannot run: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-}
-
 /// Why container-mode tests cannot run here, if they cannot.
 pub fn plain_skip_reason() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
@@ -86,18 +71,35 @@ pub fn plain_skip_reason() -> Option<String> {
     None
 }
 
-/// Skips the calling test with a printed reason when container mode cannot
-/// run here; under `SKERRY_E2E_REQUIRED=1` that is a failure.
+/// Skips the calling test when `$reason` (an `Option<String>`) is `Some`,
+/// printing it; under `SKERRY_E2E_REQUIRED=1` (set by scripts/test.sh) that
+/// is a failure instead.
 #[macro_export]
-macro_rules! require_plain {
-    () => {
-        if let Some(reason) = common::plain_skip_reason() {
+macro_rules! skip_if {
+    ($reason:expr, $what:literal) => {
+        if let Some(reason) = $reason {
             if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("container-mode test cannot run: {reason}");
+                panic!("{} cannot run: {reason}", $what);
             }
             eprintln!("SKIPPED: {reason}");
             return;
         }
+    };
+}
+
+/// Skips the calling test when VMs cannot run here.
+#[macro_export]
+macro_rules! require_vm {
+    () => {
+        $crate::skip_if!(common::vm_skip_reason(), "VM test")
+    };
+}
+
+/// Skips the calling test when container mode cannot run here.
+#[macro_export]
+macro_rules! require_plain {
+    () => {
+        $crate::skip_if!(common::plain_skip_reason(), "container-mode test")
     };
 }
 
