@@ -152,7 +152,7 @@ fn vm_podman_run_rm_shows_the_guest_kernel_and_exit_status() {
     );
     let out = p.run(&["--rm", "localhost/bb", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}\n{}", stderr(&out), w.log());
-    assert_eq!(w.processes(), Vec::<String>::new());
+    assert_eq!(w.settled_processes(), Vec::<String>::new());
     assert_eq!(w.mounts(), Vec::<String>::new());
 }
 
@@ -181,7 +181,7 @@ fn vm_podman_detached_exec_stop_rm() {
     let ps = p.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.contains("d1 Exited"), "{ps}");
     p.ok(&["rm", "d1"]);
-    assert_eq!(w.processes(), Vec::<String>::new());
+    assert_eq!(w.settled_processes(), Vec::<String>::new());
     assert_eq!(w.mounts(), Vec::<String>::new());
     assert_eq!(
         std::fs::read_dir(&w.root).map(|d| d.count()).unwrap_or(0),
