@@ -429,16 +429,31 @@ fn exec_runs_inside_the_container(w: &World) {
     let out = w.run(&["exec", "ex", "echo", "alive"]);
     assert_eq!(stdout(&out), "alive\n", "after resume: {}", stderr(&out));
 
-    // update checks its input, then says plainly that it cannot apply it.
+    // update checks its input; container mode applies it to the cgroup, a
+    // VM says plainly that it cannot.
     let resources = w.tmp.path().join("resources.json");
-    std::fs::write(&resources, r#"{"memory": {"limit": 1000000}}"#).unwrap();
+    std::fs::write(&resources, r#"{"memory": {"limit": 104857600}}"#).unwrap();
     let out = w.run(&["update", "--resources", resources.to_str().unwrap(), "ex"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("not supported yet"),
-        "{}",
-        stderr(&out)
-    );
+    if w.plain {
+        assert!(out.status.success(), "update: {}", stderr(&out));
+        let path = w.cgroup_path("ex");
+        let v1 = format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes");
+        let v2 = format!("/sys/fs/cgroup{path}/memory.max");
+        let file = if std::path::Path::new(&v1).exists() {
+            v1
+        } else {
+            v2
+        };
+        let limit = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(limit.trim(), "104857600");
+    } else {
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not supported yet"),
+            "{}",
+            stderr(&out)
+        );
+    }
 
     // A paused container can still be killed.
     assert!(w.run(&["pause", "ex"]).status.success());
@@ -646,6 +661,55 @@ fn hooks_run_on_the_host_with_the_state(w: &World) {
         );
     }
     w.assert_clean("hk2");
+}
+
+#[test]
+fn plain_preserved_fds_reach_the_container() {
+    require_plain!();
+    let w = World::plain();
+    let bundle = w.bundle("b", &["sh", "-c", "cat <&3"]);
+    let file = w.tmp.path().join("fd3");
+    std::fs::write(&file, "through fd 3\n").unwrap();
+    // The shell opens fd 3 for skerry, as a caller passing fds would.
+    let script = format!(
+        "exec 3<{} && exec {} --root {} --config {} run --preserve-fds 1 --bundle {} pf",
+        file.display(),
+        env!("CARGO_BIN_EXE_skerry"),
+        w.root.display(),
+        w.config.display(),
+        bundle.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    assert_eq!(stdout(&out), "through fd 3\n");
+    w.assert_clean("pf");
+}
+
+#[test]
+fn plain_mac_labels_the_host_lacks_are_refused_by_name() {
+    require_plain!();
+    if std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+        eprintln!("SKIPPED: this host has SELinux");
+        return;
+    }
+    let w = World::plain();
+    let bundle = w.bundle("b", &["true"]);
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    spec["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into();
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let out = w.run(&["create", "--bundle", bundle.to_str().unwrap(), "mac"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        "skerry: process.selinuxLabel \"system_u:system_r:container_t:s0\": unsupported: \
+         SELinux is not enabled on this host"
+    );
+    w.assert_clean("mac");
 }
 
 fn state_json(w: &World, id: &str) -> serde_json::Value {

@@ -13,7 +13,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+};
 use libcontainer::{
     container::{builder::ContainerBuilder, Container},
     error::LibcontainerError,
@@ -21,7 +23,7 @@ use libcontainer::{
     syscall::syscall::SyscallType,
 };
 use nix::fcntl::{Flock, FlockArg};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use crate::{
     bundle::Bundle,
@@ -66,8 +68,8 @@ pub enum PlainError {
         /// What the host lacks.
         reason: &'static str,
     },
-    /// The container's cgroup could not be read.
-    #[error("container {id:?}: reading its cgroup: {message}")]
+    /// The container's cgroup could not be read or written.
+    #[error("container {id:?}: cgroup: {message}")]
     Cgroup {
         /// Container.
         id: String,
@@ -368,29 +370,48 @@ pub fn exec(store: &StateStore, id: &str, opts: &ExecOptions) -> Result<u32, Pla
     Ok(pid.as_raw() as u32)
 }
 
-/// Host pids of every process in the container's cgroup.
-pub fn pids(store: &StateStore, id: &str) -> Result<Vec<u32>, PlainError> {
+/// The container's cgroup manager.
+fn cgroup_manager(store: &StateStore, id: &str) -> Result<AnyCgroupManager, PlainError> {
     let config = locked(store, id, || {
         load(store, id)?
             .spec()
             .map_err(lc_error(id, "reading its config"))
     })?;
-    let cgroup = |e: &dyn std::fmt::Display| PlainError::Cgroup {
-        id: id.into(),
-        message: e.to_string(),
-    };
-    let manager = create_cgroup_manager(CgroupConfig {
+    create_cgroup_manager(CgroupConfig {
         cgroup_path: config.cgroup_path,
         systemd_cgroup: false,
         container_name: id.to_string(),
     })
-    .map_err(|e| cgroup(&e))?;
-    let mut pids: Vec<u32> = manager
+    .map_err(|e| cgroup_error(id, &e))
+}
+
+fn cgroup_error(id: &str, e: &dyn std::fmt::Display) -> PlainError {
+    PlainError::Cgroup {
+        id: id.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Host pids of every process in the container's cgroup.
+pub fn pids(store: &StateStore, id: &str) -> Result<Vec<u32>, PlainError> {
+    let mut pids: Vec<u32> = cgroup_manager(store, id)?
         .get_all_pids()
-        .map_err(|e| cgroup(&e))?
+        .map_err(|e| cgroup_error(id, &e))?
         .into_iter()
         .map(|p| p.as_raw() as u32)
         .collect();
     pids.sort_unstable();
     Ok(pids)
+}
+
+/// Applies new resource limits to the container's cgroup (`update`).
+pub fn update(store: &StateStore, id: &str, resources: &LinuxResources) -> Result<(), PlainError> {
+    cgroup_manager(store, id)?
+        .apply(&ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| cgroup_error(id, &e))
 }
