@@ -48,11 +48,12 @@ pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resu
         }
         None => {
             // Without --log only warnings reach stderr, unless --debug; none
-            // of libcontainer's, whose container init shares the container's stderr.
+            // of libcontainer's: its container init shares the container's
+            // stderr, and its errors come back to us to be printed once.
             let filter = if debug {
                 "debug"
             } else {
-                "warn,libcgroups=error,libcontainer=error"
+                "warn,libcgroups=off,libcontainer=off"
             };
             let builder = fmt()
                 .with_env_filter(EnvFilter::new(filter))

@@ -415,3 +415,47 @@ pub fn update(store: &StateStore, id: &str, resources: &LinuxResources) -> Resul
         })
         .map_err(|e| cgroup_error(id, &e))
 }
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, SpecBuilder};
+
+    use super::*;
+
+    fn host_has_apparmor() -> bool {
+        fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y")
+    }
+
+    #[test]
+    fn mac_labels_the_host_lacks_are_named() {
+        assert!(check_host_support(&Spec::default()).is_ok());
+        if host_has_apparmor() || Path::new("/sys/fs/selinux/enforce").exists() {
+            eprintln!("SKIPPED: this host has AppArmor or SELinux");
+            return;
+        }
+        let process = ProcessBuilder::default()
+            .apparmor_profile("docker-default")
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default().process(process).build().unwrap();
+        assert_eq!(
+            check_host_support(&spec).unwrap_err().to_string(),
+            "process.apparmorProfile \"docker-default\": unsupported: AppArmor is not \
+             enabled on this host"
+        );
+        let linux = LinuxBuilder::default()
+            .mount_label("system_u:object_r:container_file_t:s0")
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default().linux(linux).build().unwrap();
+        assert_eq!(
+            check_host_support(&spec).unwrap_err().to_string(),
+            "linux.mountLabel \"system_u:object_r:container_file_t:s0\": unsupported: \
+             SELinux is not enabled on this host"
+        );
+        // An empty label asks for nothing.
+        let linux = LinuxBuilder::default().mount_label("").build().unwrap();
+        let spec = SpecBuilder::default().linux(linux).build().unwrap();
+        assert!(check_host_support(&spec).is_ok());
+    }
+}
