@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of skerry-vmm (crates/vmm/fuzz: virtio rng/blk/vsock queue
-# handling, the virtio-mmio transport, the command-line parser) for SECONDS each (default
+# Runs every cargo-fuzz target of skerry-vmm (crates/vmm/fuzz: virtio rng/blk/vsock/net queue
+# handling, the virtio-mmio transport, the command-line and config-file parsers; the list is
+# `cargo fuzz list`, i.e. every [[bin]] in crates/vmm/fuzz/Cargo.toml) for SECONDS each (default
 # 20) on the nightly toolchain, with debug assertions (integer overflow checks) and ASan.
 # Fails if any target crashes, leaks memory past 2 GiB or hangs on one input for 10 s; the
 # crashing input is kept under crates/vmm/fuzz/artifacts/<target>/ (reproduce with

@@ -2,6 +2,7 @@
 //! pod's containers. `skerry-agent init` is the internal container-setup mode.
 
 mod boot;
+mod cgroup;
 mod reaper;
 mod service;
 mod state;
@@ -57,7 +58,10 @@ fn init_logging() {
 async fn serve(opts: Options, guest: bool) -> anyhow::Result<()> {
     let reaper = Arc::new(reaper::Reaper::default());
     reaper.start()?;
-    let sandbox = Arc::new(state::Sandbox::new(reaper, opts.shared_dir));
+    let cgroups = guest
+        .then(|| cgroup::Cgroups::open(cgroup::GUEST_ROOT.as_ref()))
+        .flatten();
+    let sandbox = Arc::new(state::Sandbox::new(reaper, opts.shared_dir, cgroups));
     let service = service::AgentService::new(sandbox, guest);
     let services = skerry_protocol::create_agent(Arc::new(service));
     if let Some(path) = opts.listen.strip_prefix("unix://") {

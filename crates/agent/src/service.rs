@@ -70,7 +70,9 @@ fn code_of(e: &AgentError) -> Code {
         AgentError::WrongState(_)
         | AgentError::ProtocolMismatch { .. }
         | AgentError::Setup { .. } => Code::FAILED_PRECONDITION,
-        AgentError::Stdio { .. } | AgentError::System { .. } => Code::INTERNAL,
+        AgentError::Stdio { .. } | AgentError::System { .. } | AgentError::Cgroup { .. } => {
+            Code::INTERNAL
+        }
     }
 }
 
@@ -300,6 +302,27 @@ impl pb::Agent for AgentService {
         req: pb::ReadStreamRequest,
     ) -> RpcResult<pb::ReadStreamResponse> {
         self.read_stream(req, true).await
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::StatsContainerRequest,
+    ) -> RpcResult<pb::StatsContainerResponse> {
+        self.sandbox
+            .stats(&req.container_id)
+            .map_err(|e| to_status("StatsContainer", e))
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::UpdateContainerRequest,
+    ) -> RpcResult<pb::Empty> {
+        self.sandbox
+            .update(&req.container_id, &req.resources_json)
+            .map_err(|e| to_status("UpdateContainer", e))?;
+        Ok(pb::Empty::new())
     }
 
     async fn tty_win_resize(

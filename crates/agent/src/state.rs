@@ -13,6 +13,7 @@ use skerry_container::launch::{self, LaunchError};
 use skerry_container::{spec, IdError, InitConfig, SpecError};
 use tracing::{info, warn};
 
+use crate::cgroup::{CgroupError, Cgroups};
 use crate::reaper::{ExitInfo, ExitReceiver, Reaper};
 use crate::stdio::{ProcessIo, StdioError};
 
@@ -88,6 +89,15 @@ pub enum AgentError {
         #[source]
         source: StdioError,
     },
+    /// A container's cgroup could not be set up or read.
+    #[error("container {id}")]
+    Cgroup {
+        /// Container id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: CgroupError,
+    },
     /// A system operation of the agent failed.
     #[error("{what}")]
     System {
@@ -140,6 +150,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Sandbox {
     reaper: Arc<Reaper>,
     shared_dir: PathBuf,
+    /// Per-container cgroups; `None` without a cgroup2 hierarchy (development agent).
+    cgroups: Option<Cgroups>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     reserved: Mutex<HashSet<String>>,
 }
@@ -152,11 +164,13 @@ fn blocking_failed(e: tokio::task::JoinError) -> AgentError {
 }
 
 impl Sandbox {
-    /// An empty sandbox whose container rootfses live under `shared_dir`.
-    pub fn new(reaper: Arc<Reaper>, shared_dir: PathBuf) -> Self {
+    /// An empty sandbox whose container rootfses live under `shared_dir`
+    /// and whose containers get cgroups in `cgroups`.
+    pub fn new(reaper: Arc<Reaper>, shared_dir: PathBuf, cgroups: Option<Cgroups>) -> Self {
         Sandbox {
             reaper,
             shared_dir,
+            cgroups,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }
@@ -273,11 +287,23 @@ impl Sandbox {
             source,
         };
         let prepared = launch::prepare(terminal, flags).map_err(setup)?;
+        if let Some(cgroups) = &self.cgroups {
+            let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+            cgroups
+                .create(id, resources)
+                .map_err(|source| cgroup_failed(id, source))?;
+        }
         let (pid, exit) = self
             .reaper
             .spawn_registered(|| prepared.clone_child())
-            .map_err(setup)?;
+            .map_err(|e| self.cgroup_undo(id, setup(e)))?;
         let (mut chan, pipes) = prepared.into_parent();
+        if let Some(cgroups) = &self.cgroups {
+            if let Err(source) = cgroups.add(id, pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return Err(self.cgroup_undo(id, cgroup_failed(id, source)));
+            }
+        }
         let config = InitConfig::Container {
             id: id.to_string(),
             spec: Box::new(spec),
@@ -297,7 +323,7 @@ impl Sandbox {
             Err(e) => {
                 // The child exits by itself after reporting; make sure of it either way.
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                Err(setup(e))
+                Err(self.cgroup_undo(id, setup(e)))
             }
         }
     }
@@ -397,10 +423,18 @@ impl Sandbox {
             namespaces: launch::exec_namespaces(c.clone_flags),
         };
         let mut registered = None;
+        let mut cgroup = Ok(());
         let r = launch::handshake(&mut chan, &config, |pid| {
             registered = Some((pid, self.reaper.register(pid)));
+            if let Some(cgroups) = &self.cgroups {
+                cgroup = cgroups.add(&c.id, pid);
+            }
         })
         .and_then(|ready| launch::parent_stdio(pipes, ready.console));
+        if let (Err(source), Some((pid, _))) = (cgroup, &registered) {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            return Err(cgroup_failed(&c.id, source));
+        }
         match (r, registered) {
             (Ok(stdio), Some((pid, exit))) => {
                 launch::release(chan).map_err(setup)?;
@@ -457,8 +491,45 @@ impl Sandbox {
             }
         }
         lock(&self.containers).remove(id);
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove(id);
+        }
         info!(container_id = id, "container removed");
         Ok(())
+    }
+
+    /// The resource usage and guest pids of container `id`.
+    pub fn stats(&self, id: &str) -> Result<skerry_protocol::StatsContainerResponse, AgentError> {
+        self.container(id)?;
+        self.cgroups()?
+            .stats(id)
+            .map_err(|source| cgroup_failed(id, source))
+    }
+
+    /// Applies new limits (OCI `linux.resources` JSON) to container `id`.
+    pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), AgentError> {
+        self.container(id)?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(resources_json)
+            .map_err(|e| {
+            AgentError::BadRequest(format!("resources: not OCI linux.resources: {e}"))
+        })?;
+        self.cgroups()?
+            .update(id, &resources)
+            .map_err(|source| cgroup_failed(id, source))
+    }
+
+    fn cgroups(&self) -> Result<&Cgroups, AgentError> {
+        self.cgroups.as_ref().ok_or_else(|| {
+            AgentError::WrongState("this agent has no cgroup2 hierarchy for containers".into())
+        })
+    }
+
+    /// Removes container `id`'s cgroup after a failed create; returns `e`.
+    fn cgroup_undo(&self, id: &str, e: AgentError) -> AgentError {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove(id);
+        }
+        e
     }
 
     /// Pids of all container inits still running.
@@ -468,6 +539,13 @@ impl Sandbox {
             .filter(|c| c.init.exited().is_none())
             .map(|c| c.init.pid)
             .collect()
+    }
+}
+
+fn cgroup_failed(id: &str, source: CgroupError) -> AgentError {
+    AgentError::Cgroup {
+        id: id.to_string(),
+        source,
     }
 }
 

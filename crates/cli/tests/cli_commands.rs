@@ -251,3 +251,40 @@ fn unreadable_container_is_skipped_by_list() {
     assert_eq!(stdout(&out), "good\n");
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
 }
+
+/// `skerry check` prints its table with the backend the config resolves to and
+/// why; a binary the chosen backend needs fails the check, one it does not
+/// need only warns.
+#[test]
+fn check_names_the_backend_and_why() {
+    let w = World::new();
+    let with = |extra: &str| {
+        let mut text = fs::read_to_string(&w.config).unwrap();
+        text.push_str(extra);
+        fs::write(&w.config, text).unwrap();
+    };
+    with("kind = \"skerry-vmm\"\nvmm_path = \"/nonexistent/skerry-vmm\"\nqemu_path = \"/nonexistent/qemu\"\n");
+    let out = w.run(&["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let row = |item: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(item))
+            .unwrap_or_else(|| panic!("no {item} row in:\n{text}"));
+        let mut cols = line.split_whitespace();
+        let status = cols.nth(1).unwrap().to_string();
+        vec![status, cols.collect::<Vec<_>>().join(" ")]
+    };
+    assert!(text.starts_with("ITEM"), "{text}");
+    assert_eq!(row("skerry-vmm")[0], "FAIL");
+    assert_eq!(row("qemu")[0], "warn");
+    assert!(
+        row("qemu")[1].ends_with("not found (not needed: the backend is skerry-vmm)"),
+        "{text}"
+    );
+    assert!(
+        row("backend")[1].starts_with("skerry-vmm: hypervisor.kind = \"skerry-vmm\"; "),
+        "{text}"
+    );
+}

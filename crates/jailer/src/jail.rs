@@ -31,6 +31,9 @@ pub enum JailError {
     /// A file to copy in is not a regular file.
     #[error("--file {0} is not a regular file")]
     File(PathBuf),
+    /// A directory to bind-mount is not a directory.
+    #[error("--bind-dir {0} is not a directory")]
+    BindDir(PathBuf),
     /// The jail root already exists (another VM with this id, or a leftover).
     #[error("jail root {0} already exists")]
     RootExists(PathBuf),
@@ -83,6 +86,9 @@ pub struct JailConfig {
     pub devices: Vec<PathBuf>,
     /// Regular files to place at the root (by base name), e.g. kernel and initrd.
     pub files: Vec<PathBuf>,
+    /// Host directories to bind-mount at the root (by base name; nosuid, nodev, noexec),
+    /// e.g. the directory of the VM's sockets.
+    pub bind_dirs: Vec<PathBuf>,
     /// Copy the executable's shared libraries (for non-static builds).
     pub copy_libs: bool,
     /// Network namespace to join.
@@ -225,6 +231,11 @@ pub fn run(cfg: &JailConfig) -> Result<i32, JailError> {
             return Err(JailError::File(f.clone()));
         }
     }
+    for d in &cfg.bind_dirs {
+        if !d.is_dir() || d.file_name().is_none() {
+            return Err(JailError::BindDir(d.clone()));
+        }
+    }
     close_inherited_fds();
     let root = root_dir(cfg)?;
     if root.exists() {
@@ -301,6 +312,7 @@ fn build_and_exec(cfg: &JailConfig, root: &Path) -> JailError {
         )
         .map_err(|e| JailError::Sys("bind-mount the jail root", e))?;
         populate(cfg, root)?;
+        bind_dirs(cfg, root)?;
         let old = root.join("old_root");
         fs::create_dir(&old).map_err(fs_err("create", &old))?;
         chdir(root).map_err(|e| JailError::Sys("chdir", e))?;
@@ -312,8 +324,46 @@ fn build_and_exec(cfg: &JailConfig, root: &Path) -> JailError {
     };
     match step() {
         Ok(()) => drop_and_exec(cfg),
-        Err(e) => e,
+        Err(e) => {
+            // In exec mode the caller removes the jail directory next: detach the root (and
+            // the host directories bound below it) first, so that removal never reaches
+            // into a host directory.
+            let _ = umount2(root, MntFlags::MNT_DETACH);
+            e
+        }
     }
+}
+
+/// Bind-mounts each `--bind-dir` at `/<base name>` of the root, nosuid, nodev and noexec.
+fn bind_dirs(cfg: &JailConfig, root: &Path) -> Result<(), JailError> {
+    for src in &cfg.bind_dirs {
+        let base = src
+            .file_name()
+            .ok_or_else(|| JailError::BindDir(src.clone()))?;
+        let dst = root.join(base);
+        fs::create_dir(&dst).map_err(fs_err("create", &dst))?;
+        mount(
+            Some(src.as_path()),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| JailError::Sys("bind-mount --bind-dir", e))?;
+        mount(
+            None::<&str>,
+            &dst,
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| JailError::Sys("remount --bind-dir nosuid,nodev,noexec", e))?;
+    }
+    Ok(())
 }
 
 /// Sets rlimits, drops to the target uid/gid with no supplementary groups, and execs.

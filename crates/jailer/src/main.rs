@@ -36,6 +36,10 @@ struct Args {
     /// Regular file to place at the jail root under its base name (repeatable).
     #[arg(long = "file")]
     files: Vec<PathBuf>,
+    /// Host directory to bind-mount at /<base name> inside (repeatable; nosuid, nodev,
+    /// noexec), e.g. the directory of the VM's sockets.
+    #[arg(long = "bind-dir")]
+    bind_dirs: Vec<PathBuf>,
     /// Copy the VMM's shared libraries into the jail (for non-static builds).
     #[arg(long)]
     copy_libs: bool,
@@ -79,6 +83,7 @@ fn main() {
         base_dir: a.chroot_base_dir,
         devices: a.devices,
         files: a.files,
+        bind_dirs: a.bind_dirs,
         copy_libs: a.copy_libs,
         netns: a.netns,
         new_pid_ns: a.new_pid_ns,

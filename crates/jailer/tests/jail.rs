@@ -94,6 +94,11 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
     assert!(st.success());
     let base = dir.path().join("jails");
     let id = format!("jt-{}", std::process::id());
+    // A host directory bound into the jail, readable by the target uid.
+    let shared = dir.path().join("sock");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), b"hi").unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut cmd = jailer();
     cmd.args([
         "--id",
@@ -108,6 +113,8 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
     .arg(&exe)
     .arg("--chroot-base-dir")
     .arg(&base)
+    .arg("--bind-dir")
+    .arg(&shared)
     .args(["--device", "/dev/null"]);
     if cgroup_v1_pids() {
         cmd.args([
@@ -138,10 +145,17 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
     );
     let mut listing: Vec<&str> = lines.collect();
     listing.sort_unstable();
-    assert_eq!(listing, vec!["/dev", "/dev/null", "/lister"]);
+    assert_eq!(
+        listing,
+        vec!["/dev", "/dev/null", "/lister", "/sock", "/sock/hello"]
+    );
     assert!(
         !base.join("lister").join(&id).exists(),
         "jail dir is removed after exit"
+    );
+    assert!(
+        shared.join("hello").is_file(),
+        "removing the jail leaves the bound host directory alone"
     );
     if cgroup_v1_pids() {
         let cg = PathBuf::from("/sys/fs/cgroup/pids/skerry-test").join(&id);

@@ -200,6 +200,53 @@ impl AgentConn {
         Ok(())
     }
 
+    /// Kills what is left of a container and forgets it.
+    pub async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
+        let req = proto::RemoveContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client
+            .remove_container(timed(), &req)
+            .await
+            .map_err(map_err("RemoveContainer"))?;
+        Ok(())
+    }
+
+    /// Resource usage and guest pids of a container (its guest cgroup).
+    pub async fn stats(&self, id: &str) -> Result<proto::StatsContainerResponse, AgentError> {
+        let req = proto::StatsContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .stats_container(timed(), &req)
+            .await
+            .map_err(map_err("StatsContainer"))?;
+        if resp.pids.contains(&0) {
+            return Err(AgentError::InvalidReply {
+                call: "StatsContainer",
+                message: "pid 0 in the container's pids".into(),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Applies new limits (OCI `linux.resources` JSON) to a container.
+    pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), AgentError> {
+        let req = proto::UpdateContainerRequest {
+            container_id: id.into(),
+            resources_json: resources_json.to_vec(),
+            ..Default::default()
+        };
+        self.client
+            .update_container(timed(), &req)
+            .await
+            .map_err(map_err("UpdateContainer"))?;
+        Ok(())
+    }
+
     /// Sends `signal` to a process (or all processes of the container).
     pub async fn signal(&self, p: Proc<'_>, signal: u32, all: bool) -> Result<(), AgentError> {
         let req = proto::SignalProcessRequest {

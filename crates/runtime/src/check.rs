@@ -3,7 +3,8 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::config::{Accel, Config, HypervisorConfig, HypervisorKind};
+use crate::config::Config;
+use crate::hypervisor::choice::{choose_backend, kvm_kind, Backend, BackendChoice, KvmKind};
 use crate::hypervisor::find_binary;
 
 /// Failure to probe the host (only used internally; probes degrade to rows).
@@ -85,116 +86,6 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// What kind of KVM this host has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvmKind {
-    /// Hardware virtualisation (VMX/SVM) through a usable /dev/kvm.
-    Native,
-    /// KVM served by `kvm_pvm`: guest kernels run only if built for PVM.
-    Pvm,
-    /// No usable KVM.
-    None,
-}
-
-impl fmt::Display for KvmKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KvmKind::Native => "native",
-            KvmKind::Pvm => "pvm",
-            KvmKind::None => "none",
-        })
-    }
-}
-
-/// Classifies KVM from cpuinfo text, whether /dev/kvm opens, and whether kvm_pvm is loaded.
-pub fn classify_kvm(cpuinfo: &str, dev_kvm_usable: bool, pvm_loaded: bool) -> KvmKind {
-    if !dev_kvm_usable {
-        return KvmKind::None;
-    }
-    if pvm_loaded {
-        return KvmKind::Pvm;
-    }
-    if cpu_has_virt(cpuinfo) {
-        KvmKind::Native
-    } else {
-        KvmKind::None
-    }
-}
-
-/// True when the first CPU's flags include `vmx` or `svm`.
-fn cpu_has_virt(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .and_then(|l| l.split_once(':'))
-        .is_some_and(|(_, flags)| flags.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-/// True when /dev/kvm can be opened read-write.
-pub fn dev_kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-/// KVM kind of this host.
-pub fn kvm_kind() -> KvmKind {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    classify_kvm(
-        &cpuinfo,
-        dev_kvm_usable(),
-        Path::new("/sys/module/kvm_pvm").exists(),
-    )
-}
-
-/// True when KVM runs stock guest kernels at native speed (used by `accel = auto`).
-pub fn kvm_runs_guest_kernels() -> bool {
-    kvm_kind() == KvmKind::Native
-}
-
-/// Which hypervisor and accelerator `auto` settings resolve to, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendChoice {
-    /// True for KVM, false for TCG.
-    pub kvm: bool,
-    /// One line a person can read, e.g. "qemu with TCG: KVM is PVM and …".
-    pub summary: String,
-}
-
-/// Decides the backend for `cfg` on a host with `kvm` (pure; see [`backend_choice`]).
-pub fn choose_backend(cfg: &HypervisorConfig, kvm: KvmKind) -> BackendChoice {
-    let kind = match cfg.kind {
-        HypervisorKind::Auto => "qemu",
-        HypervisorKind::Qemu => "qemu",
-    };
-    let (use_kvm, why) = match (cfg.accel, kvm) {
-        (Accel::Tcg, _) => (false, "hypervisor.accel = \"tcg\"".to_string()),
-        (Accel::Kvm, KvmKind::None) => (
-            true,
-            "hypervisor.accel = \"kvm\", but /dev/kvm is not usable".to_string(),
-        ),
-        (Accel::Kvm, _) => (true, "hypervisor.accel = \"kvm\"".to_string()),
-        (Accel::Auto, KvmKind::Native) => (true, "KVM runs guest kernels natively".to_string()),
-        (Accel::Auto, KvmKind::Pvm) => (
-            false,
-            "KVM is PVM and no PVM guest kernel is configured".to_string(),
-        ),
-        (Accel::Auto, KvmKind::None) => (false, "no usable KVM".to_string()),
-    };
-    let accel = if use_kvm { "KVM" } else { "TCG" };
-    BackendChoice {
-        kvm: use_kvm,
-        summary: format!("{kind} with {accel}: {why}"),
-    }
-}
-
-/// Decides the backend for `cfg` on this host.
-pub fn backend_choice(cfg: &HypervisorConfig) -> BackendChoice {
-    choose_backend(cfg, kvm_kind())
-}
-
 /// How cgroups are mounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupLayout {
@@ -252,12 +143,24 @@ fn binary_version(path: &Path) -> Result<String, CheckError> {
         .to_string())
 }
 
-fn check_binary(report: &mut CheckReport, item: &str, configured: &Path) {
+/// A row for a binary: missing is a failure when the chosen `backend` needs it, else a warning.
+fn check_binary(
+    report: &mut CheckReport,
+    item: &str,
+    configured: &Path,
+    needed: bool,
+    backend: Backend,
+) {
     match find_binary(configured) {
-        None => report.push(
+        None if needed => report.push(
             item,
             Status::Fail,
             format!("{:?} not found in PATH or ~/.cargo/bin", configured),
+        ),
+        None => report.push(
+            item,
+            Status::Warn,
+            format!("{configured:?} not found (not needed: the backend is {backend})"),
         ),
         Some(path) => match binary_version(&path) {
             Ok(v) => report.push(item, Status::Ok, format!("{} ({v})", path.display())),
@@ -266,15 +169,33 @@ fn check_binary(report: &mut CheckReport, item: &str, configured: &Path) {
     }
 }
 
+/// The `backend` row: fails when the choice needs KVM the host lacks, warns
+/// when it runs guest kernels slower than they could run.
+fn backend_row(choice: &BackendChoice, kvm: KvmKind) -> (Status, String) {
+    let status = if choice.backend.needs_kvm() && kvm == KvmKind::None {
+        Status::Fail
+    } else if choice.runs_well {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    (status, choice.summary())
+}
+
 /// Probes this host and the configured binaries and guest image.
 pub fn run(config: &Config) -> CheckReport {
     let mut report = CheckReport::default();
     let kvm = kvm_kind();
+    let hv = &config.hypervisor;
     let (status, detail) = match kvm {
         KvmKind::Native => (Status::Ok, "VMX/SVM with a usable /dev/kvm"),
+        KvmKind::Pvm if hv.guest_kernel_pvm => (
+            Status::Ok,
+            "/dev/kvm is kvm_pvm and the guest kernel is PVM-capable (hypervisor.guest_kernel_pvm)",
+        ),
         KvmKind::Pvm => (
             Status::Warn,
-            "/dev/kvm is kvm_pvm (guest ring 0 is emulated; stock kernels need TCG)",
+            "/dev/kvm is kvm_pvm (ring 0 of a non-PVM guest kernel is emulated; stock kernels need TCG)",
         ),
         KvmKind::None if Path::new("/dev/kvm").exists() => (
             Status::Warn,
@@ -284,10 +205,17 @@ pub fn run(config: &Config) -> CheckReport {
     };
     report.push("kvm", status, format!("{kvm}: {detail}"));
 
-    let hv = &config.hypervisor;
-    check_binary(&mut report, "qemu", &hv.qemu_path);
-    check_binary(&mut report, "virtiofsd", &hv.virtiofsd_path);
-    check_binary(&mut report, "vhost-device-vsock", &hv.vsock_backend_path);
+    let choice = choose_backend(hv, kvm);
+    let vmm = choice.backend == Backend::SkerryVmm;
+    for (item, path, needed) in [
+        ("qemu", &hv.qemu_path, !vmm),
+        ("virtiofsd", &hv.virtiofsd_path, true),
+        ("vhost-device-vsock", &hv.vsock_backend_path, !vmm),
+        ("skerry-vmm", &hv.vmm_path, vmm),
+        ("jailer", &hv.jailer_path, vmm),
+    ] {
+        check_binary(&mut report, item, path, needed, choice.backend);
+    }
 
     let guest = &config.guest;
     let missing: Vec<String> = [guest.kernel(), guest.initrd()]
@@ -321,40 +249,14 @@ pub fn run(config: &Config) -> CheckReport {
     };
     report.push("cgroups", status, detail);
 
-    let choice = choose_backend(hv, kvm);
-    let status = if choice.kvm && kvm == KvmKind::None {
-        Status::Fail
-    } else if choice.kvm {
-        Status::Ok
-    } else {
-        Status::Warn
-    };
-    report.push("backend", status, choice.summary);
+    let (status, detail) = backend_row(&choice, kvm);
+    report.push("backend", status, detail);
     report
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CPU_AMD_PVM: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme de pse tsc msr pae hypervisor lahf_lm\ncpu MHz\t\t: 2596.122\n";
-    const CPU_INTEL_VMX: &str =
-        "processor\t: 0\nflags\t\t: fpu vme vmx ept tsc\nprocessor\t: 1\nflags\t\t: fpu vmx\n";
-    const CPU_AMD_SVM: &str = "flags\t: fpu svm npt\n";
-
-    #[test]
-    fn kvm_kinds() {
-        assert_eq!(classify_kvm(CPU_AMD_PVM, true, true), KvmKind::Pvm);
-        assert_eq!(classify_kvm(CPU_AMD_PVM, true, false), KvmKind::None);
-        assert_eq!(classify_kvm(CPU_INTEL_VMX, true, false), KvmKind::Native);
-        assert_eq!(classify_kvm(CPU_AMD_SVM, true, false), KvmKind::Native);
-        assert_eq!(classify_kvm(CPU_INTEL_VMX, false, false), KvmKind::None);
-        // "svm_lock" or "vmx_flags" lines must not count.
-        assert_eq!(
-            classify_kvm("flags : fpu svm_lock\nvmx flags : ept\n", true, false),
-            KvmKind::None
-        );
-    }
 
     const MOUNTS_HYBRID: &str = "\
 sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
@@ -389,21 +291,40 @@ cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0
     }
 
     #[test]
-    fn backend_reasons() {
+    fn backend_row_status() {
+        use crate::config::{Accel, HypervisorConfig, HypervisorKind};
         let auto = HypervisorConfig::default();
-        let c = choose_backend(&auto, KvmKind::Pvm);
-        assert!(!c.kvm);
-        assert_eq!(
-            c.summary,
-            "qemu with TCG: KVM is PVM and no PVM guest kernel is configured"
-        );
-        assert!(choose_backend(&auto, KvmKind::Native).kvm);
-        assert!(!choose_backend(&auto, KvmKind::None).kvm);
-        let tcg = HypervisorConfig {
-            accel: Accel::Tcg,
+        let row = |cfg: &HypervisorConfig, kvm| backend_row(&choose_backend(cfg, kvm), kvm);
+        assert_eq!(row(&auto, KvmKind::Native).0, Status::Ok);
+        let (status, detail) = row(&auto, KvmKind::Pvm);
+        assert_eq!(status, Status::Warn);
+        assert!(detail.starts_with("qemu with TCG: KVM is PVM"), "{detail}");
+        let pvm = HypervisorConfig {
+            guest_kernel_pvm: true,
             ..HypervisorConfig::default()
         };
-        assert!(!choose_backend(&tcg, KvmKind::Native).kvm);
+        assert_eq!(
+            row(&pvm, KvmKind::Pvm),
+            (
+                Status::Ok,
+                "skerry-vmm: KVM is PVM and the guest kernel is PVM-capable \
+                 (hypervisor.guest_kernel_pvm = true)"
+                    .to_string()
+            )
+        );
+        for cfg in [
+            HypervisorConfig {
+                kind: HypervisorKind::SkerryVmm,
+                ..HypervisorConfig::default()
+            },
+            HypervisorConfig {
+                accel: Accel::Kvm,
+                ..HypervisorConfig::default()
+            },
+        ] {
+            assert_eq!(row(&cfg, KvmKind::None).0, Status::Fail, "{cfg:?}");
+        }
+        assert_eq!(row(&auto, KvmKind::None).0, Status::Warn);
     }
 
     #[test]

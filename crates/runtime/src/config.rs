@@ -52,6 +52,8 @@ pub enum HypervisorKind {
     Auto,
     /// QEMU (`-M microvm`), with KVM where guest kernels run natively, TCG otherwise.
     Qemu,
+    /// skerry-vmm, our own KVM VMM, launched through the jailer.
+    SkerryVmm,
 }
 
 /// How QEMU executes guest code.
@@ -107,13 +109,15 @@ pub struct Config {
     /// `[policy]`: the tenant policy floor every bundle must meet; all rules
     /// are off by default.
     pub policy: PolicyConfig,
+    /// `[pod]`: sizing of a Kubernetes pod's VM (containerd shim).
+    pub pod: PodConfig,
 }
 
 /// `[hypervisor]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HypervisorConfig {
-    /// `kind`: "auto" (default) or "qemu".
+    /// `kind`: "auto" (default), "qemu" or "skerry-vmm".
     pub kind: HypervisorKind,
     /// `accel`: "auto" (default), "kvm" or "tcg".
     pub accel: Accel,
@@ -135,6 +139,20 @@ pub struct HypervisorConfig {
     /// `boot_attempts`: boots of a VM whose agent does not answer in time
     /// before create fails; default 2.
     pub boot_attempts: u32,
+    /// `guest_kernel_pvm`: the configured guest kernel can run as a PVM guest,
+    /// so KVM served by `kvm_pvm` runs it at native speed; default false.
+    pub guest_kernel_pvm: bool,
+    /// `vmm_path`: skerry-vmm binary; default "skerry-vmm", looked up like virtiofsd.
+    pub vmm_path: PathBuf,
+    /// `jailer_path`: jailer binary; default "jailer", looked up like virtiofsd.
+    pub jailer_path: PathBuf,
+    /// `jail_dir`: where the jailer builds each VM's root
+    /// (`<jail_dir>/skerry-vmm/<jail id>/root`); default "/srv/skerry-jail".
+    pub jail_dir: PathBuf,
+    /// `jail_uid`: uid skerry-vmm runs as; default 10000 (not 0).
+    pub jail_uid: u32,
+    /// `jail_gid`: gid skerry-vmm runs as; default 10000 (not 0).
+    pub jail_gid: u32,
 }
 
 impl Default for HypervisorConfig {
@@ -149,6 +167,12 @@ impl Default for HypervisorConfig {
             memory_mib: 512,
             boot_timeout_secs: 15,
             boot_attempts: 2,
+            guest_kernel_pvm: false,
+            vmm_path: PathBuf::from("skerry-vmm"),
+            jailer_path: PathBuf::from("jailer"),
+            jail_dir: PathBuf::from("/srv/skerry-jail"),
+            jail_uid: 10000,
+            jail_gid: 10000,
         }
     }
 }
@@ -252,6 +276,28 @@ pub struct PolicyConfig {
     pub allowed_host_paths: Option<Vec<PathBuf>>,
 }
 
+/// `[pod]` section: a pod sandbox whose annotations give its resources
+/// (`io.kubernetes.cri.sandbox-cpu-quota`/`-cpu-period`/`-memory`) gets a VM
+/// of those resources plus this overhead (guest kernel and agent); one
+/// without them gets `hypervisor.vcpus` and `hypervisor.memory_mib`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodConfig {
+    /// `overhead_vcpus`: vCPUs added to the pod's CPU limit; default 1.
+    pub overhead_vcpus: u32,
+    /// `overhead_memory_mib`: MiB added to the pod's memory limit; default 128.
+    pub overhead_memory_mib: u32,
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        Self {
+            overhead_vcpus: 1,
+            overhead_memory_mib: 128,
+        }
+    }
+}
+
 impl GuestConfig {
     /// Path of the guest kernel image.
     pub fn kernel(&self) -> PathBuf {
@@ -321,6 +367,30 @@ impl Config {
                 "must be between 1 and 10",
             ));
         }
+        if !(1..=64).contains(&self.pod.overhead_vcpus) {
+            return Err(invalid("pod.overhead_vcpus", "must be between 1 and 64"));
+        }
+        if !(64..=1024 * 1024).contains(&self.pod.overhead_memory_mib) {
+            return Err(invalid(
+                "pod.overhead_memory_mib",
+                "must be between 64 and 1048576",
+            ));
+        }
+        if hv.kind == HypervisorKind::SkerryVmm && hv.accel == Accel::Tcg {
+            return Err(invalid(
+                "hypervisor.accel",
+                "\"tcg\" needs kind = \"qemu\" or \"auto\" (skerry-vmm runs on KVM only)",
+            ));
+        }
+        if hv.jail_uid == 0 {
+            return Err(invalid("hypervisor.jail_uid", "must not be 0 (root)"));
+        }
+        if hv.jail_gid == 0 {
+            return Err(invalid("hypervisor.jail_gid", "must not be 0 (root)"));
+        }
+        if !hv.jail_dir.is_absolute() {
+            return Err(invalid("hypervisor.jail_dir", "must be an absolute path"));
+        }
         let policy = &self.policy;
         for name in policy.allowed_capabilities.iter().flatten() {
             if crate::policy::parse_capability(name).is_none() {
@@ -378,6 +448,39 @@ mod tests {
     fn unknown_key_is_named() {
         let err = Config::parse("[hypervisor]\nmemory = 1\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn skerry_vmm_keys_parse_and_are_checked() {
+        let c = Config::parse(
+            "[hypervisor]\nkind = \"skerry-vmm\"\nguest_kernel_pvm = true\n\
+             vmm_path = \"/opt/skerry-vmm\"\njailer_path = \"/opt/jailer\"\n\
+             jail_dir = \"/run/jail\"\njail_uid = 4000\njail_gid = 4001\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let hv = &c.hypervisor;
+        assert_eq!(hv.kind, HypervisorKind::SkerryVmm);
+        assert!(hv.guest_kernel_pvm);
+        assert_eq!(hv.vmm_path, Path::new("/opt/skerry-vmm"));
+        assert_eq!(hv.jailer_path, Path::new("/opt/jailer"));
+        assert_eq!(hv.jail_dir, Path::new("/run/jail"));
+        assert_eq!((hv.jail_uid, hv.jail_gid), (4000, 4001));
+        for (text, needle) in [
+            (
+                "kind = \"skerry-vmm\"\naccel = \"tcg\"\n",
+                "hypervisor.accel: \"tcg\" needs kind",
+            ),
+            ("jail_uid = 0\n", "hypervisor.jail_uid: must not be 0"),
+            ("jail_gid = 0\n", "hypervisor.jail_gid: must not be 0"),
+            ("jail_dir = \"jail\"\n", "hypervisor.jail_dir"),
+            ("kind = \"firecracker\"\n", "unknown variant `firecracker`"),
+        ] {
+            let err = Config::parse(&format!("[hypervisor]\n{text}"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     mounts::{mounted_under, HostMounts, SysMounts},
     plain::{self, PlainError},
     sandbox::SandboxPaths,
-    state::{ContainerState, ProcessId, StateError, StateStore, Status},
+    state::{ContainerState, StateError, StateStore, Status},
 };
 
 /// OCI runtime spec version this runtime reports.
@@ -226,17 +226,17 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
     // The monitor tears the VM down itself once the container has exited;
     // give it the time to, then make sure of everything it owned.
     if let Some(monitor) = s.monitor {
-        if !wait_exit(monitor, MONITOR_EXIT_TIMEOUT).await {
+        if !monitor.wait_exit(MONITOR_EXIT_TIMEOUT).await {
             tracing::warn!(
                 container = id,
                 pid = monitor.pid,
                 "monitor did not exit; killing it"
             );
-            kill_and_wait(monitor).await;
+            monitor.kill_and_wait().await;
         }
     }
     for p in &s.vm_processes {
-        kill_and_wait(*p).await;
+        p.kill_and_wait().await;
     }
     let poststop = bundle_hooks(&s.bundle, HookKind::Poststop);
     if !poststop.is_empty() {
@@ -254,6 +254,9 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
             })?;
     }
     let run_dir = SandboxPaths::new(store, id).run_dir;
+    if let Err(e) = crate::hypervisor::remove_leftovers(&run_dir) {
+        tracing::warn!(container = id, error = %e, "removing what the VM left");
+    }
     match std::fs::remove_dir_all(&run_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(LifecycleError::Cleanup {
@@ -269,23 +272,4 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
     }
     store.remove(id)?;
     Ok(())
-}
-
-async fn wait_exit(p: ProcessId, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while p.is_alive() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
-
-/// SIGKILLs `p` if it is still that very process, and waits for it to go.
-async fn kill_and_wait(p: ProcessId) {
-    if p.is_alive() {
-        let _ = nix::sys::signal::kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
-        wait_exit(p, Duration::from_secs(5)).await;
-    }
 }

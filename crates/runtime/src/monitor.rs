@@ -93,11 +93,11 @@ pub async fn run(
         return fail(&mut opts, error_chain(&e));
     }
     let paths = SandboxPaths::new(&store, &id);
-    let mut sandbox =
-        match Sandbox::create(&id, &bundle, &opts.params, &paths, launcher, mounts).await {
-            Ok(s) => s,
-            Err(e) => return fail(&mut opts, error_chain(&e)),
-        };
+    let sandbox = match Sandbox::create(&id, &bundle, &opts.params, &paths, launcher, mounts).await
+    {
+        Ok(s) => s,
+        Err(e) => return fail(&mut opts, error_chain(&e)),
+    };
     state.status = Status::Created;
     state.vm_processes = sandbox
         .vm_pids()

@@ -11,6 +11,10 @@ pub trait HostMounts: Send + Sync {
     fn bind(&self, src: &Path, dst: &Path) -> std::io::Result<()>;
     /// Detaches the mount at `dst`; succeeds if nothing is mounted there.
     fn unmount(&self, dst: &Path) -> std::io::Result<()>;
+    /// Bind-mounts the directory `dir` onto itself as a shared mount, so that
+    /// mounts made below it later also reach mount namespaces copied from it
+    /// (virtiofsd's sandbox).
+    fn bind_shared(&self, dir: &Path) -> std::io::Result<()>;
 }
 
 /// The real thing: mount(2) and umount2(2).
@@ -26,6 +30,21 @@ impl HostMounts for SysMounts {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )?;
+        Ok(())
+    }
+
+    fn bind_shared(&self, dir: &Path) -> std::io::Result<()> {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .inspect_err(|_| {
+            let _ = umount2(dir, MntFlags::MNT_DETACH);
+        })?;
         Ok(())
     }
 

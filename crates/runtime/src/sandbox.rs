@@ -1,10 +1,12 @@
-//! One sandbox: a VM with the agent connected and one container created in it.
+//! One sandbox: a VM with the agent connected and the containers created in
+//! it (one for the CLI, a pod's for the shim).
 //!
-//! `Sandbox::create` is all-or-nothing: if any step fails, everything it had
-//! started (VM, device back ends, rootfs mount) is torn down before the error
-//! is returned.
+//! `Sandbox::boot`, `Sandbox::add_container` and `Sandbox::create` are
+//! all-or-nothing: if a step fails, everything it had started (VM, device
+//! back ends, rootfs mounts) is undone before the error is returned.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -62,7 +64,7 @@ pub enum SandboxError {
     VmExited(VmExit),
 }
 
-/// Starts VMs; the real one is QEMU, tests use a fake.
+/// Starts VMs; the real one is [`ConfiguredLauncher`], tests use a fake.
 #[async_trait]
 pub trait VmLauncher: Send + Sync {
     /// Boots a VM as described.
@@ -126,13 +128,18 @@ pub struct BootTimings {
     pub container_created: Duration,
 }
 
-/// A running sandbox with its single container.
+/// A running sandbox VM and the containers created in it (one for the
+/// CLI; every container of a pod for the shim).
 pub struct Sandbox {
     id: String,
-    vm: Box<dyn Vm>,
+    vm: tokio::sync::Mutex<Box<dyn Vm>>,
+    vsock_path: PathBuf,
+    vm_pids: Vec<u32>,
     agent: AgentConn,
-    /// Host bind mounts made for the guest, in order.
-    shared: Vec<PathBuf>,
+    paths: SandboxPaths,
+    policy: PolicyConfig,
+    /// Host bind mounts made for each container, in order.
+    shared: std::sync::Mutex<HashMap<String, Vec<PathBuf>>>,
     mounts: Box<dyn HostMounts>,
     /// The guest's kernel release, from the agent handshake.
     pub kernel_release: String,
@@ -180,8 +187,8 @@ impl SandboxPaths {
 }
 
 impl Sandbox {
-    /// Shares the bundle's rootfs, boots the VM, connects the agent and creates
-    /// the container (which then waits for `start`).
+    /// Boots a sandbox VM for container `id` and creates that container in
+    /// it (it then waits for `start`): the CLI's one-container sandbox.
     pub async fn create(
         id: &str,
         bundle: &Bundle,
@@ -190,14 +197,43 @@ impl Sandbox {
         launcher: &dyn VmLauncher,
         mounts: Box<dyn HostMounts>,
     ) -> Result<Self, SandboxError> {
-        // Checked here too, on the very spec the guest gets, not only by
-        // the CLI: config.json may change between the two.
+        // Checked before anything starts, and again by `add_container`.
         policy::check(&params.policy, &bundle.spec)?;
-        std::fs::create_dir_all(&paths.run_dir).map_err(|source| SandboxError::Dir {
-            path: paths.run_dir.clone(),
-            source,
-        })?;
-        let shared = share::share(bundle, id, paths, mounts.as_ref())?;
+        let started = Instant::now();
+        let mut sandbox =
+            Self::boot(id, &hostname(bundle, id), params, paths, launcher, mounts).await?;
+        if let Err(e) = sandbox.add_container(id, bundle).await {
+            sandbox.shutdown().await;
+            return Err(e);
+        }
+        sandbox.timings.container_created = started.elapsed();
+        info!(sandbox = id, timings = ?sandbox.timings, "container created");
+        Ok(sandbox)
+    }
+
+    /// Boots the VM of sandbox `id`, connects the agent and prepares the
+    /// guest (hostname, shared directory); containers are added later.
+    pub async fn boot(
+        id: &str,
+        hostname: &str,
+        params: &SandboxParams,
+        paths: &SandboxPaths,
+        launcher: &dyn VmLauncher,
+        mounts: Box<dyn HostMounts>,
+    ) -> Result<Self, SandboxError> {
+        for dir in [&paths.run_dir, &paths.shared_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| SandboxError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        // Containers added after virtiofsd started must reach its namespace.
+        mounts
+            .bind_shared(&paths.shared_dir)
+            .map_err(|source| ShareError::Mount {
+                path: paths.shared_dir.clone(),
+                source,
+            })?;
         let started = Instant::now();
         let spec = VmSpec {
             id: id.to_string(),
@@ -210,44 +246,69 @@ impl Sandbox {
             shared_dir: paths.shared_dir.clone(),
             console_log: paths.console_log.clone(),
         };
+        let unshare_dir = |mounts: &dyn HostMounts| {
+            share::unshare(mounts, std::slice::from_ref(&paths.shared_dir))
+        };
         let (mut vm, agent, check) = match boot(launcher, &spec, params).await {
             Ok(booted) => booted,
             Err(e) => {
-                share::unshare(mounts.as_ref(), &shared.mounts);
+                unshare_dir(mounts.as_ref());
                 return Err(e);
             }
         };
-        let mut timings = BootTimings {
+        if let Err(e) = agent.create_sandbox(id, hostname).await {
+            if let Err(stop) = vm.stop().await {
+                warn!(sandbox = id, error = %stop, "stopping VM after failed create");
+            }
+            unshare_dir(mounts.as_ref());
+            return Err(e.into());
+        }
+        let timings = BootTimings {
             agent_ready: started.elapsed(),
             ..Default::default()
         };
-        let setup = async {
-            agent.create_sandbox(id, &hostname(bundle, id)).await?;
-            agent.create_container(id, &shared.spec_json).await?;
-            timings.container_created = started.elapsed();
-            Ok::<_, SandboxError>((agent, check.kernel_release))
-        };
-        match setup.await {
-            Ok((agent, kernel_release)) => {
-                info!(sandbox = id, ?timings, kernel = %kernel_release, "sandbox created");
-                Ok(Self {
-                    id: id.to_string(),
-                    vm,
-                    agent,
-                    shared: shared.mounts,
-                    mounts,
-                    kernel_release,
-                    timings,
-                })
-            }
-            Err(e) => {
-                if let Err(stop) = vm.stop().await {
-                    warn!(sandbox = id, error = %stop, "stopping VM after failed create");
-                }
-                share::unshare(mounts.as_ref(), &shared.mounts);
-                Err(e)
-            }
+        info!(sandbox = id, ?timings, kernel = %check.kernel_release, "sandbox booted");
+        Ok(Self {
+            id: id.to_string(),
+            vsock_path: vm.vsock_path(),
+            vm_pids: vm.pids(),
+            vm: tokio::sync::Mutex::new(vm),
+            agent,
+            paths: paths.clone(),
+            policy: params.policy.clone(),
+            shared: std::sync::Mutex::new(HashMap::new()),
+            mounts,
+            kernel_release: check.kernel_release,
+            timings,
+        })
+    }
+
+    /// Shares container `id`'s rootfs and bind sources with the guest and
+    /// creates the container (its process waits for `start`); on failure
+    /// the shares are undone.
+    pub async fn add_container(&self, id: &str, bundle: &Bundle) -> Result<(), SandboxError> {
+        // Checked here too, on the very spec the guest gets, not only by
+        // the CLI: config.json may change between the two.
+        policy::check(&self.policy, &bundle.spec)?;
+        let shared = share::share(bundle, id, &self.paths, self.mounts.as_ref())?;
+        if let Err(e) = self.agent.create_container(id, &shared.spec_json).await {
+            share::unshare(self.mounts.as_ref(), &shared.mounts);
+            return Err(e.into());
         }
+        self.shared
+            .lock()
+            .expect("shared lock")
+            .insert(id.to_string(), shared.mounts);
+        Ok(())
+    }
+
+    /// Removes container `id` from the guest (killing what is left of it)
+    /// and undoes its shares.
+    pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
+        let removed = self.agent.remove_container(id).await;
+        let mounts = self.shared.lock().expect("shared lock").remove(id);
+        share::unshare(self.mounts.as_ref(), &mounts.unwrap_or_default());
+        Ok(removed?)
     }
 
     /// The agent connection (cheap to clone).
@@ -257,45 +318,63 @@ impl Sandbox {
 
     /// Host socket of the guest's hybrid vsock.
     pub fn vsock_path(&self) -> PathBuf {
-        self.vm.vsock_path()
+        self.vsock_path.clone()
     }
 
     /// Host pids of the VM's processes.
     pub fn vm_pids(&self) -> Vec<u32> {
-        self.vm.pids()
+        self.vm_pids.clone()
     }
 
-    /// Waits for the container's process to exit, or the VM to die.
-    pub async fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
+    /// Waits for the VM to stop (it died, or was powered off).
+    pub async fn wait_vm(&self) -> VmExit {
+        self.vm.lock().await.wait().await
+    }
+
+    /// Waits for the sandbox container's process to exit, or the VM to die.
+    pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {
         tokio::select! {
             status = self.agent.wait(Proc::init(&self.id)) => Ok(status?),
-            exit = self.vm.wait() => Err(SandboxError::VmExited(exit)),
+            exit = self.wait_vm() => Err(SandboxError::VmExited(exit)),
         }
     }
 
     /// Powers the guest off (gracefully if it answers), stops the VM's
-    /// processes and unmounts the shared rootfs.
-    pub async fn shutdown(mut self) {
+    /// processes and undoes every share. No `wait_vm` may be pending.
+    pub async fn shutdown(&self) {
+        let mut vm = self.vm.lock().await;
         let graceful = async {
             // The guest powers off right after replying; a lost reply is
             // fine as long as the VM goes down.
             if let Err(e) = self.agent.destroy_sandbox().await {
                 debug!(sandbox = %self.id, error = %e, "DestroySandbox");
             }
-            self.vm.wait().await
+            vm.wait().await
         };
         match tokio::time::timeout(SHUTDOWN_GRACE, graceful).await {
             Ok(exit) => info!(sandbox = %self.id, ?exit, "guest powered off"),
             Err(_) => warn!(sandbox = %self.id, "guest did not power off in time; killing the VM"),
         }
-        if let Err(e) = self.vm.stop().await {
+        if let Err(e) = vm.stop().await {
             warn!(sandbox = %self.id, error = %e, "stopping VM");
         }
-        share::unshare(self.mounts.as_ref(), &self.shared);
+        let shared: Vec<PathBuf> = self
+            .shared
+            .lock()
+            .expect("shared lock")
+            .drain()
+            .flat_map(|(_, mounts)| mounts)
+            .collect();
+        share::unshare(self.mounts.as_ref(), &shared);
+        share::unshare(
+            self.mounts.as_ref(),
+            std::slice::from_ref(&self.paths.shared_dir),
+        );
     }
 }
 
-fn hostname(bundle: &Bundle, id: &str) -> String {
+/// The guest hostname of sandbox `id`: the bundle's, else the id (its first 63 characters).
+pub fn hostname(bundle: &Bundle, id: &str) -> String {
     bundle
         .spec
         .hostname()

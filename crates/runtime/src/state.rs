@@ -6,7 +6,10 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    time::Duration,
 };
+
+use nix::{sys::signal::Signal, unistd::Pid};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +107,33 @@ impl ProcessId {
         match parse_stat(&stat) {
             Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
             None => false,
+        }
+    }
+
+    /// Sends `sig` if this very process is still alive.
+    pub fn signal(&self, sig: Signal) {
+        if self.is_alive() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), sig);
+        }
+    }
+
+    /// Waits up to `timeout` for it to exit; true once it has.
+    pub async fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.is_alive() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// SIGKILLs it if it is still that very process, and waits (up to 5 s) for it to go.
+    pub async fn kill_and_wait(&self) {
+        if self.is_alive() {
+            self.signal(Signal::SIGKILL);
+            self.wait_exit(Duration::from_secs(5)).await;
         }
     }
 }

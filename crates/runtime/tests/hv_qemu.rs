@@ -8,26 +8,19 @@
 //! `linux-image-*-cloud-amd64_*.deb` in target/guest/cache (left there by
 //! scripts/build.sh) or /tmp/kpkg.
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skerry_runtime::config::HypervisorConfig;
+use skerry_runtime::config::{HypervisorConfig, HypervisorKind};
 use skerry_runtime::hypervisor::{self, find_binary, Vm, VmExit, VmSpec};
 use skerry_runtime::image::{self, BuildOptions, CpioWriter};
 
+mod common;
+use common::{assert_no_leftovers, bad_kernel_spec, runtime, short_tempdir, skip};
+
 /// One VM at a time: the host has 2 cores and the timings should mean something.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Prints why the test is skipped; under `SKERRY_E2E_REQUIRED=1` (set by
-/// scripts/test.sh) a skip is a failure.
-fn skip(reason: &str) {
-    if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-        panic!("VM test cannot run: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
 
 /// Why this host cannot run the test, if it cannot.
 fn host_missing() -> Option<String> {
@@ -90,10 +83,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
         }
     };
     // Short paths: socket addresses must stay under 108 bytes.
-    let tmp = tempfile::Builder::new()
-        .prefix("hv")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = short_tempdir();
     let image_dir = tmp.path().join("img");
     let t = Instant::now();
     let report = image::build(&BuildOptions {
@@ -138,12 +128,12 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     Some(Guest { _tmp: tmp, spec })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+/// The QEMU backend, whatever `auto` would pick on this host.
+fn qemu_config() -> HypervisorConfig {
+    HypervisorConfig {
+        kind: HypervisorKind::Qemu,
+        ..HypervisorConfig::default()
+    }
 }
 
 /// Stops the VM and checks that no process and no socket is left.
@@ -161,24 +151,6 @@ async fn stop_and_check_clean(vm: &mut Box<dyn Vm>, spec: &VmSpec) {
         );
     }
     assert_no_leftovers(spec);
-}
-
-/// No socket in the run dir and no process whose command line names it.
-fn assert_no_leftovers(spec: &VmSpec) {
-    let run_dir = spec.run_dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            assert!(!cmdline.contains(&run_dir), "left running: {cmdline}");
-        }
-    }
-    let sockets: Vec<PathBuf> = std::fs::read_dir(&spec.run_dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_socket()).unwrap_or(false))
-        .map(|e| e.path())
-        .collect();
-    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
 }
 
 fn dump_logs(spec: &VmSpec) {
@@ -221,7 +193,7 @@ fn hv_busybox_guest_uses_load_order_and_virtiofs() {
     };
     let spec = guest.spec.clone();
     runtime().block_on(async move {
-        let cfg = HypervisorConfig::default();
+        let cfg = qemu_config();
         let t = Instant::now();
         let mut vm = hypervisor::launch(&cfg, &spec).await.expect("launch");
         let launched = t.elapsed();
@@ -267,7 +239,7 @@ fn hv_agent_answers_check_over_vsock() {
     };
     let spec = guest.spec.clone();
     runtime().block_on(async move {
-        let cfg = HypervisorConfig::default();
+        let cfg = qemu_config();
         let t = Instant::now();
         let mut vm = hypervisor::launch(&cfg, &spec).await.expect("launch");
         let launched = t.elapsed();
@@ -324,17 +296,16 @@ fn hv_agent_answers_check_over_vsock() {
     });
 }
 
-/// `skerry check` runs on any host and names the backend `auto` picks.
+/// `skerry check` runs on any host and names the backend `auto` picks: the
+/// one `launch` uses.
 #[test]
 fn hv_check_report() {
-    let report = skerry_runtime::check::run(&skerry_runtime::config::Config::default());
+    let config = skerry_runtime::config::Config::default();
+    let report = skerry_runtime::check::run(&config);
     eprintln!("{report}");
     let backend = report.rows.iter().find(|r| r.item == "backend").unwrap();
-    assert!(
-        backend.detail.starts_with("qemu with "),
-        "{}",
-        backend.detail
-    );
+    let choice = hypervisor::choice::backend_choice(&config.hypervisor);
+    assert_eq!(backend.detail, choice.summary());
 }
 
 /// A kernel QEMU cannot load fails `launch` with QEMU's own words and leaves nothing behind.
@@ -344,27 +315,10 @@ fn hv_failed_launch_leaves_nothing() {
     if let Some(reason) = host_missing() {
         return skip(&reason);
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("hv")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let run_dir = tmp.path().join("run");
-    std::fs::create_dir(&run_dir).unwrap();
-    std::fs::write(tmp.path().join("vmlinuz"), b"not a kernel").unwrap();
-    std::fs::write(tmp.path().join("initramfs.img"), b"").unwrap();
-    let spec = VmSpec {
-        id: "hvfail".into(),
-        console_log: run_dir.join("console.log"),
-        run_dir,
-        kernel: tmp.path().join("vmlinuz"),
-        initrd: tmp.path().join("initramfs.img"),
-        kernel_params: String::new(),
-        vcpus: 1,
-        memory_mib: 128,
-        shared_dir: tmp.path().to_path_buf(),
-    };
+    let tmp = short_tempdir();
+    let spec = bad_kernel_spec(tmp.path());
     runtime().block_on(async {
-        let cfg = HypervisorConfig::default();
+        let cfg = qemu_config();
         let err = hypervisor::launch(&cfg, &spec)
             .await
             .err()

@@ -12,13 +12,14 @@ use std::{
 use async_trait::async_trait;
 use skerry_protocol as proto;
 use skerry_runtime::{
+    bundle::Bundle,
     config::PolicyConfig,
     control::{self, ControlRequest},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     monitor::{self, MonitorOptions},
     mounts::HostMounts,
     relay::{ProcessStdio, RelayOptions},
-    sandbox::{SandboxParams, VmLauncher},
+    sandbox::{Sandbox, SandboxParams, SandboxPaths, VmLauncher},
     state::{StateStore, Status},
 };
 use tokio::{
@@ -162,6 +163,19 @@ impl proto::Agent for FakeAgent {
         Ok(proto::Empty::new())
     }
 
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: proto::RemoveContainerRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        self.procs
+            .lock()
+            .unwrap()
+            .remove(&req.container_id)
+            .ok_or_else(|| status(ttrpc::Code::NOT_FOUND, "no such container"))?;
+        Ok(proto::Empty::new())
+    }
+
     async fn signal_process(
         &self,
         _: &TtrpcContext,
@@ -291,6 +305,13 @@ impl HostMounts for RecordingMounts {
             .push(format!("bind {} {}", src.display(), dst.display()));
         Ok(())
     }
+    fn bind_shared(&self, dir: &Path) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("bind-shared {}", dir.display()));
+        Ok(())
+    }
     fn unmount(&self, dst: &Path) -> std::io::Result<()> {
         self.0
             .lock()
@@ -373,16 +394,7 @@ async fn start_monitor_with(h: &Harness, id: &str, policy: PolicyConfig) -> Runn
         id: id.into(),
         bundle: h.bundle.clone(),
         store: h.store.clone(),
-        params: SandboxParams {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            kernel_params: String::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            boot_timeout: Duration::from_secs(5),
-            boot_attempts: 1,
-            policy,
-        },
+        params: params(policy),
         ready: Box::new(ready_w),
         relay: RelayOptions::default(),
     };
@@ -413,6 +425,19 @@ async fn start_monitor_with(h: &Harness, id: &str, policy: PolicyConfig) -> Runn
     }
 }
 
+fn params(policy: PolicyConfig) -> SandboxParams {
+    SandboxParams {
+        kernel: "/k".into(),
+        initrd: "/i".into(),
+        kernel_params: String::new(),
+        vcpus: 1,
+        memory_mib: 128,
+        boot_timeout: Duration::from_secs(5),
+        boot_attempts: 1,
+        policy,
+    }
+}
+
 fn socket(h: &Harness, id: &str) -> PathBuf {
     h.store.dir(id).join(control::SOCKET_NAME)
 }
@@ -440,9 +465,12 @@ async fn output_and_exit_status_come_back_and_nothing_is_left_mounted() {
     assert!(!socket(&h, "c1").exists(), "control socket left behind");
     assert!(*h.launcher.vm_down.borrow(), "guest was not powered off");
     let calls = h.mounts.0.lock().unwrap().clone();
-    assert_eq!(calls.len(), 2, "{calls:?}");
-    assert!(calls[0].starts_with("bind ") && calls[1].starts_with("unmount "));
-    assert!(calls[1].ends_with("c1/shared/c1/rootfs"), "{calls:?}");
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls[0].starts_with("bind-shared ") && calls[0].ends_with("c1/shared"));
+    assert!(calls[1].starts_with("bind ") && calls[2].starts_with("unmount "));
+    assert!(calls[2].ends_with("c1/shared/c1/rootfs"), "{calls:?}");
+    let shared = h.store.dir("c1").join("shared");
+    assert_eq!(calls[3], format!("unmount {}", shared.display()));
 }
 
 #[tokio::test]
@@ -526,5 +554,48 @@ async fn policy_floor_is_enforced_by_the_sandbox_itself() {
     assert!(
         h.mounts.0.lock().unwrap().is_empty(),
         "mounted before the check"
+    );
+}
+
+#[tokio::test]
+async fn one_sandbox_holds_several_containers_and_undoes_each_share() {
+    let h = harness(&["sleep", "100"]).await;
+    let bundle = Bundle::load(&h.bundle).unwrap();
+    let paths = SandboxPaths::new(&h.store, "pod");
+    let sandbox = Sandbox::boot(
+        "pod",
+        "pod",
+        &params(PolicyConfig::default()),
+        &paths,
+        &h.launcher,
+        Box::new(h.mounts.clone()),
+    )
+    .await
+    .unwrap();
+    sandbox.add_container("c1", &bundle).await.unwrap();
+    sandbox.add_container("c2", &bundle).await.unwrap();
+    sandbox.remove_container("c2").await.unwrap();
+    let err = sandbox
+        .remove_container("c2")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no such container"), "{err}");
+    assert!(!*h.launcher.vm_down.borrow());
+    sandbox.shutdown().await;
+    assert!(*h.launcher.vm_down.borrow(), "guest was not powered off");
+    let shared = &paths.shared_dir;
+    let rootfs = |id: &str| shared.join(id).join("rootfs").display().to_string();
+    let calls = h.mounts.0.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            format!("bind-shared {}", shared.display()),
+            format!("bind {} {}", bundle.rootfs.display(), rootfs("c1")),
+            format!("bind {} {}", bundle.rootfs.display(), rootfs("c2")),
+            format!("unmount {}", rootfs("c2")),
+            format!("unmount {}", rootfs("c1")),
+            format!("unmount {}", shared.display()),
+        ]
     );
 }

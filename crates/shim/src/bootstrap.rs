@@ -27,7 +27,8 @@ use skerry_runtime::{lifecycle, mounts::HostMounts, mounts::SysMounts, state::St
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
-use crate::{events::Events, options, service::TaskService};
+use crate::{events::Events, options, pod, service::TaskService};
+use oci_spec::runtime::Spec;
 
 /// The Task service name containerd 1.x calls.
 const TASK_V2: &str = "containerd.task.v2.Task";
@@ -71,9 +72,31 @@ pub enum ShimError {
     /// Cleaning up after a dead shim failed.
     #[error(transparent)]
     Cleanup(#[from] lifecycle::LifecycleError),
+    /// The bundle's config.json is unusable.
+    #[error("{path}: invalid OCI spec")]
+    Spec {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    /// The task names a pod whose shim is not running.
+    #[error("pod sandbox {sandbox:?}: no shim serving it at {address}")]
+    NoPodShim {
+        /// The sandbox id.
+        sandbox: String,
+        /// Where its shim would serve.
+        address: String,
+    },
+    /// Grouping the task into its pod failed.
+    #[error(transparent)]
+    Pod(#[from] crate::error::TaskError),
 }
 
-/// `start`: spawns the serving shim for this task and prints its address.
+/// `start`: prints the address of the shim serving this task's pod:
+/// the running one of its sandbox for a later container of a pod, else a
+/// newly spawned one.
 pub async fn start(flags: &Flags) -> Result<(), ShimError> {
     let opts = StartOpts {
         id: flags.id.clone(),
@@ -84,8 +107,28 @@ pub async fn start(flags: &Flags) -> Result<(), ShimError> {
         debug: flags.debug,
         ..Default::default()
     };
-    // One shim (and one VM) per task in this phase: group by the task id.
-    let address = spawn(opts, &flags.id, Vec::new()).await?;
+    // One shim (and one VM) per pod: the address derives from the sandbox id.
+    let bundle = bundle_dir(flags)?;
+    let path = bundle.join("config.json");
+    let spec = Spec::load(&path).map_err(|source| ShimError::Spec { path, source })?;
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let sandbox = pod::sandbox_id(&flags.id, &annotations)?;
+    let address = if sandbox == flags.id {
+        spawn(opts, &flags.id, Vec::new()).await?
+    } else {
+        let address = opts.socket_address(&sandbox);
+        let socket = address.trim_start_matches("unix://");
+        if tokio::net::UnixStream::connect(socket).await.is_err() {
+            return Err(ShimError::NoPodShim { sandbox, address });
+        }
+        address
+    };
+    // containerd 1.x reads the address from the bundle when it restarts.
+    let file = bundle.join("address");
+    std::fs::write(&file, &address).map_err(|source| ShimError::Io {
+        what: format!("writing {}", file.display()),
+        source,
+    })?;
     let mut stdout = tokio::io::stdout();
     stdout
         .write_all(address.as_bytes())
@@ -102,6 +145,11 @@ pub async fn serve(flags: &Flags) -> Result<(), ShimError> {
     let ttrpc_address =
         std::env::var(TTRPC_ADDRESS).map_err(|_| ShimError::Missing(TTRPC_ADDRESS))?;
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
+    // Out of containerd's session and process group, so that the pod
+    // survives containerd's restart and signals sent to its group.
+    if let Err(e) = nix::unistd::setsid() {
+        warn!(error = %e, "setsid");
+    }
     let exit = Arc::new(ExitSignal::default());
     let store = StateStore::new(options::state_root(&flags.namespace));
     let events = Events::new(publisher, flags.namespace.clone());
@@ -151,14 +199,7 @@ pub async fn delete(flags: &Flags) -> Result<(), ShimError> {
     if store.dir(&flags.id).exists() {
         lifecycle::delete(&store, &flags.id, true).await?;
     }
-    let bundle = if flags.bundle.is_empty() {
-        std::env::current_dir().map_err(|source| ShimError::Io {
-            what: "finding the bundle (cwd)".into(),
-            source,
-        })?
-    } else {
-        PathBuf::from(&flags.bundle)
-    };
+    let bundle = bundle_dir(flags)?;
     if let Err(e) = SysMounts.unmount(&bundle.join("rootfs")) {
         warn!(container = %flags.id, error = %e, "unmounting the rootfs");
     }
@@ -173,4 +214,17 @@ pub async fn delete(flags: &Flags) -> Result<(), ShimError> {
     let mut stdout = tokio::io::stdout();
     stdout.write_all(&bytes).await.map_err(ShimError::Reply)?;
     stdout.flush().await.map_err(ShimError::Reply)
+}
+
+/// The task's bundle: `-bundle`, else the working directory containerd
+/// starts the shim in.
+fn bundle_dir(flags: &Flags) -> Result<PathBuf, ShimError> {
+    if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(|source| ShimError::Io {
+            what: "finding the bundle (cwd)".into(),
+            source,
+        })
+    } else {
+        Ok(PathBuf::from(&flags.bundle))
+    }
 }

@@ -1,9 +1,9 @@
-//! One container of the shim: its sandbox VM (one per container in this
-//! phase), its init process and exec'd processes, their exits.
+//! One container of the shim: the pod VM it runs in, its init process and
+//! exec'd processes, their exits.
 //!
-//! The sandbox is owned by the init waiter task: it waits for the init
-//! process (or the VM's death), records and publishes the exit, then powers
-//! the VM off. Exec waiters give up with status 255 when the VM is lost.
+//! Waiter tasks wait for each process (or the VM's death: status 255),
+//! then record and publish the exit. The pod's VM outlives its containers'
+//! processes; it is powered off when the pod's last container is deleted.
 
 use std::{
     collections::HashMap,
@@ -19,21 +19,21 @@ use containerd_shim::{
     asynchronous::util::mount_rootfs,
     protos::{
         api::{CreateTaskRequest, Mount},
-        events::task::TaskExit,
+        events::task::{TaskExit, TaskOOM},
         protobuf::well_known_types::timestamp::Timestamp,
-        topics::TASK_EXIT_EVENT_TOPIC,
+        topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC},
     },
 };
 use nix::sys::signal::Signal;
+use skerry_protocol::StatsContainerResponse;
 use skerry_runtime::{
     agent_client::{AgentConn, Proc},
     bundle::Bundle,
-    config::{Config, Isolation},
+    config::Isolation,
     lifecycle,
     monitor::{error_chain, now_rfc3339, VM_LOST_STATUS},
     mounts::{HostMounts, SysMounts},
     relay::{Relay, RelayOptions},
-    sandbox::{ConfiguredLauncher, Sandbox, SandboxParams, SandboxPaths},
     state::{self, ContainerState, ProcessId, StateStore, Status},
 };
 use tokio::sync::watch;
@@ -42,6 +42,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     error::TaskError,
     events::Events,
+    pod::Pod,
     stdio::{self, StdinEnd, StdioPaths},
 };
 
@@ -130,12 +131,14 @@ impl Process {
     }
 }
 
-/// A container and the sandbox VM it runs in.
+/// A container and the pod VM it runs in.
 pub struct Container {
-    /// Container id (also the sandbox id).
+    /// Container id.
     pub id: String,
     /// Bundle directory.
     pub bundle: PathBuf,
+    /// The pod it belongs to.
+    pub pod: Arc<Pod>,
     agent: AgentConn,
     store: StateStore,
     events: Arc<Events>,
@@ -145,10 +148,6 @@ pub struct Container {
     paused: AtomicBool,
     /// Whether the shim mounted `<bundle>/rootfs` from the request's mounts.
     rootfs_mounted: bool,
-    /// Set when the VM is gone (died, or powered off after init exited).
-    vm_gone: watch::Sender<bool>,
-    /// Set once the VM is down and its host processes stopped.
-    torn_down: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Container {
@@ -162,15 +161,22 @@ pub fn host_pid() -> u32 {
     std::process::id()
 }
 
-impl Container {
-    /// Mounts the rootfs, boots the sandbox and creates the container in it;
-    /// on failure leaves nothing behind.
-    pub async fn create(
-        req: &CreateTaskRequest,
-        config: &Config,
-        store: StateStore,
-        events: Arc<Events>,
-    ) -> Result<Arc<Self>, TaskError> {
+/// A task's bundle with its rootfs mounted and loaded, and its state
+/// directory made: what a container needs before it joins a pod.
+pub struct Prepared {
+    /// The task id.
+    pub id: String,
+    /// The loaded bundle.
+    pub bundle: Bundle,
+    io: StdioPaths,
+    rootfs_mounted: bool,
+    store: StateStore,
+}
+
+impl Prepared {
+    /// Mounts the request's rootfs, loads the bundle and records the task
+    /// in the state store; on failure leaves nothing behind.
+    pub async fn new(req: &CreateTaskRequest, store: StateStore) -> Result<Self, TaskError> {
         let id = req.id.clone();
         state::validate_id(&id)?;
         let bundle_dir = PathBuf::from(&req.bundle);
@@ -193,40 +199,99 @@ impl Container {
             unmount_rootfs();
             return Err(e.into());
         }
-        let io = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
+        let prepared = Self {
+            io: StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
+            id,
+            bundle,
+            rootfs_mounted,
+            store,
         };
-        let booted = boot(&id, &bundle, config, &store, &io).await;
-        let (sandbox, stdio, stdin_end) = match booted {
-            Ok(b) => b,
-            Err(e) => {
-                if let Err(clean) = lifecycle::delete(&store, &id, true).await {
-                    warn!(container = %id, error = %error_chain(&clean), "cleaning up after failed create");
-                }
-                unmount_rootfs();
-                return Err(e);
-            }
+        let state = ContainerState {
+            id: prepared.id.clone(),
+            bundle: prepared.bundle.dir.clone(),
+            status: Status::Creating,
+            // The shim is not recorded: the state only serves the `delete`
+            // action, which runs when the shim is gone.
+            monitor: None,
+            vm_processes: vec![],
+            agent_socket: None,
+            exit_status: None,
+            created: now_rfc3339(),
+            annotations: prepared.annotations(),
+            isolation: Isolation::Vm,
         };
-        let init = Process::new(String::new(), io, Vec::new());
+        if let Err(e) = prepared.store.save(&state) {
+            prepared.abort().await;
+            return Err(e.into());
+        }
+        Ok(prepared)
+    }
+
+    /// The spec's annotations.
+    pub fn annotations(&self) -> HashMap<String, String> {
+        self.bundle.spec.annotations().clone().unwrap_or_default()
+    }
+
+    /// Records the pod VM's processes, so that the `delete` action can stop
+    /// them if the shim dies.
+    pub fn record_vm(&self, pod: &Pod) -> Result<(), TaskError> {
+        let mut state = self.store.load(&self.id)?;
+        state.vm_processes = pod
+            .sandbox
+            .vm_pids()
+            .into_iter()
+            .filter_map(ProcessId::of)
+            .collect();
+        state.agent_socket = Some(pod.sandbox.vsock_path());
+        Ok(self.store.save(&state)?)
+    }
+
+    /// Undoes `new`.
+    pub async fn abort(&self) {
+        if let Err(e) = lifecycle::delete(&self.store, &self.id, true).await {
+            warn!(container = %self.id, error = %error_chain(&e), "cleaning up after failed create");
+        }
+        if self.rootfs_mounted {
+            unmount(&self.id, &self.bundle.dir.join("rootfs"));
+        }
+    }
+}
+
+impl Container {
+    /// Creates the prepared container in `pod`'s VM (its process waits for
+    /// Start) and starts relaying its stdio. On failure the container is
+    /// not in the VM; the caller aborts `prepared`.
+    pub async fn create(
+        prepared: &Prepared,
+        pod: Arc<Pod>,
+        events: Arc<Events>,
+    ) -> Result<Arc<Self>, TaskError> {
+        let id = &prepared.id;
+        let (stdio, stdin_end) = stdio::open(&prepared.io)?;
+        pod.sandbox.add_container(id, &prepared.bundle).await?;
+        let init = Process::new(String::new(), prepared.io.clone(), Vec::new());
         *init.stdin_end.lock().expect("stdin lock") = Some(stdin_end);
+        let agent = pod.sandbox.agent().clone();
         let container = Arc::new(Self {
             id: id.clone(),
-            bundle: bundle.dir.clone(),
-            agent: sandbox.agent().clone(),
-            store,
+            bundle: prepared.bundle.dir.clone(),
+            pod,
+            agent,
+            store: prepared.store.clone(),
             events,
             init,
             execs: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(false),
-            rootfs_mounted,
-            vm_gone: watch::channel(false).0,
-            torn_down: watch::channel(false).0,
+            rootfs_mounted: prepared.rootfs_mounted,
         });
-        let relay = Relay::start(sandbox.agent(), &id, "", stdio, RelayOptions::default());
-        tokio::spawn(Arc::clone(&container).watch_init(sandbox, relay));
+        container.save_status(Status::Created);
+        let relay = Relay::start(&container.agent, id, "", stdio, RelayOptions::default());
+        tokio::spawn(Arc::clone(&container).watch_init(relay));
         Ok(container)
     }
 
@@ -414,8 +479,8 @@ impl Container {
     }
 
     /// Deletes the container once its init has exited (a created one is
-    /// killed first): waits for the VM to be down, then removes every host
-    /// trace (state, run dir, mounts). Returns the init's exit.
+    /// killed first): removes it from the VM, its state and its mounts.
+    /// Returns the init's exit.
     pub async fn delete(&self) -> Result<Exit, TaskError> {
         match self.status(&self.init) {
             TaskStatus::Running | TaskStatus::Paused => {
@@ -434,9 +499,15 @@ impl Container {
             }
             TaskStatus::Stopped => {}
         }
-        let mut torn_down = self.torn_down.subscribe();
-        let _ = torn_down.wait_for(|done| *done).await;
-        lifecycle::delete(&self.store, &self.id, true).await?;
+        if !*self.pod.vm_gone().borrow() {
+            if let Err(e) = self.pod.sandbox.remove_container(&self.id).await {
+                warn!(container = %self.id, error = %error_chain(&e), "removing the container from the VM");
+            }
+        }
+        // The pod's own directory goes with the pod.
+        if self.id != self.pod.id {
+            lifecycle::delete(&self.store, &self.id, true).await?;
+        }
         if self.rootfs_mounted {
             unmount(&self.id, &self.bundle.join("rootfs"));
         }
@@ -485,33 +556,70 @@ impl Container {
         self.events.send(TASK_EXIT_EVENT_TOPIC, event).await;
     }
 
-    /// Waits for the init process (or the VM's death), publishes the exit,
-    /// then powers the VM off.
-    async fn watch_init(self: Arc<Self>, mut sandbox: Sandbox, relay: Relay) {
-        let status = match sandbox.wait().await {
-            Ok(exit) => {
-                info!(container = %self.id, status = exit.status, signal = exit.signal, "container exited");
-                relay.finish().await;
-                exit.status
-            }
-            Err(e) => {
-                error!(container = %self.id, error = %error_chain(&e), "sandbox VM lost");
-                self.vm_gone.send_replace(true);
-                VM_LOST_STATUS
-            }
+    /// Waits for the init process (or the VM's death), then records and
+    /// publishes the exit (after TaskOOM if the OOM killer struck).
+    async fn watch_init(self: Arc<Self>, relay: Relay) {
+        let mut vm_gone = self.pod.vm_gone();
+        let status = tokio::select! {
+            waited = self.agent.wait(Proc::init(&self.id)) => match waited {
+                Ok(exit) => {
+                    info!(container = %self.id, status = exit.status, signal = exit.signal, "container exited");
+                    relay.finish().await;
+                    self.report_oom().await;
+                    exit.status
+                }
+                Err(e) => {
+                    error!(container = %self.id, error = %error_chain(&e), "container lost");
+                    VM_LOST_STATUS
+                }
+            },
+            () = async {
+                let _ = vm_gone.wait_for(|gone| *gone).await;
+            } => VM_LOST_STATUS,
         };
         let exit = Exit::now(status);
         self.init.record_exit(exit);
         self.save_status(Status::Stopped);
         self.publish_exit(&self.init, exit).await;
-        sandbox.shutdown().await;
-        self.vm_gone.send_replace(true);
-        self.torn_down.send_replace(true);
+    }
+
+    /// Publishes TaskOOM if the guest's OOM killer ended a process of the
+    /// container (its cgroup's `oom_kill` count).
+    async fn report_oom(&self) {
+        match self.agent.stats(&self.id).await {
+            Ok(stats) if stats.oom_kills > 0 => {
+                warn!(container = %self.id, kills = stats.oom_kills, "out of memory");
+                let event = TaskOOM {
+                    container_id: self.id.clone(),
+                    ..Default::default()
+                };
+                self.events.send(TASK_OOM_EVENT_TOPIC, event).await;
+            }
+            Ok(_) => {}
+            Err(e) => debug!(container = %self.id, error = %e, "no OOM count"),
+        }
+    }
+
+    /// Applies new limits (OCI `linux.resources` JSON) to the container's
+    /// guest cgroup.
+    pub async fn update(&self, resources_json: &[u8]) -> Result<(), TaskError> {
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(resources_json).map_err(
+            |e| TaskError::InvalidArgument(format!("resources: not OCI linux.resources: {e}")),
+        )?;
+        if self.status(&self.init) == TaskStatus::Stopped {
+            return Err(self.wrong_status(&self.init, "update"));
+        }
+        Ok(self.agent.update(&self.id, resources_json).await?)
+    }
+
+    /// Resource usage and guest pids of the container.
+    pub async fn stats(&self) -> Result<StatsContainerResponse, TaskError> {
+        Ok(self.agent.stats(&self.id).await?)
     }
 
     /// Waits for an exec'd process; status 255 if the VM goes first.
     async fn watch_exec(self: Arc<Self>, p: Arc<Process>, relay: Relay) {
-        let mut vm_gone = self.vm_gone.subscribe();
+        let mut vm_gone = self.pod.vm_gone();
         let name = Proc {
             container: &self.id,
             exec: &p.exec_id,
@@ -536,50 +644,6 @@ impl Container {
         p.record_exit(exit);
         self.publish_exit(&p, exit).await;
     }
-}
-
-/// Boots the sandbox for `id` and opens the init's stdio; the state
-/// directory exists.
-async fn boot(
-    id: &str,
-    bundle: &Bundle,
-    config: &Config,
-    store: &StateStore,
-    io: &StdioPaths,
-) -> Result<(Sandbox, skerry_runtime::relay::ProcessStdio, StdinEnd), TaskError> {
-    let mut state = ContainerState {
-        id: id.to_string(),
-        bundle: bundle.dir.clone(),
-        status: Status::Creating,
-        // The shim is not recorded: the state only serves the `delete`
-        // action, which runs when the shim is gone.
-        monitor: None,
-        vm_processes: vec![],
-        agent_socket: None,
-        exit_status: None,
-        created: now_rfc3339(),
-        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
-        isolation: Isolation::Vm,
-    };
-    store.save(&state)?;
-    let (stdio, stdin_end) = stdio::open(io)?;
-    let params = SandboxParams::from_config(config);
-    let paths = SandboxPaths::new(store, id);
-    let launcher = ConfiguredLauncher(config.hypervisor.clone());
-    let sandbox =
-        Sandbox::create(id, bundle, &params, &paths, &launcher, Box::new(SysMounts)).await?;
-    state.status = Status::Created;
-    state.vm_processes = sandbox
-        .vm_pids()
-        .into_iter()
-        .filter_map(ProcessId::of)
-        .collect();
-    state.agent_socket = Some(sandbox.vsock_path());
-    if let Err(e) = store.save(&state) {
-        sandbox.shutdown().await;
-        return Err(e.into());
-    }
-    Ok((sandbox, stdio, stdin_end))
 }
 
 /// Mounts the request's rootfs mounts, in order, onto `target`.

@@ -1,5 +1,5 @@
-//! `containerd-shim-skerry-v2`: containerd's shim v2 for skerry. Each task
-//! runs in its own lightweight VM.
+//! `containerd-shim-skerry-v2`: containerd's shim v2 for skerry. Each pod
+//! (or task outside a pod) runs in its own lightweight VM.
 #![forbid(unsafe_code)]
 
 mod bootstrap;
@@ -7,6 +7,7 @@ mod container;
 mod error;
 mod events;
 mod options;
+mod pod;
 mod service;
 mod stdio;
 

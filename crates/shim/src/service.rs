@@ -1,6 +1,6 @@
-//! containerd's Task service over skerry sandboxes. Each handler is a thin
-//! shell: the work happens in `Container`, errors become ttrpc statuses in
-//! `error::to_ttrpc`.
+//! containerd's Task service over skerry pods. Each handler is a thin
+//! shell: the work happens in `Container` and `Pod`, errors become ttrpc
+//! statuses in `error::to_ttrpc`.
 
 use std::{
     collections::HashMap,
@@ -12,11 +12,12 @@ use containerd_shim::{
     asynchronous::ExitSignal,
     protos::{
         api::{self, Empty},
+        cgroups_v2::metrics::{CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat},
         events::task::{
             TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused,
             TaskResumed, TaskStart,
         },
-        protobuf::MessageField,
+        protobuf::{well_known_types::any::Any, Message, MessageField},
         shim_async::Task,
         topics::{
             TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC,
@@ -28,20 +29,25 @@ use containerd_shim::{
     },
     TtrpcResult,
 };
-use skerry_runtime::state::StateStore;
+use skerry_runtime::{lifecycle, monitor::error_chain, sandbox, state::StateStore};
 use tracing::{info, warn};
 
 use crate::{
-    container::{host_pid, Container, TaskStatus},
+    container::{host_pid, Container, Prepared, TaskStatus},
     error::{to_ttrpc, TaskError},
     events::Events,
     options,
+    pod::{self, Pod},
     stdio::StdioPaths,
 };
+
+/// Type URL of the metrics Stats returns (containerd's cgroups v2 type).
+const METRICS_V2: &str = "io.containerd.cgroups.v2.Metrics";
 
 /// The Task service of one shim process.
 pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    pods: Mutex<HashMap<String, Arc<Pod>>>,
     store: StateStore,
     events: Arc<Events>,
     exit: Arc<ExitSignal>,
@@ -53,6 +59,7 @@ impl TaskService {
     pub fn new(store: StateStore, events: Events, exit: Arc<ExitSignal>) -> Self {
         Self {
             containers: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
             store,
             events: Arc::new(events),
             exit,
@@ -80,8 +87,14 @@ impl TaskService {
         }
         let config = options::load_config(req.options.as_ref())?;
         info!(container = %req.id, bundle = %req.bundle, "creating task");
-        let c =
-            Container::create(&req, &config, self.store.clone(), Arc::clone(&self.events)).await?;
+        let prepared = Prepared::new(&req, self.store.clone()).await?;
+        let c = match self.join_pod(&prepared, &config).await {
+            Ok(c) => c,
+            Err(e) => {
+                prepared.abort().await;
+                return Err(e);
+            }
+        };
         self.containers
             .lock()
             .expect("containers lock")
@@ -105,6 +118,70 @@ impl TaskService {
             pid: host_pid(),
             ..Default::default()
         })
+    }
+
+    /// Creates the prepared container in its pod, booting the pod's VM if
+    /// the container is the pod's sandbox (or in no pod).
+    async fn join_pod(
+        &self,
+        prepared: &Prepared,
+        config: &skerry_runtime::config::Config,
+    ) -> Result<Arc<Container>, TaskError> {
+        let annotations = prepared.annotations();
+        let sandbox_id = pod::sandbox_id(&prepared.id, &annotations)?;
+        let existing = self
+            .pods
+            .lock()
+            .expect("pods lock")
+            .get(&sandbox_id)
+            .cloned();
+        let (pod, booted) = match existing {
+            Some(pod) => (pod, false),
+            None if sandbox_id == prepared.id => {
+                let hostname = sandbox::hostname(&prepared.bundle, &sandbox_id);
+                let size = pod::vm_size(&annotations, config)?;
+                let pod = Pod::boot(&sandbox_id, &hostname, config, &self.store, size).await?;
+                (pod, true)
+            }
+            None => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "pod sandbox {sandbox_id:?} is not running in this shim"
+                )))
+            }
+        };
+        let created = async {
+            if booted {
+                prepared.record_vm(&pod)?;
+            }
+            Container::create(prepared, Arc::clone(&pod), Arc::clone(&self.events)).await
+        };
+        match created.await {
+            Ok(c) => {
+                pod.join(&prepared.id);
+                if booted {
+                    self.pods.lock().expect("pods lock").insert(sandbox_id, pod);
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                if booted {
+                    pod.stop().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets container `c`; powers its pod off once no container is left.
+    async fn leave_pod(&self, c: &Container) -> Result<(), TaskError> {
+        if !c.pod.leave(&c.id) {
+            return Ok(());
+        }
+        info!(pod = %c.pod.id, "last container of the pod deleted; stopping its VM");
+        c.pod.stop().await;
+        self.pods.lock().expect("pods lock").remove(&c.pod.id);
+        lifecycle::delete(&self.store, &c.pod.id, true).await?;
+        Ok(())
     }
 
     async fn start(&self, req: api::StartRequest) -> Result<api::StartResponse, TaskError> {
@@ -166,6 +243,9 @@ impl TaskService {
                 .lock()
                 .expect("containers lock")
                 .remove(&req.id);
+            if let Err(e) = self.leave_pod(&c).await {
+                warn!(pod = %c.pod.id, error = %error_chain(&e), "cleaning up the pod");
+            }
             let event = TaskDelete {
                 container_id: req.id.clone(),
                 id: req.id.clone(),
@@ -209,6 +289,59 @@ impl TaskService {
         };
         self.events.send(TASK_EXEC_ADDED_EVENT_TOPIC, event).await;
         Ok(())
+    }
+
+    async fn stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse, TaskError> {
+        let s = self.container(&req.id)?.stats().await?;
+        let metrics = Metrics {
+            pids: MessageField::some(PidsStat {
+                current: s.pids_current,
+                limit: s.pids_limit,
+                ..Default::default()
+            }),
+            cpu: MessageField::some(CPUStat {
+                usage_usec: s.cpu_usage_usec,
+                user_usec: s.cpu_user_usec,
+                system_usec: s.cpu_system_usec,
+                ..Default::default()
+            }),
+            memory: MessageField::some(MemoryStat {
+                usage: s.memory_usage,
+                usage_limit: s.memory_limit,
+                ..Default::default()
+            }),
+            memory_events: MessageField::some(MemoryEvents {
+                oom_kill: s.oom_kills,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = metrics
+            .write_to_bytes()
+            .map_err(|e| TaskError::InvalidArgument(format!("metrics: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(Any {
+                type_url: METRICS_V2.to_string(),
+                value,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(&self, req: api::PidsRequest) -> Result<api::PidsResponse, TaskError> {
+        let s = self.container(&req.id)?.stats().await?;
+        Ok(api::PidsResponse {
+            processes: s
+                .pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
     }
 
     async fn freeze(&self, id: &str, freeze: bool) -> Result<(), TaskError> {
@@ -308,13 +441,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        reply(self.container(&req.id).map(|_| api::PidsResponse {
-            processes: vec![ProcessInfo {
-                pid: host_pid(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }))
+        reply(TaskService::pids(self, req).await)
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
@@ -371,12 +498,15 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: api::UpdateTaskRequest,
-    ) -> TtrpcResult<Empty> {
-        reply(Err(TaskError::Unimplemented("Update (resource changes)")))
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let updated = async {
+            let resources = req
+                .resources
+                .as_ref()
+                .ok_or_else(|| TaskError::InvalidArgument("resources: missing".into()))?;
+            self.container(&req.id)?.update(&resources.value).await
+        };
+        reply(updated.await.map(|()| Empty::new()))
     }
 
     async fn checkpoint(
@@ -384,14 +514,16 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
-        reply(Err(TaskError::Unimplemented("Checkpoint")))
+        reply(Err(TaskError::Unimplemented(
+            "Checkpoint (it needs VM snapshots)",
+        )))
     }
 
     async fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        reply(Err(TaskError::Unimplemented("Stats")))
+        reply(TaskService::stats(self, req).await)
     }
 }

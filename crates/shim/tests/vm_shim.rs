@@ -1,6 +1,7 @@
 //! End to end: containerd 1.6 runs busybox tasks through
 //! `containerd-shim-skerry-v2` (`--runtime io.containerd.skerry.v2`); every
-//! task runs in its own VM.
+//! task outside a pod runs in its own VM, the containers of a pod (CRI
+//! annotations set through `ctr run --annotation`) share one.
 
 use std::{
     fs,
@@ -16,7 +17,18 @@ const RUNTIME: &str = "io.containerd.skerry.v2";
 const IMAGE: &str = "localhost/bb:latest";
 
 /// Busybox applets the test image links.
-const APPLETS: &[&str] = &["sh", "cat", "echo", "sleep", "true", "ls"];
+const APPLETS: &[&str] = &["sh", "cat", "echo", "sleep", "true", "ls", "tty"];
+
+/// Annotations that make `id` a pod sandbox, or a container of pod `pod`.
+fn pod_annotations(pod: &str, sandbox: bool) -> Vec<String> {
+    let kind = if sandbox { "sandbox" } else { "container" };
+    vec![
+        "--annotation".into(),
+        format!("io.kubernetes.cri.container-type={kind}"),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.sandbox-id={pod}"),
+    ]
+}
 
 fn image_dir() -> PathBuf {
     std::env::var_os("SKERRY_TEST_IMAGE_DIR")
@@ -60,6 +72,7 @@ struct World {
     tmp: tempfile::TempDir,
     containerd: Child,
     socket: PathBuf,
+    ctd_config: PathBuf,
 }
 
 impl World {
@@ -98,34 +111,14 @@ impl World {
             ),
         )
         .unwrap();
-        let log = fs::File::create(dir.join("containerd.log")).unwrap();
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let containerd = Command::new("/usr/bin/containerd")
-            .arg("--config")
-            .arg(&ctd_config)
-            .env("PATH", path)
-            .env("SKERRY_CONFIG", &config)
-            .env("SKERRY_SHIM_ROOT", dir.join("r"))
-            .env("SKERRY_SHIM_LOG", dir.join("shim.log"))
-            .env("SKERRY_LOG", "debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let containerd = start_containerd(dir, &ctd_config);
         let w = Self {
             tmp,
             containerd,
             socket,
+            ctd_config,
         };
+        w.wait_ready();
         let archive = w.busybox_oci_archive();
         w.ok(&[
             "image",
@@ -204,6 +197,69 @@ impl World {
                 .arg("."),
         );
         archive
+    }
+
+    /// Waits until containerd answers.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(self.socket.exists() && self.run(&["version"]).status.success()) {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills containerd (SIGKILL) and starts it again on the same state.
+    fn restart_containerd(&mut self) {
+        self.containerd.kill().unwrap();
+        self.containerd.wait().unwrap();
+        self.containerd = start_containerd(self.tmp.path(), &self.ctd_config);
+        self.wait_ready();
+    }
+
+    /// Host pids of the QEMU processes of this world.
+    fn qemu_pids(&self) -> Vec<i32> {
+        self.processes()
+            .iter()
+            .filter(|p| p.contains("qemu-system"))
+            .map(|p| p.split(':').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// The socket a shim serving pod `sandbox` listens on (as
+    /// containerd-shim derives it).
+    fn shim_socket(&self, sandbox: &str) -> PathBuf {
+        let key = format!("{}/skerry-test/{sandbox}", self.socket.display());
+        Path::new("/run/containerd/s").join(format!("{:x}", Sha256::digest(key.as_bytes())))
+    }
+
+    /// `ctr run -d` of `args` as task `id` with extra `flags`.
+    fn run_detached(&self, flags: &[String], id: &str, args: &[&str]) {
+        let mut all: Vec<&str> = vec!["run", "-d", "--runtime", RUNTIME];
+        all.extend(flags.iter().map(String::as_str));
+        all.extend([IMAGE, id]);
+        all.extend(args);
+        self.ok(&all);
+    }
+
+    /// The value of `metric` in `ctr task metrics id`.
+    fn metric(&self, id: &str, metric: &str) -> u64 {
+        let out = self.ok(&["task", "metrics", id]);
+        out.lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next()? == metric).then(|| words.next()?.parse().ok())?
+            })
+            .next()
+            .unwrap_or_else(|| panic!("no {metric} in:\n{out}"))
+    }
+
+    /// Deletes every task and container named, then checks nothing is left.
+    fn delete_all(&self, ids: &[&str]) {
+        for id in ids {
+            self.ok(&["task", "delete", id]);
+            self.ok(&["container", "rm", id]);
+        }
+        self.assert_clean();
     }
 
     fn ctr(&self) -> Command {
@@ -334,6 +390,65 @@ impl Drop for World {
     }
 }
 
+/// Sends Update (a new memory limit) for task `id` straight to the shim of
+/// pod `pod`: ctr 1.6 has no `task update`.
+fn update_memory_limit(w: &World, pod: &str, id: &str, bytes: i64) {
+    use containerd_shim::protos::{
+        api::UpdateTaskRequest,
+        protobuf::well_known_types::any::Any,
+        shim_async::{Client, TaskClient},
+        ttrpc::context,
+    };
+    let socket = format!("unix://{}", w.shim_socket(pod).display());
+    let resources = serde_json::json!({"memory": {"limit": bytes}}).to_string();
+    let req = UpdateTaskRequest {
+        id: id.into(),
+        resources: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: resources.into_bytes(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let task = TaskClient::new(Client::connect(&socket).await.unwrap());
+        task.update(context::with_timeout(10_000_000_000), &req)
+            .await
+            .unwrap();
+    });
+}
+
+/// containerd on the world in `dir`, with the shim on its PATH.
+fn start_containerd(dir: &Path, ctd_config: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("/usr/bin/containerd")
+        .arg("--config")
+        .arg(ctd_config)
+        .env("PATH", path)
+        .env("SKERRY_CONFIG", dir.join("skerry.toml"))
+        .env("SKERRY_SHIM_ROOT", dir.join("r"))
+        .env("SKERRY_SHIM_LOG", dir.join("shim.log"))
+        .env("SKERRY_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -429,15 +544,10 @@ fn vm_shim_vm_death_exits_every_task_with_255() {
         "sleep",
         "1000",
     ]);
-    let qemu: Vec<u32> = w
-        .processes()
-        .iter()
-        .filter(|p| p.contains("qemu-system"))
-        .map(|p| p.split(':').next().unwrap().parse().unwrap())
-        .collect();
+    let qemu = w.qemu_pids();
     assert_eq!(qemu.len(), 1, "{:?}", w.processes());
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(qemu[0] as i32),
+        nix::unistd::Pid::from_raw(qemu[0]),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -471,5 +581,263 @@ fn vm_shim_vm_death_exits_every_task_with_255() {
     let said = text(&out.stdout) + &text(&out.stderr);
     assert!(said.contains("255"), "exit status: {said}\n{}", w.log());
     w.ok(&["container", "rm", "c3"]);
+    w.assert_clean();
+}
+
+/// Collects `ctr events` output in a file until dropped.
+struct EventLog {
+    child: Child,
+    path: PathBuf,
+}
+
+impl EventLog {
+    fn start(w: &World) -> Self {
+        let path = w.tmp.path().join("events.txt");
+        let child = w
+            .ctr()
+            .arg("events")
+            .stdout(fs::File::create(&path).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, path }
+    }
+
+    /// TaskExit events seen so far.
+    fn exits(&self) -> Vec<String> {
+        fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("/tasks/exit"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn vm_shim_pod_shares_one_vm_and_dies_together() {
+    require_vm!();
+    let w = World::new();
+    let events = EventLog::start(&w);
+    // The pod asks for 256 MiB: its VM gets that plus [pod] overhead_memory_mib
+    // (128) instead of the configured 256 MiB.
+    let mut sandbox = pod_annotations("p1", true);
+    sandbox.extend([
+        "--annotation".into(),
+        "io.kubernetes.cri.sandbox-memory=268435456".into(),
+    ]);
+    w.run_detached(&sandbox, "p1", &["sleep", "1000"]);
+    w.run_detached(&pod_annotations("p1", false), "c2", &["sleep", "1000"]);
+    let boot_id = |id: &str| {
+        w.ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "b",
+            id,
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ])
+    };
+    let (b1, b2) = (boot_id("p1"), boot_id("c2"));
+    assert!(!b1.trim().is_empty());
+    assert_eq!(b1, b2, "the pod's containers run in different kernels");
+    assert_eq!(w.qemu_pids().len(), 1, "{:?}", w.processes());
+    let shims: Vec<String> = w
+        .processes()
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-skerry-v2"))
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
+
+    let meminfo = w.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "m",
+        "p1",
+        "cat",
+        "/proc/meminfo",
+    ]);
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {meminfo}"));
+    assert!(
+        (300 * 1024..=384 * 1024).contains(&total_kib),
+        "guest MemTotal {total_kib} kB for a 384 MiB pod VM"
+    );
+
+    // Update applies limits to c2's guest cgroup.
+    update_memory_limit(&w, "p1", "c2", 67108864);
+    assert_eq!(w.metric("c2", "memory.usage_limit"), 67108864);
+
+    // Metrics from the guest cgroup of c2 move when c2 works.
+    let cpu_before = w.metric("c2", "cpu.usage_usec");
+    assert!(w.metric("c2", "memory.usage") > 0);
+    assert!(w.metric("c2", "pids.current") >= 1);
+    w.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "busy",
+        "c2",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+    ]);
+    let cpu_after = w.metric("c2", "cpu.usage_usec");
+    assert!(
+        cpu_after > cpu_before + 10_000,
+        "cpu.usage_usec {cpu_before} -> {cpu_after}"
+    );
+    // ps lists the guest processes of c2 only: its sleep.
+    let ps = w.ok(&["task", "ps", "c2"]);
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+
+    let out = w.run(&["task", "checkpoint", "c2"]);
+    let said = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("not implemented") && said.contains("VM snapshots"),
+        "{said}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.qemu_pids()[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    let exits = loop {
+        let exits: Vec<String> = events
+            .exits()
+            .into_iter()
+            .filter(|e| e.contains("\"exit_status\":255"))
+            .collect();
+        if exits.len() >= 2 || killed.elapsed() > Duration::from_secs(5) {
+            break exits;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "TaskExit of the pod's containers {:?} after kill -9",
+        killed.elapsed()
+    );
+    for id in ["\"p1\"", "\"c2\""] {
+        assert!(
+            exits.iter().any(|e| e.contains(&format!("\"id\":{id}"))),
+            "no TaskExit 255 for {id} within 5 s: {exits:?}\n{}",
+            w.log()
+        );
+    }
+    let socket = w.shim_socket("p1");
+    w.delete_all(&["c2", "p1"]);
+    assert!(!socket.exists(), "shim socket {} left", socket.display());
+}
+
+#[test]
+fn vm_shim_pod_survives_containerd_restart() {
+    require_vm!();
+    let mut w = World::new();
+    w.run_detached(&pod_annotations("p2", true), "p2", &["sleep", "1000"]);
+    w.run_detached(&pod_annotations("p2", false), "c3", &["sleep", "1000"]);
+    let qemu = w.qemu_pids();
+    w.restart_containerd();
+    let ls = w.ok(&["task", "ls"]);
+    for id in ["p2", "c3"] {
+        assert!(
+            ls.lines()
+                .any(|l| l.starts_with(id) && l.contains("RUNNING")),
+            "{id} not running after the restart: {ls}\n{}",
+            w.log()
+        );
+    }
+    assert_eq!(w.qemu_pids(), qemu, "the pod's VM changed");
+    let out = w.ok(&["task", "exec", "--exec-id", "e", "c3", "echo", "still here"]);
+    assert_eq!(out, "still here\n");
+    for id in ["c3", "p2"] {
+        w.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        w.wait_stopped(id, Duration::from_secs(20));
+    }
+    w.delete_all(&["c3", "p2"]);
+}
+
+#[test]
+fn vm_shim_tty_and_exit_status() {
+    require_vm!();
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("SKIPPED: /usr/bin/script (bsdutils) is needed for a terminal");
+        return;
+    }
+    let w = World::new();
+    // `script` gives ctr the terminal `ctr run -t` needs.
+    let ctr = format!(
+        "/usr/bin/ctr -a {} -n skerry-test run --rm -t --runtime {RUNTIME} {IMAGE} t1 sh -c 'tty; exit 3'",
+        w.socket.display()
+    );
+    let out = Command::new("/usr/bin/script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    w.assert_clean();
+}
+
+#[test]
+fn vm_shim_oom_kill_publishes_task_oom() {
+    require_vm!();
+    let w = World::new();
+    let events = EventLog::start(&w);
+    // The shell doubles a string until the 32 MiB limit (the container's
+    // guest cgroup) stops it.
+    let out = w.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        "oom1",
+        "sh",
+        "-c",
+        "a=x; while true; do a=$a$a; done",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}\n{}",
+        text(&out.stderr),
+        w.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let oom = loop {
+        let log = fs::read_to_string(&events.path).unwrap_or_default();
+        let oom: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("/tasks/oom"))
+            .map(str::to_string)
+            .collect();
+        if !oom.is_empty() || Instant::now() > deadline {
+            break oom;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        oom.iter().any(|e| e.contains("\"oom1\"")),
+        "no TaskOOM for oom1: {oom:?}\n{}",
+        w.log()
+    );
     w.assert_clean();
 }

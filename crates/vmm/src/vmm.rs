@@ -1,6 +1,7 @@
 //! Assembles a VM from a [`VmConfig`] and runs the VMM thread's event loop until it ends.
 
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -19,6 +20,8 @@ use crate::devices::legacy::{
     I8042_PORT_LEN, PM1A_CNT_LEN, PM1A_CNT_PORT, SLEEP_CONTROL_LEN, SLEEP_CONTROL_PORT,
 };
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError, REPLY_TIMEOUT};
+use crate::devices::virtio::net::{MacAddr, Net, NetError};
 use crate::devices::virtio::rng::{GetRandom, Rng, RngError};
 use crate::devices::virtio::transport::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::transport::{MmioInterrupt, MmioTransport, MmioTransportError};
@@ -68,6 +71,12 @@ pub enum VmmError {
     /// The virtio-vsock device.
     #[error("virtio-vsock")]
     Vsock(#[source] VsockError),
+    /// The virtio-net device.
+    #[error("virtio-net")]
+    Net(#[source] NetError),
+    /// The virtio-fs device (vhost-user frontend).
+    #[error("virtio-fs")]
+    Fs(#[source] FsError),
     /// A virtio-mmio transport.
     #[error("virtio-mmio transport")]
     Transport(#[source] MmioTransportError),
@@ -106,6 +115,28 @@ pub struct VmConfig {
     pub block: Option<(std::path::PathBuf, bool)>,
     /// Add a virtio-vsock device: guest CID and host Unix socket path (hybrid vsock).
     pub vsock: Option<(u64, std::path::PathBuf)>,
+    /// Add a virtio-net device on a host tap.
+    pub net: Option<NetConfig>,
+    /// Add a virtio-fs device served by a vhost-user back end (virtiofsd).
+    pub fs: Option<FsConfig>,
+}
+
+/// A virtio-fs device's back end and tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    /// The back end's vhost-user socket (virtiofsd `--socket-path`).
+    pub socket: std::path::PathBuf,
+    /// The tag the guest mounts.
+    pub tag: String,
+}
+
+/// A virtio-net device's host side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Tap interface name (opened, or created, with TUNSETIFF).
+    pub tap: String,
+    /// Guest MAC address; `None` = random, locally administered.
+    pub mac: Option<MacAddr>,
 }
 
 /// Highest vCPU count we accept.
@@ -249,6 +280,17 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
         let vsock = Vsock::new(*cid, uds).map_err(VmmError::Vsock)?;
         virtio.push(Arc::new(Mutex::new(vsock)));
     }
+    if let Some(net) = &config.net {
+        let net = Net::with_tap(&net.tap, net.mac).map_err(VmmError::Net)?;
+        virtio.push(Arc::new(Mutex::new(net)));
+    }
+    let mut vhost_sockets = Vec::new();
+    if let Some(fs) = &config.fs {
+        let fs =
+            Fs::new(&fs.socket, &fs.tag, REPLY_TIMEOUT, config.seccomp).map_err(VmmError::Fs)?;
+        vhost_sockets.push(fs.socket_fd());
+        virtio.push(Arc::new(Mutex::new(fs)));
+    }
     let mut acpi_devices = Vec::with_capacity(virtio.len());
     for (i, dev) in virtio.iter().enumerate() {
         let d = attach_virtio_mmio(&vm, &mem, &mut mmio, &mut cmdline, i as u32, dev.clone())?;
@@ -283,7 +325,7 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
     }
 
     let vmm_filter = if config.seccomp {
-        Some(seccomp_filter()?.compile()?)
+        Some(seccomp_filter(Some(&vhost_sockets))?.compile()?)
     } else {
         None
     };
@@ -444,51 +486,71 @@ fn stop_vcpus(handles: Vec<vstate::VcpuHandle>, control: &RunControl) {
 }
 
 /// The VMM thread's allowlist (after start-up: event loop, vCPU kicks and teardown).
-pub fn seccomp_filter() -> Result<ThreadFilter, SeccompError> {
+/// `vhost_sockets`: the vhost-user sockets `sendmsg`/`recvmsg` may use (none: neither is
+/// allowed); `None` lists both without the fd check (for the summary).
+pub fn seccomp_filter(vhost_sockets: Option<&[RawFd]>) -> Result<ThreadFilter, SeccompError> {
+    let build = |e| SeccompError::Build("vmm", e);
+    let mut vhost = Vec::new();
+    for (name, nr) in [
+        ("sendmsg", libc::SYS_sendmsg),
+        ("recvmsg", libc::SYS_recvmsg),
+    ] {
+        match vhost_sockets {
+            None => vhost.push(allow(name, nr)),
+            Some([]) => {}
+            Some(fds) => {
+                let fds: Vec<u64> = fds.iter().map(|fd| *fd as u64).collect();
+                vhost.push(allow_arg_in(name, nr, 0, &fds).map_err(build)?);
+            }
+        }
+    }
+    let mut allowed = vec![
+        allow("epoll_wait", libc::SYS_epoll_wait),
+        allow("epoll_ctl", libc::SYS_epoll_ctl),
+        allow("read", libc::SYS_read),
+        allow("write", libc::SYS_write),
+        allow("futex", libc::SYS_futex),
+        // Only the vCPU kick signal.
+        allow_arg_in(
+            "tgkill",
+            libc::SYS_tgkill,
+            2,
+            &[vmm_sys_util::signal::SIGRTMIN() as u64],
+        )
+        .map_err(|e| SeccompError::Build("vmm", e))?,
+        allow("getpid", libc::SYS_getpid),
+        allow("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+        allow("close", libc::SYS_close),
+        allow("munmap", libc::SYS_munmap),
+        allow("mmap", libc::SYS_mmap),
+        allow("brk", libc::SYS_brk),
+        allow("sigaltstack", libc::SYS_sigaltstack),
+        allow("exit_group", libc::SYS_exit_group),
+        // virtio-rng entropy.
+        allow("getrandom", libc::SYS_getrandom),
+        // virtio-blk file I/O.
+        allow("pread64", libc::SYS_pread64),
+        allow("pwrite64", libc::SYS_pwrite64),
+        allow("fdatasync", libc::SYS_fdatasync),
+        // Hybrid vsock: accept host connections, connect to `<uds>_<port>`, stream I/O.
+        allow("accept4", libc::SYS_accept4),
+        allow_arg_in("socket", libc::SYS_socket, 0, &[libc::AF_UNIX as u64])
+            .map_err(|e| SeccompError::Build("vmm", e))?,
+        allow("connect", libc::SYS_connect),
+        // Only FIONBIO (std's set_nonblocking on accepted/connected sockets); no KVM ioctl.
+        allow_arg_in("ioctl", libc::SYS_ioctl, 1, &[libc::FIONBIO])
+            .map_err(|e| SeccompError::Build("vmm", e))?,
+        allow("recvfrom", libc::SYS_recvfrom),
+        allow("sendto", libc::SYS_sendto),
+        allow("shutdown", libc::SYS_shutdown),
+        // Debug builds only: std checks that an fd being closed is open.
+        #[cfg(debug_assertions)]
+        allow("fcntl", libc::SYS_fcntl),
+    ];
+    // virtio-fs: vhost-user messages (with fds) on the back ends' sockets only.
+    allowed.extend(vhost);
     Ok(ThreadFilter {
         kind: ThreadKind::Vmm,
-        allowed: vec![
-            allow("epoll_wait", libc::SYS_epoll_wait),
-            allow("epoll_ctl", libc::SYS_epoll_ctl),
-            allow("read", libc::SYS_read),
-            allow("write", libc::SYS_write),
-            allow("futex", libc::SYS_futex),
-            // Only the vCPU kick signal.
-            allow_arg_in(
-                "tgkill",
-                libc::SYS_tgkill,
-                2,
-                &[vmm_sys_util::signal::SIGRTMIN() as u64],
-            )
-            .map_err(|e| SeccompError::Build("vmm", e))?,
-            allow("getpid", libc::SYS_getpid),
-            allow("rt_sigprocmask", libc::SYS_rt_sigprocmask),
-            allow("close", libc::SYS_close),
-            allow("munmap", libc::SYS_munmap),
-            allow("mmap", libc::SYS_mmap),
-            allow("brk", libc::SYS_brk),
-            allow("sigaltstack", libc::SYS_sigaltstack),
-            allow("exit_group", libc::SYS_exit_group),
-            // virtio-rng entropy.
-            allow("getrandom", libc::SYS_getrandom),
-            // virtio-blk file I/O.
-            allow("pread64", libc::SYS_pread64),
-            allow("pwrite64", libc::SYS_pwrite64),
-            allow("fdatasync", libc::SYS_fdatasync),
-            // Hybrid vsock: accept host connections, connect to `<uds>_<port>`, stream I/O.
-            allow("accept4", libc::SYS_accept4),
-            allow_arg_in("socket", libc::SYS_socket, 0, &[libc::AF_UNIX as u64])
-                .map_err(|e| SeccompError::Build("vmm", e))?,
-            allow("connect", libc::SYS_connect),
-            // Only FIONBIO (std's set_nonblocking on accepted/connected sockets); no KVM ioctl.
-            allow_arg_in("ioctl", libc::SYS_ioctl, 1, &[libc::FIONBIO])
-                .map_err(|e| SeccompError::Build("vmm", e))?,
-            allow("recvfrom", libc::SYS_recvfrom),
-            allow("sendto", libc::SYS_sendto),
-            allow("shutdown", libc::SYS_shutdown),
-            // Debug builds only: std checks that an fd being closed is open.
-            #[cfg(debug_assertions)]
-            allow("fcntl", libc::SYS_fcntl),
-        ],
+        allowed,
     })
 }

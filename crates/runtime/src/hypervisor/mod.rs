@@ -1,12 +1,16 @@
 //! Hypervisor backends: boot one sandbox VM and reach its agent.
 //!
-//! Only QEMU exists today (`qemu.rs`). The agent channel is hybrid vsock (a
-//! host Unix socket speaking `CONNECT <port>`), the shared directory reaches
-//! the guest over virtio-fs; both device backends run as separate vhost-user
-//! processes.
+//! Two backends: QEMU (`qemu.rs`) and skerry-vmm through the jailer
+//! (`skerry_vmm.rs`); `choice.rs` decides which. The agent channel is hybrid
+//! vsock (a host Unix socket speaking `CONNECT <port>`) with either; the shared
+//! directory reaches the guest over virtio-fs from a `virtiofsd` per VM
+//! (`virtiofsd.rs`).
 
+pub mod choice;
 mod process;
 mod qemu;
+mod skerry_vmm;
+mod virtiofsd;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +27,9 @@ const MAX_CONNECT_REPLY: usize = 32;
 
 /// How long the guest gets to accept or refuse a vsock connection.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Guest context id; every VM has its own vsock device, so all can use 3.
+const GUEST_CID: u32 = 3;
 
 /// Everything needed to boot one sandbox VM.
 #[derive(Debug, Clone)]
@@ -47,6 +54,45 @@ pub struct VmSpec {
     pub console_log: PathBuf,
 }
 
+impl VmSpec {
+    /// Checks that the kernel, initrd, run dir and shared dir exist.
+    fn check(&self) -> Result<(), HypervisorError> {
+        if !self.kernel.is_file() {
+            return Err(HypervisorError::KernelNotFound(self.kernel.clone()));
+        }
+        if !self.initrd.is_file() {
+            return Err(HypervisorError::InitrdNotFound(self.initrd.clone()));
+        }
+        for (what, path) in [("run dir", &self.run_dir), ("shared dir", &self.shared_dir)] {
+            if !path.is_dir() {
+                return Err(HypervisorError::NotADirectory {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest kernel command line: serial console, reboot on panic (which
+    /// ends the VM), `tsc_early_khz` when given (needed under TCG), then the
+    /// configured parameters.
+    pub fn kernel_cmdline(&self, tsc_khz: Option<u64>) -> String {
+        // cryptomgr.notests skips the crypto self-tests (~0.24 s of guest time under TCG);
+        // no_timer_check skips the IO-APIC timer check. Kata passes both too.
+        let mut cmdline =
+            String::from("console=ttyS0 reboot=k panic=-1 quiet cryptomgr.notests no_timer_check");
+        if let Some(khz) = tsc_khz {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        if !self.kernel_params.trim().is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(self.kernel_params.trim());
+        }
+        cmdline
+    }
+}
+
 /// How a VM ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmExit {
@@ -54,6 +100,9 @@ pub enum VmExit {
     Poweroff,
     /// The guest rebooted (or its kernel panicked; `panic=-1` reboots), which ends the VM.
     Reset,
+    /// The guest crashed in a way the hypervisor caught (triple fault, failed VM
+    /// entry, KVM emulation failure).
+    Crashed,
     /// The host stopped the hypervisor (`stop()` or a signal it handled gracefully).
     Stopped,
     /// The hypervisor was killed by this signal.
@@ -67,6 +116,7 @@ impl std::fmt::Display for VmExit {
         match self {
             VmExit::Poweroff => f.write_str("guest powered off"),
             VmExit::Reset => f.write_str("guest reset"),
+            VmExit::Crashed => f.write_str("guest crashed"),
             VmExit::Stopped => f.write_str("stopped by the host"),
             VmExit::Killed(sig) => write!(f, "hypervisor killed by signal {sig}"),
             VmExit::Exited(code) => write!(f, "hypervisor exited with status {code}"),
@@ -102,9 +152,16 @@ pub enum HypervisorError {
     /// A socket path does not fit in a Unix socket address.
     #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (use a shorter run dir)")]
     SocketPathTooLong(PathBuf),
-    /// KVM was asked for but cannot be used.
-    #[error("hypervisor.accel = \"kvm\" but /dev/kvm is not usable")]
-    KvmUnavailable,
+    /// KVM is needed (by the named backend) but cannot be used.
+    #[error("{0} needs KVM, but /dev/kvm is not usable")]
+    KvmUnavailable(choice::Backend),
+    /// The skerry-vmm backend runs without root.
+    #[error("the skerry-vmm backend needs root (the jailer builds a root, a pid namespace and a cgroup per VM)")]
+    NotRoot,
+    /// A file for the jail root has a base name that is not UTF-8 or that
+    /// another file there has.
+    #[error("{0} cannot go into the jail root: its base name is not UTF-8 or is taken")]
+    JailName(PathBuf),
     /// A process could not be started.
     #[error("cannot start {what} ({binary})")]
     Spawn {
@@ -173,10 +230,25 @@ pub trait Vm: Send + Sync {
     async fn stop(&mut self) -> Result<(), HypervisorError>;
 }
 
-/// Boots a VM for `spec` and returns once the hypervisor runs; on failure nothing is left behind.
+/// Boots a VM for `spec` on the backend [`choice::backend_choice`] picks and
+/// returns once the hypervisor runs; on failure nothing is left behind.
 pub async fn launch(cfg: &HypervisorConfig, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
-    let vm = qemu::launch(cfg, spec).await?;
-    Ok(Box::new(vm))
+    let choice = choice::backend_choice(cfg);
+    tracing::debug!(sandbox = %spec.id, backend = %choice.summary(), "launching");
+    if choice.backend.needs_kvm() && !choice::dev_kvm_usable() {
+        return Err(HypervisorError::KvmUnavailable(choice.backend));
+    }
+    Ok(match choice.backend {
+        choice::Backend::SkerryVmm => Box::new(skerry_vmm::launch(cfg, spec).await?),
+        choice::Backend::Qemu { kvm } => Box::new(qemu::launch(cfg, spec, kvm).await?),
+    })
+}
+
+/// Removes what a VM of `run_dir` left outside its processes when it was not
+/// stopped (its monitor was killed): skerry-vmm's sockets, jail directory and
+/// cgroup. Call once its processes are gone.
+pub fn remove_leftovers(run_dir: &Path) -> Result<(), HypervisorError> {
+    skerry_vmm::remove_leftovers(run_dir)
 }
 
 /// Resolves a configured binary: a path with a `/` as is, else `PATH`, else `~/.cargo/bin`.

@@ -1,14 +1,17 @@
 //! A child process owned by a background task that reaps it, so that it can be
 //! signalled without racing pid reuse and waited on from anywhere.
 
+use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+use super::{find_binary, HypervisorError};
 
 /// How a child process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,19 +45,25 @@ pub(crate) struct Process {
 
 impl Process {
     /// Spawns `cmd` (stdin null, stdout and stderr appended to `log`).
-    pub(crate) fn spawn(
-        what: &'static str,
-        mut cmd: Command,
-        log: &Path,
-    ) -> std::io::Result<Process> {
+    pub(crate) fn spawn(what: &'static str, cmd: Command, log: &Path) -> std::io::Result<Process> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
         let err = out.try_clone()?;
+        Process::spawn_with(what, cmd, out, err)
+    }
+
+    /// Spawns `cmd` with stdin null and the given stdout and stderr.
+    pub(crate) fn spawn_with(
+        what: &'static str,
+        mut cmd: Command,
+        stdout: File,
+        stderr: File,
+    ) -> std::io::Result<Process> {
         cmd.stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
+            .stdout(stdout)
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd.spawn()?;
         let pid = child.id().unwrap_or_default();
@@ -96,6 +105,11 @@ impl Process {
         })
     }
 
+    /// Its pid (reaped or not).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// How it ended, if it has.
     pub(crate) fn exited(&self) -> Option<ProcExit> {
         *self.exit.borrow()
@@ -134,19 +148,21 @@ impl Process {
         self.wait().await
     }
 
-    /// Pids of this process and its direct children while it runs.
+    /// Pids of its direct children, then of itself, while it runs (children
+    /// first, so that killing them in order never orphans a child).
     pub(crate) fn pids(&self) -> Vec<u32> {
         if self.exited().is_some() {
             return Vec::new();
         }
-        let mut pids = vec![self.pid];
         let children = format!("/proc/{0}/task/{0}/children", self.pid);
-        if let Ok(text) = std::fs::read_to_string(children) {
-            pids.extend(
+        let mut pids: Vec<u32> = std::fs::read_to_string(children)
+            .map(|text| {
                 text.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
-        }
+                    .filter_map(|p| p.parse::<u32>().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.push(self.pid);
         pids
     }
 }
@@ -169,4 +185,59 @@ pub(crate) fn log_tail(path: &Path, n: usize) -> String {
     };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Resolves a configured binary or fails naming it.
+pub(crate) fn resolve(what: &'static str, name: &Path) -> Result<PathBuf, HypervisorError> {
+    find_binary(name).ok_or_else(|| HypervisorError::BinaryNotFound {
+        what,
+        name: name.to_path_buf(),
+    })
+}
+
+/// [`Process::spawn`] with the error naming the program.
+pub(crate) fn spawn(
+    what: &'static str,
+    binary: &Path,
+    cmd: Command,
+    log: &Path,
+) -> Result<Process, HypervisorError> {
+    Process::spawn(what, cmd, log).map_err(|source| HypervisorError::Spawn {
+        what,
+        binary: binary.to_path_buf(),
+        source,
+    })
+}
+
+/// Waits until `sock` exists, failing early if the process dies.
+pub(crate) async fn wait_for_socket(
+    proc_: &Process,
+    sock: &Path,
+    log: &Path,
+    deadline: Instant,
+) -> Result<(), HypervisorError> {
+    loop {
+        if let Some(exit) = proc_.exited() {
+            return Err(start_failed(proc_.what, &exit.to_string(), log));
+        }
+        if std::fs::symlink_metadata(sock).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let what = format!("socket {} did not appear", sock.display());
+            return Err(start_failed(proc_.what, &what, log));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A start-up failure of `what`, with the last lines of its log.
+pub(crate) fn start_failed(what: &'static str, happened: &str, log: &Path) -> HypervisorError {
+    let tail = log_tail(log, 5);
+    let detail = if tail.is_empty() {
+        format!("{happened} (log {})", log.display())
+    } else {
+        format!("{happened}; {}: {tail}", log.display())
+    };
+    HypervisorError::StartFailed { what, detail }
 }

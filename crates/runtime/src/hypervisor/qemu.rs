@@ -11,19 +11,18 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
-use super::process::{log_tail, ProcExit, Process};
-use super::{find_binary, HypervisorError, Vm, VmExit, VmSpec, MAX_SOCKET_PATH};
-use crate::config::{Accel, HypervisorConfig};
+use super::process::{resolve, spawn, start_failed, wait_for_socket, ProcExit, Process};
+use super::virtiofsd::{pid_file, spawn_virtiofsd, stop_virtiofsd};
+use super::{HypervisorError, Vm, VmExit, VmSpec, GUEST_CID, MAX_SOCKET_PATH};
+use crate::config::HypervisorConfig;
 
-/// Guest context id; every VM has its own vsock backend, so all can use 3.
-const GUEST_CID: u32 = 3;
 /// How long the vhost-user backends get to create their sockets.
 const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long QEMU gets to answer on QMP.
 const QMP_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SIGTERM → SIGKILL grace for QEMU.
 const QEMU_GRACE: Duration = Duration::from_secs(2);
-/// SIGTERM → SIGKILL grace for the device backends.
+/// SIGTERM → SIGKILL grace for vhost-device-vsock.
 const BACKEND_GRACE: Duration = Duration::from_secs(1);
 /// Longest QMP line accepted.
 const MAX_QMP_LINE: usize = 64 * 1024;
@@ -66,9 +65,7 @@ impl Sockets {
 
     /// Removes the sockets and virtiofsd's pid file; missing files are fine.
     fn remove(&self) -> Result<(), HypervisorError> {
-        let mut pid_file = self.fs.clone().into_os_string();
-        pid_file.push(".pid");
-        let pid_file = PathBuf::from(pid_file);
+        let pid_file = pid_file(&self.fs);
         let mut result = Ok(());
         for p in self.all().into_iter().chain([pid_file.as_path()]) {
             match std::fs::remove_file(p) {
@@ -107,55 +104,22 @@ pub(crate) struct QemuVm {
     stopped: bool,
 }
 
-/// Boots the VM; on failure stops whatever was started.
+/// Boots the VM (with KVM or TCG); on failure stops whatever was started.
 pub(crate) async fn launch(
     cfg: &HypervisorConfig,
     spec: &VmSpec,
+    kvm: bool,
 ) -> Result<QemuVm, HypervisorError> {
     let started = Instant::now();
     let qemu_bin = resolve("qemu", &cfg.qemu_path)?;
     let virtiofsd_bin = resolve("virtiofsd", &cfg.virtiofsd_path)?;
     let vsock_bin = resolve("vhost-device-vsock", &cfg.vsock_backend_path)?;
-    if !spec.kernel.is_file() {
-        return Err(HypervisorError::KernelNotFound(spec.kernel.clone()));
-    }
-    if !spec.initrd.is_file() {
-        return Err(HypervisorError::InitrdNotFound(spec.initrd.clone()));
-    }
-    for (what, path) in [("run dir", &spec.run_dir), ("shared dir", &spec.shared_dir)] {
-        if !path.is_dir() {
-            return Err(HypervisorError::NotADirectory {
-                what,
-                path: path.clone(),
-            });
-        }
-    }
-    let kvm = match cfg.accel {
-        Accel::Tcg => false,
-        Accel::Kvm => {
-            if !crate::check::dev_kvm_usable() {
-                return Err(HypervisorError::KvmUnavailable);
-            }
-            true
-        }
-        Accel::Auto => crate::check::kvm_runs_guest_kernels(),
-    };
+    spec.check()?;
     let sockets = Sockets::new(&spec.run_dir)?;
     sockets.remove()?;
 
-    // cryptomgr.notests skips the crypto self-tests (~0.24 s of guest time under TCG);
-    // no_timer_check skips the IO-APIC timer check. Kata passes both too.
-    let mut cmdline =
-        String::from("console=ttyS0 reboot=k panic=-1 quiet cryptomgr.notests no_timer_check");
-    if !kvm {
-        if let Some(khz) = host_tsc_khz() {
-            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-        }
-    }
-    if !spec.kernel_params.trim().is_empty() {
-        cmdline.push(' ');
-        cmdline.push_str(spec.kernel_params.trim());
-    }
+    let tsc_khz = if kvm { None } else { host_tsc_khz() };
+    let cmdline = spec.kernel_cmdline(tsc_khz);
     let plan = QemuPlan {
         kvm,
         vcpus: spec.vcpus,
@@ -199,13 +163,6 @@ pub(crate) async fn launch(
     }
 }
 
-fn resolve(what: &'static str, name: &Path) -> Result<PathBuf, HypervisorError> {
-    find_binary(name).ok_or_else(|| HypervisorError::BinaryNotFound {
-        what,
-        name: name.to_path_buf(),
-    })
-}
-
 impl QemuVm {
     async fn start(
         &mut self,
@@ -217,20 +174,13 @@ impl QemuVm {
     ) -> Result<(), HypervisorError> {
         let run = &spec.run_dir;
 
-        let mut cmd = Command::new(virtiofsd_bin);
-        cmd.arg("--shared-dir")
-            .arg(&spec.shared_dir)
-            .arg("--socket-path")
-            .arg(&self.sockets.fs)
-            // Its own namespaces need root; unprivileged runs use no sandbox.
-            .arg("--sandbox")
-            .arg(if nix::unistd::geteuid().is_root() {
-                "namespace"
-            } else {
-                "none"
-            });
         let log = run.join("virtiofsd.log");
-        self.virtiofsd = Some(spawn("virtiofsd", virtiofsd_bin, cmd, &log)?);
+        self.virtiofsd = Some(spawn_virtiofsd(
+            virtiofsd_bin,
+            &spec.shared_dir,
+            &self.sockets.fs,
+            &log,
+        )?);
 
         let mut cmd = Command::new(vsock_bin);
         cmd.arg("--guest-cid")
@@ -267,51 +217,6 @@ impl QemuVm {
             .into_iter()
             .filter_map(Option::as_ref)
     }
-}
-
-fn spawn(
-    what: &'static str,
-    binary: &Path,
-    cmd: Command,
-    log: &Path,
-) -> Result<Process, HypervisorError> {
-    Process::spawn(what, cmd, log).map_err(|source| HypervisorError::Spawn {
-        what,
-        binary: binary.to_path_buf(),
-        source,
-    })
-}
-
-/// Waits until `sock` exists, failing early if the process dies.
-async fn wait_for_socket(
-    proc_: &Process,
-    sock: &Path,
-    log: &Path,
-    deadline: Instant,
-) -> Result<(), HypervisorError> {
-    loop {
-        if let Some(exit) = proc_.exited() {
-            return Err(start_failed(proc_.what, &exit.to_string(), log));
-        }
-        if std::fs::symlink_metadata(sock).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let what = format!("socket {} did not appear", sock.display());
-            return Err(start_failed(proc_.what, &what, log));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn start_failed(what: &'static str, happened: &str, log: &Path) -> HypervisorError {
-    let tail = log_tail(log, 5);
-    let detail = if tail.is_empty() {
-        format!("{happened} (log {})", log.display())
-    } else {
-        format!("{happened}; {}: {tail}", log.display())
-    };
-    HypervisorError::StartFailed { what, detail }
 }
 
 /// Connects QMP, negotiates capabilities and returns a task that reports the
@@ -538,9 +443,7 @@ impl Vm for QemuVm {
         }
         // virtiofsd exits by itself once QEMU disconnects; vhost-device-vsock does not.
         if let Some(p) = &self.virtiofsd {
-            if p.wait_timeout(Duration::from_millis(500)).await.is_none() {
-                p.terminate(BACKEND_GRACE).await;
-            }
+            stop_virtiofsd(p).await;
         }
         if let Some(p) = &self.vsock {
             p.terminate(BACKEND_GRACE).await;

@@ -8,9 +8,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
 use libfuzzer_sys::fuzz_target;
-use skerry_vmm::arch::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use skerry_vmm::cli::{self, Command};
-use vm_memory::GuestAddress;
+use skerry_vmm_fuzz::exercise_config;
 
 fuzz_target!(|data: &[u8]| {
     let args = std::iter::once(OsString::from("skerry-vmm")).chain(
@@ -26,26 +25,5 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let _ = config.validate();
-    let Ok(mut cmdline) = skerry_vmm::boot::build_cmdline(&config.boot.cmdline, &[]) else {
-        return;
-    };
-    let devices = usize::from(config.rng)
-        + usize::from(config.block.is_some())
-        + usize::from(config.vsock.is_some());
-    for slot in 0..devices as u32 {
-        let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
-        if cmdline
-            .add_virtio_mmio_device(
-                VIRTIO_MMIO_SIZE,
-                GuestAddress(base),
-                VIRTIO_IRQ_BASE + slot,
-                None,
-            )
-            .is_err()
-        {
-            return;
-        }
-    }
-    let _ = cmdline.as_cstring();
+    exercise_config(&config);
 });

@@ -293,3 +293,33 @@ pub fn scratch_dir() -> &'static std::path::Path {
         dir
     })
 }
+
+/// What `run_vm` does with a parsed configuration before it touches KVM: validation and the
+/// kernel command line with one virtio-mmio fragment per device. Errors are fine; panics not.
+pub fn exercise_config(config: &skerry_vmm::VmConfig) {
+    use skerry_vmm::arch::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+    let _ = config.validate();
+    let Ok(mut cmdline) = skerry_vmm::boot::build_cmdline(&config.boot.cmdline, &[]) else {
+        return;
+    };
+    let devices = usize::from(config.rng)
+        + usize::from(config.block.is_some())
+        + usize::from(config.vsock.is_some())
+        + usize::from(config.net.is_some())
+        + usize::from(config.fs.is_some());
+    for slot in 0..devices as u32 {
+        let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
+        if cmdline
+            .add_virtio_mmio_device(
+                VIRTIO_MMIO_SIZE,
+                GuestAddress(base),
+                VIRTIO_IRQ_BASE + slot,
+                None,
+            )
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = cmdline.as_cstring();
+}

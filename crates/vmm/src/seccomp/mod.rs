@@ -31,6 +31,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The control API thread.
     Api,
+    /// The vhost-user watchdog thread of a virtio-fs device.
+    VhostWatchdog,
 }
 
 impl ThreadKind {
@@ -40,6 +42,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Api => "api",
+            ThreadKind::VhostWatchdog => "vhost-watchdog",
         }
     }
 }
@@ -133,12 +136,13 @@ pub fn apply(prog: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(prog).map_err(SeccompError::Apply)
 }
 
-/// The three allowlists, with placeholder values where rules depend on runtime fds.
+/// Every thread kind's allowlist, with placeholder values where rules depend on runtime fds.
 pub fn all_filters() -> Result<Vec<ThreadFilter>, SeccompError> {
     Ok(vec![
-        crate::vmm::seccomp_filter()?,
+        crate::vmm::seccomp_filter(None)?,
         crate::vstate::vcpu::seccomp_filter(None)?,
         crate::api::seccomp_filter()?,
+        crate::devices::virtio::fs::watchdog::seccomp_filter(None)?,
     ])
 }
 
@@ -168,6 +172,21 @@ mod tests {
         }
         let v: serde_json::Value = serde_json::from_str(&summary_json().unwrap()).unwrap();
         assert!(v["vcpu"].as_array().unwrap().iter().any(|s| s == "ioctl"));
+    }
+
+    #[test]
+    fn vmm_filter_allows_vhost_messages_only_with_a_vhost_socket() {
+        let names = |s: Option<&[i32]>| crate::vmm::seccomp_filter(s).unwrap().names();
+        for with in [None, Some(&[7][..])] {
+            let n = names(with);
+            assert!(n.contains(&"sendmsg") && n.contains(&"recvmsg"), "{with:?}");
+        }
+        let n = names(Some(&[]));
+        assert!(!n.contains(&"sendmsg") && !n.contains(&"recvmsg"));
+        crate::vmm::seccomp_filter(Some(&[7, 9]))
+            .unwrap()
+            .compile()
+            .unwrap();
     }
 
     /// A thread that calls a syscall outside its filter is killed with SIGSYS. Runs in a

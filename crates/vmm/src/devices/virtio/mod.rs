@@ -2,6 +2,8 @@
 //! queues (virtio-queue), guest memory and a [`VirtioInterrupt`].
 
 pub mod block;
+pub mod fs;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod testutil;
@@ -72,6 +74,18 @@ impl ActivateError {
     }
 }
 
+/// Copies the part of a device's configuration space `cfg` at `offset` into `data`; bytes
+/// past its end (or an offset that overflows) read as zero.
+pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| cfg.get(o).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// virtio device type (4 = rng, ...).
@@ -101,9 +115,18 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Whether the device is active.
     fn is_active(&self) -> bool;
+    /// Whether the VMM loop serves [`VirtioDevice::queue_events`] (false when an external
+    /// back end reads them as its kick fds).
+    fn loop_handles_queues(&self) -> bool {
+        true
+    }
     /// An fd (e.g. the back end's epoll) the VMM loop must watch for this device.
     fn backend_fd(&self) -> Option<RawFd> {
         None
+    }
+    /// How the loop watches [`VirtioDevice::backend_fd`] (level-triggered input by default).
+    fn backend_events(&self) -> EventSet {
+        EventSet::IN
     }
     /// Handles readiness of [`VirtioDevice::backend_fd`].
     fn process_backend(&mut self) {}
@@ -131,13 +154,22 @@ impl MutEventSubscriber for VirtioEventHandler {
 
     fn init(&mut self, ops: &mut EventOps) {
         let dev = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, evt) in dev.queue_events().iter().enumerate() {
+        let queues = if dev.loop_handles_queues() {
+            dev.queue_events()
+        } else {
+            &[]
+        };
+        for (i, evt) in queues.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
                 log::error!("cannot watch virtio queue {i}: {e}");
             }
         }
         if let Some(fd) = dev.backend_fd() {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT, EventSet::IN)) {
+            if let Err(e) = ops.add(Events::with_data_raw(
+                fd,
+                BACKEND_EVENT,
+                dev.backend_events(),
+            )) {
                 log::error!("cannot watch the device back end: {e}");
             }
         }

@@ -71,6 +71,27 @@ impl Rings {
         }
     }
 
+    /// A ready queue of `size` with its descriptor table at `base`, avail ring at
+    /// `base + 0x1000` and used ring at `base + 0x2000` (unlike `MockSplitQueue`'s layout, the
+    /// rings never overlap). Memory there must be zero.
+    pub fn at(base: u64, size: u16) -> (Self, virtio_queue::Queue) {
+        use virtio_queue::QueueT;
+        use vm_memory::GuestAddress;
+        let r = Rings {
+            desc: GuestAddress(base),
+            avail: GuestAddress(base + 0x1000),
+            used: GuestAddress(base + 0x2000),
+            size,
+        };
+        let mut q = virtio_queue::Queue::new(size).unwrap();
+        q.try_set_size(size).unwrap();
+        q.try_set_desc_table_address(r.desc).unwrap();
+        q.try_set_avail_ring_address(r.avail).unwrap();
+        q.try_set_used_ring_address(r.used).unwrap();
+        q.set_ready(true);
+        (r, q)
+    }
+
     /// Writes `descs` at table index `first` onwards and makes `first` available.
     pub fn add_chain(&self, mem: &vm_memory::GuestMemoryMmap, descs: &[RawDescriptor], first: u16) {
         use vm_memory::{Address, Bytes};

@@ -247,12 +247,7 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Only `capacity` (sectors, le64) at offset 0.
         let cfg = self.sectors.to_le_bytes();
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = offset
-                .checked_add(i as u64)
-                .and_then(|o| cfg.get(o as usize).copied())
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&cfg, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
