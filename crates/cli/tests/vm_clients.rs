@@ -1,8 +1,9 @@
 //! Tier 3 with real clients: Podman (through conmon) and containerd's runc
-//! shim drive the `skerry` binary as their OCI runtime; every container runs
-//! in its own VM, except in the side-by-side tests, where a second runtime
-//! binary with its own config file (as a RuntimeClass would point at) runs a
-//! container in container mode next to a VM one.
+//! shim drive the `skerry` binary as their OCI runtime. `vm_*` tests run
+//! every container in its own VM, `plain_*` ones in container mode; in the
+//! side-by-side tests a second runtime binary with its own config file (as a
+//! RuntimeClass would point at) runs a container in container mode next to a
+//! VM one.
 
 mod common;
 
@@ -14,10 +15,18 @@ use std::{
 
 use common::{stderr, stdout, World};
 
-/// Skips (or, under SKERRY_E2E_REQUIRED, fails) when `tool` is missing.
+/// Skips (or, under SKERRY_E2E_REQUIRED, fails) when `tool` is missing,
+/// or VMs (with `plain`: container mode) cannot run here.
 macro_rules! require_tool {
+    (plain, $tool:expr) => {
+        require_plain!();
+        require_tool!(@tool $tool);
+    };
     ($tool:expr) => {
         require_vm!();
+        require_tool!(@tool $tool);
+    };
+    (@tool $tool:expr) => {
         skip_if!(
             (!Path::new($tool).exists()).then(|| format!(
                 "{} not installed (apt-get install podman containerd)",
@@ -138,18 +147,37 @@ impl<'a> Podman<'a> {
     }
 }
 
+/// Asserts that `text` starts with the kernel version the world's
+/// containers see: the guest's 6.1 in a VM, the host's in container mode.
+fn assert_kernel(w: &World, text: &str) {
+    if w.plain {
+        let host = std::fs::read_to_string("/proc/version").unwrap();
+        assert!(text.starts_with(&host), "not the host kernel: {text}");
+    } else {
+        assert!(
+            text.starts_with("Linux version 6.1."),
+            "not the guest kernel: {text}"
+        );
+    }
+}
+
 #[test]
 fn vm_podman_run_rm_shows_the_guest_kernel_and_exit_status() {
     require_tool!("/usr/bin/podman");
-    let w = World::new();
-    let p = Podman::new(&w);
+    podman_run_rm_shows_the_kernel_and_exit_status(&World::new());
+}
+
+#[test]
+fn plain_podman_run_rm_shows_the_hosts_kernel_and_exit_status() {
+    require_tool!(plain, "/usr/bin/podman");
+    podman_run_rm_shows_the_kernel_and_exit_status(&World::plain());
+}
+
+fn podman_run_rm_shows_the_kernel_and_exit_status(w: &World) {
+    let p = Podman::new(w);
     let out = p.run(&["--rm", "localhost/bb", "cat", "/proc/version"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
-    assert!(
-        stdout(&out).starts_with("Linux version 6.1."),
-        "{}",
-        stdout(&out)
-    );
+    assert_kernel(w, &stdout(&out));
     let out = p.run(&["--rm", "localhost/bb", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}\n{}", stderr(&out), w.log());
     assert_eq!(w.settled_processes(), Vec::<String>::new());
@@ -159,8 +187,17 @@ fn vm_podman_run_rm_shows_the_guest_kernel_and_exit_status() {
 #[test]
 fn vm_podman_detached_exec_stop_rm() {
     require_tool!("/usr/bin/podman");
-    let w = World::new();
-    let p = Podman::new(&w);
+    podman_detached_exec_stop_rm(&World::new());
+}
+
+#[test]
+fn plain_podman_detached_exec_stop_rm() {
+    require_tool!(plain, "/usr/bin/podman");
+    podman_detached_exec_stop_rm(&World::plain());
+}
+
+fn podman_detached_exec_stop_rm(w: &World) {
+    let p = Podman::new(w);
     let out = p.run(&["-d", "--name", "d1", "localhost/bb", "sleep", "1000"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
     let exec = p.ok(&[
@@ -168,9 +205,12 @@ fn vm_podman_detached_exec_stop_rm() {
         "d1",
         "sh",
         "-c",
-        "echo exec-in-vm; cat /proc/version",
+        "echo exec-in-container; cat /proc/version",
     ]);
-    assert!(exec.starts_with("exec-in-vm\nLinux version 6.1."), "{exec}");
+    let version = exec
+        .strip_prefix("exec-in-container\n")
+        .unwrap_or_else(|| panic!("{exec}"));
+    assert_kernel(w, version);
     let out = p
         .cmd()
         .args(["exec", "d1", "sh", "-c", "exit 4"])
@@ -194,8 +234,18 @@ fn vm_podman_detached_exec_stop_rm() {
 fn vm_podman_interactive_terminal_gets_a_shell_prompt() {
     require_tool!("/usr/bin/script");
     require_tool!("/usr/bin/podman");
-    let w = World::new();
-    let p = Podman::new(&w);
+    podman_interactive_terminal_gets_a_shell_prompt(&World::new());
+}
+
+#[test]
+fn plain_podman_interactive_terminal_gets_a_shell_prompt() {
+    require_tool!(plain, "/usr/bin/script");
+    require_tool!(plain, "/usr/bin/podman");
+    podman_interactive_terminal_gets_a_shell_prompt(&World::plain());
+}
+
+fn podman_interactive_terminal_gets_a_shell_prompt(w: &World) {
+    let p = Podman::new(w);
     let storage = w.tmp.path();
     let podman = format!(
         "podman --root {0}/storage --runroot {0}/runroot --cgroup-manager cgroupfs --events-backend file --runtime {1} \
