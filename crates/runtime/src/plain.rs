@@ -6,7 +6,8 @@
 //!
 //! Layout: `<root>/<id>/state.json` is ours (as for a VM container, with
 //! `isolation: container`); libcontainer keeps its own state under
-//! `<root>/<id>/lc/<id>/`, so deleting the container directory removes both.
+//! `<root>/<id>/lc/<id>/`, so deleting the container directory removes both;
+//! `<root>/<id>/lock` serialises operations on one container.
 
 use std::{
     fs,
@@ -35,7 +36,9 @@ use crate::{
 /// libcontainer's root inside a container's state directory.
 const LIBCONTAINER_DIR: &str = "lc";
 
-/// The lock file in libcontainer's root (see [`locked`]).
+/// The lock file in the container's state directory, beside libcontainer's
+/// root (inside it, it could clash with a container named like it; see
+/// [`locked`]).
 const LOCK_FILE: &str = "lock";
 
 /// Failure of a container-mode operation.
@@ -160,7 +163,7 @@ fn locked<T>(
     id: &str,
     f: impl FnOnce() -> Result<T, PlainError>,
 ) -> Result<T, PlainError> {
-    let path = lc_root(store, id).join(LOCK_FILE);
+    let path = store.dir(id).join(LOCK_FILE);
     let io = |source| PlainError::Io {
         id: id.into(),
         path: path.clone(),
