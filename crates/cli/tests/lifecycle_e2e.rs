@@ -769,20 +769,31 @@ fn vm_killing_qemu_ends_the_container_and_delete_cleans_up() {
     w.assert_clean("kq");
 }
 
-#[test]
-fn vm_killing_the_monitor_then_delete_force_cleans_up() {
-    require_vm!();
-    let w = World::new();
-    start_sleeper(&w, "km");
-    let monitor = status_of(&w, "km")["pid"].as_i64().unwrap() as i32;
+both_isolations!(
+    vm_killing_the_monitor_then_delete_force_cleans_up,
+    plain_killing_the_init_then_delete_force_cleans_up,
+    killing_the_state_pid_then_delete_force_cleans_up
+);
+
+/// Kills the pid `state` reports (the monitor of a VM container, the init
+/// in container mode) from outside: the container is stopped, and
+/// `delete --force` leaves nothing.
+fn killing_the_state_pid_then_delete_force_cleans_up(w: &World) {
+    start_sleeper(w, "km");
+    let monitor = status_of(w, "km")["pid"].as_i64().unwrap() as i32;
     assert!(monitor > 0);
+    let out = w.run(&["list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "km", "{list}");
+    assert_eq!(list[0]["pid"], monitor, "{list}");
+    assert_eq!(list[0]["status"], "running", "{list}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(monitor),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while status_of(&w, "km")["status"] != "stopped" {
+    while status_of(w, "km")["status"] != "stopped" {
         assert!(Instant::now() < deadline, "state still says running");
         std::thread::sleep(Duration::from_millis(20));
     }
