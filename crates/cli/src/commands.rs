@@ -5,7 +5,7 @@ use std::{path::PathBuf, str::FromStr};
 use anyhow::Context;
 use nix::sys::signal::Signal;
 use skerry_runtime::{
-    config::{Config, DEFAULT_CONFIG_PATH},
+    config::{Config, Isolation, DEFAULT_CONFIG_PATH},
     lifecycle,
     state::{validate_id, StateStore},
 };
@@ -120,22 +120,28 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// `update`: the resources are checked, but a sandbox VM is sized when it is
-/// created and its guest applies no cgroup limits yet, so nothing can change.
+/// `update`: the resources are checked; a container-mode container's cgroup
+/// takes them, while a sandbox VM is sized when it is created and its guest
+/// applies no cgroup limits yet, so nothing can change there.
 fn update(store: &StateStore, resources: &std::path::Path, id: &str) -> anyhow::Result<i32> {
-    store.load(id)?;
+    let state = store.load(id)?;
     let text = if resources == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("--resources -: reading stdin")?
     } else {
         std::fs::read_to_string(resources)
             .with_context(|| format!("--resources {}", resources.display()))?
     };
-    serde_json::from_str::<oci_spec::runtime::LinuxResources>(&text).with_context(|| {
-        format!(
-            "--resources {}: invalid LinuxResources JSON",
-            resources.display()
-        )
-    })?;
+    let resources: oci_spec::runtime::LinuxResources =
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--resources {}: invalid LinuxResources JSON",
+                resources.display()
+            )
+        })?;
+    if state.isolation == Isolation::Container {
+        skerry_runtime::plain::update(store, id, &resources)?;
+        return Ok(0);
+    }
     anyhow::bail!(
         "update of container {id:?}: changing the resources of a running sandbox VM is not supported yet"
     )

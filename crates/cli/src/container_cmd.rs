@@ -9,13 +9,20 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::{
+    sys::{
+        signal::Signal,
+        wait::{waitpid, WaitStatus},
+    },
+    unistd::Pid,
+};
 use skerry_runtime::{
     bundle::Bundle,
-    config::Config,
-    lifecycle,
+    config::{Config, Isolation},
+    isolation, lifecycle,
     monitor::{self, MonitorOptions},
     mounts::SysMounts,
+    plain,
     relay::{ProcessStdio, RelayOptions},
     sandbox::{ConfiguredLauncher, SandboxParams},
     state::{validate_id, StateStore},
@@ -28,18 +35,23 @@ use crate::{
     Cli, CreateArgs,
 };
 
-/// Checks everything a user can get wrong before any process is started.
-fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle)> {
+/// Checks everything a user can get wrong before any process is started,
+/// and decides the container's isolation.
+fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle, Isolation)> {
     validate_id(&opts.id)?;
+    let config = load_config(cli)?;
+    let bundle = Bundle::load(&opts.bundle)?;
+    skerry_runtime::policy::check(&config.policy, &bundle.spec)?;
+    let isolation = isolation::resolve(&config.runtime, bundle.spec.annotations().as_ref())?;
+    if isolation == Isolation::Container {
+        return Ok((config, bundle, isolation));
+    }
     if opts.preserve_fds > 0 {
         bail!(
             "--preserve-fds {}: host file descriptors cannot be passed into a VM",
             opts.preserve_fds
         );
     }
-    let config = load_config(cli)?;
-    let bundle = Bundle::load(&opts.bundle)?;
-    skerry_runtime::policy::check(&config.policy, &bundle.spec)?;
     for (what, path) in [
         ("guest kernel", config.guest.kernel()),
         ("guest initramfs", config.guest.initrd()),
@@ -51,7 +63,7 @@ fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle)> {
             );
         }
     }
-    Ok((config, bundle))
+    Ok((config, bundle, isolation))
 }
 
 fn terminal(bundle: &Bundle) -> bool {
@@ -63,17 +75,36 @@ fn terminal(bundle: &Bundle) -> bool {
         .unwrap_or(false)
 }
 
-/// `create`: validates, then starts the monitor and waits until it reports
-/// the container created (or the error). Returns the monitor child and
-/// whether the container has a terminal.
+/// What `create` left running.
+#[derive(Debug)]
+pub enum Created {
+    /// A VM container: its monitor, and whether it has a terminal.
+    Vm(Child, bool),
+    /// A container-mode container: the host pid of its init.
+    Plain(u32),
+}
+
+/// `create`: validates; for a VM container starts the monitor and waits
+/// until it reports the container created (or the error); in container mode
+/// creates the container with libcontainer.
 pub fn create(
     cli: &Cli,
     store: &StateStore,
     opts: &CreateArgs,
     detached: bool,
-) -> anyhow::Result<(Child, bool)> {
+) -> anyhow::Result<Created> {
     let id = opts.id.as_str();
-    let (_, bundle) = preflight(cli, opts)?;
+    let (_, bundle, isolation) = preflight(cli, opts)?;
+    if isolation == Isolation::Container {
+        let options = plain::CreateOptions {
+            pid_file: opts.pid_file.clone(),
+            console_socket: opts.console_socket.clone(),
+            preserve_fds: opts.preserve_fds,
+            no_pivot: opts.no_pivot,
+            detached,
+        };
+        return Ok(Created::Plain(plain::create(store, id, &bundle, &options)?));
+    }
     let tty = terminal(&bundle);
     store.create_dir(id)?;
     let started = console::setup(tty, opts.console_socket.as_deref(), detached).and_then(|c| {
@@ -96,7 +127,7 @@ pub fn create(
     if let Some(path) = &opts.pid_file {
         write_pid_file(path, child.id())?;
     }
-    Ok((child, tty))
+    Ok(Created::Vm(child, tty))
 }
 
 /// The hidden `monitor` command: the per-sandbox monitor.
@@ -153,7 +184,18 @@ pub fn relay_options() -> RelayOptions {
 /// `run`: create, start, wait, delete; the container's status is ours.
 pub async fn run(cli: &Cli, store: &StateStore, opts: &CreateArgs) -> anyhow::Result<i32> {
     let id = opts.id.as_str();
-    let (mut child, terminal) = create(cli, store, opts, false)?;
+    let (mut child, terminal) = match create(cli, store, opts, false)? {
+        Created::Vm(child, terminal) => (child, terminal),
+        Created::Plain(pid) => {
+            if let Err(e) = lifecycle::start(store, id).await {
+                let _ = lifecycle::delete(store, id, true).await;
+                return Err(e.into());
+            }
+            let code = wait_forwarding_signals(pid).await?;
+            lifecycle::delete(store, id, true).await?;
+            return Ok(code);
+        }
+    };
     // A terminal on our own tty: pass keystrokes through uncooked.
     let _raw = (terminal && opts.console_socket.is_none())
         .then(|| RawMode::enter(std::io::stdin()))
@@ -171,6 +213,21 @@ pub async fn run(cli: &Cli, store: &StateStore, opts: &CreateArgs) -> anyhow::Re
     let code = status.context("waiting for the container monitor")?;
     lifecycle::delete(store, id, true).await?;
     Ok(exit_code(code))
+}
+
+/// Waits for our child `pid` (a container-mode init or exec'd process),
+/// relaying signals to it; returns its status as a shell reports it.
+pub async fn wait_forwarding_signals(pid: u32) -> anyhow::Result<i32> {
+    let pid = Pid::from_raw(pid as i32);
+    let status = tokio::select! {
+        status = tokio::task::spawn_blocking(move || waitpid(pid, None)) => status?,
+        () = forward_signals_to(pid) => unreachable!("signal forwarding never ends"),
+    };
+    match status.with_context(|| format!("waiting for process {pid}"))? {
+        WaitStatus::Exited(_, code) => Ok(code),
+        WaitStatus::Signaled(_, signal, _) => Ok(128 + signal as i32),
+        other => bail!("process {pid}: unexpected wait status {other:?}"),
+    }
 }
 
 /// A child's exit status as a shell reports it.

@@ -10,14 +10,16 @@ use std::{
 use anyhow::{bail, Context};
 use oci_spec::runtime::{Process, Spec, UserBuilder};
 use skerry_runtime::{
+    config::Isolation,
     exec::{self, ExecOptions},
+    plain,
     relay::{ProcessStdio, RelayOptions},
     state::StateStore,
 };
 
 use crate::{
     console::{self, Console, RawMode},
-    container_cmd::{own_stdio, relay_options},
+    container_cmd::{own_stdio, relay_options, wait_forwarding_signals},
     spawn::{self, write_pid_file},
     Cli, ExecArgs,
 };
@@ -89,14 +91,17 @@ fn parse_user(text: &str) -> anyhow::Result<(u32, u32)> {
 
 /// `exec`.
 pub async fn exec(cli: &Cli, store: &StateStore, args: &ExecArgs) -> anyhow::Result<i32> {
+    let state = store.load(&args.id)?;
+    let process = build_process(args, &state.bundle)?;
+    if state.isolation == Isolation::Container {
+        return exec_plain(store, args, &process).await;
+    }
     if args.preserve_fds > 0 {
         bail!(
             "--preserve-fds {}: host file descriptors cannot be passed into a VM",
             args.preserve_fds
         );
     }
-    let state = store.load(&args.id)?;
-    let process = build_process(args, &state.bundle)?;
     let terminal = process.terminal().unwrap_or(false);
     let console = console::setup(terminal, args.console_socket.as_deref(), args.detach)?;
     let exec_id = exec::new_exec_id();
@@ -164,6 +169,30 @@ pub async fn exec(cli: &Cli, store: &StateStore, args: &ExecArgs) -> anyhow::Res
         bail!("{report}");
     }
     Ok(status)
+}
+
+/// `exec` in a container-mode container: libcontainer joins its namespaces
+/// and cgroup; the process is our child, so the foreground waits for it.
+async fn exec_plain(store: &StateStore, args: &ExecArgs, process: &Process) -> anyhow::Result<i32> {
+    let file = store
+        .dir(&args.id)
+        .join(format!("{}.process.json", exec::new_exec_id()));
+    fs::write(&file, serde_json::to_vec(process)?)
+        .with_context(|| format!("writing {}", file.display()))?;
+    let opts = plain::ExecOptions {
+        process_file: file.clone(),
+        pid_file: args.pid_file.clone(),
+        console_socket: args.console_socket.clone(),
+        preserve_fds: args.preserve_fds,
+        detached: args.detach,
+    };
+    let pid = plain::exec(store, &args.id, &opts);
+    let _ = fs::remove_file(&file);
+    let pid = pid?;
+    if args.detach {
+        return Ok(0);
+    }
+    wait_forwarding_signals(pid).await
 }
 
 /// The hidden `exec-proxy` command: stands for one detached exec'd process.

@@ -11,7 +11,9 @@ use std::{
 use anyhow::{bail, Context};
 use serde::Serialize;
 use skerry_runtime::{
+    config::Isolation,
     lifecycle::{self, OciState},
+    plain,
     state::{ContainerState, StateStore},
 };
 
@@ -165,7 +167,7 @@ pub fn list(store: &StateStore, format: Format, quiet: bool) -> anyhow::Result<i
     Ok(0)
 }
 
-/// Host pids that stand for the container's processes: the monitor while
+/// Host pids that stand for a VM container's processes: the monitor while
 /// it lives (it stands for the container process). The VM's own processes
 /// (hypervisor, device back ends) are machinery, not container processes.
 pub fn container_pids(state: &ContainerState) -> Vec<u32> {
@@ -204,7 +206,10 @@ pub fn filter_ps(output: &str, pids: &[u32]) -> anyhow::Result<String> {
 /// `-ef`) filtered to them.
 pub fn ps(store: &StateStore, id: &str, format: Format, ps_args: &[String]) -> anyhow::Result<i32> {
     let state = store.load(id)?;
-    let pids = container_pids(&state);
+    let pids = match state.isolation {
+        Isolation::Vm => container_pids(&state),
+        Isolation::Container => plain::pids(store, id)?,
+    };
     if format == Format::Json {
         println!("{}", serde_json::to_string(&pids)?);
         return Ok(0);

@@ -23,7 +23,14 @@ use crate::LogFormat;
 
 /// Routes tracing output to `file` (appending) or to stderr.
 pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Result<()> {
-    let level = if debug { "debug" } else { "info" };
+    // libcgroups warns about every v1 controller the host lacks, and
+    // libcontainer's seccomp about every syscall libseccomp does not know, on
+    // every container-mode operation: only their errors matter without --debug.
+    let level = if debug {
+        "debug"
+    } else {
+        "info,libcgroups=error,libcontainer::seccomp=error"
+    };
     let filter = EnvFilter::try_from_env("SKERRY_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = fmt().with_env_filter(filter).with_ansi(false);
     match file {
@@ -40,8 +47,14 @@ pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resu
             }
         }
         None => {
-            // Without --log only warnings reach stderr, unless --debug.
-            let filter = if debug { "debug" } else { "warn" };
+            // Without --log only warnings reach stderr, unless --debug; none
+            // of libcontainer's: its container init shares the container's
+            // stderr, and its errors come back to us to be printed once.
+            let filter = if debug {
+                "debug"
+            } else {
+                "warn,libcgroups=off,libcontainer=off"
+            };
             let builder = fmt()
                 .with_env_filter(EnvFilter::new(filter))
                 .with_ansi(false)

@@ -1,5 +1,5 @@
 //! `skerry`: an OCI runtime CLI (runc's conventions) that runs each container
-//! in its own lightweight VM.
+//! in its own lightweight VM, or (isolation "container") on the host kernel.
 #![forbid(unsafe_code)]
 
 mod commands;
@@ -192,13 +192,13 @@ pub struct CreateArgs {
     /// Unix socket that receives the master of the container's terminal.
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
-    /// Accepted for runc compatibility; the guest always uses pivot_root.
+    /// Use MS_MOVE + chroot instead of pivot_root (container mode; a guest always pivots).
     #[arg(long)]
     pub no_pivot: bool,
     /// Accepted for runc compatibility; the guest kernel keyring is the VM's own.
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Accepted for runc compatibility; host fds cannot cross into the VM, so N > 0 is refused.
+    /// Pass fds 3..3+N to the container (container mode; refused for a VM when N > 0).
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     /// Container id.
@@ -238,7 +238,7 @@ pub struct ExecArgs {
     /// Accepted for runc compatibility.
     #[arg(long)]
     pub no_new_privs: bool,
-    /// Accepted for runc compatibility; refused when N > 0.
+    /// Pass fds 3..3+N to the process (container mode; refused for a VM when N > 0).
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     /// Container id.

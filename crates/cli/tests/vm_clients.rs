@@ -1,6 +1,9 @@
 //! Tier 3 with real clients: Podman (through conmon) and containerd's runc
-//! shim drive the `skerry` binary as their OCI runtime; every container runs
-//! in its own VM.
+//! shim drive the `skerry` binary as their OCI runtime. `vm_*` tests run
+//! every container in its own VM, `plain_*` ones in container mode; in the
+//! side-by-side tests a second runtime binary with its own config file (as a
+//! RuntimeClass would point at) runs a container in container mode next to a
+//! VM one.
 
 mod common;
 
@@ -12,44 +15,60 @@ use std::{
 
 use common::{stderr, stdout, World};
 
-/// Skips (or, under SKERRY_E2E_REQUIRED, fails) when `tool` is missing.
+/// Skips (or, under SKERRY_E2E_REQUIRED, fails) when `tool` is missing,
+/// or VMs (with `plain`: container mode) cannot run here.
 macro_rules! require_tool {
+    (plain, $tool:expr) => {
+        require_plain!();
+        require_tool!(@tool $tool);
+    };
     ($tool:expr) => {
         require_vm!();
-        if !Path::new($tool).exists() {
-            let reason = format!(
+        require_tool!(@tool $tool);
+    };
+    (@tool $tool:expr) => {
+        skip_if!(
+            (!Path::new($tool).exists()).then(|| format!(
                 "{} not installed (apt-get install podman containerd)",
                 $tool
-            );
-            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("client test cannot run: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
+            )),
+            "client test"
+        );
     };
 }
 
 /// A runtime wrapper script: skerry with this world's config and root.
 fn runtime_wrapper(w: &World) -> PathBuf {
-    let path = w.tmp.path().join("skerry-runtime");
+    wrapper(w, "skerry-runtime", &w.config)
+}
+
+/// A runtime wrapper script named `name`: skerry with `config` and this
+/// world's root.
+fn wrapper(w: &World, name: &str, config: &Path) -> PathBuf {
+    let path = w.tmp.path().join(name);
     std::fs::write(
         &path,
         format!(
             "#!/bin/sh\nexec {} --root {} --config {} --log {} \"$@\"\n",
             env!("CARGO_BIN_EXE_skerry"),
             w.root.display(),
-            w.config.display(),
+            config.display(),
             w.tmp.path().join("skerry.log").display(),
         ),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&path).unwrap().permissions(),
-        0o755,
-    );
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     path
+}
+
+/// A second runtime binary whose config (this world's, plus
+/// `isolation = "container"`) runs containers in container mode.
+fn plain_wrapper(w: &World) -> PathBuf {
+    let config = w.tmp.path().join("plain.toml");
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str("[runtime]\nisolation = \"container\"\n");
+    std::fs::write(&config, text).unwrap();
+    wrapper(w, "skerry-plain", &config)
 }
 
 /// Podman with storage in the world's temp dir and skerry as its runtime.
@@ -128,29 +147,57 @@ impl<'a> Podman<'a> {
     }
 }
 
+/// Asserts that `text` starts with the kernel version the world's
+/// containers see: the guest's 6.1 in a VM, the host's in container mode.
+fn assert_kernel(w: &World, text: &str) {
+    if w.plain {
+        let host = std::fs::read_to_string("/proc/version").unwrap();
+        assert!(text.starts_with(&host), "not the host kernel: {text}");
+    } else {
+        assert!(
+            text.starts_with("Linux version 6.1."),
+            "not the guest kernel: {text}"
+        );
+    }
+}
+
 #[test]
 fn vm_podman_run_rm_shows_the_guest_kernel_and_exit_status() {
     require_tool!("/usr/bin/podman");
-    let w = World::new();
-    let p = Podman::new(&w);
+    podman_run_rm_shows_the_kernel_and_exit_status(&World::new());
+}
+
+#[test]
+fn plain_podman_run_rm_shows_the_hosts_kernel_and_exit_status() {
+    require_tool!(plain, "/usr/bin/podman");
+    podman_run_rm_shows_the_kernel_and_exit_status(&World::plain());
+}
+
+fn podman_run_rm_shows_the_kernel_and_exit_status(w: &World) {
+    let p = Podman::new(w);
     let out = p.run(&["--rm", "localhost/bb", "cat", "/proc/version"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
-    assert!(
-        stdout(&out).starts_with("Linux version 6.1."),
-        "{}",
-        stdout(&out)
-    );
+    assert_kernel(w, &stdout(&out));
     let out = p.run(&["--rm", "localhost/bb", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}\n{}", stderr(&out), w.log());
-    assert_eq!(w.processes(), Vec::<String>::new());
+    assert_eq!(w.settled_processes(), Vec::<String>::new());
     assert_eq!(w.mounts(), Vec::<String>::new());
 }
 
 #[test]
 fn vm_podman_detached_exec_stop_rm() {
     require_tool!("/usr/bin/podman");
-    let w = World::new();
-    let p = Podman::new(&w);
+    podman_detached_exec_stop_rm(&World::new());
+}
+
+#[test]
+fn plain_podman_detached_exec_stop_rm() {
+    require_tool!(plain, "/usr/bin/podman");
+    podman_detached_exec_stop_rm(&World::plain());
+}
+
+fn podman_detached_exec_stop_rm(w: &World) {
+    let p = Podman::new(w);
     let out = p.run(&["-d", "--name", "d1", "localhost/bb", "sleep", "1000"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
     let exec = p.ok(&[
@@ -158,9 +205,12 @@ fn vm_podman_detached_exec_stop_rm() {
         "d1",
         "sh",
         "-c",
-        "echo exec-in-vm; cat /proc/version",
+        "echo exec-in-container; cat /proc/version",
     ]);
-    assert!(exec.starts_with("exec-in-vm\nLinux version 6.1."), "{exec}");
+    let version = exec
+        .strip_prefix("exec-in-container\n")
+        .unwrap_or_else(|| panic!("{exec}"));
+    assert_kernel(w, version);
     let out = p
         .cmd()
         .args(["exec", "d1", "sh", "-c", "exit 4"])
@@ -171,7 +221,7 @@ fn vm_podman_detached_exec_stop_rm() {
     let ps = p.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.contains("d1 Exited"), "{ps}");
     p.ok(&["rm", "d1"]);
-    assert_eq!(w.processes(), Vec::<String>::new());
+    assert_eq!(w.settled_processes(), Vec::<String>::new());
     assert_eq!(w.mounts(), Vec::<String>::new());
     assert_eq!(
         std::fs::read_dir(&w.root).map(|d| d.count()).unwrap_or(0),
@@ -184,8 +234,18 @@ fn vm_podman_detached_exec_stop_rm() {
 fn vm_podman_interactive_terminal_gets_a_shell_prompt() {
     require_tool!("/usr/bin/script");
     require_tool!("/usr/bin/podman");
-    let w = World::new();
-    let p = Podman::new(&w);
+    podman_interactive_terminal_gets_a_shell_prompt(&World::new());
+}
+
+#[test]
+fn plain_podman_interactive_terminal_gets_a_shell_prompt() {
+    require_tool!(plain, "/usr/bin/script");
+    require_tool!(plain, "/usr/bin/podman");
+    podman_interactive_terminal_gets_a_shell_prompt(&World::plain());
+}
+
+fn podman_interactive_terminal_gets_a_shell_prompt(w: &World) {
+    let p = Podman::new(w);
     let storage = w.tmp.path();
     let podman = format!(
         "podman --root {0}/storage --runroot {0}/runroot --cgroup-manager cgroupfs --events-backend file --runtime {1} \
@@ -222,6 +282,49 @@ fn vm_podman_interactive_terminal_gets_a_shell_prompt() {
     );
     assert!(text.contains("sum=42"), "command did not run: {text:?}");
     assert_eq!(out.status.code(), Some(5), "{text:?}\n{}", stderr(&out));
+}
+
+#[test]
+fn vm_podman_runs_a_plain_container_beside_a_vm_one() {
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let plain = plain_wrapper(&w);
+    let out = p.run(&[
+        "-d",
+        "--name",
+        "plain1",
+        "--runtime",
+        plain.to_str().unwrap(),
+        "localhost/bb",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    // The VM container runs while the plain one does.
+    let out = p.run(&["--rm", "localhost/bb", "cat", "/proc/version"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    assert!(
+        stdout(&out).starts_with("Linux version 6.1."),
+        "{}",
+        stdout(&out)
+    );
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    let exec = p.ok(&["exec", "plain1", "cat", "/proc/version"]);
+    assert_eq!(exec, host, "the plain container runs on the host kernel");
+    let out = p
+        .cmd()
+        .args(["exec", "plain1", "sh", "-c", "exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    p.ok(&["rm", "-f", "-t", "1", "plain1"]);
+    assert_eq!(w.settled_processes(), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(&w.root).map(|d| d.count()).unwrap_or(0),
+        0,
+        "state left"
+    );
 }
 
 /// containerd with its root, state and socket in the world's temp dir.
@@ -262,6 +365,83 @@ impl Containerd {
         Self { child, socket }
     }
 
+    /// containerd with the busybox image of `p` imported.
+    fn with_image(w: &World, p: &Podman) -> Self {
+        let archive = w.tmp.path().join("bb-oci.tar");
+        p.ok(&[
+            "save",
+            "--format",
+            "oci-archive",
+            "-o",
+            archive.to_str().unwrap(),
+            "localhost/bb:latest",
+        ]);
+        let c = Self::start(w);
+        let out = c
+            .ctr()
+            .args(["image", "import", "--base-name", "localhost/bb"])
+            .arg(&archive)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctr import: {}", stderr(&out));
+        c
+    }
+
+    /// `ctr run --rm` of `cat /proc/version` as task `id` with `runtime`
+    /// as the runc binary: the guest's kernel answers.
+    fn run_rm_shows_the_guest_kernel(&self, w: &World, runtime: &str, id: &str) {
+        let out = self
+            .ctr()
+            .args([
+                "run",
+                "--rm",
+                "--runc-binary",
+                runtime,
+                "localhost/bb:latest",
+                id,
+            ])
+            .args(["cat", "/proc/version"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctr run: {}\n{}",
+            stderr(&out),
+            w.log()
+        );
+        assert!(
+            stdout(&out).starts_with("Linux version 6.1."),
+            "{}",
+            stdout(&out)
+        );
+    }
+
+    /// SIGKILLs task `id` and waits until `ctr task ls` says it stopped.
+    fn kill_and_wait_stopped(&self, w: &World, id: &str) {
+        let out = self
+            .ctr()
+            .args(["task", "kill", "-s", "SIGKILL", id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ls = stdout(&self.ctr().args(["task", "ls"]).output().unwrap());
+            if ls
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task did not stop: {ls}\n{}",
+                w.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn ctr(&self) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("-a").arg(&self.socket).args(["-n", "skerry-test"]);
@@ -283,49 +463,9 @@ fn vm_containerd_runc_shim_runs_execs_and_kills() {
     require_tool!("/usr/bin/podman");
     let w = World::new();
     let p = Podman::new(&w);
-    let archive = w.tmp.path().join("bb-oci.tar");
-    p.ok(&[
-        "save",
-        "--format",
-        "oci-archive",
-        "-o",
-        archive.to_str().unwrap(),
-        "localhost/bb:latest",
-    ]);
-    let c = Containerd::start(&w);
-    let out = c
-        .ctr()
-        .args(["image", "import", "--base-name", "localhost/bb"])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ctr import: {}", stderr(&out));
+    let c = Containerd::with_image(&w, &p);
     let runtime = p.runtime.to_str().unwrap().to_string();
-    let out = c
-        .ctr()
-        .args([
-            "run",
-            "--rm",
-            "--runc-binary",
-            &runtime,
-            "localhost/bb:latest",
-            "ctr1",
-            "cat",
-            "/proc/version",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ctr run: {}\n{}",
-        stderr(&out),
-        w.log()
-    );
-    assert!(
-        stdout(&out).starts_with("Linux version 6.1."),
-        "{}",
-        stdout(&out)
-    );
+    c.run_rm_shows_the_guest_kernel(&w, &runtime, "ctr1");
 
     let out = c
         .ctr()
@@ -363,28 +503,7 @@ fn vm_containerd_runc_shim_runs_execs_and_kills() {
         .unwrap();
     assert_eq!(stdout(&out), "exec-in-vm\n", "{}", stderr(&out));
     assert_eq!(out.status.code(), Some(4));
-    let out = c
-        .ctr()
-        .args(["task", "kill", "-s", "SIGKILL", "ctr2"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ls = stdout(&c.ctr().args(["task", "ls"]).output().unwrap());
-        if ls
-            .lines()
-            .any(|l| l.starts_with("ctr2") && l.contains("STOPPED"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task did not stop: {ls}\n{}",
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.kill_and_wait_stopped(&w, "ctr2");
     let out = c.ctr().args(["task", "delete", "ctr2"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -396,6 +515,54 @@ fn vm_containerd_runc_shim_runs_execs_and_kills() {
     // Nothing of either container survives on the host.
     let leftovers: Vec<String> = processes_mentioning(&["ctr1", "ctr2"]);
     assert_eq!(leftovers, Vec::<String>::new());
+}
+
+#[test]
+fn vm_containerd_runc_shim_runs_a_plain_container_beside_a_vm_one() {
+    require_tool!("/usr/bin/containerd");
+    require_tool!("/usr/bin/podman");
+    let w = World::new();
+    let p = Podman::new(&w);
+    let c = Containerd::with_image(&w, &p);
+    let plain = plain_wrapper(&w);
+    let out = c
+        .ctr()
+        .args(["run", "-d", "--runc-binary"])
+        .arg(&plain)
+        .args(["localhost/bb:latest", "plain2", "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    let vm = p.runtime.to_str().unwrap().to_string();
+    c.run_rm_shows_the_guest_kernel(&w, &vm, "vm2");
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    let out = c
+        .ctr()
+        .args([
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "plain2",
+            "cat",
+            "/proc/version",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), host, "{}", stderr(&out));
+    c.kill_and_wait_stopped(&w, "plain2");
+    let out = c.ctr().args(["task", "delete", "plain2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = c.ctr().args(["container", "rm", "plain2"]).output();
+    assert_eq!(
+        processes_mentioning(&["plain2", "vm2"]),
+        Vec::<String>::new()
+    );
 }
 
 /// Host processes whose command line contains one of `needles` as a word.

@@ -69,10 +69,39 @@ pub enum Accel {
     Tcg,
 }
 
+/// How a container is isolated from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Its own lightweight VM (the default).
+    #[default]
+    Vm,
+    /// Namespaces, cgroups, seccomp and capabilities on the host kernel.
+    Container,
+}
+
+impl Isolation {
+    /// The name used in the config file and the annotation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vm => "vm",
+            Self::Container => "container",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[runtime]`: how containers are isolated.
+    pub runtime: RuntimeConfig,
     /// `[hypervisor]`: what runs the sandbox VM.
     pub hypervisor: HypervisorConfig,
     /// `[guest]`: the guest kernel and initramfs.
@@ -146,6 +175,18 @@ impl Default for HypervisorConfig {
             jail_gid: 10000,
         }
     }
+}
+
+/// `[runtime]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `isolation`: "vm" (default) or "container", for containers whose
+    /// annotations do not choose (see `crate::isolation::resolve`).
+    pub isolation: Isolation,
+    /// `allow_isolation_annotation`: honour the `io.skerry.isolation`
+    /// annotation of a bundle; default false.
+    pub allow_isolation_annotation: bool,
 }
 
 /// `[guest]` section.
@@ -466,6 +507,22 @@ mod tests {
         );
         assert_eq!(p.allowed_host_paths, Some(vec![PathBuf::from("/srv")]));
         assert_eq!(c.hypervisor, HypervisorConfig::default());
+    }
+
+    #[test]
+    fn runtime_isolation_parses() {
+        assert_eq!(Config::default().runtime.isolation, Isolation::Vm);
+        let c = Config::parse(
+            "[runtime]\nisolation = \"container\"\nallow_isolation_annotation = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.runtime.isolation, Isolation::Container);
+        assert!(c.runtime.allow_isolation_annotation);
+        let err = Config::parse("[runtime]\nisolation = \"none\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `none`"), "{err}");
     }
 
     #[test]

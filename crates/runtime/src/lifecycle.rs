@@ -7,10 +7,12 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::{
+    config::Isolation,
     control::{self, ControlError, ControlRequest},
     hooks::{run_hooks, HookKind},
     mounts::{mounted_under, HostMounts, SysMounts},
     net,
+    plain::{self, PlainError},
     sandbox::SandboxPaths,
     state::{ContainerState, StateError, StateStore, Status},
 };
@@ -40,6 +42,9 @@ pub enum LifecycleError {
     /// The monitor could not be reached or refused.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// A container-mode operation failed.
+    #[error(transparent)]
+    Plain(#[from] PlainError),
     /// Host cleanup failed.
     #[error("cleaning up container {id:?}")]
     Cleanup {
@@ -125,6 +130,9 @@ pub async fn start(store: &StateStore, id: &str) -> Result<(), LifecycleError> {
             message: "only a created container can be started",
         });
     }
+    if s.isolation == Isolation::Container {
+        return Ok(plain::start(store, &s)?);
+    }
     control::call(&monitor_socket(store, id), &ControlRequest::Start).await?;
     Ok(())
 }
@@ -151,6 +159,9 @@ pub async fn pause(store: &StateStore, id: &str, pause: bool) -> Result<(), Life
             },
         });
     }
+    if s.isolation == Isolation::Container {
+        return Ok(plain::pause(store, &s, pause)?);
+    }
     let req = if pause {
         ControlRequest::Pause
     } else {
@@ -176,6 +187,9 @@ pub async fn kill(
             message: "cannot signal a container that is not running",
         });
     }
+    if s.isolation == Isolation::Container {
+        return Ok(plain::kill(store, id, signal as i32, all)?);
+    }
     control::call(
         &monitor_socket(store, id),
         &ControlRequest::Kill { signal, all },
@@ -184,19 +198,24 @@ pub async fn kill(
     Ok(())
 }
 
-/// Deletes a stopped container (any container with `force`), leaving
-/// nothing behind: no monitor, no VM processes, no mount, no state.
+/// Deletes a stopped container (any container with `force`; a created one
+/// in container mode, as runc), leaving nothing behind: no monitor, no VM
+/// processes, no mount, no cgroup, no state.
 pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), LifecycleError> {
     let s = store.load(id)?;
     let status = s.effective_status();
+    let plain = s.isolation == Isolation::Container;
+    if status != Status::Stopped && !(plain && status == Status::Created) && !force {
+        return Err(LifecycleError::WrongStatus {
+            id: id.into(),
+            status,
+            message: "cannot delete a container that is not stopped (use --force)",
+        });
+    }
+    if plain {
+        return Ok(plain::delete(store, id, force)?);
+    }
     if status != Status::Stopped {
-        if !force {
-            return Err(LifecycleError::WrongStatus {
-                id: id.into(),
-                status,
-                message: "cannot delete a container that is not stopped (use --force)",
-            });
-        }
         let kill = ControlRequest::Kill {
             signal: Signal::SIGKILL as u32,
             all: true,

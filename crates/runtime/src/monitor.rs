@@ -12,6 +12,7 @@ use tracing::{debug, error, info};
 use crate::{
     agent_client::{AgentConn, Proc},
     bundle::Bundle,
+    config::Isolation,
     control::{self, ControlReply, ControlRequest},
     hooks::{run_hooks, HookKind},
     lifecycle::{bundle_hooks, spec_hooks},
@@ -86,6 +87,7 @@ pub async fn run(
         exit_status: None,
         created: now_rfc3339(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        isolation: Isolation::Vm,
     };
     if let Err(e) = store.save(&state) {
         return fail(&mut opts, error_chain(&e));

@@ -13,6 +13,8 @@ use nix::{sys::signal::Signal, unistd::Pid};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Isolation;
+
 /// Default state root.
 pub const DEFAULT_ROOT: &str = "/run/skerry";
 
@@ -178,6 +180,9 @@ pub struct ContainerState {
     /// The spec's annotations.
     #[serde(default)]
     pub annotations: HashMap<String, String>,
+    /// How the container is isolated (state files without it are VMs').
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl ContainerState {
@@ -340,6 +345,7 @@ mod tests {
             exit_status: None,
             created: "2026-01-01T00:00:00Z".into(),
             annotations: HashMap::new(),
+            isolation: Isolation::Vm,
         }
     }
 

@@ -29,6 +29,7 @@ use skerry_protocol::StatsContainerResponse;
 use skerry_runtime::{
     agent_client::{AgentConn, Proc},
     bundle::Bundle,
+    config::Isolation,
     lifecycle,
     monitor::{error_chain, now_rfc3339, VM_LOST_STATUS},
     mounts::{HostMounts, SysMounts},
@@ -222,6 +223,7 @@ impl Prepared {
             exit_status: None,
             created: now_rfc3339(),
             annotations: prepared.annotations(),
+            isolation: Isolation::Vm,
         };
         if let Err(e) = prepared.store.save(&state) {
             prepared.abort().await;

@@ -60,18 +60,46 @@ pub fn vm_skip_reason() -> Option<String> {
     None
 }
 
-/// Skips the calling test with a printed reason when VMs cannot run here;
-/// under `SKERRY_E2E_REQUIRED=1` (set by scripts/test.sh) that is a failure.
+/// Why container-mode tests cannot run here, if they cannot.
+pub fn plain_skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("needs root (namespaces, cgroups, pivot_root)".into());
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        return Some("needs busybox-static (/bin/busybox)".into());
+    }
+    None
+}
+
+/// Skips the calling test when `$reason` (an `Option<String>`) is `Some`,
+/// printing it; under `SKERRY_E2E_REQUIRED=1` (set by scripts/test.sh) that
+/// is a failure instead.
 #[macro_export]
-macro_rules! require_vm {
-    () => {
-        if let Some(reason) = common::vm_skip_reason() {
+macro_rules! skip_if {
+    ($reason:expr, $what:literal) => {
+        if let Some(reason) = $reason {
             if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("VM test cannot run: {reason}");
+                panic!("{} cannot run: {reason}", $what);
             }
             eprintln!("SKIPPED: {reason}");
             return;
         }
+    };
+}
+
+/// Skips the calling test when VMs cannot run here.
+#[macro_export]
+macro_rules! require_vm {
+    () => {
+        $crate::skip_if!(common::vm_skip_reason(), "VM test")
+    };
+}
+
+/// Skips the calling test when container mode cannot run here.
+#[macro_export]
+macro_rules! require_plain {
+    () => {
+        $crate::skip_if!(common::plain_skip_reason(), "container-mode test")
     };
 }
 
@@ -90,6 +118,8 @@ pub struct World {
     pub root: PathBuf,
     /// `--config`.
     pub config: PathBuf,
+    /// Whether the config's default isolation is "container".
+    pub plain: bool,
 }
 
 impl World {
@@ -115,7 +145,39 @@ impl World {
             ),
         )
         .unwrap();
-        Self { tmp, root, config }
+        Self {
+            tmp,
+            root,
+            config,
+            plain: false,
+        }
+    }
+
+    /// A new world whose config runs containers in container mode (and
+    /// points at the test guest image, for containers that ask for a VM).
+    pub fn plain() -> Self {
+        let mut w = Self::new();
+        let mut config = fs::read_to_string(&w.config).unwrap();
+        config.push_str("[runtime]\nisolation = \"container\"\n");
+        fs::write(&w.config, config).unwrap();
+        w.plain = true;
+        w
+    }
+
+    /// A world of the isolation a parameterised test runs under.
+    pub fn of(plain: bool) -> Self {
+        if plain {
+            Self::plain()
+        } else {
+            Self::new()
+        }
+    }
+
+    /// The cgroup path container-mode bundles of this world get: unique
+    /// per world and bundle, since cgroups are host-wide.
+    pub fn cgroup_path(&self, name: &str) -> String {
+        let world = self.tmp.path().file_name().unwrap().to_string_lossy();
+        format!("/skerry-test-{world}-{name}")
     }
 
     /// Makes a busybox bundle named `name` running `args`.
@@ -131,8 +193,35 @@ impl World {
         }
         fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
-        fs::write(dir.join("config.json"), spec(args).to_string()).unwrap();
+        let mut spec = spec(args);
+        if self.plain {
+            spec["linux"]["cgroupsPath"] = self.cgroup_path(name).into();
+        }
+        fs::write(dir.join("config.json"), spec.to_string()).unwrap();
         dir
+    }
+
+    /// Host cgroup directories (any hierarchy) of this world's containers.
+    pub fn cgroups(&self) -> Vec<String> {
+        let world = self.tmp.path().file_name().unwrap().to_string_lossy();
+        let prefix = format!("skerry-test-{world}-");
+        let mut found = vec![];
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for entry in fs::read_dir(hierarchy.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    found.push(entry.path().display().to_string());
+                }
+            }
+        }
+        found
     }
 
     /// A `skerry` command with this world's `--root` and `--config`.
@@ -194,6 +283,16 @@ impl World {
         found
     }
 
+    /// [`World::processes`] once they are gone, or after 10 s (helpers such
+    /// as conmon exit shortly after the container).
+    pub fn settled_processes(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.processes().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.processes()
+    }
+
     /// Mounts under this world.
     pub fn mounts(&self) -> Vec<String> {
         let needle = self.tmp.path().to_string_lossy().to_string();
@@ -208,16 +307,13 @@ impl World {
     /// Asserts that container `id` left nothing behind: no process, no
     /// mount, no state directory (and so no socket).
     pub fn assert_clean(&self, id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.processes().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
         assert_eq!(
-            self.processes(),
+            self.settled_processes(),
             Vec::<String>::new(),
             "processes left behind"
         );
         assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left behind");
+        assert_eq!(self.cgroups(), Vec::<String>::new(), "cgroups left behind");
         assert!(
             !self.root.join(id).exists(),
             "state dir of {id} left behind"

@@ -1,5 +1,7 @@
-//! Tier 3: `skerry` driven as a user would, with a real guest kernel, the
-//! real agent and QEMU. Each test boots its own VM (a few seconds under TCG).
+//! Tier 3: `skerry` driven as a user would. The lifecycle tests run twice:
+//! `vm_*` with a real guest kernel, the real agent and QEMU (each boots its
+//! own VM, a few seconds under TCG), and `plain_*` in container mode on the
+//! host kernel. Tests of the VM machinery itself are `vm_*` only.
 
 mod common;
 
@@ -12,10 +14,32 @@ use std::{
 use common::{stderr, stdout, World};
 use sha2::{Digest, Sha256};
 
-#[test]
-fn vm_run_prints_the_guest_kernel_not_the_hosts() {
-    require_vm!();
-    let w = World::new();
+/// Declares `#[test] fn $vm` and `#[test] fn $plain`, each running
+/// `$body(&World)` in a world of that isolation.
+macro_rules! both_isolations {
+    ($vm:ident, $plain:ident, $body:ident) => {
+        #[test]
+        fn $vm() {
+            require_vm!();
+            $body(&World::new());
+        }
+
+        #[test]
+        fn $plain() {
+            require_plain!();
+            $body(&World::plain());
+        }
+    };
+}
+
+both_isolations!(
+    vm_run_prints_the_guest_kernel_not_the_hosts,
+    plain_run_prints_the_hosts_kernel,
+    run_prints_the_kernel
+);
+
+/// A VM container sees the guest's kernel, a container-mode one the host's.
+fn run_prints_the_kernel(w: &World) {
     let bundle = w.bundle(
         "b",
         &[
@@ -35,11 +59,19 @@ fn vm_run_prints_the_guest_kernel_not_the_hosts() {
     );
     let host = std::fs::read_to_string("/proc/version").unwrap();
     let version = text.lines().next().unwrap_or_default();
-    assert!(
-        version.starts_with("Linux version 6.1."),
-        "guest /proc/version: {text}"
-    );
-    assert_ne!(version, host.trim(), "container saw the host kernel");
+    if w.plain {
+        assert_eq!(
+            version,
+            host.trim(),
+            "container mode runs on the host kernel"
+        );
+    } else {
+        assert!(
+            version.starts_with("Linux version 6.1."),
+            "guest /proc/version: {text}"
+        );
+        assert_ne!(version, host.trim(), "container saw the host kernel");
+    }
     assert!(text.contains("hello from the container\n"), "{text}");
     assert!(
         text.contains("skerry-test\n"),
@@ -48,10 +80,13 @@ fn vm_run_prints_the_guest_kernel_not_the_hosts() {
     w.assert_clean("c1");
 }
 
-#[test]
-fn vm_exit_statuses_come_back() {
-    require_vm!();
-    let w = World::new();
+both_isolations!(
+    vm_exit_statuses_come_back,
+    plain_exit_statuses_come_back,
+    exit_statuses_come_back
+);
+
+fn exit_statuses_come_back(w: &World) {
     for (id, script, want) in [("e0", "true", 0), ("e3", "exit 3", 3)] {
         let bundle = w.bundle(id, &["sh", "-c", script]);
         let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), id]);
@@ -75,7 +110,7 @@ fn vm_exit_statuses_come_back() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_ready(&w, &bundle);
+    wait_ready(w, &bundle);
     let out = w.run(&["kill", "e137", "KILL"]);
     assert!(out.status.success(), "kill: {}", stderr(&out));
     let out = run.wait_with_output().unwrap();
@@ -111,10 +146,13 @@ fn status_of(w: &World, id: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
-    require_vm!();
-    let w = World::new();
+both_isolations!(
+    vm_lifecycle_create_start_kill_delete_leaves_nothing,
+    plain_lifecycle_create_start_kill_delete_leaves_nothing,
+    lifecycle_create_start_kill_delete_leaves_nothing
+);
+
+fn lifecycle_create_start_kill_delete_leaves_nothing(w: &World) {
     let bundle = w.bundle(
         "b",
         &[
@@ -135,7 +173,7 @@ fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
         .status()
         .unwrap();
     assert!(out.success(), "create failed\n{}", w.log());
-    let state = status_of(&w, "lc");
+    let state = status_of(w, "lc");
     assert_eq!(state["status"], "created");
     assert_eq!(state["ociVersion"], "1.0.2");
     assert_eq!(state["id"], "lc");
@@ -148,10 +186,20 @@ fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
     assert!(pid > 0);
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    if w.plain {
+        // As runc: the pid is the container's init, in the container's
+        // namespaces, not a monitor of ours.
+        let own = std::fs::read_link("/proc/self/ns/pid").unwrap();
+        assert_ne!(
+            std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap(),
+            own,
+            "the init is not in its own pid namespace"
+        );
+    }
 
     let out = w.run(&["start", "lc"]);
     assert!(out.status.success(), "start: {}", stderr(&out));
-    assert_eq!(status_of(&w, "lc")["status"], "running");
+    assert_eq!(status_of(w, "lc")["status"], "running");
     // A second start is refused.
     assert!(!w.run(&["start", "lc"]).status.success());
     // Deleting a running container needs --force.
@@ -160,11 +208,11 @@ fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
     assert!(stderr(&out).contains("not stopped"), "{}", stderr(&out));
 
     // SIGTERM reaches a pid-namespace init only once it has a handler.
-    wait_ready(&w, &bundle);
+    wait_ready(w, &bundle);
     let out = w.run(&["kill", "lc", "TERM"]);
     assert!(out.status.success(), "kill: {}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while status_of(&w, "lc")["status"] != "stopped" {
+    while status_of(w, "lc")["status"] != "stopped" {
         assert!(
             Instant::now() < deadline,
             "container did not stop\n{}",
@@ -172,21 +220,26 @@ fn vm_lifecycle_create_start_kill_delete_leaves_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(status_of(&w, "lc")["pid"], 0);
-    assert!(
-        w.log().contains("status=143"),
-        "exit status not logged\n{}",
-        w.log()
-    );
+    assert_eq!(status_of(w, "lc")["pid"], 0);
+    if !w.plain {
+        assert!(
+            w.log().contains("status=143"),
+            "exit status not logged\n{}",
+            w.log()
+        );
+    }
     let out = w.run(&["delete", "lc"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     w.assert_clean("lc");
 }
 
-#[test]
-fn vm_stdin_reaches_the_container() {
-    require_vm!();
-    let w = World::new();
+both_isolations!(
+    vm_stdin_reaches_the_container,
+    plain_stdin_reaches_the_container,
+    stdin_reaches_the_container
+);
+
+fn stdin_reaches_the_container(w: &World) {
     let bundle = w.bundle("b", &["cat"]);
     let mut child = w
         .skerry()
@@ -208,10 +261,13 @@ fn vm_stdin_reaches_the_container() {
     w.assert_clean("cat");
 }
 
-#[test]
-fn vm_ten_mib_stdout_arrives_intact() {
-    require_vm!();
-    let w = World::new();
+both_isolations!(
+    vm_ten_mib_stdout_arrives_intact,
+    plain_ten_mib_stdout_arrives_intact,
+    ten_mib_stdout_arrives_intact
+);
+
+fn ten_mib_stdout_arrives_intact(w: &World) {
     let bundle = w.bundle(
         "b",
         &[
@@ -232,10 +288,13 @@ fn vm_ten_mib_stdout_arrives_intact() {
     w.assert_clean("big");
 }
 
-#[test]
-fn vm_duplicate_id_is_refused_and_the_first_survives() {
-    require_vm!();
-    let w = World::new();
+both_isolations!(
+    vm_duplicate_id_is_refused_and_the_first_survives,
+    plain_duplicate_id_is_refused_and_the_first_survives,
+    duplicate_id_is_refused_and_the_first_survives
+);
+
+fn duplicate_id_is_refused_and_the_first_survives(w: &World) {
     let bundle = w.bundle("b", &["sleep", "1000"]);
     w.create(&bundle, "dup");
     let out = w.run(&["create", "--bundle", bundle.to_str().unwrap(), "dup"]);
@@ -243,7 +302,7 @@ fn vm_duplicate_id_is_refused_and_the_first_survives() {
     let err = stderr(&out);
     assert!(err.contains("\"dup\" already exists"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
-    assert_eq!(status_of(&w, "dup")["status"], "created");
+    assert_eq!(status_of(w, "dup")["status"], "created");
     let out = w.run(&["delete", "--force", "dup"]);
     assert!(out.status.success(), "{}", stderr(&out));
     w.assert_clean("dup");
@@ -259,11 +318,14 @@ fn start_sleeper(w: &World, id: &str) -> std::path::PathBuf {
     bundle
 }
 
-#[test]
-fn vm_exec_runs_inside_the_container() {
-    require_vm!();
-    let w = World::new();
-    start_sleeper(&w, "ex");
+both_isolations!(
+    vm_exec_runs_inside_the_container,
+    plain_exec_runs_inside_the_container,
+    exec_runs_inside_the_container
+);
+
+fn exec_runs_inside_the_container(w: &World) {
+    start_sleeper(w, "ex");
     // Foreground: output, environment, namespaces and exit status come back.
     let out = w.run(&[
         "exec",
@@ -341,24 +403,39 @@ fn vm_exec_runs_inside_the_container() {
     // pause freezes the VM, resume thaws it.
     let out = w.run(&["pause", "ex"]);
     assert!(out.status.success(), "pause: {}", stderr(&out));
-    assert_eq!(status_of(&w, "ex")["status"], "paused");
+    assert_eq!(status_of(w, "ex")["status"], "paused");
     assert!(!w.run(&["pause", "ex"]).status.success(), "paused twice");
     let out = w.run(&["resume", "ex"]);
     assert!(out.status.success(), "resume: {}", stderr(&out));
-    assert_eq!(status_of(&w, "ex")["status"], "running");
+    assert_eq!(status_of(w, "ex")["status"], "running");
     let out = w.run(&["exec", "ex", "echo", "alive"]);
     assert_eq!(stdout(&out), "alive\n", "after resume: {}", stderr(&out));
 
-    // update checks its input, then says plainly that it cannot apply it.
+    // update checks its input; container mode applies it to the cgroup, a
+    // VM says plainly that it cannot.
     let resources = w.tmp.path().join("resources.json");
-    std::fs::write(&resources, r#"{"memory": {"limit": 1000000}}"#).unwrap();
+    std::fs::write(&resources, r#"{"memory": {"limit": 104857600}}"#).unwrap();
     let out = w.run(&["update", "--resources", resources.to_str().unwrap(), "ex"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("not supported yet"),
-        "{}",
-        stderr(&out)
-    );
+    if w.plain {
+        assert!(out.status.success(), "update: {}", stderr(&out));
+        let path = w.cgroup_path("ex");
+        let v1 = format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes");
+        let v2 = format!("/sys/fs/cgroup{path}/memory.max");
+        let file = if std::path::Path::new(&v1).exists() {
+            v1
+        } else {
+            v2
+        };
+        let limit = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(limit.trim(), "104857600");
+    } else {
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not supported yet"),
+            "{}",
+            stderr(&out)
+        );
+    }
 
     // A paused container can still be killed.
     assert!(w.run(&["pause", "ex"]).status.success());
@@ -368,10 +445,13 @@ fn vm_exec_runs_inside_the_container() {
     w.assert_clean("ex");
 }
 
-#[test]
-fn vm_bind_mounts_reach_the_guest() {
-    require_vm!();
-    let w = World::new();
+both_isolations!(
+    vm_bind_mounts_reach_the_guest,
+    plain_bind_mounts_reach_the_container,
+    bind_mounts_reach_the_container
+);
+
+fn bind_mounts_reach_the_container(w: &World) {
     let data = w.tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("hello"), "from the host\n").unwrap();
@@ -401,14 +481,17 @@ fn vm_bind_mounts_reach_the_guest() {
     w.assert_clean("bm");
 }
 
-#[test]
-fn vm_console_socket_gives_the_container_a_terminal() {
+both_isolations!(
+    vm_console_socket_gives_the_container_a_terminal,
+    plain_console_socket_gives_the_container_a_terminal,
+    console_socket_gives_the_container_a_terminal
+);
+
+fn console_socket_gives_the_container_a_terminal(w: &World) {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::net::UnixListener;
 
-    require_vm!();
-    let w = World::new();
     let bundle = w.bundle("b", &["sh", "-c", "tty; stty size; echo done; sleep 2"]);
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
@@ -500,10 +583,13 @@ fn vm_console_socket_gives_the_container_a_terminal() {
     w.assert_clean("tty");
 }
 
-#[test]
-fn vm_hooks_run_on_the_host_with_the_state() {
-    require_vm!();
-    let w = World::new();
+both_isolations!(
+    vm_hooks_run_on_the_host_with_the_state,
+    plain_hooks_run_on_the_host_with_the_state,
+    hooks_run_on_the_host_with_the_state
+);
+
+fn hooks_run_on_the_host_with_the_state(w: &World) {
     let bundle = w.bundle("b", &["true"]);
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
@@ -522,9 +608,12 @@ fn vm_hooks_run_on_the_host_with_the_state() {
     std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
     let run = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "hk"]);
     assert!(run.status.success(), "{}\n{}", stderr(&run), w.log());
+    // Container mode passes libcontainer's state, which says "creating"
+    // before the init waits for start, as runc's does.
+    let before_start = if w.plain { "creating" } else { "created" };
     for (name, status) in [
-        ("prestart", "created"),
-        ("createRuntime", "created"),
+        ("prestart", before_start),
+        ("createRuntime", before_start),
         ("poststart", "running"),
         ("poststop", "stopped"),
     ] {
@@ -533,7 +622,8 @@ fn vm_hooks_run_on_the_host_with_the_state() {
         let state: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(state["id"], "hk", "{name}: {text}");
         assert_eq!(state["status"], status, "{name}: {text}");
-        assert_eq!(state["ociVersion"], "1.0.2");
+        let version = state["ociVersion"].as_str().unwrap_or_default();
+        assert!(version.starts_with("1."), "{name}: {text}");
     }
 
     // A failing prestart hook fails create, leaving nothing behind.
@@ -541,12 +631,67 @@ fn vm_hooks_run_on_the_host_with_the_state() {
     std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
     let run = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "hk2"]);
     assert!(!run.status.success());
-    assert!(
-        stderr(&run).contains("prestart hook /bin/sh exited with status 3: no network"),
-        "{}",
-        stderr(&run)
-    );
+    let err = stderr(&run);
+    if w.plain {
+        // libcontainer's hook leaves its stderr to ours.
+        assert!(err.contains("no network"), "{err}");
+        assert!(err.contains("exited with non-zero exit code: 3"), "{err}");
+    } else {
+        assert!(
+            err.contains("prestart hook /bin/sh exited with status 3: no network"),
+            "{err}"
+        );
+    }
     w.assert_clean("hk2");
+}
+
+#[test]
+fn plain_preserved_fds_reach_the_container() {
+    require_plain!();
+    let w = World::plain();
+    let bundle = w.bundle("b", &["sh", "-c", "cat <&3"]);
+    let file = w.tmp.path().join("fd3");
+    std::fs::write(&file, "through fd 3\n").unwrap();
+    // The shell opens fd 3 for skerry, as a caller passing fds would.
+    let script = format!(
+        "exec 3<{} && exec {} --root {} --config {} run --preserve-fds 1 --bundle {} pf",
+        file.display(),
+        env!("CARGO_BIN_EXE_skerry"),
+        w.root.display(),
+        w.config.display(),
+        bundle.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    assert_eq!(stdout(&out), "through fd 3\n");
+    w.assert_clean("pf");
+}
+
+#[test]
+fn plain_mac_labels_the_host_lacks_are_refused_by_name() {
+    require_plain!();
+    if std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+        eprintln!("SKIPPED: this host has SELinux");
+        return;
+    }
+    let w = World::plain();
+    let bundle = w.bundle("b", &["true"]);
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    spec["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into();
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let out = w.run(&["create", "--bundle", bundle.to_str().unwrap(), "mac"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        "skerry: process.selinuxLabel \"system_u:system_r:container_t:s0\": unsupported: \
+         SELinux is not enabled on this host"
+    );
+    w.assert_clean("mac");
 }
 
 fn state_json(w: &World, id: &str) -> serde_json::Value {
@@ -606,20 +751,31 @@ fn vm_killing_qemu_ends_the_container_and_delete_cleans_up() {
     w.assert_clean("kq");
 }
 
-#[test]
-fn vm_killing_the_monitor_then_delete_force_cleans_up() {
-    require_vm!();
-    let w = World::new();
-    start_sleeper(&w, "km");
-    let monitor = status_of(&w, "km")["pid"].as_i64().unwrap() as i32;
+both_isolations!(
+    vm_killing_the_monitor_then_delete_force_cleans_up,
+    plain_killing_the_init_then_delete_force_cleans_up,
+    killing_the_state_pid_then_delete_force_cleans_up
+);
+
+/// Kills the pid `state` reports (the monitor of a VM container, the init
+/// in container mode) from outside: the container is stopped, and
+/// `delete --force` leaves nothing.
+fn killing_the_state_pid_then_delete_force_cleans_up(w: &World) {
+    start_sleeper(w, "km");
+    let monitor = status_of(w, "km")["pid"].as_i64().unwrap() as i32;
     assert!(monitor > 0);
+    let out = w.run(&["list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "km", "{list}");
+    assert_eq!(list[0]["pid"], monitor, "{list}");
+    assert_eq!(list[0]["status"], "running", "{list}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(monitor),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while status_of(&w, "km")["status"] != "stopped" {
+    while status_of(w, "km")["status"] != "stopped" {
         assert!(Instant::now() < deadline, "state still says running");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Benchmark: start→exit of /bin/true (`RUNTIME run --bundle B ID`: create,
+# start, wait, delete) with skerry in container mode, crun and runc, on the
+# same busybox bundle, interleaved in one hyperfine run. Prints the medians and
+# skerry's ratio to each.
+#
+# crun 1.8 refuses this host's hybrid cgroup layout unless hugetlb is a v1
+# hierarchy: the script mounts it there if it is missing (see
+# /work/shared/host-notes.md).
+#
+# Usage: bench/plain-vs-crun.sh [RUNS]   (as root)
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "$0")/.."
+
+runs=${1:-50}
+command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
+command -v crun >/dev/null || apt-get install -y -qq crun >/dev/null
+command -v runc >/dev/null || apt-get install -y -qq runc >/dev/null
+cargo build --release -q -p skerry
+
+if [ -d /sys/fs/cgroup/unified ] && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
+    echo "mounting the hugetlb cgroup v1 hierarchy for crun" >&2
+    mkdir -p /sys/fs/cgroup/hugetlb
+    mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+fi
+
+work=$(mktemp -d /tmp/skplain.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+printf '[runtime]\nisolation = "container"\n' > "$work/config.toml"
+mkdir -p "$work/bundle/rootfs/bin"
+cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
+ln -s busybox "$work/bundle/rootfs/bin/true"
+# runc's example spec (the same for all three), without a terminal.
+target/release/skerry spec --runc --bundle "$work/bundle"
+python3 - "$work/bundle/config.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+spec = json.load(open(path))
+spec["process"]["terminal"] = False
+spec["process"]["args"] = ["/bin/true"]
+json.dump(spec, open(path, "w"))
+PY
+
+skerry="$PWD/target/release/skerry --root $work/skerry --config $work/config.toml"
+hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/result.json" \
+    -n skerry "$skerry run --bundle $work/bundle bench-skerry" \
+    -n crun "crun --root $work/crun run --bundle $work/bundle bench-crun" \
+    -n runc "runc --root $work/runc run --bundle $work/bundle bench-runc"
+
+python3 - "$work/result.json" <<'PY'
+import json, sys
+r = {x["command"]: x["median"] * 1000 for x in json.load(open(sys.argv[1]))["results"]}
+for name in ("skerry", "crun", "runc"):
+    print(f"run /bin/true  {name:6}  median {r[name]:7.2f} ms")
+print(f"skerry / crun = {r['skerry'] / r['crun']:.2f}x   skerry / runc = {r['skerry'] / r['runc']:.2f}x")
+PY

@@ -1,0 +1,230 @@
+//! Escape probes inside a container-mode container running the hardened
+//! `skerry spec` (user namespace, Docker's seccomp profile, 13 capabilities,
+//! masked paths, no_new_privileges, every namespace of its own): each one
+//! thing a container must not do, one test per probe. Where the host lets
+//! root do it, the same probe runs on the host first, so a failure inside the
+//! container is the container's doing.
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{stderr, stdout, World};
+
+/// The probe helper: `probe WHAT [PID]` tries one operation and prints
+/// `WHAT: allowed` (exit 0) or `WHAT: denied: <errno text>` (exit 1).
+const PROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/bpf.h>
+#include <linux/keyctl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    const char *what = argc > 1 ? argv[1] : "";
+    long r = -1;
+    if (!strcmp(what, "finit_module")) {
+        int fd = open("/bin/busybox", O_RDONLY | O_CLOEXEC);
+        r = fd < 0 ? fd : syscall(SYS_finit_module, fd, "", 0);
+    } else if (!strcmp(what, "init_module")) {
+        static char image[4096];
+        r = syscall(SYS_init_module, image, sizeof image, "");
+    } else if (!strcmp(what, "raw_socket")) {
+        r = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+    } else if (!strcmp(what, "ptrace") && argc > 2) {
+        pid_t pid = atoi(argv[2]);
+        r = ptrace(PTRACE_ATTACH, pid, 0, 0);
+        if (r == 0) {
+            waitpid(pid, 0, __WALL);
+            ptrace(PTRACE_DETACH, pid, 0, 0);
+        }
+    } else if (!strcmp(what, "keyctl")) {
+        r = syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, "skerry-probe");
+    } else if (!strcmp(what, "bpf")) {
+        union bpf_attr attr;
+        memset(&attr, 0, sizeof attr);
+        attr.map_type = BPF_MAP_TYPE_ARRAY;
+        attr.key_size = 4;
+        attr.value_size = 4;
+        attr.max_entries = 1;
+        r = syscall(SYS_bpf, BPF_MAP_CREATE, &attr, sizeof attr);
+    } else {
+        fprintf(stderr, "usage: probe finit_module|init_module|raw_socket|ptrace PID|keyctl|bpf\n");
+        return 2;
+    }
+    if (r < 0) {
+        printf("%s: denied: %s\n", what, strerror(errno));
+        return 1;
+    }
+    printf("%s: allowed\n", what);
+    return 0;
+}
+"#;
+
+/// Skips the calling test when gcc cannot build a static helper here.
+macro_rules! require_gcc {
+    () => {
+        if Command::new("gcc").arg("--version").output().is_err() {
+            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
+                panic!("probe test cannot run: gcc not installed");
+            }
+            eprintln!("SKIPPED: gcc not installed (the probes need a static helper)");
+            return;
+        }
+    };
+}
+
+/// Builds the static probe helper in the world's temp dir.
+fn build_probe(w: &World) -> PathBuf {
+    let src = w.tmp.path().join("probe.c");
+    let bin = w.tmp.path().join("probe");
+    fs::write(&src, PROBE_C).unwrap();
+    let out = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gcc: {}", stderr(&out));
+    bin
+}
+
+/// A bundle running `args` under the hardened `skerry spec`, with the probe
+/// helper at /bin/probe.
+fn hardened_bundle(w: &World, name: &str, args: &[&str]) -> PathBuf {
+    let dir = w.bundle(name, args);
+    fs::copy(build_probe(w), dir.join("rootfs/bin/probe")).unwrap();
+    fs::remove_file(dir.join("config.json")).unwrap();
+    let out = w.run(&["spec", "--bundle", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "spec: {}", stderr(&out));
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = args.into();
+    spec["linux"]["cgroupsPath"] = w.cgroup_path(name).into();
+    fs::write(&path, spec.to_string()).unwrap();
+    dir
+}
+
+/// Runs `args` in a hardened container; returns (exit code, stdout+stderr).
+fn run_hardened(w: &World, name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let bundle = hardened_bundle(w, name, args);
+    let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), name]);
+    w.assert_clean(name);
+    (out.status.code(), stdout(&out) + &stderr(&out))
+}
+
+/// Runs the probe helper on the host as this (root) test process.
+fn on_host(probe: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(probe).args(args).output().unwrap();
+    (out.status.code(), stdout(&out))
+}
+
+/// Asserts that `probe WHAT ARGS` is denied in the hardened container,
+/// after showing (where the host allows it) that it works on the host.
+fn assert_denied(w: &World, what: &str, args: &[&str], host_can: bool) {
+    let probe = build_probe(w);
+    let argv: Vec<&str> = [what].iter().chain(args).copied().collect();
+    let (code, text) = on_host(&probe, &argv);
+    if host_can {
+        assert_eq!(code, Some(0), "on the host: {text}");
+    } else {
+        eprintln!("note: {what} fails on this host too: {text}");
+    }
+    let argv: Vec<&str> = ["/bin/probe"].iter().chain(&argv).copied().collect();
+    let (code, text) = run_hardened(w, what, &argv);
+    assert_eq!(code, Some(1), "in the container: {text}\n{}", w.log());
+    assert!(text.contains(&format!("{what}: denied")), "{text}");
+}
+
+#[test]
+fn plain_probe_mount_fails() {
+    require_plain!();
+    let w = World::plain();
+    let (code, text) = run_hardened(
+        &w,
+        "m",
+        &[
+            "sh",
+            "-c",
+            "mount -t tmpfs none /tmp && echo mounted; mount -o remount,rw / && echo remounted",
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}\n{}", w.log());
+    assert!(!text.contains("mounted"), "{text}");
+    assert!(text.contains("mount: permission denied"), "{text}");
+}
+
+#[test]
+fn plain_probe_kernel_module_loading_fails() {
+    require_plain!();
+    require_gcc!();
+    // The host kernel here boots with `nomodule`: root fails on the host too.
+    assert_denied(&World::plain(), "finit_module", &[], false);
+    assert_denied(&World::plain(), "init_module", &[], false);
+}
+
+#[test]
+fn plain_probe_raw_socket_fails() {
+    require_plain!();
+    require_gcc!();
+    assert_denied(&World::plain(), "raw_socket", &[], true);
+}
+
+#[test]
+fn plain_probe_keyctl_fails() {
+    require_plain!();
+    require_gcc!();
+    assert_denied(&World::plain(), "keyctl", &[], true);
+}
+
+#[test]
+fn plain_probe_bpf_fails() {
+    require_plain!();
+    require_gcc!();
+    assert_denied(&World::plain(), "bpf", &[], true);
+}
+
+#[test]
+fn plain_probe_ptrace_of_a_host_process_fails() {
+    require_plain!();
+    require_gcc!();
+    let mut victim = Command::new("sleep").arg("100").spawn().unwrap();
+    let pid = victim.id().to_string();
+    assert_denied(&World::plain(), "ptrace", &[&pid], true);
+    let _ = victim.kill();
+    let _ = victim.wait();
+}
+
+#[test]
+fn plain_probe_reading_proc_kcore_fails() {
+    require_plain!();
+    let w = World::plain();
+    if !Path::new("/proc/kcore").exists() {
+        eprintln!("note: this host kernel has no /proc/kcore; the probe still must fail");
+    }
+    let (code, text) = run_hardened(
+        &w,
+        "k",
+        &[
+            "sh",
+            "-c",
+            "head -c 16 /proc/kcore | wc -c | grep -qx 0 || echo read-kcore",
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}\n{}", w.log());
+    assert!(!text.contains("read-kcore"), "{text}");
+}

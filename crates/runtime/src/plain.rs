@@ -1,0 +1,464 @@
+//! Container mode (`isolation = "container"`): the OCI spec executed on the
+//! host kernel by youki's `libcontainer` (namespaces, pivot_root, mounts,
+//! cgroups v1/v2 through cgroupfs, rlimits, capabilities, seccomp, masked and
+//! read-only paths, sysctls, devices, hooks). No monitor process: as with runc,
+//! the container's init is the pid `state` reports.
+//!
+//! Layout: `<root>/<id>/state.json` is ours (as for a VM container, with
+//! `isolation: container`); libcontainer keeps its own state under
+//! `<root>/<id>/lc/<id>/`, so deleting the container directory removes both;
+//! `<root>/<id>/lock` serialises operations on one container.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+};
+use libcontainer::{
+    container::{builder::ContainerBuilder, Container},
+    error::LibcontainerError,
+    signal::Signal,
+    syscall::syscall::SyscallType,
+};
+use nix::fcntl::{Flock, FlockArg};
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use crate::{
+    bundle::Bundle,
+    config::Isolation,
+    monitor::now_rfc3339,
+    state::{ContainerState, ProcessId, StateError, StateStore, Status},
+};
+
+/// libcontainer's root inside a container's state directory.
+const LIBCONTAINER_DIR: &str = "lc";
+
+/// The lock file in the container's state directory, beside libcontainer's
+/// root (inside it, it could clash with a container named like it; see
+/// [`locked`]).
+const LOCK_FILE: &str = "lock";
+
+/// Failure of a container-mode operation.
+#[derive(Debug, thiserror::Error)]
+pub enum PlainError {
+    /// State store failure.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// libcontainer refused or failed.
+    #[error("container {id:?}: {what}")]
+    Libcontainer {
+        /// Container.
+        id: String,
+        /// The operation.
+        what: &'static str,
+        /// The cause (boxed: libcontainer's error is large).
+        #[source]
+        source: Box<LibcontainerError>,
+    },
+    /// Not a signal number.
+    #[error("invalid signal number {0}")]
+    Signal(i32),
+    /// A spec field this host cannot honour.
+    #[error("{field} {value:?}: unsupported: {reason}")]
+    Unsupported {
+        /// The spec field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What the host lacks.
+        reason: &'static str,
+    },
+    /// The container's cgroup could not be read or written.
+    #[error("container {id:?}: cgroup: {message}")]
+    Cgroup {
+        /// Container.
+        id: String,
+        /// What libcgroups said.
+        message: String,
+    },
+    /// A file of the container's state directory.
+    #[error("container {id:?}: {path}")]
+    Io {
+        /// Container.
+        id: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How `create` runs the container's init.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Write the init's host pid here.
+    pub pid_file: Option<PathBuf>,
+    /// Send the terminal's master here.
+    pub console_socket: Option<PathBuf>,
+    /// Pass fds 3..3+N to the init.
+    pub preserve_fds: u32,
+    /// Use MS_MOVE + chroot instead of pivot_root.
+    pub no_pivot: bool,
+    /// The caller exits after create (a terminal then needs a console socket).
+    pub detached: bool,
+}
+
+/// How `exec` runs a process in the container.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// The OCI process JSON file.
+    pub process_file: PathBuf,
+    /// Write the process's host pid here.
+    pub pid_file: Option<PathBuf>,
+    /// Send the terminal's master here.
+    pub console_socket: Option<PathBuf>,
+    /// Pass fds 3..3+N to the process.
+    pub preserve_fds: u32,
+    /// The caller returns once the process runs.
+    pub detached: bool,
+}
+
+fn lc_error<'a>(
+    id: &'a str,
+    what: &'static str,
+) -> impl FnOnce(LibcontainerError) -> PlainError + 'a {
+    move |source| PlainError::Libcontainer {
+        id: id.to_string(),
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn lc_root(store: &StateStore, id: &str) -> PathBuf {
+    store.dir(id).join(LIBCONTAINER_DIR)
+}
+
+/// A builder rooted in the container's libcontainer directory.
+fn builder(
+    store: &StateStore,
+    id: &str,
+    pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
+    preserve_fds: u32,
+) -> Result<ContainerBuilder, PlainError> {
+    let what = "container state directory";
+    ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(lc_root(store, id))
+        .and_then(|b| b.with_pid_file(pid_file))
+        .map(|b| {
+            b.with_console_socket(console_socket)
+                .with_preserved_fds(preserve_fds as i32)
+        })
+        .map_err(lc_error(id, what))
+}
+
+/// Runs `f` holding the container's lock: libcontainer rewrites its state
+/// file in place, so two commands on one container must not overlap.
+fn locked<T>(
+    store: &StateStore,
+    id: &str,
+    f: impl FnOnce() -> Result<T, PlainError>,
+) -> Result<T, PlainError> {
+    let path = store.dir(id).join(LOCK_FILE);
+    let io = |source| PlainError::Io {
+        id: id.into(),
+        path: path.clone(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    let _lock = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+    f()
+}
+
+fn load(store: &StateStore, id: &str) -> Result<Container, PlainError> {
+    Container::load(lc_root(store, id).join(id)).map_err(lc_error(id, "loading its state"))
+}
+
+/// Refuses MAC labels the host cannot apply: running without the
+/// confinement a spec asks for would be a silent downgrade.
+pub fn check_host_support(spec: &Spec) -> Result<(), PlainError> {
+    let process = spec.process().as_ref();
+    if let Some(profile) = process.and_then(|p| p.apparmor_profile().as_ref()) {
+        let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y");
+        if !enabled {
+            return Err(PlainError::Unsupported {
+                field: "process.apparmorProfile",
+                value: profile.clone(),
+                reason: "AppArmor is not enabled on this host",
+            });
+        }
+    }
+    let selinux = Path::new("/sys/fs/selinux/enforce").exists();
+    let labels = [
+        (
+            "process.selinuxLabel",
+            process.and_then(|p| p.selinux_label().clone()),
+        ),
+        (
+            "linux.mountLabel",
+            spec.linux().as_ref().and_then(|l| l.mount_label().clone()),
+        ),
+    ];
+    for (field, label) in labels {
+        match label {
+            Some(value) if !value.is_empty() && !selinux => {
+                return Err(PlainError::Unsupported {
+                    field,
+                    value,
+                    reason: "SELinux is not enabled on this host",
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Creates container `id` from `bundle`: its init waits for `start`.
+/// Returns the init's pid. On failure nothing is left in the store.
+pub fn create(
+    store: &StateStore,
+    id: &str,
+    bundle: &Bundle,
+    opts: &CreateOptions,
+) -> Result<u32, PlainError> {
+    check_host_support(&bundle.spec)?;
+    let dir = store.create_dir(id)?;
+    let created = create_in(store, id, bundle, opts);
+    if created.is_err() {
+        if let Ok(mut container) = load(store, id) {
+            let _ = container.delete(true);
+        }
+        if let Err(e) = store.remove(id) {
+            tracing::warn!(container = id, dir = %dir.display(), error = %e, "removing state after failed create");
+        }
+    }
+    created
+}
+
+fn create_in(
+    store: &StateStore,
+    id: &str,
+    bundle: &Bundle,
+    opts: &CreateOptions,
+) -> Result<u32, PlainError> {
+    let root = lc_root(store, id);
+    fs::create_dir(&root).map_err(|source| PlainError::Io {
+        id: id.into(),
+        path: root.clone(),
+        source,
+    })?;
+    let container = builder(
+        store,
+        id,
+        opts.pid_file.as_deref(),
+        opts.console_socket.as_deref(),
+        opts.preserve_fds,
+    )?
+    .as_init(&bundle.dir)
+    .with_systemd(false)
+    .with_detach(opts.detached)
+    .with_no_pivot(opts.no_pivot)
+    .build()
+    .map_err(lc_error(id, "create"))?;
+    let pid =
+        container
+            .pid()
+            .map(|p| p.as_raw() as u32)
+            .ok_or_else(|| PlainError::Libcontainer {
+                id: id.into(),
+                what: "create",
+                source: Box::new(LibcontainerError::Other("no init pid recorded".into())),
+            })?;
+    let state = ContainerState {
+        id: id.to_string(),
+        bundle: bundle.dir.clone(),
+        status: Status::Created,
+        monitor: ProcessId::of(pid),
+        vm_processes: vec![],
+        agent_socket: None,
+        exit_status: None,
+        created: now_rfc3339(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        isolation: Isolation::Container,
+    };
+    store.save(&state)?;
+    Ok(pid)
+}
+
+/// Records `status` in our state once libcontainer has moved there.
+fn record(store: &StateStore, state: &ContainerState, status: Status) -> Result<(), PlainError> {
+    let mut state = state.clone();
+    state.status = status;
+    Ok(store.save(&state)?)
+}
+
+/// Starts a created container (runs its poststart hooks).
+pub fn start(store: &StateStore, state: &ContainerState) -> Result<(), PlainError> {
+    let id = &state.id;
+    locked(store, id, || {
+        load(store, id)?.start().map_err(lc_error(id, "start"))?;
+        record(store, state, Status::Running)
+    })
+}
+
+/// Freezes (`pause`) or thaws the container's cgroup.
+pub fn pause(store: &StateStore, state: &ContainerState, pause: bool) -> Result<(), PlainError> {
+    let id = &state.id;
+    locked(store, id, || {
+        let mut container = load(store, id)?;
+        if pause {
+            container.pause().map_err(lc_error(id, "pause"))?;
+            record(store, state, Status::Paused)
+        } else {
+            container.resume().map_err(lc_error(id, "resume"))?;
+            record(store, state, Status::Running)
+        }
+    })
+}
+
+/// Sends `signal` to the init (or every process of the container).
+pub fn kill(store: &StateStore, id: &str, signal: i32, all: bool) -> Result<(), PlainError> {
+    let signal = Signal::try_from(signal).map_err(|_| PlainError::Signal(signal))?;
+    locked(store, id, || {
+        load(store, id)?
+            .kill(signal, all)
+            .map_err(lc_error(id, "kill"))
+    })
+}
+
+/// Kills what is left (with `force`), runs poststop hooks, removes the
+/// cgroup and every piece of state.
+pub fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), PlainError> {
+    locked(store, id, || {
+        match load(store, id) {
+            Ok(mut container) => container.delete(force).map_err(lc_error(id, "delete"))?,
+            // A create that died before libcontainer wrote its state.
+            Err(e) if !lc_root(store, id).join(id).exists() => {
+                tracing::warn!(container = id, error = %e, "no libcontainer state");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(store.remove(id)?)
+    })
+}
+
+/// Runs a new process in the running container; returns its host pid.
+pub fn exec(store: &StateStore, id: &str, opts: &ExecOptions) -> Result<u32, PlainError> {
+    let pid = locked(store, id, || {
+        builder(
+            store,
+            id,
+            opts.pid_file.as_deref(),
+            opts.console_socket.as_deref(),
+            opts.preserve_fds,
+        )?
+        .as_tenant()
+        .with_detach(opts.detached)
+        .with_process(Some(&opts.process_file))
+        .build()
+        .map_err(lc_error(id, "exec"))
+    })?;
+    Ok(pid.as_raw() as u32)
+}
+
+/// The container's cgroup manager.
+fn cgroup_manager(store: &StateStore, id: &str) -> Result<AnyCgroupManager, PlainError> {
+    let config = locked(store, id, || {
+        load(store, id)?
+            .spec()
+            .map_err(lc_error(id, "reading its config"))
+    })?;
+    create_cgroup_manager(CgroupConfig {
+        cgroup_path: config.cgroup_path,
+        systemd_cgroup: false,
+        container_name: id.to_string(),
+    })
+    .map_err(|e| cgroup_error(id, &e))
+}
+
+fn cgroup_error(id: &str, e: &dyn std::fmt::Display) -> PlainError {
+    PlainError::Cgroup {
+        id: id.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Host pids of every process in the container's cgroup.
+pub fn pids(store: &StateStore, id: &str) -> Result<Vec<u32>, PlainError> {
+    let mut pids: Vec<u32> = cgroup_manager(store, id)?
+        .get_all_pids()
+        .map_err(|e| cgroup_error(id, &e))?
+        .into_iter()
+        .map(|p| p.as_raw() as u32)
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// Applies new resource limits to the container's cgroup (`update`).
+pub fn update(store: &StateStore, id: &str, resources: &LinuxResources) -> Result<(), PlainError> {
+    cgroup_manager(store, id)?
+        .apply(&ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| cgroup_error(id, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, SpecBuilder};
+
+    use super::*;
+
+    fn host_has_apparmor() -> bool {
+        fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y")
+    }
+
+    #[test]
+    fn mac_labels_the_host_lacks_are_named() {
+        assert!(check_host_support(&Spec::default()).is_ok());
+        if host_has_apparmor() || Path::new("/sys/fs/selinux/enforce").exists() {
+            eprintln!("SKIPPED: this host has AppArmor or SELinux");
+            return;
+        }
+        let process = ProcessBuilder::default()
+            .apparmor_profile("docker-default")
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default().process(process).build().unwrap();
+        assert_eq!(
+            check_host_support(&spec).unwrap_err().to_string(),
+            "process.apparmorProfile \"docker-default\": unsupported: AppArmor is not \
+             enabled on this host"
+        );
+        let linux = LinuxBuilder::default()
+            .mount_label("system_u:object_r:container_file_t:s0")
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default().linux(linux).build().unwrap();
+        assert_eq!(
+            check_host_support(&spec).unwrap_err().to_string(),
+            "linux.mountLabel \"system_u:object_r:container_file_t:s0\": unsupported: \
+             SELinux is not enabled on this host"
+        );
+        // An empty label asks for nothing.
+        let linux = LinuxBuilder::default().mount_label("").build().unwrap();
+        let spec = SpecBuilder::default().linux(linux).build().unwrap();
+        assert!(check_host_support(&spec).is_ok());
+    }
+}
