@@ -5,7 +5,7 @@ use std::{path::PathBuf, str::FromStr};
 use anyhow::Context;
 use nix::sys::signal::Signal;
 use skerry_runtime::{
-    config::{Config, Isolation, DEFAULT_CONFIG_PATH},
+    config::{Config, DEFAULT_CONFIG_PATH},
     lifecycle,
     state::{validate_id, StateStore},
 };
@@ -97,7 +97,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
             lifecycle::pause(&store, id, false).await?;
             Ok(0)
         }
-        Command::Update { resources, id } => update(&store, resources, id),
+        Command::Update { resources, id } => update(&store, resources, id).await,
         Command::Spec {
             bundle,
             rootless,
@@ -120,11 +120,10 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// `update`: the resources are checked; a container-mode container's cgroup
-/// takes them, while a sandbox VM is sized when it is created and its guest
-/// applies no cgroup limits yet, so nothing can change there.
-fn update(store: &StateStore, resources: &std::path::Path, id: &str) -> anyhow::Result<i32> {
-    let state = store.load(id)?;
+/// `update`: applies LinuxResources JSON (a file, or `-` for stdin) to the
+/// container's cgroup: on the host in container mode, in the guest for a VM
+/// (the VM itself keeps the size it was created with).
+async fn update(store: &StateStore, resources: &std::path::Path, id: &str) -> anyhow::Result<i32> {
     let text = if resources == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("--resources -: reading stdin")?
     } else {
@@ -138,13 +137,8 @@ fn update(store: &StateStore, resources: &std::path::Path, id: &str) -> anyhow::
                 resources.display()
             )
         })?;
-    if state.isolation == Isolation::Container {
-        skerry_runtime::plain::update(store, id, &resources)?;
-        return Ok(0);
-    }
-    anyhow::bail!(
-        "update of container {id:?}: changing the resources of a running sandbox VM is not supported yet"
-    )
+    lifecycle::update(store, id, &resources).await?;
+    Ok(0)
 }
 
 /// Parses a signal given as a name (`TERM`, `SIGTERM`, `kill`) or number.

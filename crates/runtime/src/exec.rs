@@ -19,8 +19,8 @@ use crate::{
 /// Failure to start an exec'd process.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// The container cannot take an exec now.
-    #[error("cannot exec in container {id:?}: it is {status}")]
+    /// The container's guest agent takes no requests now.
+    #[error("container {id:?} is {status}: its guest agent takes no requests")]
     NotRunning {
         /// Container.
         id: String,
@@ -69,7 +69,8 @@ pub fn new_exec_id() -> String {
     format!("exec-{}-{nanos:08x}", std::process::id())
 }
 
-async fn connect(store: &StateStore, id: &str) -> Result<AgentConn, ExecError> {
+/// A checked connection to the guest agent of a created or running container.
+pub(crate) async fn connect(store: &StateStore, id: &str) -> Result<AgentConn, ExecError> {
     let state = store.load(id)?;
     let status = state.effective_status();
     let socket = match (&state.agent_socket, status) {

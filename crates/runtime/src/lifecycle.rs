@@ -45,6 +45,9 @@ pub enum LifecycleError {
     /// A container-mode operation failed.
     #[error(transparent)]
     Plain(#[from] PlainError),
+    /// The guest agent could not be reached or refused.
+    #[error(transparent)]
+    Agent(#[from] crate::exec::ExecError),
     /// Host cleanup failed.
     #[error("cleaning up container {id:?}")]
     Cleanup {
@@ -168,6 +171,26 @@ pub async fn pause(store: &StateStore, id: &str, pause: bool) -> Result<(), Life
         ControlRequest::Resume
     };
     control::call(&monitor_socket(store, id), &req).await?;
+    Ok(())
+}
+
+/// Applies `resources` to a running container: to its host cgroup in
+/// container mode, to its cgroup in the guest in a VM (the VM keeps its size).
+pub async fn update(
+    store: &StateStore,
+    id: &str,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<(), LifecycleError> {
+    let s = store.load(id)?;
+    if s.isolation == Isolation::Container {
+        return Ok(plain::update(store, id, resources)?);
+    }
+    let agent = crate::exec::connect(store, id).await?;
+    let json = serde_json::to_vec(resources).expect("LinuxResources serialises");
+    agent
+        .update(id, &json)
+        .await
+        .map_err(crate::exec::ExecError::from)?;
     Ok(())
 }
 
