@@ -79,6 +79,8 @@ struct World {
     containerd: Child,
     socket: PathBuf,
     ctd_config: PathBuf,
+    /// Number of the next exec id `exec` uses (an exec id is used once per task).
+    execs: std::cell::Cell<u32>,
 }
 
 impl World {
@@ -123,6 +125,7 @@ impl World {
             containerd,
             socket,
             ctd_config,
+            execs: Default::default(),
         };
         w.wait_ready();
         let archive = w.busybox_oci_archive();
@@ -258,9 +261,11 @@ impl World {
             .unwrap_or_else(|| panic!("no pid of {id} in:\n{ls}"))
     }
 
-    /// Output of `args` exec'd in task `id` (exec id `e`).
+    /// Output of `args` exec'd in task `id` (under a new exec id).
     fn exec(&self, id: &str, args: &[&str]) -> String {
-        let mut all = vec!["task", "exec", "--exec-id", "e", id];
+        let n = self.execs.replace(self.execs.get() + 1);
+        let exec_id = format!("x{n}");
+        let mut all = vec!["task", "exec", "--exec-id", &exec_id, id];
         all.extend(args);
         self.ok(&all)
     }
