@@ -157,7 +157,11 @@ impl pb::Agent for AgentService {
     ) -> RpcResult<pb::CreateContainerResponse> {
         let pid = self
             .sandbox
-            .create(&req.container_id, &req.oci_spec_json)
+            .create(
+                &req.container_id,
+                &req.oci_spec_json,
+                &req.join_namespaces_of,
+            )
             .await
             .map_err(|e| to_status("CreateContainer", e))?;
         Ok(pb::CreateContainerResponse {

@@ -206,9 +206,17 @@ impl Sandbox {
             })
     }
 
-    /// Creates a container that waits for [`Sandbox::start`]; returns its init pid.
-    pub async fn create(self: &Arc<Self>, id: &str, spec_json: &[u8]) -> Result<i32, AgentError> {
+    /// Creates a container that waits for [`Sandbox::start`]; returns its init pid. A
+    /// non-empty `join_namespaces_of` names the pod's sandbox container, whose IPC and UTS
+    /// namespaces the new one joins where its spec joins them by path.
+    pub async fn create(
+        self: &Arc<Self>,
+        id: &str,
+        spec_json: &[u8],
+        join_namespaces_of: &str,
+    ) -> Result<i32, AgentError> {
         skerry_container::validate_container_id(id)?;
+        let pod_init = self.pod_sandbox_init(id, join_namespaces_of)?;
         {
             let containers = lock(&self.containers);
             let mut reserved = lock(&self.reserved);
@@ -218,7 +226,7 @@ impl Sandbox {
         }
         let me = Arc::clone(self);
         let (idc, json) = (id.to_string(), spec_json.to_vec());
-        let result = tokio::task::spawn_blocking(move || me.create_blocking(&idc, &json))
+        let result = tokio::task::spawn_blocking(move || me.create_blocking(&idc, &json, pod_init))
             .await
             .map_err(blocking_failed)
             .and_then(|r| r);
@@ -243,11 +251,40 @@ impl Sandbox {
         Ok(pid)
     }
 
+    /// The init pid of pod sandbox container `sandbox` that container `id` joins (`None`
+    /// for an empty `sandbox`); it must be another container, and running.
+    fn pod_sandbox_init(&self, id: &str, sandbox: &str) -> Result<Option<i32>, AgentError> {
+        if sandbox.is_empty() {
+            return Ok(None);
+        }
+        skerry_container::validate_container_id(sandbox)?;
+        let field = "join_namespaces_of";
+        if sandbox == id {
+            return Err(AgentError::BadRequest(format!(
+                "container {id}: {field} names the container itself"
+            )));
+        }
+        let not = |what: &str| {
+            AgentError::WrongState(format!(
+                "container {id}: {field}: pod sandbox container {sandbox} is {what}"
+            ))
+        };
+        let c = lock(&self.containers)
+            .get(sandbox)
+            .cloned()
+            .ok_or_else(|| not("not in this guest"))?;
+        if c.init.exited().is_some() || lock(&c.pending_start).is_some() {
+            return Err(not("not running"));
+        }
+        Ok(Some(c.init.pid))
+    }
+
     #[allow(clippy::type_complexity)]
     fn create_blocking(
         &self,
         id: &str,
         json: &[u8],
+        pod_init: Option<i32>,
     ) -> Result<
         (
             i32,
@@ -278,8 +315,9 @@ impl Sandbox {
             .unwrap_or(false);
         // With a terminal, the init allocates the pty in the container's own devpts and
         // sends the master back during the handshake (as runc does).
-        let (flags, warnings) = launch::container_clone_flags(&spec);
-        for w in &warnings {
+        let namespaces = launch::container_namespaces(&spec, pod_init.is_some());
+        let (flags, join) = (namespaces.flags, namespaces.join);
+        for w in &namespaces.warnings {
             warn!(container_id = id, "{w}");
         }
         let setup = |source| AgentError::Setup {
@@ -308,6 +346,9 @@ impl Sandbox {
             id: id.to_string(),
             spec: Box::new(spec),
             rootfs,
+            join: pod_init
+                .map(|pid| (pid, join))
+                .filter(|(_, names)| !names.is_empty()),
         };
         let ready = launch::handshake(&mut chan, &config, |_| {}).and_then(|ready| {
             let stdio = launch::parent_stdio(pipes, ready.console)?;

@@ -27,7 +27,9 @@ fn busybox_rootfs(shared: &Path, id: &str) {
     let bin = shared.join(id).join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "cat", "echo", "sleep", "hostname", "tty", "stty"] {
+    for applet in [
+        "sh", "cat", "echo", "sleep", "hostname", "tty", "stty", "readlink",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
 }
@@ -102,7 +104,7 @@ async fn containers_run_in_a_development_agent() {
     let dir = std::env::temp_dir().join(format!("skerry-dev-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let shared = dir.join("shared");
-    for id in ["t1", "t2", "t3"] {
+    for id in ["t1", "t2", "t3", "t4"] {
         busybox_rootfs(&shared, id);
     }
     let sock = dir.join("agent.sock");
@@ -209,6 +211,51 @@ async fn containers_run_in_a_development_agent() {
     let out = String::from_utf8(read_all(&c, "t2", "e1").await).unwrap();
     let inner_pid: u32 = out.trim().parse().unwrap();
     assert!(inner_pid < 10, "{out}");
+
+    // A pod's container joins the IPC and UTS namespaces of its running sandbox
+    // container (t2) where its spec joins them by path; it sets no hostname here.
+    let show = "readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; hostname";
+    let mut pspec: serde_json::Value =
+        serde_json::from_slice(&spec(&["sh", "-c", show], "/")).unwrap();
+    pspec.as_object_mut().unwrap().remove("hostname");
+    pspec["linux"] = json!({"namespaces": [
+        {"type": "pid"}, {"type": "mount"},
+        {"type": "ipc", "path": "/proc/1/ns/ipc"}, {"type": "uts", "path": "/proc/1/ns/uts"}]});
+    let pod_member = |of: &str| pb::CreateContainerRequest {
+        join_namespaces_of: of.into(),
+        ..bad("t4", pspec.to_string().as_bytes())
+    };
+    for (of, why) in [
+        ("t1", "pod sandbox container t1 is not running"),
+        ("nope", "pod sandbox container nope is not in this guest"),
+        ("t4", "join_namespaces_of names the container itself"),
+    ] {
+        let (_, msg) = code_of(c.create_container(ctx(), &pod_member(of)).await).unwrap();
+        assert!(msg.contains(why), "joining {of}: {msg}");
+    }
+    c.create_container(ctx(), &pod_member("t2")).await.unwrap();
+    let start = pb::StartContainerRequest {
+        container_id: "t4".into(),
+        ..Default::default()
+    };
+    c.start_container(ctx(), &start).await.unwrap();
+    let joined = String::from_utf8(read_all(&c, "t4", "").await).unwrap();
+    let exec = pb::ExecProcessRequest {
+        container_id: "t2".into(),
+        exec_id: "e3".into(),
+        oci_process_json: json!({"args": ["sh", "-c", show], "cwd": "/",
+                                 "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]})
+        .to_string()
+        .into_bytes(),
+        ..Default::default()
+    };
+    c.exec_process(ctx(), &exec).await.unwrap();
+    let sandbox = String::from_utf8(read_all(&c, "t2", "e3").await).unwrap();
+    assert!(
+        sandbox.starts_with("ipc:[") && sandbox.ends_with("\nt1\n"),
+        "{sandbox}"
+    );
+    assert_eq!(joined, sandbox, "t4 did not join t2's namespaces");
     let remove = pb::RemoveContainerRequest {
         container_id: "t2".into(),
         ..Default::default()

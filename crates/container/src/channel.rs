@@ -26,7 +26,8 @@ const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// What the `init` child is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum InitConfig {
-    /// Set up a new container (fresh namespaces) and exec its process.
+    /// Set up a new container (fresh namespaces, or some of its pod sandbox's) and exec
+    /// its process.
     Container {
         /// Container id (for messages).
         id: String,
@@ -34,6 +35,9 @@ pub enum InitConfig {
         spec: Box<Spec>,
         /// Root filesystem path as the parent sees it.
         rootfs: PathBuf,
+        /// Pid (parent's view) of the pod sandbox's init, and the names under
+        /// /proc/<pid>/ns of its namespaces to join first; `None` outside a pod.
+        join: Option<(i32, Vec<String>)>,
     },
     /// Join a running container's namespaces and exec an extra process.
     Exec {

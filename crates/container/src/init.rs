@@ -110,8 +110,15 @@ pub fn main() -> ! {
         Err(e) => fail(&mut report, "", &e),
     };
     let (id, result) = match config {
-        InitConfig::Container { id, spec, rootfs } => {
-            let r = run_container(&mut chan, &spec, &rootfs);
+        InitConfig::Container {
+            id,
+            spec,
+            rootfs,
+            join,
+        } => {
+            let r = join
+                .map_or(Ok(()), |(pid, names)| join_namespaces(pid, &names))
+                .and_then(|()| run_container(&mut chan, &spec, &rootfs));
             (id, r)
         }
         InitConfig::Exec {
@@ -179,12 +186,8 @@ fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Ne
     wait_and_exec(chan, prepared, warnings)
 }
 
-fn run_exec(
-    chan: &mut UnixStream,
-    process: &Process,
-    target_pid: i32,
-    namespaces: &[String],
-) -> Result<Never, InitError> {
+/// Joins the namespaces `namespaces` (names under /proc/<pid>/ns) of process `target_pid`.
+fn join_namespaces(target_pid: i32, namespaces: &[String]) -> Result<(), InitError> {
     let mut fds = Vec::new();
     for ns in namespaces {
         let path = format!("/proc/{target_pid}/ns/{ns}");
@@ -202,7 +205,16 @@ fn run_exec(
     for (path, fd) in &fds {
         step(setns(fd, CloneFlags::empty()), || format!("setns({path})"))?;
     }
-    drop(fds);
+    Ok(())
+}
+
+fn run_exec(
+    chan: &mut UnixStream,
+    process: &Process,
+    target_pid: i32,
+    namespaces: &[String],
+) -> Result<Never, InitError> {
+    join_namespaces(target_pid, namespaces)?;
     // Closed (by our exit) only after `Pid` is sent, so the child's messages come after it.
     let (gate_r, gate_w) = step(nix::unistd::pipe2(OFlag::O_CLOEXEC), || {
         "exec: ordering pipe".into()

@@ -296,12 +296,26 @@ pub fn release(mut chan: UnixStream) -> Result<(), LaunchError> {
     }
 }
 
-/// Clone flags for a new container, plus warnings about namespaces that were ignored.
-pub fn container_clone_flags(spec: &Spec) -> (CloneFlags, Vec<String>) {
+/// How a new container gets its namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNamespaces {
+    /// Namespaces created by the clone.
+    pub flags: CloneFlags,
+    /// Names (under /proc/<pid>/ns) of the pod sandbox container's namespaces to join.
+    pub join: Vec<String>,
+    /// Namespaces that were ignored, and why.
+    pub warnings: Vec<String>,
+}
+
+/// The namespaces of a new container. With `in_pod` (the container joins a pod whose
+/// sandbox container runs in this guest), the IPC and UTS namespaces the spec joins by a
+/// host path (CRI's `/proc/<pause pid>/ns/...`) are the sandbox container's.
+pub fn container_namespaces(spec: &Spec, in_pod: bool) -> ContainerNamespaces {
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
+    let mut join = Vec::new();
     let mut warnings = Vec::new();
     let namespaces = spec
         .linux()
@@ -314,6 +328,16 @@ pub fn container_clone_flags(spec: &Spec) -> (CloneFlags, Vec<String>) {
         // host): inside the VM that is the guest's own, which holds the pod's
         // NIC, so the container shares it; no path means a new, empty one.
         if t == LinuxNamespaceType::Network && ns.path().is_some() {
+            continue;
+        }
+        let shared = match t {
+            LinuxNamespaceType::Ipc => Some((CloneFlags::CLONE_NEWIPC, "ipc")),
+            LinuxNamespaceType::Uts => Some((CloneFlags::CLONE_NEWUTS, "uts")),
+            _ => None,
+        };
+        if let (Some((flag, name)), Some(_), true) = (shared, ns.path(), in_pod) {
+            flags.remove(flag);
+            join.push(name.to_string());
             continue;
         }
         if let Some(path) = ns.path() {
@@ -334,7 +358,11 @@ pub fn container_clone_flags(spec: &Spec) -> (CloneFlags, Vec<String>) {
             _ => {}
         }
     }
-    (flags, warnings)
+    ContainerNamespaces {
+        flags,
+        join,
+        warnings,
+    }
 }
 
 /// Names (under /proc/<pid>/ns) of the namespaces an exec joins, mount last.
@@ -384,7 +412,12 @@ mod tests {
             {"type":"user"},{"type":"ipc","path":"/proc/1/ns/ipc"}]}}"#,
         )
         .unwrap();
-        let (flags, warnings) = container_clone_flags(&spec);
+        let ContainerNamespaces {
+            flags,
+            join,
+            warnings,
+        } = container_namespaces(&spec, false);
+        assert!(join.is_empty(), "not in a pod: {join:?}");
         assert!(flags.contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID));
         assert!(flags.contains(CloneFlags::CLONE_NEWNET));
         assert!(!flags.contains(CloneFlags::CLONE_NEWUSER));
@@ -398,11 +431,41 @@ mod tests {
             {"type":"network","path":"/var/run/netns/cni-1"}]}}"#,
         )
         .unwrap();
-        let (flags, warnings) = container_clone_flags(&spec);
+        let ns = container_namespaces(&spec, false);
+        let (flags, warnings) = (ns.flags, ns.warnings);
         assert!(
             !flags.contains(CloneFlags::CLONE_NEWNET),
             "the pod's netns is the guest's"
         );
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_pod_container_joins_the_sandbox_ipc_and_uts_it_names_by_path() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"mount"},
+            {"type":"ipc","path":"/proc/7/ns/ipc"},{"type":"uts","path":"/proc/7/ns/uts"},
+            {"type":"pid","path":"/proc/7/ns/pid"}]}}"#,
+        )
+        .unwrap();
+        let ns = container_namespaces(&spec, true);
+        assert_eq!(ns.join, ["ipc", "uts"].map(String::from));
+        assert!(!ns
+            .flags
+            .intersects(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS));
+        assert!(ns.flags.contains(CloneFlags::CLONE_NEWPID));
+        assert_eq!(ns.warnings.len(), 1, "pid by path: {:?}", ns.warnings);
+        let alone = container_namespaces(&spec, false);
+        assert!(alone.join.is_empty());
+        assert!(alone
+            .flags
+            .contains(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS));
+        assert_eq!(alone.warnings.len(), 3, "{:?}", alone.warnings);
+        let own = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"ipc"},{"type":"uts"}]}}"#,
+        )
+        .unwrap();
+        let own = container_namespaces(&own, true);
+        assert!(own.join.is_empty(), "no path: own namespaces");
     }
 }

@@ -178,11 +178,18 @@ impl AgentConn {
         Ok(())
     }
 
-    /// Creates a container whose process waits for `start_container`.
-    pub async fn create_container(&self, id: &str, spec_json: &[u8]) -> Result<u32, AgentError> {
+    /// Creates a container whose process waits for `start_container`; it joins the
+    /// namespaces of pod sandbox container `join_namespaces_of` unless that is empty.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        join_namespaces_of: &str,
+    ) -> Result<u32, AgentError> {
         let req = proto::CreateContainerRequest {
             container_id: id.into(),
             oci_spec_json: spec_json.to_vec(),
+            join_namespaces_of: join_namespaces_of.into(),
             ..Default::default()
         };
         let resp = self

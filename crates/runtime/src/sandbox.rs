@@ -326,7 +326,14 @@ impl Sandbox {
         // the CLI: config.json may change between the two.
         policy::check(&self.policy, &bundle.spec)?;
         let shared = share::share(bundle, id, &self.paths, self.mounts.as_ref())?;
-        if let Err(e) = self.agent.create_container(id, &shared.spec_json).await {
+        // A pod's other containers share its sandbox container's IPC and UTS
+        // namespaces (the sandbox container's id is the sandbox's).
+        let join_namespaces_of = if id == self.id { "" } else { self.id.as_str() };
+        let created = self
+            .agent
+            .create_container(id, &shared.spec_json, join_namespaces_of)
+            .await;
+        if let Err(e) = created {
             share::unshare(self.mounts.as_ref(), &shared.mounts);
             return Err(e.into());
         }

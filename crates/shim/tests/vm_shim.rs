@@ -13,11 +13,17 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+#[path = "../../../tests/support/netns.rs"]
+mod netns;
+use netns::PodNetns;
+
 const RUNTIME: &str = "io.containerd.skerry.v2";
 const IMAGE: &str = "localhost/bb:latest";
 
 /// Busybox applets the test image links.
-const APPLETS: &[&str] = &["sh", "cat", "echo", "sleep", "true", "ls", "tty"];
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "true", "ls", "tty", "hostname", "readlink", "httpd",
+];
 
 /// Annotations that make `id` a pod sandbox, or a container of pod `pod`.
 fn pod_annotations(pod: &str, sandbox: bool) -> Vec<String> {
@@ -73,6 +79,8 @@ struct World {
     containerd: Child,
     socket: PathBuf,
     ctd_config: PathBuf,
+    /// Number of the next exec id `exec` uses (an exec id is used once per task).
+    execs: std::cell::Cell<u32>,
 }
 
 impl World {
@@ -117,6 +125,7 @@ impl World {
             containerd,
             socket,
             ctd_config,
+            execs: Default::default(),
         };
         w.wait_ready();
         let archive = w.busybox_oci_archive();
@@ -239,6 +248,26 @@ impl World {
         all.extend([IMAGE, id]);
         all.extend(args);
         self.ok(&all);
+    }
+
+    /// The host pid `ctr task ls` shows for task `id`.
+    fn task_pid(&self, id: &str) -> u32 {
+        let ls = self.ok(&["task", "ls"]);
+        ls.lines()
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next()? == id).then(|| words.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no pid of {id} in:\n{ls}"))
+    }
+
+    /// Output of `args` exec'd in task `id` (under a new exec id).
+    fn exec(&self, id: &str, args: &[&str]) -> String {
+        let n = self.execs.replace(self.execs.get() + 1);
+        let exec_id = format!("x{n}");
+        let mut all = vec!["task", "exec", "--exec-id", &exec_id, id];
+        all.extend(args);
+        self.ok(&all)
     }
 
     /// The value of `metric` in `ctr task metrics id`.
@@ -633,21 +662,29 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
         "io.kubernetes.cri.sandbox-memory=268435456".into(),
     ]);
     w.run_detached(&sandbox, "p1", &["sleep", "1000"]);
-    w.run_detached(&pod_annotations("p1", false), "c2", &["sleep", "1000"]);
-    let boot_id = |id: &str| {
-        w.ok(&[
-            "task",
-            "exec",
-            "--exec-id",
-            "b",
-            id,
-            "cat",
-            "/proc/sys/kernel/random/boot_id",
-        ])
-    };
+    // As CRI does: c2 joins the sandbox's IPC and UTS namespaces by host path.
+    let p1 = w.task_pid("p1");
+    let mut member = pod_annotations("p1", false);
+    for ns in ["ipc", "uts"] {
+        member.extend(["--with-ns".into(), format!("{ns}:/proc/{p1}/ns/{ns}")]);
+    }
+    w.run_detached(&member, "c2", &["sleep", "1000"]);
+    let boot_id = |id: &str| w.exec(id, &["cat", "/proc/sys/kernel/random/boot_id"]);
     let (b1, b2) = (boot_id("p1"), boot_id("c2"));
     assert!(!b1.trim().is_empty());
     assert_eq!(b1, b2, "the pod's containers run in different kernels");
+    // ... and share the sandbox's IPC and UTS namespaces, so its hostname.
+    for ns in ["ipc", "uts"] {
+        let link = format!("/proc/self/ns/{ns}");
+        let (n1, n2) = (
+            w.exec("p1", &["readlink", &link]),
+            w.exec("c2", &["readlink", &link]),
+        );
+        assert!(n1.starts_with(&format!("{ns}:[")), "{n1}");
+        assert_eq!(n1, n2, "c2 did not join p1's {ns} namespace\n{}", w.log());
+    }
+    w.exec("p1", &["hostname", "pod-p1"]);
+    assert_eq!(w.exec("c2", &["hostname"]), "pod-p1\n");
     assert_eq!(w.qemu_pids().len(), 1, "{:?}", w.processes());
     let shims: Vec<String> = w
         .processes()
@@ -656,15 +693,7 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
         .collect();
     assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
 
-    let meminfo = w.ok(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "m",
-        "p1",
-        "cat",
-        "/proc/meminfo",
-    ]);
+    let meminfo = w.exec("p1", &["cat", "/proc/meminfo"]);
     let total_kib: u64 = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -741,6 +770,29 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
     let socket = w.shim_socket("p1");
     w.delete_all(&["c2", "p1"]);
     assert!(!socket.exists(), "shim socket {} left", socket.display());
+}
+
+#[test]
+fn vm_shim_pod_network_answers_ping_and_tcp_from_the_host_end() {
+    require_vm!();
+    if netns::skip_without_net() {
+        return;
+    }
+    let w = World::new();
+    let pod = PodNetns::new();
+    let flags = [
+        "--with-ns".into(),
+        format!("network:{}", pod.path().display()),
+    ];
+    let serve = "echo hello from the pod > /tmp/index.html && exec httpd -f -p 8080 -h /tmp";
+    w.run_detached(&flags, "web", &["sh", "-c", serve]);
+    pod.assert_connected();
+    pod.assert_http_serves(8080, "hello from the pod\n", || w.log());
+    pod.assert_guest_answers_ping();
+    w.ok(&["task", "kill", "-s", "SIGKILL", "web"]);
+    w.wait_stopped("web", Duration::from_secs(20));
+    w.delete_all(&["web"]);
+    pod.assert_disconnected();
 }
 
 #[test]
