@@ -29,7 +29,9 @@ use containerd_shim::{
     },
     TtrpcResult,
 };
-use skerry_runtime::{lifecycle, monitor::error_chain, net, sandbox, state::StateStore};
+use skerry_runtime::{
+    config::Isolation, lifecycle, monitor::error_chain, net, sandbox, state::StateStore,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -87,7 +89,7 @@ impl TaskService {
         }
         let config = options::load_config(req.options.as_ref())?;
         info!(container = %req.id, bundle = %req.bundle, "creating task");
-        let prepared = Prepared::new(&req, self.store.clone()).await?;
+        let prepared = Prepared::new(&req, self.store.clone(), &config).await?;
         let c = match self.join_pod(&prepared, &config).await {
             Ok(c) => c,
             Err(e) => {
@@ -129,6 +131,27 @@ impl TaskService {
     ) -> Result<Arc<Container>, TaskError> {
         let annotations = prepared.annotations();
         let sandbox_id = pod::sandbox_id(&prepared.id, &annotations)?;
+        if sandbox_id != prepared.id {
+            let sandbox = self.container(&sandbox_id).ok();
+            let sandbox_isolation = match sandbox.as_deref().map(Container::pod) {
+                Some(Some(_)) => Some(Isolation::Vm),
+                Some(None) => Some(Isolation::Container),
+                None => None,
+            };
+            if sandbox_isolation.is_some_and(|i| i != prepared.isolation) {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {:?} asks for {} isolation but its pod {sandbox_id:?} runs in {} \
+                     isolation: a pod's containers share one isolation",
+                    prepared.id,
+                    prepared.isolation.name(),
+                    sandbox_isolation.expect("checked").name()
+                )));
+            }
+        }
+        if prepared.isolation == Isolation::Container {
+            // Each container of a container-mode pod is a host container.
+            return Container::create_plain(prepared, Arc::clone(&self.events)).await;
+        }
         let existing = self
             .pods
             .lock()
@@ -176,13 +199,16 @@ impl TaskService {
 
     /// Forgets container `c`; powers its pod off once no container is left.
     async fn leave_pod(&self, c: &Container) -> Result<(), TaskError> {
-        if !c.pod.leave(&c.id) {
+        let Some(pod) = c.pod() else {
+            return Ok(());
+        };
+        if !pod.leave(&c.id) {
             return Ok(());
         }
-        info!(pod = %c.pod.id, "last container of the pod deleted; stopping its VM");
-        c.pod.stop().await;
-        self.pods.lock().expect("pods lock").remove(&c.pod.id);
-        lifecycle::delete(&self.store, &c.pod.id, true).await?;
+        info!(pod = %pod.id, "last container of the pod deleted; stopping its VM");
+        pod.stop().await;
+        self.pods.lock().expect("pods lock").remove(&pod.id);
+        lifecycle::delete(&self.store, &pod.id, true).await?;
         Ok(())
     }
 
@@ -246,7 +272,7 @@ impl TaskService {
                 .expect("containers lock")
                 .remove(&req.id);
             if let Err(e) = self.leave_pod(&c).await {
-                warn!(pod = %c.pod.id, error = %error_chain(&e), "cleaning up the pod");
+                warn!(container = %c.id, error = %error_chain(&e), "cleaning up the pod");
             }
             let event = TaskDelete {
                 container_id: req.id.clone(),
