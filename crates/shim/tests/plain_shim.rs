@@ -155,5 +155,80 @@ fn plain_shim_tty() {
     let said = text(&out.stdout);
     assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
     assert_eq!(out.status.code(), Some(3), "{said}");
+
+    // An exec'd process with a terminal, and ResizePty (ctr sends the size
+    // once the process started: it sleeps first).
+    w.run_detached(&[], "t2", &["sleep", "1000"]);
+    let ctr = format!(
+        "stty rows 33 cols 77; /usr/bin/ctr -a {} -n skerry-test task exec -t --exec-id x t2 sh -c 'sleep 1; tty; stty size; exit 5'",
+        w.socket.display()
+    );
+    let out = Command::new("/usr/bin/script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
+    assert!(said.contains("33 77"), "{said}\n{}", w.log());
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    w.ok(&["task", "kill", "-s", "SIGKILL", "t2"]);
+    w.wait_stopped("t2", Duration::from_secs(10));
+    w.delete_all(&["t2"]);
+}
+
+#[test]
+fn plain_shim_stdin_reaches_the_container_and_ends() {
+    require_host!();
+    let w = World::with_config(CONTAINER_MODE);
+    let mut cmd = w.ctr();
+    cmd.args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "i1", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"ping\npong\n").unwrap();
+    }
+    // cat exits only once the shim closed its stdin after the client's end.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "ping\npong\n", "{}", w.log());
+    assert_eq!(out.status.code(), Some(0));
     w.assert_clean();
+}
+
+#[test]
+fn plain_shim_pod_containers_share_the_isolation() {
+    require_host!();
+    let w = World::with_config(&format!(
+        "{CONTAINER_MODE}allow_isolation_annotation = true\n"
+    ));
+    w.run_detached(&pod_annotations("p1", true), "p1", &["sleep", "1000"]);
+    w.run_detached(&pod_annotations("p1", false), "p1c", &["sleep", "1000"]);
+    // Both are host containers served by the pod's one shim.
+    assert_eq!(task_pids(&w, "p1c").len(), 1);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", task_pids(&w, "p1c")[0]));
+    assert_eq!(comm.unwrap().trim(), "sleep");
+    let mut vm = pod_annotations("p1", false);
+    vm.extend(["--annotation".into(), "io.skerry.isolation=vm".into()]);
+    let mut args: Vec<&str> = vec!["run", "-d", "--runtime", RUNTIME];
+    args.extend(vm.iter().map(String::as_str));
+    args.extend([IMAGE, "p1vm", "true"]);
+    let out = w.run(&args);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(
+            "container \"p1vm\" asks for vm isolation but its pod \"p1\" runs in container \
+             isolation"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    w.ok(&["container", "rm", "p1vm"]);
+    for id in ["p1c", "p1"] {
+        w.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        w.wait_stopped(id, Duration::from_secs(10));
+    }
+    w.delete_all(&["p1c", "p1"]);
 }
