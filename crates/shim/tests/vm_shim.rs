@@ -431,3 +431,39 @@ fn vm_shim_oom_kill_publishes_task_oom() {
     );
     w.assert_clean();
 }
+
+#[test]
+fn vm_shim_vm_and_container_isolation_side_by_side() {
+    require_vm!();
+    let w = World::with_config("[runtime]\nallow_isolation_annotation = true\n");
+    w.run_detached(&[], "v1", &["sleep", "1000"]);
+    let plain = [
+        "--annotation".to_string(),
+        "io.skerry.isolation=container".into(),
+    ];
+    w.run_detached(&plain, "h1", &["sleep", "1000"]);
+    // One VM, for v1; h1's init is a host process.
+    assert_eq!(w.qemu_pids().len(), 1, "{:?}", w.processes());
+    let ps = w.ok(&["task", "ps", "h1"]);
+    let pid: u32 = ps
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+    for id in ["v1", "h1"] {
+        let out = w.ok(&["task", "exec", "--exec-id", "e", id, "echo", id]);
+        assert_eq!(out, format!("{id}\n"));
+    }
+    for id in ["v1", "h1"] {
+        w.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        w.wait_stopped(id, Duration::from_secs(30));
+    }
+    w.delete_all(&["v1", "h1"]);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
