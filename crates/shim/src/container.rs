@@ -128,6 +128,13 @@ impl Process {
         })
     }
 
+    /// The pid containerd is told: a container-mode process's own host pid
+    /// (as runc reports it: CRI joins a pod sandbox's namespaces through
+    /// `/proc/<pid>/ns`), else the shim's.
+    pub fn pid(&self) -> u32 {
+        self.host_pid.get().copied().unwrap_or_else(host_pid)
+    }
+
     /// Its exit, once it exited.
     pub fn exit(&self) -> Option<Exit> {
         *self.exit.borrow()
@@ -177,7 +184,8 @@ impl std::fmt::Debug for Container {
     }
 }
 
-/// Host pid reported for every process: the shim's own (see the crate README).
+/// The shim's pid, reported for every process of a VM task (see the crate
+/// README).
 pub fn host_pid() -> u32 {
     std::process::id()
 }
@@ -756,7 +764,7 @@ impl Container {
         let event = TaskExit {
             container_id: self.id.clone(),
             id,
-            pid: host_pid(),
+            pid: p.pid(),
             exit_status: exit.status,
             exited_at: Some(exit.timestamp()).into(),
             ..Default::default()

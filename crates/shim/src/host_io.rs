@@ -42,7 +42,19 @@ enum ShimEnds {
         stdout: OwnedFd,
         stderr: OwnedFd,
     },
-    Console(UnixListener, PathBuf),
+    Console(ConsoleSocket),
+}
+
+/// The listening console socket; its file goes with it.
+struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The running copies of a process's stdio.
@@ -70,7 +82,10 @@ impl Plumbing {
             return Ok(Self {
                 fds: None,
                 console_socket: Some(socket.clone()),
-                shim: ShimEnds::Console(listener, socket),
+                shim: ShimEnds::Console(ConsoleSocket {
+                    listener,
+                    path: socket,
+                }),
             });
         }
         let pipe = |stream| {
@@ -115,9 +130,10 @@ impl Plumbing {
                     pty: None,
                 })
             }
-            ShimEnds::Console(listener, path) => {
-                let master = receive_master(&listener).map_err(pipe_err("terminal", &path));
-                let _ = std::fs::remove_file(&path);
+            ShimEnds::Console(socket) => {
+                let path = socket.path.clone();
+                let master = receive_master(&socket.listener).map_err(pipe_err("terminal", &path));
+                drop(socket);
                 let master = master?;
                 let clone = |fd: &OwnedFd| {
                     fd.try_clone()
@@ -164,12 +180,13 @@ async fn copy(mut from: impl AsyncRead + Unpin + Send, mut to: impl AsyncWrite +
 impl Pumps {
     /// Waits (≤ 2 s) until the process's output has been passed on.
     pub async fn finish(self) {
-        let all = futures_join(self.outputs);
+        let all = join_all(self.outputs);
         let _ = tokio::time::timeout(OUTPUT_DRAIN, all).await;
     }
 }
 
-async fn futures_join(handles: Vec<JoinHandle<()>>) {
+/// Waits for every copy.
+async fn join_all(handles: Vec<JoinHandle<()>>) {
     for h in handles {
         let _ = h.await;
     }

@@ -97,6 +97,7 @@ impl TaskService {
                 return Err(e);
             }
         };
+        let pid = c.init.pid();
         self.containers
             .lock()
             .expect("containers lock")
@@ -112,12 +113,12 @@ impl TaskService {
                 terminal: req.terminal,
                 ..Default::default()
             }),
-            pid: host_pid(),
+            pid,
             ..Default::default()
         };
         self.events.send(TASK_CREATE_EVENT_TOPIC, event).await;
         Ok(api::CreateTaskResponse {
-            pid: host_pid(),
+            pid,
             ..Default::default()
         })
     }
@@ -215,10 +216,11 @@ impl TaskService {
     async fn start(&self, req: api::StartRequest) -> Result<api::StartResponse, TaskError> {
         let c = self.container(&req.id)?;
         c.start(&req.exec_id).await?;
+        let pid = c.process(&req.exec_id)?.pid();
         if req.exec_id.is_empty() {
             let event = TaskStart {
                 container_id: req.id.clone(),
-                pid: host_pid(),
+                pid,
                 ..Default::default()
             };
             self.events.send(TASK_START_EVENT_TOPIC, event).await;
@@ -226,13 +228,13 @@ impl TaskService {
             let event = TaskExecStarted {
                 container_id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
-                pid: host_pid(),
+                pid,
                 ..Default::default()
             };
             self.events.send(TASK_EXEC_STARTED_EVENT_TOPIC, event).await;
         }
         Ok(api::StartResponse {
-            pid: host_pid(),
+            pid,
             ..Default::default()
         })
     }
@@ -250,7 +252,7 @@ impl TaskService {
         Ok(api::StateResponse {
             id: req.id,
             bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: host_pid(),
+            pid: p.pid(),
             status: status.into(),
             stdin: p.io.stdin.clone(),
             stdout: p.io.stdout.clone(),
@@ -265,6 +267,7 @@ impl TaskService {
 
     async fn delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, TaskError> {
         let c = self.container(&req.id)?;
+        let pid = c.process(&req.exec_id)?.pid();
         let exit = if req.exec_id.is_empty() {
             let exit = c.delete().await?;
             self.containers
@@ -277,7 +280,7 @@ impl TaskService {
             let event = TaskDelete {
                 container_id: req.id.clone(),
                 id: req.id.clone(),
-                pid: host_pid(),
+                pid,
                 exit_status: exit.status,
                 exited_at: Some(exit.timestamp()).into(),
                 ..Default::default()
@@ -289,7 +292,7 @@ impl TaskService {
             c.delete_exec(&req.exec_id)?
         };
         Ok(api::DeleteResponse {
-            pid: host_pid(),
+            pid,
             exit_status: exit.map_or(0, |e| e.status),
             exited_at: exit.map(|e| e.timestamp()).into(),
             ..Default::default()
@@ -508,9 +511,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        reply(self.container(&req.id).map(|_| api::ConnectResponse {
+        reply(self.container(&req.id).map(|c| api::ConnectResponse {
             shim_pid: host_pid(),
-            task_pid: host_pid(),
+            task_pid: c.init.pid(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         }))

@@ -93,6 +93,14 @@ fn plain_shim_exec_pause_kill_and_nothing_left() {
     assert_eq!(pids.len(), 1, "{pids:?}");
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).unwrap();
     assert_eq!(comm.trim(), "sleep");
+    // The task's pid is its init's, as with runc (CRI joins a sandbox's
+    // namespaces through /proc/<pid>/ns).
+    let ls = w.ok(&["task", "ls"]);
+    let row = ls.lines().find(|l| l.starts_with("c3")).unwrap();
+    assert_eq!(
+        row.split_whitespace().nth(1),
+        Some(pids[0].to_string().as_str())
+    );
     let cgroup = cgroup_dir("pids", "c3");
     let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
     assert_eq!(procs.trim(), pids[0].to_string());
