@@ -317,6 +317,25 @@ impl Prepared {
 }
 
 impl Container {
+    fn new(
+        prepared: &Prepared,
+        engine: Engine,
+        init: Arc<Process>,
+        events: Arc<Events>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: prepared.id.clone(),
+            bundle: prepared.bundle.dir.clone(),
+            engine,
+            store: prepared.store.clone(),
+            events,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(false),
+            rootfs_mounted: prepared.rootfs_mounted,
+        })
+    }
+
     /// Creates the prepared container in `pod`'s VM (its process waits for
     /// Start) and starts relaying its stdio. On failure the container is
     /// not in the VM; the caller aborts `prepared`.
@@ -331,20 +350,11 @@ impl Container {
         let init = Process::new(String::new(), prepared.io.clone(), Vec::new());
         *init.stdin_end.lock().expect("stdin lock") = Some(stdin_end);
         let agent = pod.sandbox.agent().clone();
-        let container = Arc::new(Self {
-            id: id.clone(),
-            bundle: prepared.bundle.dir.clone(),
-            engine: Engine::Vm {
-                pod,
-                agent: agent.clone(),
-            },
-            store: prepared.store.clone(),
-            events,
-            init,
-            execs: Mutex::new(HashMap::new()),
-            paused: AtomicBool::new(false),
-            rootfs_mounted: prepared.rootfs_mounted,
-        });
+        let engine = Engine::Vm {
+            pod,
+            agent: agent.clone(),
+        };
+        let container = Self::new(prepared, engine, init, events);
         container.save_status(Status::Created);
         let relay = Relay::start(&agent, id, "", stdio, RelayOptions::default());
         tokio::spawn(Arc::clone(&container).watch_init(relay));
@@ -393,17 +403,7 @@ impl Container {
         if let Some(master) = pumps.pty.take() {
             let _ = init.pty.set(master);
         }
-        let container = Arc::new(Self {
-            id,
-            bundle: prepared.bundle.dir.clone(),
-            engine: Engine::Plain,
-            store: prepared.store.clone(),
-            events,
-            init,
-            execs: Mutex::new(HashMap::new()),
-            paused: AtomicBool::new(false),
-            rootfs_mounted: prepared.rootfs_mounted,
-        });
+        let container = Self::new(prepared, Engine::Plain, init, events);
         let init = Arc::clone(&container.init);
         tokio::spawn(Arc::clone(&container).watch_plain(init, pumps));
         Ok(container)

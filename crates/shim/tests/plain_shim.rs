@@ -145,41 +145,21 @@ fn plain_shim_exec_pause_kill_and_nothing_left() {
 #[test]
 fn plain_shim_tty() {
     require_host!();
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("SKIPPED: /usr/bin/script (bsdutils) is needed for a terminal");
-        return;
-    }
+    require_script!();
     let w = World::with_config(CONTAINER_MODE);
-    // `script` gives ctr the terminal `ctr run -t` needs.
-    let ctr = format!(
-        "/usr/bin/ctr -a {} -n skerry-test run --rm -t --runtime {RUNTIME} {IMAGE} t1 sh -c 'tty; exit 3'",
-        w.socket.display()
-    );
-    let out = Command::new("/usr/bin/script")
-        .args(["-qec", &ctr, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let said = text(&out.stdout);
+    let run = format!("run --rm -t --runtime {RUNTIME} {IMAGE} t1 sh -c 'tty; exit 3'");
+    let (said, status) = w.ctr_on_terminal("", &run);
     assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert_eq!(status, Some(3), "{said}");
 
     // An exec'd process with a terminal, and ResizePty (ctr sends the size
     // once the process started: it sleeps first).
     w.run_detached(&[], "t2", &["sleep", "1000"]);
-    let ctr = format!(
-        "stty rows 33 cols 77; /usr/bin/ctr -a {} -n skerry-test task exec -t --exec-id x t2 sh -c 'sleep 1; tty; stty size; exit 5'",
-        w.socket.display()
-    );
-    let out = Command::new("/usr/bin/script")
-        .args(["-qec", &ctr, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let said = text(&out.stdout);
+    let exec = "task exec -t --exec-id x t2 sh -c 'sleep 1; tty; stty size; exit 5'";
+    let (said, status) = w.ctr_on_terminal("stty rows 33 cols 77;", exec);
     assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
     assert!(said.contains("33 77"), "{said}\n{}", w.log());
-    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert_eq!(status, Some(5), "{said}");
     w.ok(&["task", "kill", "-s", "SIGKILL", "t2"]);
     w.wait_stopped("t2", Duration::from_secs(10));
     w.delete_all(&["t2"]);

@@ -6,7 +6,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -363,24 +363,12 @@ fn vm_shim_pod_survives_containerd_restart() {
 #[test]
 fn vm_shim_tty_and_exit_status() {
     require_vm!();
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("SKIPPED: /usr/bin/script (bsdutils) is needed for a terminal");
-        return;
-    }
+    require_script!();
     let w = World::new();
-    // `script` gives ctr the terminal `ctr run -t` needs.
-    let ctr = format!(
-        "/usr/bin/ctr -a {} -n skerry-test run --rm -t --runtime {RUNTIME} {IMAGE} t1 sh -c 'tty; exit 3'",
-        w.socket.display()
-    );
-    let out = Command::new("/usr/bin/script")
-        .args(["-qec", &ctr, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let said = text(&out.stdout);
+    let run = format!("run --rm -t --runtime {RUNTIME} {IMAGE} t1 sh -c 'tty; exit 3'");
+    let (said, status) = w.ctr_on_terminal("", &run);
     assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert_eq!(status, Some(3), "{said}");
     w.assert_clean();
 }
 

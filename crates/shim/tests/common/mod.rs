@@ -74,6 +74,16 @@ macro_rules! require_host {
     };
 }
 
+/// Skips a terminal test where `script` (bsdutils) is missing.
+macro_rules! require_script {
+    () => {
+        if !Path::new("/usr/bin/script").exists() {
+            eprintln!("SKIPPED: /usr/bin/script (bsdutils) is needed for a terminal");
+            return;
+        }
+    };
+}
+
 macro_rules! require {
     ($reason:expr) => {
         if let Some(reason) = $reason {
@@ -285,6 +295,21 @@ impl World {
             self.ok(&["container", "rm", id]);
         }
         self.assert_clean();
+    }
+
+    /// Runs `ctr <args>` on a terminal (`script` gives ctr the one `-t`
+    /// needs), after shell commands `setup`; its output and exit status.
+    pub fn ctr_on_terminal(&self, setup: &str, args: &str) -> (String, Option<i32>) {
+        let cmd = format!(
+            "{setup} /usr/bin/ctr -a {} -n skerry-test {args}",
+            self.socket.display()
+        );
+        let out = Command::new("/usr/bin/script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (text(&out.stdout), out.status.code())
     }
 
     pub fn ctr(&self) -> Command {
