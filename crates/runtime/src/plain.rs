@@ -4,6 +4,10 @@
 //! read-only paths, sysctls, devices, hooks). No monitor process: as with runc,
 //! the container's init is the pid `state` reports.
 //!
+//! The CLI and the containerd shim both drive container mode through this
+//! module; the shim passes each process's stdio as fds
+//! ([`create_with_stdio`], [`exec_with_stdio`]) and waits with [`wait`].
+//!
 //! Layout: `<root>/<id>/state.json` is ours (as for a VM container, with
 //! `isolation: container`); libcontainer keeps its own state under
 //! `<root>/<id>/lc/<id>/`, so deleting the container directory removes both;
