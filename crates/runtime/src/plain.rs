@@ -4,6 +4,10 @@
 //! read-only paths, sysctls, devices, hooks). No monitor process: as with runc,
 //! the container's init is the pid `state` reports.
 //!
+//! The CLI and the containerd shim both drive container mode through this
+//! module; the shim passes each process's stdio as fds
+//! ([`create_with_stdio`], [`exec_with_stdio`]) and waits with [`wait`].
+//!
 //! Layout: `<root>/<id>/state.json` is ours (as for a VM container, with
 //! `isolation: container`); libcontainer keeps its own state under
 //! `<root>/<id>/lc/<id>/`, so deleting the container directory removes both;
@@ -11,6 +15,7 @@
 
 use std::{
     fs,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -23,8 +28,13 @@ use libcontainer::{
     signal::Signal,
     syscall::syscall::SyscallType,
 };
-use nix::fcntl::{Flock, FlockArg};
+use nix::{
+    fcntl::{Flock, FlockArg},
+    sys::wait::{waitpid, WaitStatus},
+    unistd::Pid,
+};
 use oci_spec::runtime::{LinuxResources, Spec};
+use skerry_protocol::StatsContainerResponse;
 
 use crate::{
     bundle::Bundle,
@@ -79,6 +89,15 @@ pub enum PlainError {
         /// What libcgroups said.
         message: String,
     },
+    /// Waiting for a container process failed.
+    #[error("waiting for process {pid}")]
+    Wait {
+        /// The process.
+        pid: u32,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file of the container's state directory.
     #[error("container {id:?}: {path}")]
     Io {
@@ -122,6 +141,18 @@ pub struct ExecOptions {
     pub detached: bool,
 }
 
+/// The stdio of a container process when it is not the caller's own (the
+/// containerd shim passes pipes or /dev/null).
+#[derive(Debug)]
+pub struct ProcessFds {
+    /// Becomes fd 0.
+    pub stdin: OwnedFd,
+    /// Becomes fd 1.
+    pub stdout: OwnedFd,
+    /// Becomes fd 2.
+    pub stderr: OwnedFd,
+}
+
 fn lc_error<'a>(
     id: &'a str,
     what: &'static str,
@@ -144,16 +175,24 @@ fn builder(
     pid_file: Option<&Path>,
     console_socket: Option<&Path>,
     preserve_fds: u32,
+    stdio: Option<ProcessFds>,
 ) -> Result<ContainerBuilder, PlainError> {
     let what = "container state directory";
-    ContainerBuilder::new(id.to_string(), SyscallType::default())
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(lc_root(store, id))
         .and_then(|b| b.with_pid_file(pid_file))
         .map(|b| {
             b.with_console_socket(console_socket)
                 .with_preserved_fds(preserve_fds as i32)
         })
-        .map_err(lc_error(id, what))
+        .map_err(lc_error(id, what))?;
+    Ok(match stdio {
+        Some(fds) => builder
+            .with_stdin(fds.stdin)
+            .with_stdout(fds.stdout)
+            .with_stderr(fds.stderr),
+        None => builder,
+    })
 }
 
 /// Runs `f` holding the container's lock: libcontainer rewrites its state
@@ -233,9 +272,20 @@ pub fn create(
     bundle: &Bundle,
     opts: &CreateOptions,
 ) -> Result<u32, PlainError> {
+    create_with_stdio(store, id, bundle, opts, None)
+}
+
+/// [`create`], with `stdio` as the init's stdio (else the caller's own).
+pub fn create_with_stdio(
+    store: &StateStore,
+    id: &str,
+    bundle: &Bundle,
+    opts: &CreateOptions,
+    stdio: Option<ProcessFds>,
+) -> Result<u32, PlainError> {
     check_host_support(&bundle.spec)?;
     let dir = store.create_dir(id)?;
-    let created = create_in(store, id, bundle, opts);
+    let created = create_in(store, id, bundle, opts, stdio);
     if created.is_err() {
         if let Ok(mut container) = load(store, id) {
             let _ = container.delete(true);
@@ -252,6 +302,7 @@ fn create_in(
     id: &str,
     bundle: &Bundle,
     opts: &CreateOptions,
+    stdio: Option<ProcessFds>,
 ) -> Result<u32, PlainError> {
     let root = lc_root(store, id);
     fs::create_dir(&root).map_err(|source| PlainError::Io {
@@ -265,6 +316,7 @@ fn create_in(
         opts.pid_file.as_deref(),
         opts.console_socket.as_deref(),
         opts.preserve_fds,
+        stdio,
     )?
     .as_init(&bundle.dir)
     .with_systemd(false)
@@ -356,6 +408,16 @@ pub fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), PlainErro
 
 /// Runs a new process in the running container; returns its host pid.
 pub fn exec(store: &StateStore, id: &str, opts: &ExecOptions) -> Result<u32, PlainError> {
+    exec_with_stdio(store, id, opts, None)
+}
+
+/// [`exec`], with `stdio` as the process's stdio (else the caller's own).
+pub fn exec_with_stdio(
+    store: &StateStore,
+    id: &str,
+    opts: &ExecOptions,
+    stdio: Option<ProcessFds>,
+) -> Result<u32, PlainError> {
     let pid = locked(store, id, || {
         builder(
             store,
@@ -363,6 +425,7 @@ pub fn exec(store: &StateStore, id: &str, opts: &ExecOptions) -> Result<u32, Pla
             opts.pid_file.as_deref(),
             opts.console_socket.as_deref(),
             opts.preserve_fds,
+            stdio,
         )?
         .as_tenant()
         .with_detach(opts.detached)
@@ -405,6 +468,55 @@ pub fn pids(store: &StateStore, id: &str) -> Result<Vec<u32>, PlainError> {
         .collect();
     pids.sort_unstable();
     Ok(pids)
+}
+
+/// Waits for `pid`, a child of the caller (libcontainer starts a
+/// container's init and exec'd processes as siblings of its intermediate
+/// process, so as children of the process that called [`create`] or
+/// [`exec`]); returns its status as a shell reports it (128 + signal).
+pub async fn wait(pid: u32) -> Result<i32, PlainError> {
+    let err = |source| PlainError::Wait { pid, source };
+    let child = Pid::from_raw(pid as i32);
+    let status = tokio::task::spawn_blocking(move || waitpid(child, None))
+        .await
+        .map_err(|e| err(std::io::Error::other(e)))?
+        .map_err(|e| err(e.into()))?;
+    match status {
+        WaitStatus::Exited(_, code) => Ok(code),
+        WaitStatus::Signaled(_, signal, _) => Ok(128 + signal as i32),
+        other => Err(err(std::io::Error::other(format!(
+            "unexpected wait status {other:?}"
+        )))),
+    }
+}
+
+/// Resource usage and host pids of the container, from its host cgroup
+/// (CPU times in µs; the OOM-kill count is not read and stays 0).
+pub fn stats(store: &StateStore, id: &str) -> Result<StatsContainerResponse, PlainError> {
+    let manager = cgroup_manager(store, id)?;
+    let s = manager.stats().map_err(|e| cgroup_error(id, &e))?;
+    let cpu = &s.cpu.usage;
+    let (usage, user, system) = match manager {
+        // cpuacct: total in ns, user and system in USER_HZ (100/s) ticks.
+        AnyCgroupManager::V1(_) => (
+            cpu.usage_total / 1000,
+            cpu.usage_user * 10_000,
+            cpu.usage_kernel * 10_000,
+        ),
+        _ => (cpu.usage_total, cpu.usage_user, cpu.usage_kernel),
+    };
+    Ok(StatsContainerResponse {
+        cpu_usage_usec: usage,
+        cpu_user_usec: user,
+        cpu_system_usec: system,
+        memory_usage: s.memory.memory.usage,
+        memory_limit: s.memory.memory.limit,
+        pids_current: s.pids.current,
+        pids_limit: s.pids.limit,
+        oom_kills: 0,
+        pids: pids(store, id)?,
+        ..Default::default()
+    })
 }
 
 /// Applies new resource limits to the container's cgroup (`update`).

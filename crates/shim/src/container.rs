@@ -1,16 +1,19 @@
-//! One container of the shim: the pod VM it runs in, its init process and
-//! exec'd processes, their exits.
+//! One container of the shim: the pod VM it runs in (or, in container
+//! isolation, the host), its init process and exec'd processes, their exits.
 //!
 //! Waiter tasks wait for each process (or the VM's death: status 255),
 //! then record and publish the exit. The pod's VM outlives its containers'
 //! processes; it is powered off when the pod's last container is deleted.
+//! A container-mode task runs on the host through `skerry_runtime::plain`
+//! (libcontainer); its processes are the shim's children.
 
 use std::{
     collections::HashMap,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, SystemTime},
 };
@@ -24,15 +27,16 @@ use containerd_shim::{
         topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC},
     },
 };
-use nix::sys::signal::Signal;
+use nix::{sys::signal::Signal, unistd::Pid};
 use skerry_protocol::StatsContainerResponse;
 use skerry_runtime::{
     agent_client::{AgentConn, Proc},
     bundle::Bundle,
-    config::Isolation,
-    lifecycle,
+    config::{Config, Isolation},
+    isolation, lifecycle,
     monitor::{error_chain, now_rfc3339, VM_LOST_STATUS},
     mounts::{HostMounts, SysMounts},
+    plain::{self, CreateOptions, ExecOptions},
     relay::{Relay, RelayOptions},
     state::{self, ContainerState, ProcessId, StateStore, Status},
 };
@@ -42,9 +46,14 @@ use tracing::{debug, error, info, warn};
 use crate::{
     error::TaskError,
     events::Events,
+    host_io::{Plumbing, Pumps},
     pod::Pod,
     stdio::{self, StdinEnd, StdioPaths},
 };
+
+/// Numbers the console sockets and exec process files of container-mode
+/// processes.
+static PLAIN_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// How long CloseIO waits for the relay to pass the rest of stdin on.
 const STDIN_DRAIN: Duration = Duration::from_secs(2);
@@ -99,6 +108,10 @@ pub struct Process {
     started: AtomicBool,
     stdin_end: Mutex<Option<StdinEnd>>,
     exit: watch::Sender<Option<Exit>>,
+    /// Container mode: the host pid.
+    host_pid: OnceLock<u32>,
+    /// Container mode: the terminal's master.
+    pty: OnceLock<OwnedFd>,
 }
 
 impl Process {
@@ -110,7 +123,16 @@ impl Process {
             started: AtomicBool::new(false),
             stdin_end: Mutex::new(None),
             exit: watch::channel(None).0,
+            host_pid: OnceLock::new(),
+            pty: OnceLock::new(),
         })
+    }
+
+    /// The pid containerd is told: a container-mode process's own host pid
+    /// (as runc reports it: CRI joins a pod sandbox's namespaces through
+    /// `/proc/<pid>/ns`), else the shim's.
+    pub fn pid(&self) -> u32 {
+        self.host_pid.get().copied().unwrap_or_else(host_pid)
     }
 
     /// Its exit, once it exited.
@@ -131,15 +153,21 @@ impl Process {
     }
 }
 
+/// Where a container runs.
+enum Engine {
+    /// In its pod's VM.
+    Vm { pod: Arc<Pod>, agent: AgentConn },
+    /// On the host (container isolation).
+    Plain,
+}
+
 /// A container and the pod VM it runs in.
 pub struct Container {
     /// Container id.
     pub id: String,
     /// Bundle directory.
     pub bundle: PathBuf,
-    /// The pod it belongs to.
-    pub pod: Arc<Pod>,
-    agent: AgentConn,
+    engine: Engine,
     store: StateStore,
     events: Arc<Events>,
     /// The init process.
@@ -156,7 +184,8 @@ impl std::fmt::Debug for Container {
     }
 }
 
-/// Host pid reported for every process: the shim's own (see the crate README).
+/// The shim's pid, reported for every process of a VM task (see the crate
+/// README).
 pub fn host_pid() -> u32 {
     std::process::id()
 }
@@ -168,6 +197,8 @@ pub struct Prepared {
     pub id: String,
     /// The loaded bundle.
     pub bundle: Bundle,
+    /// The isolation the config (or the annotation) chose.
+    pub isolation: Isolation,
     io: StdioPaths,
     rootfs_mounted: bool,
     store: StateStore,
@@ -176,7 +207,11 @@ pub struct Prepared {
 impl Prepared {
     /// Mounts the request's rootfs, loads the bundle and records the task
     /// in the state store; on failure leaves nothing behind.
-    pub async fn new(req: &CreateTaskRequest, store: StateStore) -> Result<Self, TaskError> {
+    pub async fn new(
+        req: &CreateTaskRequest,
+        store: StateStore,
+        config: &Config,
+    ) -> Result<Self, TaskError> {
         let id = req.id.clone();
         state::validate_id(&id)?;
         let bundle_dir = PathBuf::from(&req.bundle);
@@ -188,16 +223,26 @@ impl Prepared {
                 unmount(&id, &rootfs);
             }
         };
-        let bundle = match Bundle::load(&bundle_dir) {
+        let loaded = Bundle::load(&bundle_dir)
+            .map_err(TaskError::from)
+            .and_then(|bundle| {
+                let annotations = bundle.spec.annotations().as_ref();
+                let isolation = isolation::resolve(&config.runtime, annotations)
+                    .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+                Ok((bundle, isolation))
+            });
+        let (bundle, isolation) = match loaded {
             Ok(b) => b,
             Err(e) => {
                 unmount_rootfs();
-                return Err(e.into());
+                return Err(e);
             }
         };
-        if let Err(e) = store.create_dir(&id) {
-            unmount_rootfs();
-            return Err(e.into());
+        if isolation == Isolation::Vm {
+            if let Err(e) = store.create_dir(&id) {
+                unmount_rootfs();
+                return Err(e.into());
+            }
         }
         let prepared = Self {
             io: StdioPaths {
@@ -208,9 +253,14 @@ impl Prepared {
             },
             id,
             bundle,
+            isolation,
             rootfs_mounted,
             store,
         };
+        if isolation == Isolation::Container {
+            // `plain::create` makes its state.
+            return Ok(prepared);
+        }
         let state = ContainerState {
             id: prepared.id.clone(),
             bundle: prepared.bundle.dir.clone(),
@@ -253,7 +303,11 @@ impl Prepared {
 
     /// Undoes `new`.
     pub async fn abort(&self) {
-        if let Err(e) = lifecycle::delete(&self.store, &self.id, true).await {
+        let cleaned = match self.isolation {
+            Isolation::Vm => lifecycle::delete(&self.store, &self.id, true).await,
+            Isolation::Container => Ok(()),
+        };
+        if let Err(e) = cleaned {
             warn!(container = %self.id, error = %error_chain(&e), "cleaning up after failed create");
         }
         if self.rootfs_mounted {
@@ -263,6 +317,25 @@ impl Prepared {
 }
 
 impl Container {
+    fn new(
+        prepared: &Prepared,
+        engine: Engine,
+        init: Arc<Process>,
+        events: Arc<Events>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: prepared.id.clone(),
+            bundle: prepared.bundle.dir.clone(),
+            engine,
+            store: prepared.store.clone(),
+            events,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(false),
+            rootfs_mounted: prepared.rootfs_mounted,
+        })
+    }
+
     /// Creates the prepared container in `pod`'s VM (its process waits for
     /// Start) and starts relaying its stdio. On failure the container is
     /// not in the VM; the caller aborts `prepared`.
@@ -277,22 +350,71 @@ impl Container {
         let init = Process::new(String::new(), prepared.io.clone(), Vec::new());
         *init.stdin_end.lock().expect("stdin lock") = Some(stdin_end);
         let agent = pod.sandbox.agent().clone();
-        let container = Arc::new(Self {
-            id: id.clone(),
-            bundle: prepared.bundle.dir.clone(),
+        let engine = Engine::Vm {
             pod,
-            agent,
-            store: prepared.store.clone(),
-            events,
-            init,
-            execs: Mutex::new(HashMap::new()),
-            paused: AtomicBool::new(false),
-            rootfs_mounted: prepared.rootfs_mounted,
-        });
+            agent: agent.clone(),
+        };
+        let container = Self::new(prepared, engine, init, events);
         container.save_status(Status::Created);
-        let relay = Relay::start(&container.agent, id, "", stdio, RelayOptions::default());
+        let relay = Relay::start(&agent, id, "", stdio, RelayOptions::default());
         tokio::spawn(Arc::clone(&container).watch_init(relay));
         Ok(container)
+    }
+
+    /// Creates the prepared container on the host (container isolation)
+    /// with libcontainer; its init waits for Start. On failure nothing of it
+    /// is left but the prepared rootfs mount.
+    pub async fn create_plain(
+        prepared: &Prepared,
+        events: Arc<Events>,
+    ) -> Result<Arc<Self>, TaskError> {
+        let id = prepared.id.clone();
+        let (stdio, stdin_end) = stdio::open(&prepared.io)?;
+        let mut plumbing =
+            Plumbing::new(prepared.io.terminal, console_socket(&prepared.bundle.dir))?;
+        let opts = CreateOptions {
+            console_socket: plumbing.console_socket.clone(),
+            detached: true,
+            ..Default::default()
+        };
+        let fds = plumbing.fds.take();
+        let (store, bundle) = (prepared.store.clone(), prepared.bundle.clone());
+        let pid = {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || {
+                plain::create_with_stdio(&store, &id, &bundle, &opts, fds)
+            })
+            .await
+            .expect("create task")?
+        };
+        let mut pumps = match plumbing.connect(stdio) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Err(e) = lifecycle::delete(&prepared.store, &id, true).await {
+                    warn!(container = %id, error = %error_chain(&e), "removing after failed create");
+                }
+                return Err(e);
+            }
+        };
+        info!(container = %id, pid, "container created on the host");
+        let init = Process::new(String::new(), prepared.io.clone(), Vec::new());
+        *init.stdin_end.lock().expect("stdin lock") = Some(stdin_end);
+        let _ = init.host_pid.set(pid);
+        if let Some(master) = pumps.pty.take() {
+            let _ = init.pty.set(master);
+        }
+        let container = Self::new(prepared, Engine::Plain, init, events);
+        let init = Arc::clone(&container.init);
+        tokio::spawn(Arc::clone(&container).watch_plain(init, pumps));
+        Ok(container)
+    }
+
+    /// The pod VM it runs in; `None` in container isolation.
+    pub fn pod(&self) -> Option<&Arc<Pod>> {
+        match &self.engine {
+            Engine::Vm { pod, .. } => Some(pod),
+            Engine::Plain => None,
+        }
     }
 
     /// The status of process `exec_id` (empty: init).
@@ -330,7 +452,10 @@ impl Container {
             return Err(self.wrong_status(&p, "start"));
         }
         if exec_id.is_empty() {
-            self.agent.start_container(&self.id).await?;
+            match &self.engine {
+                Engine::Vm { agent, .. } => agent.start_container(&self.id).await?,
+                Engine::Plain => lifecycle::start(&self.store, &self.id).await?,
+            }
             p.started.store(true, Ordering::SeqCst);
             self.save_status(Status::Running);
             info!(container = %self.id, "container started");
@@ -340,23 +465,64 @@ impl Container {
             return Err(self.wrong_status(&self.init, "exec in"));
         }
         let (stdio, stdin_end) = stdio::open(&p.io)?;
+        let agent = match &self.engine {
+            Engine::Vm { agent, .. } => agent,
+            Engine::Plain => {
+                let pumps = self.exec_plain(&p, stdio).await?;
+                p.started.store(true, Ordering::SeqCst);
+                *p.stdin_end.lock().expect("stdin lock") = Some(stdin_end);
+                tokio::spawn(Arc::clone(self).watch_plain(p, pumps));
+                return Ok(());
+            }
+        };
         let name = Proc {
             container: &self.id,
             exec: exec_id,
         };
-        let guest_pid = self.agent.exec_process(name, &p.spec).await?;
+        let guest_pid = agent.exec_process(name, &p.spec).await?;
         p.started.store(true, Ordering::SeqCst);
         *p.stdin_end.lock().expect("stdin lock") = Some(stdin_end);
         info!(container = %self.id, exec = exec_id, guest_pid, "exec started");
-        let relay = Relay::start(
-            &self.agent,
-            &self.id,
-            exec_id,
-            stdio,
-            RelayOptions::default(),
-        );
+        let relay = Relay::start(agent, &self.id, exec_id, stdio, RelayOptions::default());
         tokio::spawn(Arc::clone(self).watch_exec(p, relay));
         Ok(())
+    }
+
+    /// Runs exec'd process `p` on the host, in the container's namespaces.
+    async fn exec_plain(
+        &self,
+        p: &Process,
+        stdio: skerry_runtime::relay::ProcessStdio,
+    ) -> Result<Pumps, TaskError> {
+        let seq = PLAIN_SEQ.fetch_add(1, Ordering::Relaxed);
+        let process_file = self.store.dir(&self.id).join(format!("exec-{seq}.json"));
+        std::fs::write(&process_file, &p.spec).map_err(|source| TaskError::Stdio {
+            stream: "process",
+            path: process_file.clone(),
+            source,
+        })?;
+        let mut plumbing = Plumbing::new(p.io.terminal, console_socket(&self.bundle))?;
+        let opts = ExecOptions {
+            process_file: process_file.clone(),
+            console_socket: plumbing.console_socket.clone(),
+            detached: true,
+            ..Default::default()
+        };
+        let fds = plumbing.fds.take();
+        let (store, id) = (self.store.clone(), self.id.clone());
+        let pid =
+            tokio::task::spawn_blocking(move || plain::exec_with_stdio(&store, &id, &opts, fds))
+                .await
+                .expect("exec task");
+        let _ = std::fs::remove_file(&process_file);
+        let pid = pid?;
+        info!(container = %self.id, exec = %p.exec_id, pid, "exec started on the host");
+        let _ = p.host_pid.set(pid);
+        let mut pumps = plumbing.connect(stdio)?;
+        if let Some(master) = pumps.pty.take() {
+            let _ = p.pty.set(master);
+        }
+        Ok(pumps)
     }
 
     /// Adds an exec'd process (started later by `start`).
@@ -399,12 +565,36 @@ impl Container {
             // Stopped processes only act on a signal once continued.
             self.freeze(false).await?;
         }
+        let agent = match &self.engine {
+            Engine::Vm { agent, .. } => agent,
+            Engine::Plain => return self.kill_plain(&p, signal, all).await,
+        };
         let name = Proc {
             container: &self.id,
             exec: exec_id,
         };
-        self.agent.signal(name, signal, all).await?;
+        agent.signal(name, signal, all).await?;
         Ok(())
+    }
+
+    /// Signals the init through libcontainer (so `all` reaches the whole
+    /// cgroup), an exec'd process by its host pid.
+    async fn kill_plain(&self, p: &Process, signal: u32, all: bool) -> Result<(), TaskError> {
+        if p.exec_id.is_empty() {
+            lifecycle::kill(&self.store, &self.id, signal, all).await?;
+            return Ok(());
+        }
+        let sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| TaskError::InvalidArgument(format!("signal: {signal}: unknown")))?;
+        let pid = *p.host_pid.get().expect("started exec has a pid");
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), sig).map_err(|e| {
+            TaskError::NotFound(format!(
+                "process {:?} of container {:?} ({e})",
+                p.exec_id, self.id
+            ))
+        })
     }
 
     /// Stops (`freeze`) or continues every process of the container.
@@ -417,7 +607,10 @@ impl Container {
         if self.status(&self.init) != want {
             return Err(self.wrong_status(&self.init, if freeze { "pause" } else { "resume" }));
         }
-        self.agent.freeze(&self.id, freeze).await?;
+        match &self.engine {
+            Engine::Vm { agent, .. } => agent.freeze(&self.id, freeze).await?,
+            Engine::Plain => lifecycle::pause(&self.store, &self.id, freeze).await?,
+        }
         self.paused.store(freeze, Ordering::SeqCst);
         self.save_status(if freeze {
             Status::Paused
@@ -437,13 +630,28 @@ impl Container {
             )));
         }
         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        let agent = match &self.engine {
+            Engine::Vm { agent, .. } => agent,
+            Engine::Plain => {
+                let master = p.pty.get().ok_or_else(|| self.wrong_status(&p, "resize"))?;
+                let size = rustix::termios::Winsize {
+                    ws_row: clamp(rows),
+                    ws_col: clamp(columns),
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                return rustix::termios::tcsetwinsize(master, size).map_err(|e| {
+                    TaskError::FailedPrecondition(format!(
+                        "resizing the terminal of {exec_id:?}: {e}"
+                    ))
+                });
+            }
+        };
         let name = Proc {
             container: &self.id,
             exec: exec_id,
         };
-        self.agent
-            .resize_tty(name, clamp(rows), clamp(columns))
-            .await?;
+        agent.resize_tty(name, clamp(rows), clamp(columns)).await?;
         Ok(())
     }
 
@@ -457,11 +665,15 @@ impl Container {
                 debug!(container = %self.id, exec = exec_id, "stdin still open at CloseIO; closing it");
             }
         }
+        // On the host, the copy closes the process's stdin pipe at the end.
+        let Engine::Vm { agent, .. } = &self.engine else {
+            return Ok(());
+        };
         let name = Proc {
             container: &self.id,
             exec: exec_id,
         };
-        if let Err(e) = self.agent.close_stdin(name).await {
+        if let Err(e) = agent.close_stdin(name).await {
             // The relay closed it already, or the process is gone.
             debug!(container = %self.id, exec = exec_id, error = %e, "closing stdin");
         }
@@ -487,9 +699,7 @@ impl Container {
                 return Err(self.wrong_status(&self.init, "delete"))
             }
             TaskStatus::Created => {
-                self.agent
-                    .signal(Proc::init(&self.id), Signal::SIGKILL as u32, true)
-                    .await?;
+                self.kill("", Signal::SIGKILL as u32, true).await?;
                 if tokio::time::timeout(KILL_WAIT, self.init.wait())
                     .await
                     .is_err()
@@ -499,14 +709,20 @@ impl Container {
             }
             TaskStatus::Stopped => {}
         }
-        if !*self.pod.vm_gone().borrow() {
-            if let Err(e) = self.pod.sandbox.remove_container(&self.id).await {
-                warn!(container = %self.id, error = %error_chain(&e), "removing the container from the VM");
+        match &self.engine {
+            Engine::Vm { pod, .. } => {
+                if !*pod.vm_gone().borrow() {
+                    if let Err(e) = pod.sandbox.remove_container(&self.id).await {
+                        warn!(container = %self.id, error = %error_chain(&e), "removing the container from the VM");
+                    }
+                }
+                // The pod's own directory goes with the pod.
+                if self.id != pod.id {
+                    lifecycle::delete(&self.store, &self.id, true).await?;
+                }
             }
-        }
-        // The pod's own directory goes with the pod.
-        if self.id != self.pod.id {
-            lifecycle::delete(&self.store, &self.id, true).await?;
+            // Kills what is left, removes the cgroup and the state.
+            Engine::Plain => lifecycle::delete(&self.store, &self.id, true).await?,
         }
         if self.rootfs_mounted {
             unmount(&self.id, &self.bundle.join("rootfs"));
@@ -548,7 +764,7 @@ impl Container {
         let event = TaskExit {
             container_id: self.id.clone(),
             id,
-            pid: host_pid(),
+            pid: p.pid(),
             exit_status: exit.status,
             exited_at: Some(exit.timestamp()).into(),
             ..Default::default()
@@ -559,13 +775,16 @@ impl Container {
     /// Waits for the init process (or the VM's death), then records and
     /// publishes the exit (after TaskOOM if the OOM killer struck).
     async fn watch_init(self: Arc<Self>, relay: Relay) {
-        let mut vm_gone = self.pod.vm_gone();
+        let Engine::Vm { pod, agent } = &self.engine else {
+            unreachable!("a VM container's waiter");
+        };
+        let mut vm_gone = pod.vm_gone();
         let status = tokio::select! {
-            waited = self.agent.wait(Proc::init(&self.id)) => match waited {
+            waited = agent.wait(Proc::init(&self.id)) => match waited {
                 Ok(exit) => {
                     info!(container = %self.id, status = exit.status, signal = exit.signal, "container exited");
                     relay.finish().await;
-                    self.report_oom().await;
+                    self.report_oom(agent).await;
                     exit.status
                 }
                 Err(e) => {
@@ -583,10 +802,31 @@ impl Container {
         self.publish_exit(&self.init, exit).await;
     }
 
+    /// Waits for host process `p` (the init or an exec'd one) and its
+    /// output, then records and publishes its exit.
+    async fn watch_plain(self: Arc<Self>, p: Arc<Process>, pumps: Pumps) {
+        let pid = *p.host_pid.get().expect("host process has a pid");
+        let status = match plain::wait(pid).await {
+            Ok(status) => status,
+            Err(e) => {
+                error!(container = %self.id, exec = %p.exec_id, error = %error_chain(&e), "process lost");
+                VM_LOST_STATUS
+            }
+        };
+        pumps.finish().await;
+        info!(container = %self.id, exec = %p.exec_id, status, "process exited");
+        let exit = Exit::now(status);
+        p.record_exit(exit);
+        if p.exec_id.is_empty() {
+            self.save_status(Status::Stopped);
+        }
+        self.publish_exit(&p, exit).await;
+    }
+
     /// Publishes TaskOOM if the guest's OOM killer ended a process of the
     /// container (its cgroup's `oom_kill` count).
-    async fn report_oom(&self) {
-        match self.agent.stats(&self.id).await {
+    async fn report_oom(&self, agent: &AgentConn) {
+        match agent.stats(&self.id).await {
             Ok(stats) if stats.oom_kills > 0 => {
                 warn!(container = %self.id, kills = stats.oom_kills, "out of memory");
                 let event = TaskOOM {
@@ -609,23 +849,38 @@ impl Container {
         if self.status(&self.init) == TaskStatus::Stopped {
             return Err(self.wrong_status(&self.init, "update"));
         }
-        Ok(self.agent.update(&self.id, resources_json).await?)
+        match &self.engine {
+            Engine::Vm { agent, .. } => Ok(agent.update(&self.id, resources_json).await?),
+            Engine::Plain => {
+                let resources = serde_json::from_slice(resources_json).map_err(|e| {
+                    TaskError::InvalidArgument(format!("resources: not OCI linux.resources: {e}"))
+                })?;
+                Ok(plain::update(&self.store, &self.id, &resources)?)
+            }
+        }
     }
 
-    /// Resource usage and guest pids of the container.
+    /// Resource usage and pids (guest pids in a VM, host pids in container
+    /// isolation) of the container.
     pub async fn stats(&self) -> Result<StatsContainerResponse, TaskError> {
-        Ok(self.agent.stats(&self.id).await?)
+        match &self.engine {
+            Engine::Vm { agent, .. } => Ok(agent.stats(&self.id).await?),
+            Engine::Plain => Ok(plain::stats(&self.store, &self.id)?),
+        }
     }
 
     /// Waits for an exec'd process; status 255 if the VM goes first.
     async fn watch_exec(self: Arc<Self>, p: Arc<Process>, relay: Relay) {
-        let mut vm_gone = self.pod.vm_gone();
+        let Engine::Vm { pod, agent } = &self.engine else {
+            unreachable!("a VM container's waiter");
+        };
+        let mut vm_gone = pod.vm_gone();
         let name = Proc {
             container: &self.id,
             exec: &p.exec_id,
         };
         let status = tokio::select! {
-            waited = self.agent.wait(name) => match waited {
+            waited = agent.wait(name) => match waited {
                 Ok(exit) => {
                     relay.finish().await;
                     exit.status
@@ -644,6 +899,12 @@ impl Container {
         p.record_exit(exit);
         self.publish_exit(&p, exit).await;
     }
+}
+
+/// A new console socket path in `bundle` for a container-mode terminal.
+fn console_socket(bundle: &Path) -> PathBuf {
+    let seq = PLAIN_SEQ.fetch_add(1, Ordering::Relaxed);
+    bundle.join(format!("console-{seq}.sock"))
 }
 
 /// Mounts the request's rootfs mounts, in order, onto `target`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use containerd_shim::protos::ttrpc::{self, Code};
 use skerry_runtime::{
     agent_client::AgentError, bundle::BundleError, config::ConfigError, lifecycle::LifecycleError,
-    monitor::error_chain, sandbox::SandboxError, state::StateError,
+    monitor::error_chain, plain::PlainError, sandbox::SandboxError, state::StateError,
 };
 
 /// Failure of a Task request.
@@ -45,6 +45,9 @@ pub enum TaskError {
     /// Cleaning up a container failed.
     #[error(transparent)]
     Cleanup(#[from] LifecycleError),
+    /// A container-mode operation (libcontainer, the host cgroup) failed.
+    #[error(transparent)]
+    Plain(#[from] PlainError),
     /// A stdio FIFO could not be opened.
     #[error("{stream} {path}: cannot open")]
     Stdio {
@@ -78,7 +81,9 @@ impl TaskError {
             | TaskError::Bundle(_)
             | TaskError::Stdio { .. }
             | TaskError::State(StateError::InvalidId(_)) => Code::INVALID_ARGUMENT,
-            TaskError::FailedPrecondition(_) | TaskError::Config(_) => Code::FAILED_PRECONDITION,
+            TaskError::FailedPrecondition(_)
+            | TaskError::Config(_)
+            | TaskError::Plain(PlainError::Unsupported { .. }) => Code::FAILED_PRECONDITION,
             TaskError::AlreadyExists(_) | TaskError::State(StateError::Exists(_)) => {
                 Code::ALREADY_EXISTS
             }
@@ -96,6 +101,7 @@ impl TaskError {
             TaskError::State(_)
             | TaskError::Sandbox(_)
             | TaskError::Cleanup(_)
+            | TaskError::Plain(_)
             | TaskError::Mount { .. } => Code::INTERNAL,
         }
     }

@@ -1,11 +1,13 @@
 //! `containerd-shim-skerry-v2`: containerd's shim v2 for skerry. Each pod
-//! (or task outside a pod) runs in its own lightweight VM.
+//! (or task outside a pod) runs in its own lightweight VM, or, in container
+//! isolation, as plain containers on the host.
 #![forbid(unsafe_code)]
 
 mod bootstrap;
 mod container;
 mod error;
 mod events;
+mod host_io;
 mod options;
 mod pod;
 mod service;

@@ -29,7 +29,9 @@ use containerd_shim::{
     },
     TtrpcResult,
 };
-use skerry_runtime::{lifecycle, monitor::error_chain, net, sandbox, state::StateStore};
+use skerry_runtime::{
+    config::Isolation, lifecycle, monitor::error_chain, net, sandbox, state::StateStore,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -87,7 +89,7 @@ impl TaskService {
         }
         let config = options::load_config(req.options.as_ref())?;
         info!(container = %req.id, bundle = %req.bundle, "creating task");
-        let prepared = Prepared::new(&req, self.store.clone()).await?;
+        let prepared = Prepared::new(&req, self.store.clone(), &config).await?;
         let c = match self.join_pod(&prepared, &config).await {
             Ok(c) => c,
             Err(e) => {
@@ -95,6 +97,7 @@ impl TaskService {
                 return Err(e);
             }
         };
+        let pid = c.init.pid();
         self.containers
             .lock()
             .expect("containers lock")
@@ -110,12 +113,12 @@ impl TaskService {
                 terminal: req.terminal,
                 ..Default::default()
             }),
-            pid: host_pid(),
+            pid,
             ..Default::default()
         };
         self.events.send(TASK_CREATE_EVENT_TOPIC, event).await;
         Ok(api::CreateTaskResponse {
-            pid: host_pid(),
+            pid,
             ..Default::default()
         })
     }
@@ -129,6 +132,27 @@ impl TaskService {
     ) -> Result<Arc<Container>, TaskError> {
         let annotations = prepared.annotations();
         let sandbox_id = pod::sandbox_id(&prepared.id, &annotations)?;
+        if sandbox_id != prepared.id {
+            let sandbox = self.container(&sandbox_id).ok();
+            let sandbox_isolation = match sandbox.as_deref().map(Container::pod) {
+                Some(Some(_)) => Some(Isolation::Vm),
+                Some(None) => Some(Isolation::Container),
+                None => None,
+            };
+            if sandbox_isolation.is_some_and(|i| i != prepared.isolation) {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {:?} asks for {} isolation but its pod {sandbox_id:?} runs in {} \
+                     isolation: a pod's containers share one isolation",
+                    prepared.id,
+                    prepared.isolation.name(),
+                    sandbox_isolation.expect("checked").name()
+                )));
+            }
+        }
+        if prepared.isolation == Isolation::Container {
+            // Each container of a container-mode pod is a host container.
+            return Container::create_plain(prepared, Arc::clone(&self.events)).await;
+        }
         let existing = self
             .pods
             .lock()
@@ -176,23 +200,27 @@ impl TaskService {
 
     /// Forgets container `c`; powers its pod off once no container is left.
     async fn leave_pod(&self, c: &Container) -> Result<(), TaskError> {
-        if !c.pod.leave(&c.id) {
+        let Some(pod) = c.pod() else {
+            return Ok(());
+        };
+        if !pod.leave(&c.id) {
             return Ok(());
         }
-        info!(pod = %c.pod.id, "last container of the pod deleted; stopping its VM");
-        c.pod.stop().await;
-        self.pods.lock().expect("pods lock").remove(&c.pod.id);
-        lifecycle::delete(&self.store, &c.pod.id, true).await?;
+        info!(pod = %pod.id, "last container of the pod deleted; stopping its VM");
+        pod.stop().await;
+        self.pods.lock().expect("pods lock").remove(&pod.id);
+        lifecycle::delete(&self.store, &pod.id, true).await?;
         Ok(())
     }
 
     async fn start(&self, req: api::StartRequest) -> Result<api::StartResponse, TaskError> {
         let c = self.container(&req.id)?;
         c.start(&req.exec_id).await?;
+        let pid = c.process(&req.exec_id)?.pid();
         if req.exec_id.is_empty() {
             let event = TaskStart {
                 container_id: req.id.clone(),
-                pid: host_pid(),
+                pid,
                 ..Default::default()
             };
             self.events.send(TASK_START_EVENT_TOPIC, event).await;
@@ -200,13 +228,13 @@ impl TaskService {
             let event = TaskExecStarted {
                 container_id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
-                pid: host_pid(),
+                pid,
                 ..Default::default()
             };
             self.events.send(TASK_EXEC_STARTED_EVENT_TOPIC, event).await;
         }
         Ok(api::StartResponse {
-            pid: host_pid(),
+            pid,
             ..Default::default()
         })
     }
@@ -224,7 +252,7 @@ impl TaskService {
         Ok(api::StateResponse {
             id: req.id,
             bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: host_pid(),
+            pid: p.pid(),
             status: status.into(),
             stdin: p.io.stdin.clone(),
             stdout: p.io.stdout.clone(),
@@ -239,6 +267,7 @@ impl TaskService {
 
     async fn delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, TaskError> {
         let c = self.container(&req.id)?;
+        let pid = c.process(&req.exec_id)?.pid();
         let exit = if req.exec_id.is_empty() {
             let exit = c.delete().await?;
             self.containers
@@ -246,12 +275,12 @@ impl TaskService {
                 .expect("containers lock")
                 .remove(&req.id);
             if let Err(e) = self.leave_pod(&c).await {
-                warn!(pod = %c.pod.id, error = %error_chain(&e), "cleaning up the pod");
+                warn!(container = %c.id, error = %error_chain(&e), "cleaning up the pod");
             }
             let event = TaskDelete {
                 container_id: req.id.clone(),
                 id: req.id.clone(),
-                pid: host_pid(),
+                pid,
                 exit_status: exit.status,
                 exited_at: Some(exit.timestamp()).into(),
                 ..Default::default()
@@ -263,7 +292,7 @@ impl TaskService {
             c.delete_exec(&req.exec_id)?
         };
         Ok(api::DeleteResponse {
-            pid: host_pid(),
+            pid,
             exit_status: exit.map_or(0, |e| e.status),
             exited_at: exit.map(|e| e.timestamp()).into(),
             ..Default::default()
@@ -482,9 +511,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        reply(self.container(&req.id).map(|_| api::ConnectResponse {
+        reply(self.container(&req.id).map(|c| api::ConnectResponse {
             shim_pid: host_pid(),
-            task_pid: host_pid(),
+            task_pid: c.init.pid(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         }))

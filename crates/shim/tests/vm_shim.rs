@@ -5,419 +5,19 @@
 
 use std::{
     fs,
-    os::unix::fs::symlink,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
-use sha2::{Digest, Sha256};
+#[macro_use]
+mod common;
 
 #[path = "../../../tests/support/netns.rs"]
 mod netns;
 use netns::PodNetns;
 
-const RUNTIME: &str = "io.containerd.skerry.v2";
-const IMAGE: &str = "localhost/bb:latest";
-
-/// Busybox applets the test image links.
-const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "sleep", "true", "ls", "tty", "hostname", "readlink", "httpd",
-];
-
-/// Annotations that make `id` a pod sandbox, or a container of pod `pod`.
-fn pod_annotations(pod: &str, sandbox: bool) -> Vec<String> {
-    let kind = if sandbox { "sandbox" } else { "container" };
-    vec![
-        "--annotation".into(),
-        format!("io.kubernetes.cri.container-type={kind}"),
-        "--annotation".into(),
-        format!("io.kubernetes.cri.sandbox-id={pod}"),
-    ]
-}
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("SKERRY_TEST_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest"))
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("needs root (mounts, QEMU with vhost-user back ends)".into());
-    }
-    for tool in ["/usr/bin/containerd", "/usr/bin/ctr", "/bin/busybox"] {
-        if !Path::new(tool).exists() {
-            return Some(format!("{tool} not installed (scripts/install-deps.sh)"));
-        }
-    }
-    let dir = image_dir();
-    if !dir.join("vmlinuz").is_file() || !dir.join("initramfs.img").is_file() {
-        return Some(format!("no guest image in {}", dir.display()));
-    }
-    None
-}
-
-/// Skips with a printed reason; under SKERRY_E2E_REQUIRED=1 that is a failure.
-macro_rules! require_vm {
-    () => {
-        if let Some(reason) = skip_reason() {
-            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("VM test cannot run: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-}
-
-/// containerd with root, state, socket, shim state and logs in a temp dir,
-/// the shim on its PATH, and the busybox image imported.
-struct World {
-    tmp: tempfile::TempDir,
-    containerd: Child,
-    socket: PathBuf,
-    ctd_config: PathBuf,
-    /// Number of the next exec id `exec` uses (an exec id is used once per task).
-    execs: std::cell::Cell<u32>,
-}
-
-impl World {
-    fn new() -> Self {
-        // Short path: the VM's socket paths must fit in 108 bytes.
-        let tmp = tempfile::Builder::new()
-            .prefix("sks")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let dir = tmp.path();
-        let bin = dir.join("bin");
-        fs::create_dir(&bin).unwrap();
-        symlink(
-            env!("CARGO_BIN_EXE_containerd-shim-skerry-v2"),
-            bin.join("containerd-shim-skerry-v2"),
-        )
-        .unwrap();
-        let config = dir.join("skerry.toml");
-        fs::write(
-            &config,
-            format!(
-                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 20\nboot_attempts = 3\n",
-                image_dir().display()
-            ),
-        )
-        .unwrap();
-        let socket = dir.join("ctd.sock");
-        let ctd_config = dir.join("containerd.toml");
-        fs::write(
-            &ctd_config,
-            format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n",
-                dir.display(),
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let containerd = start_containerd(dir, &ctd_config);
-        let w = Self {
-            tmp,
-            containerd,
-            socket,
-            ctd_config,
-            execs: Default::default(),
-        };
-        w.wait_ready();
-        let archive = w.busybox_oci_archive();
-        w.ok(&[
-            "image",
-            "import",
-            "--base-name",
-            "localhost/bb",
-            archive.to_str().unwrap(),
-        ]);
-        w
-    }
-
-    /// An OCI image layout tar holding one busybox layer.
-    fn busybox_oci_archive(&self) -> PathBuf {
-        let dir = self.tmp.path();
-        let rootfs = dir.join("image-rootfs");
-        fs::create_dir_all(rootfs.join("bin")).unwrap();
-        for d in ["proc", "sys", "dev", "tmp", "etc"] {
-            fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for applet in APPLETS {
-            symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let layout = dir.join("oci");
-        let blobs = layout.join("blobs/sha256");
-        fs::create_dir_all(&blobs).unwrap();
-        let layer_tar = dir.join("layer.tar");
-        run_ok(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&rootfs)
-                .arg("-cf")
-                .arg(&layer_tar)
-                .arg("."),
-        );
-        let blob = |bytes: &[u8]| {
-            let digest = format!("{:x}", Sha256::digest(bytes));
-            fs::write(blobs.join(&digest), bytes).unwrap();
-            (format!("sha256:{digest}"), bytes.len())
-        };
-        let (layer, layer_size) = blob(&fs::read(&layer_tar).unwrap());
-        let config = serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [layer]}
-        });
-        let (config, config_size) = blob(config.to_string().as_bytes());
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}]
-        });
-        let (manifest, manifest_size) = blob(manifest.to_string().as_bytes());
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest, "size": manifest_size,
-                "annotations": {"org.opencontainers.image.ref.name": "latest"}
-            }]
-        });
-        fs::write(layout.join("index.json"), index.to_string()).unwrap();
-        fs::write(
-            layout.join("oci-layout"),
-            r#"{"imageLayoutVersion":"1.0.0"}"#,
-        )
-        .unwrap();
-        let archive = dir.join("bb-oci.tar");
-        run_ok(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&layout)
-                .arg("-cf")
-                .arg(&archive)
-                .arg("."),
-        );
-        archive
-    }
-
-    /// Waits until containerd answers.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !(self.socket.exists() && self.run(&["version"]).status.success()) {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Kills containerd (SIGKILL) and starts it again on the same state.
-    fn restart_containerd(&mut self) {
-        self.containerd.kill().unwrap();
-        self.containerd.wait().unwrap();
-        self.containerd = start_containerd(self.tmp.path(), &self.ctd_config);
-        self.wait_ready();
-    }
-
-    /// Host pids of the QEMU processes of this world.
-    fn qemu_pids(&self) -> Vec<i32> {
-        self.processes()
-            .iter()
-            .filter(|p| p.contains("qemu-system"))
-            .map(|p| p.split(':').next().unwrap().parse().unwrap())
-            .collect()
-    }
-
-    /// The socket a shim serving pod `sandbox` listens on (as
-    /// containerd-shim derives it).
-    fn shim_socket(&self, sandbox: &str) -> PathBuf {
-        let key = format!("{}/skerry-test/{sandbox}", self.socket.display());
-        Path::new("/run/containerd/s").join(format!("{:x}", Sha256::digest(key.as_bytes())))
-    }
-
-    /// `ctr run -d` of `args` as task `id` with extra `flags`.
-    fn run_detached(&self, flags: &[String], id: &str, args: &[&str]) {
-        let mut all: Vec<&str> = vec!["run", "-d", "--runtime", RUNTIME];
-        all.extend(flags.iter().map(String::as_str));
-        all.extend([IMAGE, id]);
-        all.extend(args);
-        self.ok(&all);
-    }
-
-    /// The host pid `ctr task ls` shows for task `id`.
-    fn task_pid(&self, id: &str) -> u32 {
-        let ls = self.ok(&["task", "ls"]);
-        ls.lines()
-            .find_map(|l| {
-                let mut words = l.split_whitespace();
-                (words.next()? == id).then(|| words.next()?.parse().ok())?
-            })
-            .unwrap_or_else(|| panic!("no pid of {id} in:\n{ls}"))
-    }
-
-    /// Output of `args` exec'd in task `id` (under a new exec id).
-    fn exec(&self, id: &str, args: &[&str]) -> String {
-        let n = self.execs.replace(self.execs.get() + 1);
-        let exec_id = format!("x{n}");
-        let mut all = vec!["task", "exec", "--exec-id", &exec_id, id];
-        all.extend(args);
-        self.ok(&all)
-    }
-
-    /// The value of `metric` in `ctr task metrics id`.
-    fn metric(&self, id: &str, metric: &str) -> u64 {
-        let out = self.ok(&["task", "metrics", id]);
-        out.lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                (words.next()? == metric).then(|| words.next()?.parse().ok())?
-            })
-            .next()
-            .unwrap_or_else(|| panic!("no {metric} in:\n{out}"))
-    }
-
-    /// Deletes every task and container named, then checks nothing is left.
-    fn delete_all(&self, ids: &[&str]) {
-        for id in ids {
-            self.ok(&["task", "delete", id]);
-            self.ok(&["container", "rm", id]);
-        }
-        self.assert_clean();
-    }
-
-    fn ctr(&self) -> Command {
-        let mut cmd = Command::new("/usr/bin/ctr");
-        cmd.arg("-a")
-            .arg(&self.socket)
-            .args(["-n", "skerry-test"])
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.ctr().args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}\n{}",
-            text(&out.stderr),
-            self.log()
-        );
-        text(&out.stdout)
-    }
-
-    /// Host processes whose command line mentions this world (shim, QEMU,
-    /// virtiofsd, vsock back end), but not containerd itself.
-    fn processes(&self) -> Vec<String> {
-        let needle = self.tmp.path().to_string_lossy().to_string();
-        let skip = [std::process::id(), self.containerd.id()];
-        let mut found = vec![];
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if !skip.contains(&pid)
-                && cmdline.contains(&needle)
-                && !cmdline.contains("/usr/bin/ctr")
-            {
-                found.push(format!("{pid}: {cmdline}"));
-            }
-        }
-        found
-    }
-
-    /// Mounts under this world.
-    fn mounts(&self) -> Vec<String> {
-        let needle = self.tmp.path().to_string_lossy().to_string();
-        fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Asserts that no shim, VM process or mount of this world remains
-    /// (containerd's own snapshot mounts are gone once the container is).
-    fn assert_clean(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(self.processes().is_empty() && self.mounts().is_empty())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_eq!(
-            self.processes(),
-            Vec::<String>::new(),
-            "processes left behind"
-        );
-        assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left behind");
-        let state = self.tmp.path().join("r/skerry-test");
-        let left: Vec<_> = fs::read_dir(&state)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name())
-            .filter(|n| n != ".v")
-            .collect();
-        assert!(left.is_empty(), "shim state left behind: {left:?}");
-    }
-
-    /// Waits until `ctr task ls` shows `id` STOPPED; returns how long it took.
-    fn wait_stopped(&self, id: &str, limit: Duration) -> Duration {
-        let started = Instant::now();
-        loop {
-            let ls = self.ok(&["task", "ls"]);
-            if ls
-                .lines()
-                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
-            {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < limit,
-                "task {id} did not stop: {ls}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The shim's and containerd's logs, for failure messages.
-    fn log(&self) -> String {
-        let mut text = String::new();
-        for file in ["shim.log", "containerd.log"] {
-            let log = fs::read_to_string(self.tmp.path().join(file)).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            text.push_str(&format!("\n--- {file}\n"));
-            for line in tail.into_iter().rev() {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-        text
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = self.containerd.kill();
-        let _ = self.containerd.wait();
-    }
-}
+use common::*;
 
 /// Sends Update (a new memory limit) for task `id` straight to the shim of
 /// pod `pod`: ctr 1.6 has no `task update`.
@@ -450,41 +50,6 @@ fn update_memory_limit(w: &World, pod: &str, id: &str, bytes: i64) {
             .await
             .unwrap();
     });
-}
-
-/// containerd on the world in `dir`, with the shim on its PATH.
-fn start_containerd(dir: &Path, ctd_config: &Path) -> Child {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("containerd.log"))
-        .unwrap();
-    let path = format!(
-        "{}:{}",
-        dir.join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    Command::new("/usr/bin/containerd")
-        .arg("--config")
-        .arg(ctd_config)
-        .env("PATH", path)
-        .env("SKERRY_CONFIG", dir.join("skerry.toml"))
-        .env("SKERRY_SHIM_ROOT", dir.join("r"))
-        .env("SKERRY_SHIM_LOG", dir.join("shim.log"))
-        .env("SKERRY_LOG", "debug")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
 }
 
 #[test]
@@ -825,24 +390,12 @@ fn vm_shim_pod_survives_containerd_restart() {
 #[test]
 fn vm_shim_tty_and_exit_status() {
     require_vm!();
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("SKIPPED: /usr/bin/script (bsdutils) is needed for a terminal");
-        return;
-    }
+    require_script!();
     let w = World::new();
-    // `script` gives ctr the terminal `ctr run -t` needs.
-    let ctr = format!(
-        "/usr/bin/ctr -a {} -n skerry-test run --rm -t --runtime {RUNTIME} {IMAGE} t1 sh -c 'tty; exit 3'",
-        w.socket.display()
-    );
-    let out = Command::new("/usr/bin/script")
-        .args(["-qec", &ctr, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let said = text(&out.stdout);
+    let run = format!("run --rm -t --runtime {RUNTIME} {IMAGE} t1 sh -c 'tty; exit 3'");
+    let (said, status) = w.ctr_on_terminal("", &run);
     assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert_eq!(status, Some(3), "{said}");
     w.assert_clean();
 }
 
@@ -892,4 +445,40 @@ fn vm_shim_oom_kill_publishes_task_oom() {
         w.log()
     );
     w.assert_clean();
+}
+
+#[test]
+fn vm_shim_vm_and_container_isolation_side_by_side() {
+    require_vm!();
+    let w = World::with_config("[runtime]\nallow_isolation_annotation = true\n");
+    w.run_detached(&[], "v1", &["sleep", "1000"]);
+    let plain = [
+        "--annotation".to_string(),
+        "io.skerry.isolation=container".into(),
+    ];
+    w.run_detached(&plain, "h1", &["sleep", "1000"]);
+    // One VM, for v1; h1's init is a host process.
+    assert_eq!(w.qemu_pids().len(), 1, "{:?}", w.processes());
+    let ps = w.ok(&["task", "ps", "h1"]);
+    let pid: u32 = ps
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+    for id in ["v1", "h1"] {
+        let out = w.ok(&["task", "exec", "--exec-id", "e", id, "echo", id]);
+        assert_eq!(out, format!("{id}\n"));
+    }
+    for id in ["v1", "h1"] {
+        w.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        w.wait_stopped(id, Duration::from_secs(30));
+    }
+    w.delete_all(&["v1", "h1"]);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
