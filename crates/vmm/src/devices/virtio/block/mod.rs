@@ -228,6 +228,8 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    super::acked_and_active!();
+
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }
@@ -238,10 +240,6 @@ impl VirtioDevice for Block {
 
     fn avail_features(&self) -> u64 {
         VIRTIO_F_VERSION_1 | F_FLUSH | if self.read_only { F_RO } else { 0 }
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features & self.avail_features();
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -319,15 +317,6 @@ impl VirtioDevice for Block {
             a.interrupt.trigger(InterruptKind::UsedRing);
         }
         self.active = Some(a);
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked = 0;
-    }
-
-    fn is_active(&self) -> bool {
-        self.active.is_some()
     }
 }
 

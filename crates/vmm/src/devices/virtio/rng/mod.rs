@@ -132,6 +132,8 @@ impl Rng {
 }
 
 impl VirtioDevice for Rng {
+    super::acked_and_active!();
+
     fn device_type(&self) -> u32 {
         TYPE_RNG
     }
@@ -142,10 +144,6 @@ impl VirtioDevice for Rng {
 
     fn avail_features(&self) -> u64 {
         VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features & self.avail_features();
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
@@ -225,15 +223,6 @@ impl VirtioDevice for Rng {
         if served && a.queue.needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.trigger(InterruptKind::UsedRing);
         }
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked = 0;
-    }
-
-    fn is_active(&self) -> bool {
-        self.active.is_some()
     }
 }
 

@@ -13,7 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::muxer::{Hdr, Muxer, MuxerError};
-use super::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 /// Device type of a vsock device.
 pub const TYPE_VSOCK: u32 = 19;
@@ -38,20 +38,13 @@ pub enum VsockError {
     Muxer(#[from] MuxerError),
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<Queue>,
-    broken: bool,
-}
-
 /// The virtio-vsock device.
 pub struct Vsock {
     cid: u64,
     evts: [EventFd; 3],
     acked: u64,
     muxer: Muxer,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
     /// Guest packets that could not be parsed.
     pub bad_packets: u64,
 }
@@ -196,19 +189,13 @@ impl Vsock {
             self.active = None;
             return;
         }
-        let mut notify = false;
-        for (q, did) in [(TX, tx), (RX, rx)] {
-            if did && a.queues[q].needs_notification(&a.mem).unwrap_or(true) {
-                notify = true;
-            }
-        }
-        if notify {
-            a.interrupt.trigger(InterruptKind::UsedRing);
-        }
+        a.notify_used(&[(TX, tx), (RX, rx)]);
     }
 }
 
 impl VirtioDevice for Vsock {
+    super::acked_and_active!();
+
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
     }
@@ -219,10 +206,6 @@ impl VirtioDevice for Vsock {
 
     fn avail_features(&self) -> u64 {
         VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features & self.avail_features();
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -242,13 +225,7 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        ActivateError::check(self.acked, queues.len(), 3)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            broken: false,
-        });
+        self.active = Some(ActiveQueues::new(self.acked, 3, mem, interrupt, queues)?);
         Ok(())
     }
 
@@ -263,15 +240,6 @@ impl VirtioDevice for Vsock {
     fn process_backend(&mut self) {
         self.muxer.process_host_events();
         self.run(false);
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked = 0;
-    }
-
-    fn is_active(&self) -> bool {
-        self.active.is_some()
     }
 }
 
