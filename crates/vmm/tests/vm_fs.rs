@@ -5,32 +5,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{binutils, build_guest, kvm_usable, require, run_vmm};
+use common::host::{virtiofsd, Virtiofsd};
+use common::{binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
 use skerry_vmm::exit::EXIT_RESET;
 
-fn virtiofsd() -> Result<PathBuf, String> {
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/virtiofsd"));
-    let env = std::env::var_os("SKERRY_VIRTIOFSD").map(PathBuf::from);
-    env.into_iter()
-        .chain(home)
-        .find(|p| p.is_file())
-        .ok_or_else(|| "virtiofsd not found ($SKERRY_VIRTIOFSD or ~/.cargo/bin)".to_owned())
-}
-
-const GUEST: &str = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
-    .set BASE, 0xd0000000
+const BODY: &str = r#"
     .set Q0, 0x40000
     .set Q1, 0x44000
     .set REQ, 0x30000
@@ -100,25 +81,6 @@ _start:
     jne fail
     cmpl $7, REPLY+16
     jne fail
-    mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-fail:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    mov $0x3f8, %dx
-4:  lodsb
-    outb %al, %dx
-    loop 4b
-    mov $0xfe, %al
-    outb %al, $0x64
-5:  hlt
-    jmp 5b
-okmsg: .ascii "virtio-fs ok: FUSE_INIT answered\n"
-okend:
-badmsg: .ascii "virtio-fs FAILED\n"
-badend:
 "#;
 
 #[test]
@@ -133,25 +95,13 @@ fn vm_virtio_fs_fuse_init_reaches_virtiofsd() {
             return;
         }
     };
+    let daemon = Virtiofsd::start(&bin);
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    let socket = dir.path().join("fs.sock");
-    let mut daemon = Command::new(bin)
-        .arg("--socket-path")
-        .arg(&socket)
-        .arg("--shared-dir")
-        .arg(&shared)
-        .args(["--cache", "never", "--sandbox", "none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let elf = build_guest(dir.path(), "fs", GUEST);
+    let elf = build_guest(
+        dir.path(),
+        "fs",
+        &pvh_guest(BODY, "virtio-fs ok: FUSE_INIT answered", "virtio-fs FAILED"),
+    );
     let run = run_vmm(
         &[
             "--kernel",
@@ -161,14 +111,13 @@ fn vm_virtio_fs_fuse_init_reaches_virtiofsd() {
             "--cmdline",
             "test",
             "--fs-socket",
-            socket.to_str().unwrap(),
+            daemon.socket.to_str().unwrap(),
             "--fs-tag",
             "skerryfs",
         ],
         Duration::from_secs(60),
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     println!("{run:?}");
     assert!(
         run.stdout.contains("virtio-fs ok: FUSE_INIT answered\n"),

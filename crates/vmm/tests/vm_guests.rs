@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binutils, build_guest, kvm_usable, require, run_vmm};
+use common::{binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm, PVH_PROLOGUE};
 use skerry_vmm::exit::{EXIT_GUEST_CRASH, EXIT_POWEROFF, EXIT_RESET};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -121,42 +121,15 @@ fn vm_pvh_entry_gets_start_info_in_ebx() {
     if !ready() {
         return;
     }
-    let src = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long pvh_start
-    .text
-    .code32
-    .globl _start
+    let body = r#"
 _start:
-pvh_start:
-    mov $0x3f8, %dx
     cmpl $0x336ec578, (%ebx)
-    jne bad
+    jne fail
     cmpl $1, 4(%ebx)
-    jne bad
-    mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-bad:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    lodsb
-    outb %al, %dx
-    loop print
-    mov $0xfe, %al
-    outb %al, $0x64
-1:  hlt
-    jmp 1b
-okmsg: .ascii "pvh start info ok\n"
-okend:
-badmsg: .ascii "pvh start info BAD\n"
-badend:
+    jne fail
 "#;
-    let run = run_guest("pvh", src, &[]);
+    let src = pvh_guest(body, "pvh start info ok", "pvh start info BAD");
+    let run = run_guest("pvh", &src, &[]);
     assert!(run.stdout.contains("pvh start info ok\n"), "{run:?}");
     assert_eq!(
         run.status.and_then(|s| s.code()),
@@ -188,16 +161,7 @@ fn vm_virtio_rng_fills_a_guest_buffer() {
     if !ready() {
         return;
     }
-    let src = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
-    .set BASE, 0xd0000000
+    let body = r#"
     .set DESC, 0x40000
     .set AVAIL, 0x41000
     .set USED, 0x42000
@@ -251,27 +215,9 @@ _start:
     loop 3b
     test %eax, %eax
     jz fail
-    mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-fail:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    mov $0x3f8, %dx
-4:  lodsb
-    outb %al, %dx
-    loop 4b
-    mov $0xfe, %al
-    outb %al, $0x64
-5:  hlt
-    jmp 5b
-okmsg: .ascii "virtio-rng ok: 32 random bytes\n"
-okend:
-badmsg: .ascii "virtio-rng FAILED\n"
-badend:
 "#;
-    let run = run_guest("rng", src, &["--rng"]);
+    let src = pvh_guest(body, "virtio-rng ok: 32 random bytes", "virtio-rng FAILED");
+    let run = run_guest("rng", &src, &["--rng"]);
     assert!(
         run.stdout.contains("virtio-rng ok: 32 random bytes\n"),
         "{run:?}"
@@ -290,15 +236,7 @@ fn vm_virtio_mmio_devices_are_announced_on_the_cmdline() {
     if !ready() {
         return;
     }
-    let src = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
+    let body = r#"
 _start:
     mov 24(%ebx), %esi
     mov $0x3f8, %dx
@@ -314,7 +252,7 @@ _start:
 3:  hlt
     jmp 3b
 "#;
-    let run = run_guest("cmdline", src, &["--rng"]);
+    let run = run_guest("cmdline", &format!("{PVH_PROLOGUE}{body}"), &["--rng"]);
     assert!(
         run.stdout
             .contains("test virtio_mmio.device=4K@0xd0000000:5\n"),

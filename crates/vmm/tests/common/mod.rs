@@ -2,6 +2,7 @@
 //! `skerry-vmm` binary with a deadline.
 #![allow(dead_code)]
 
+pub mod host;
 pub mod kernel;
 
 use std::io::Read;
@@ -87,6 +88,50 @@ pub fn build_guest(dir: &Path, name: &str, source: &str) -> PathBuf {
         .unwrap();
     assert!(st.success(), "ld failed for {name}");
     elf
+}
+
+/// Start of a 32-bit PVH tiny guest: the PVH note pointing at `_start`, `.code32`, and `BASE`
+/// (the first virtio-mmio window). The guest's body (which defines `_start`) follows.
+pub const PVH_PROLOGUE: &str = r#"
+    .section .note.pvh, "a"
+    .align 4
+    .long 4, 4, 18
+    .asciz "Xen"
+    .long _start
+    .text
+    .code32
+    .globl _start
+    .set BASE, 0xd0000000
+"#;
+
+/// A PVH guest: [`PVH_PROLOGUE`], `body`, then the verdict: `body` falls through to (or jumps
+/// to) `ok`, which prints `ok`, or jumps to `fail`, which prints `bad`; both then reset through
+/// the i8042.
+pub fn pvh_guest(body: &str, ok: &str, bad: &str) -> String {
+    format!(
+        r#"{PVH_PROLOGUE}{body}
+ok:
+    mov $okmsg, %esi
+    mov $okend - okmsg, %ecx
+    jmp print
+fail:
+    mov $badmsg, %esi
+    mov $badend - badmsg, %ecx
+print:
+    mov $0x3f8, %dx
+9:  lodsb
+    outb %al, %dx
+    loop 9b
+    mov $0xfe, %al
+    outb %al, $0x64
+8:  hlt
+    jmp 8b
+okmsg: .ascii "{ok}\n"
+okend:
+badmsg: .ascii "{bad}\n"
+badend:
+"#
+    )
 }
 
 /// Outcome of one VMM run.
