@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -110,6 +110,23 @@ impl ActiveQueues {
             .any(|&(q, did)| did && self.queues[q].needs_notification(&self.mem).unwrap_or(true));
         if notify {
             self.interrupt.trigger(InterruptKind::UsedRing);
+        }
+    }
+}
+
+/// The next chain the driver made available on `queue`, if any. An avail ring that cannot be
+/// read, or whose index is too far ahead, sets `broken` (the device then asks for a reset)
+/// and yields no chain.
+pub(crate) fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    broken: &mut bool,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    match queue.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(_) => {
+            *broken = true;
+            None
         }
     }
 }

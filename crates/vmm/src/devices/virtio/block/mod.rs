@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -280,14 +280,7 @@ impl VirtioDevice for Block {
         }
         let mut served = false;
         for _ in 0..a.queue.size() {
-            let chain = match a.queue.iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
+            let Some(chain) = super::next_chain(&mut a.queue, &a.mem, &mut a.broken) else {
                 break;
             };
             let head = chain.head_index();

@@ -192,14 +192,7 @@ impl Net {
     fn process_tx(&mut self, a: &mut ActiveQueues) -> bool {
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
-            let chain = match a.queues[TX].iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
+            let Some(chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken) else {
                 break;
             };
             let head = chain.head_index();
@@ -243,15 +236,8 @@ impl Net {
     fn process_rx(&mut self, a: &mut ActiveQueues) -> bool {
         let mut used = false;
         for _ in 0..a.queues[RX].size() {
-            let chain = match a.queues[RX].iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    a.broken = true;
-                    return used;
-                }
-            };
-            // No buffers: the driver's next RX notification brings us back.
-            let Some(chain) = chain else {
+            // No buffers (the driver's next RX notification brings us back), or a broken ring.
+            let Some(chain) = super::next_chain(&mut a.queues[RX], &a.mem, &mut a.broken) else {
                 return used;
             };
             let head = chain.head_index();

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -185,15 +185,7 @@ impl VirtioDevice for Rng {
         // At most one queue's worth of chains per notification (the avail index is validated
         // against the queue size by virtio-queue, so a lying driver cannot make us spin).
         for _ in 0..a.queue.size() {
-            // `iter` fails on an unreadable avail ring or an avail index too far ahead.
-            let chain = match a.queue.iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
+            let Some(chain) = super::next_chain(&mut a.queue, &a.mem, &mut broken) else {
                 break;
             };
             let head = chain.head_index();

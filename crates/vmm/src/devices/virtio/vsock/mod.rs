@@ -77,15 +77,9 @@ impl Vsock {
         };
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
-            let mut chain = match a.queues[TX].iter(&a.mem) {
-                Ok(mut it) => match it.next() {
-                    Some(c) => c,
-                    None => break,
-                },
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
+            let Some(mut chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken)
+            else {
+                break;
             };
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA) {
@@ -127,15 +121,9 @@ impl Vsock {
         };
         let mut used = false;
         while self.muxer.has_control() || self.muxer.has_readable() {
-            let mut chain = match a.queues[RX].iter(&a.mem) {
-                Ok(mut it) => match it.next() {
-                    Some(c) => c,
-                    None => break,
-                },
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
+            let Some(mut chain) = super::next_chain(&mut a.queues[RX], &a.mem, &mut a.broken)
+            else {
+                break;
             };
             let head = chain.head_index();
             let mut pkt = match VsockPacket::from_rx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA) {
