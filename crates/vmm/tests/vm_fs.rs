@@ -31,23 +31,7 @@ _start:
     testl $8, BASE+0x70
     jz fail
     /* Both queues: size 8, desc at Qn, avail at Qn+0x1000, used at Qn+0x2000. */
-    xor %ebx, %ebx
-    mov $Q0, %edi
-1:  movl %ebx, BASE+0x30
-    movl $8, BASE+0x38
-    movl %edi, BASE+0x80
-    movl $0, BASE+0x84
-    lea 0x1000(%edi), %eax
-    movl %eax, BASE+0x90
-    movl $0, BASE+0x94
-    lea 0x2000(%edi), %eax
-    movl %eax, BASE+0xa0
-    movl $0, BASE+0xa4
-    movl $1, BASE+0x44
-    inc %ebx
-    mov $Q1, %edi
-    cmp $2, %ebx
-    jne 1b
+    setup_queues 2, Q0
     movl $0xf, BASE+0x70
     /* FUSE_INIT 7.31: in header (len 56, opcode 26, unique 1) + fuse_init_in. */
     movl $56, REQ
@@ -65,13 +49,8 @@ _start:
     movl $0x00010000, Q1+0x1000
     movl $0, Q1+0x1004
     movl $1, BASE+0x50
-    mov $20000000, %ecx
-2:  cmpw $1, Q1+0x2002
-    je 3f
-    pause
-    loop 2b
-    jmp fail
-3:  testl $0x40, BASE+0x70
+    wait_used Q1+0x2002, 1, 20000000
+    testl $0x40, BASE+0x70
     jnz fail
     cmpl $16, Q1+0x2008
     jb fail

@@ -199,13 +199,8 @@ _start:
     testl $0x40, BASE+0x70
     jnz fail
     movl $0, BASE+0x50
-    mov $2000000, %ecx
-1:  cmpw $1, USED+2
-    je 2f
-    pause
-    loop 1b
-    jmp fail
-2:  cmpl $32, USED+8
+    wait_used USED+2, 1, 2000000
+    cmpl $32, USED+8
     jne fail
     xor %eax, %eax
     mov $BUFFER, %esi

@@ -43,23 +43,7 @@ _start:
     movl $0xb, BASE+0x70
     testl $8, BASE+0x70
     jz fail
-    xor %ebx, %ebx
-    mov $Q0, %edi
-1:  movl %ebx, BASE+0x30
-    movl $8, BASE+0x38
-    movl %edi, BASE+0x80
-    movl $0, BASE+0x84
-    lea 0x1000(%edi), %eax
-    movl %eax, BASE+0x90
-    movl $0, BASE+0x94
-    lea 0x2000(%edi), %eax
-    movl %eax, BASE+0xa0
-    movl $0, BASE+0xa4
-    movl $1, BASE+0x44
-    inc %ebx
-    mov $Q1, %edi
-    cmp $2, %ebx
-    jne 1b
+    setup_queues 2, Q0
     /* One 2 KiB RX buffer. */
     movl $RXBUF, Q0
     movl $2048, Q0+8
@@ -69,14 +53,9 @@ _start:
     testl $0x40, BASE+0x70
     jnz fail
     movl $0, BASE+0x50
-    mov $50000000, %ecx
-2:  cmpw $1, Q0+0x2002
-    je 3f
-    pause
-    loop 2b
-    jmp fail
+    wait_used Q0+0x2002, 1, 50000000
     /* Header (12) + our frame: ethertype 0x88b5 at 12+12, "ping" after it. */
-3:  cmpw $0xb588, RXBUF+24
+    cmpw $0xb588, RXBUF+24
     jne fail
     cmpl $0x676e6970, RXBUF+26
     jne fail
@@ -90,12 +69,7 @@ _start:
     movl $30, Q1+8
     movl $0x00010000, Q1+0x1000
     movl $1, BASE+0x50
-    mov $50000000, %ecx
-4:  cmpw $1, Q1+0x2002
-    je ok
-    pause
-    loop 4b
-    jmp fail
+    wait_used Q1+0x2002, 1, 50000000
 "#;
 
 /// Plays the host network: waits for the VMM's tap, brings it up, sends "ping" frames until

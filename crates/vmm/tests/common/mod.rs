@@ -90,8 +90,9 @@ pub fn build_guest(dir: &Path, name: &str, source: &str) -> PathBuf {
     elf
 }
 
-/// Start of a 32-bit PVH tiny guest: the PVH note pointing at `_start`, `.code32`, and `BASE`
-/// (the first virtio-mmio window). The guest's body (which defines `_start`) follows.
+/// Start of a 32-bit PVH tiny guest: the PVH note pointing at `_start`, `.code32`, `BASE`
+/// (the first virtio-mmio window) and two assembler macros for virtio-mmio drivers. The
+/// guest's body (which defines `_start`) follows.
 pub const PVH_PROLOGUE: &str = r#"
     .section .note.pvh, "a"
     .align 4
@@ -102,6 +103,38 @@ pub const PVH_PROLOGUE: &str = r#"
     .code32
     .globl _start
     .set BASE, 0xd0000000
+    /* Queues 0 .. n-1, size 8: queue q's descriptor table at first + q * 0x4000, its avail
+       ring 0x1000 and its used ring 0x2000 above that; each set ready. Uses eax, ebx, edi. */
+    .macro setup_queues n, first
+    xor %ebx, %ebx
+    mov $\first, %edi
+1:  movl %ebx, BASE+0x30
+    movl $8, BASE+0x38
+    movl %edi, BASE+0x80
+    movl $0, BASE+0x84
+    lea 0x1000(%edi), %eax
+    movl %eax, BASE+0x90
+    movl $0, BASE+0x94
+    lea 0x2000(%edi), %eax
+    movl %eax, BASE+0xa0
+    movl $0, BASE+0xa4
+    movl $1, BASE+0x44
+    inc %ebx
+    lea 0x4000(%edi), %edi
+    cmp $\n, %ebx
+    jne 1b
+    .endm
+    /* Spins until the 16-bit used index at idx is n; after `tries` polls, jumps to `fail`.
+       Uses ecx. */
+    .macro wait_used idx, n, tries
+    mov $\tries, %ecx
+1:  cmpw $\n, \idx
+    je 2f
+    pause
+    loop 1b
+    jmp fail
+2:
+    .endm
 "#;
 
 /// A PVH guest: [`PVH_PROLOGUE`], `body`, then the verdict: `body` falls through to (or jumps
