@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
 use skerry_vmm::exit::EXIT_RESET;
 
 const BODY: &str = r#"
@@ -131,12 +131,7 @@ fn vm_block_write_then_read_back_with_checksum() {
         Duration::from_secs(20),
     );
     println!("{run:?}");
-    assert!(run.stdout.contains("virtio-blk write+read ok\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "virtio-blk write+read ok", EXIT_RESET);
 
     let after = std::fs::read(&disk).unwrap();
     let pattern: Vec<u8> = (0..512u32)

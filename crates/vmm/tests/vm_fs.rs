@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::host::{virtiofsd, Virtiofsd};
-use common::{binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
 use skerry_vmm::exit::EXIT_RESET;
 
 const BODY: &str = r#"
@@ -98,13 +98,5 @@ fn vm_virtio_fs_fuse_init_reaches_virtiofsd() {
     );
     drop(daemon);
     println!("{run:?}");
-    assert!(
-        run.stdout.contains("virtio-fs ok: FUSE_INIT answered\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "virtio-fs ok: FUSE_INIT answered", EXIT_RESET);
 }

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm, PVH_PROLOGUE};
+use common::{
+    assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm, PVH_PROLOGUE,
+};
 use skerry_vmm::exit::{EXIT_GUEST_CRASH, EXIT_POWEROFF, EXIT_RESET};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -60,15 +62,7 @@ fn vm_serial_output_then_i8042_reset_exits_with_reset_status() {
         return;
     }
     let run = run_guest("reset", &guest(RESET, "skerry guest: hello over COM1"), &[]);
-    assert!(
-        run.stdout.contains("skerry guest: hello over COM1\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "skerry guest: hello over COM1", EXIT_RESET);
 }
 
 #[test]
@@ -77,12 +71,7 @@ fn vm_acpi_s5_poweroff_exits_zero() {
         return;
     }
     let run = run_guest("poweroff", &guest(POWEROFF, "powering off"), &[]);
-    assert!(run.stdout.contains("powering off\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_POWEROFF),
-        "{run:?}"
-    );
+    assert_run(&run, "powering off", EXIT_POWEROFF);
 }
 
 #[test]
@@ -91,12 +80,7 @@ fn vm_triple_fault_exits_with_crash_status() {
         return;
     }
     let run = run_guest("crash", &guest(TRIPLE_FAULT, "about to fault"), &[]);
-    assert!(run.stdout.contains("about to fault\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_GUEST_CRASH),
-        "{run:?}"
-    );
+    assert_run(&run, "about to fault", EXIT_GUEST_CRASH);
 }
 
 /// The AP never gets a SIPI, so its KVM_RUN blocks in the kernel; the reset must still end
@@ -107,12 +91,7 @@ fn vm_reset_with_blocked_second_vcpu_exits_promptly() {
         return;
     }
     let run = run_guest("smp", &guest(RESET, "two vcpus"), &["--vcpus", "2"]);
-    assert!(run.stdout.contains("two vcpus\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "two vcpus", EXIT_RESET);
 }
 
 /// A guest with a PVH note starts in 32-bit protected mode with EBX = hvm_start_info.
@@ -130,12 +109,7 @@ _start:
 "#;
     let src = pvh_guest(body, "pvh start info ok", "pvh start info BAD");
     let run = run_guest("pvh", &src, &[]);
-    assert!(run.stdout.contains("pvh start info ok\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "pvh start info ok", EXIT_RESET);
 }
 
 #[test]
@@ -213,15 +187,7 @@ _start:
 "#;
     let src = pvh_guest(body, "virtio-rng ok: 32 random bytes", "virtio-rng FAILED");
     let run = run_guest("rng", &src, &["--rng"]);
-    assert!(
-        run.stdout.contains("virtio-rng ok: 32 random bytes\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "virtio-rng ok: 32 random bytes", EXIT_RESET);
 }
 
 /// The guest sees `virtio_mmio.device=<size>@<addr>:<irq>` for each device on its command line
@@ -248,16 +214,7 @@ _start:
     jmp 3b
 "#;
     let run = run_guest("cmdline", &format!("{PVH_PROLOGUE}{body}"), &["--rng"]);
-    assert!(
-        run.stdout
-            .contains("test virtio_mmio.device=4K@0xd0000000:5\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "test virtio_mmio.device=4K@0xd0000000:5", EXIT_RESET);
 }
 
 /// The VMM's stdin reaches the guest through the UART's receive FIFO.
@@ -297,10 +254,5 @@ _start:
         DEADLINE,
     );
     println!("{run:?}");
-    assert!(run.stdout.contains("PING FROM THE HOST\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "PING FROM THE HOST", EXIT_RESET);
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::host::{bind_packet, ifreq, packet_socket, set_up};
-use common::{binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
 use skerry_vmm::exit::EXIT_RESET;
 
 const TAP: &str = "skvmnet0";
@@ -164,16 +164,7 @@ fn vm_virtio_net_frames_cross_a_real_tap() {
     done.store(true, Ordering::SeqCst);
     let pong = host.join().unwrap();
     println!("{run:?}");
-    assert!(
-        run.stdout
-            .contains("virtio-net ok: ping received, pong sent\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "virtio-net ok: ping received, pong sent", EXIT_RESET);
     let pong = pong.expect("the guest's frame never reached the host side");
     assert_eq!(&pong[..6], &[0xff; 6]);
     assert_eq!(&pong[12..14], &ETHERTYPE);

@@ -180,6 +180,12 @@ pub struct Run {
     pub elapsed: Duration,
 }
 
+/// Asserts that the guest printed the line `line` and that the VMM exited with `status`.
+pub fn assert_run(run: &Run, line: &str, status: i32) {
+    assert!(run.stdout.contains(&format!("{line}\n")), "{run:?}");
+    assert_eq!(run.status.and_then(|s| s.code()), Some(status), "{run:?}");
+}
+
 /// Runs `skerry-vmm` with `args`; kills it after `deadline`.
 pub fn run_vmm(args: &[&str], deadline: Duration) -> Run {
     run_vmm_until(args, deadline, |_| false)
