@@ -176,8 +176,9 @@ pub trait VirtioDevice: Send {
     fn set_acked_features(&mut self, features: u64);
     /// Reads the device configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device configuration space.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Writes the device configuration space; ignored unless a device has writable fields
+    /// (none of ours does).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// One eventfd per queue, signalled when the driver notifies that queue.
     fn queue_events(&self) -> &[EventFd];
     /// Starts the device with validated queues.

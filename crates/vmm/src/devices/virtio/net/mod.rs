@@ -343,8 +343,6 @@ impl VirtioDevice for Net {
         super::read_config_bytes(&self.mac.0, offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
     fn queue_events(&self) -> &[EventFd] {
         &self.evts
     }

@@ -151,8 +151,6 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
     fn queue_events(&self) -> &[EventFd] {
         &self.evts
     }

@@ -201,8 +201,6 @@ impl VirtioDevice for Vsock {
         super::read_config_bytes(&cfg, offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
     fn queue_events(&self) -> &[EventFd] {
         &self.evts
     }
