@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::host::{virtiofsd, Virtiofsd};
-use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_tiny_guest};
 use skerry_vmm::exit::EXIT_RESET;
 
 const BODY: &str = r#"
@@ -81,14 +81,9 @@ fn vm_virtio_fs_fuse_init_reaches_virtiofsd() {
         "fs",
         &pvh_guest(BODY, "virtio-fs ok: FUSE_INIT answered", "virtio-fs FAILED"),
     );
-    let run = run_vmm(
+    let run = run_tiny_guest(
+        &elf,
         &[
-            "--kernel",
-            elf.to_str().unwrap(),
-            "--memory",
-            "32",
-            "--cmdline",
-            "test",
             "--fs-socket",
             daemon.socket.to_str().unwrap(),
             "--fs-tag",

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm, PVH_PROLOGUE,
+    assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_tiny_guest, run_vmm,
+    PVH_PROLOGUE,
 };
 use skerry_vmm::exit::{EXIT_GUEST_CRASH, EXIT_POWEROFF, EXIT_RESET};
 
@@ -39,16 +40,7 @@ fn ready() -> bool {
 fn run_guest(name: &str, src: &str, extra: &[&str]) -> common::Run {
     let dir = tempfile::tempdir().unwrap();
     let elf = build_guest(dir.path(), name, src);
-    let mut args = vec![
-        "--kernel",
-        elf.to_str().unwrap(),
-        "--memory",
-        "32",
-        "--cmdline",
-        "test",
-    ];
-    args.extend_from_slice(extra);
-    let run = run_vmm(&args, DEADLINE);
+    let run = run_tiny_guest(&elf, extra, DEADLINE);
     println!(
         "{name}: {:?} in {:?}\nstdout: {}\nstderr: {}",
         run.status, run.elapsed, run.stdout, run.stderr

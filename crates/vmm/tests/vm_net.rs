@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::host::{bind_packet, ifreq, packet_socket, set_up};
-use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_tiny_guest};
 use skerry_vmm::exit::EXIT_RESET;
 
 const TAP: &str = "skvmnet0";
@@ -146,19 +146,9 @@ fn vm_virtio_net_frames_cross_a_real_tap() {
         let done = done.clone();
         std::thread::spawn(move || host_side(&done))
     };
-    let run = run_vmm(
-        &[
-            "--kernel",
-            elf.to_str().unwrap(),
-            "--memory",
-            "32",
-            "--cmdline",
-            "test",
-            "--net-tap",
-            TAP,
-            "--net-mac",
-            "02:00:00:00:00:01",
-        ],
+    let run = run_tiny_guest(
+        &elf,
+        &["--net-tap", TAP, "--net-mac", "02:00:00:00:00:01"],
         Duration::from_secs(60),
     );
     done.store(true, Ordering::SeqCst);

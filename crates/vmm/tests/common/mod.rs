@@ -186,6 +186,20 @@ pub fn assert_run(run: &Run, line: &str, status: i32) {
     assert_eq!(run.status.and_then(|s| s.code()), Some(status), "{run:?}");
 }
 
+/// Runs the tiny guest `elf` in 32 MiB with the command line `test` and the flags `extra`.
+pub fn run_tiny_guest(elf: &Path, extra: &[&str], deadline: Duration) -> Run {
+    let mut args = vec![
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "32",
+        "--cmdline",
+        "test",
+    ];
+    args.extend_from_slice(extra);
+    run_vmm(&args, deadline)
+}
+
 /// Runs `skerry-vmm` with `args`; kills it after `deadline`.
 pub fn run_vmm(args: &[&str], deadline: Duration) -> Run {
     run_vmm_until(args, deadline, |_| false)
