@@ -9,17 +9,9 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binutils, build_guest, kvm_usable, require};
+use common::{binutils, build_guest, kvm_usable, require, PVH_PROLOGUE};
 
-const GUEST: &str = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
+const BODY: &str = r#"
 _start:
     mov $0x3f8, %dx
     mov $0x21, %al
@@ -64,7 +56,7 @@ fn bench_start_to_first_serial_byte_and_rss() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let elf = build_guest(dir.path(), "bench", GUEST);
+    let elf = build_guest(dir.path(), "bench", &format!("{PVH_PROLOGUE}{BODY}"));
     let runs = 15;
     let ours: Vec<(Duration, u64)> = (0..runs)
         .map(|_| {

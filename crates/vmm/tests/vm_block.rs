@@ -5,19 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binutils, build_guest, kvm_usable, require, run_vmm};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_vmm};
 use skerry_vmm::exit::EXIT_RESET;
 
-const GUEST: &str = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
-    .set BASE, 0xd0000000
+const BODY: &str = r#"
     .set Q, 0x40000
     .set HDR, 0x50000
     .set STATUS, 0x50100
@@ -112,25 +103,6 @@ _start:
     cld
     repe cmpsb
     jne fail
-    mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-fail:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    mov $0x3f8, %dx
-4:  lodsb
-    outb %al, %dx
-    loop 4b
-    mov $0xfe, %al
-    outb %al, $0x64
-5:  hlt
-    jmp 5b
-okmsg: .ascii "virtio-blk write+read ok\n"
-okend:
-badmsg: .ascii "virtio-blk FAILED\n"
-badend:
 "#;
 
 #[test]
@@ -139,7 +111,11 @@ fn vm_block_write_then_read_back_with_checksum() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let elf = build_guest(dir.path(), "blk", GUEST);
+    let elf = build_guest(
+        dir.path(),
+        "blk",
+        &pvh_guest(BODY, "virtio-blk write+read ok", "virtio-blk FAILED"),
+    );
     let disk = dir.path().join("disk.img");
     let original: Vec<u8> = (0..8 * 512u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&disk, &original).unwrap();
@@ -155,12 +131,7 @@ fn vm_block_write_then_read_back_with_checksum() {
         Duration::from_secs(20),
     );
     println!("{run:?}");
-    assert!(run.stdout.contains("virtio-blk write+read ok\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "virtio-blk write+read ok", EXIT_RESET);
 
     let after = std::fs::read(&disk).unwrap();
     let pattern: Vec<u8> = (0..512u32)

@@ -5,32 +5,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{binutils, build_guest, kvm_usable, require, run_vmm};
+use common::host::{virtiofsd, Virtiofsd};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_tiny_guest};
 use skerry_vmm::exit::EXIT_RESET;
 
-fn virtiofsd() -> Result<PathBuf, String> {
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/virtiofsd"));
-    let env = std::env::var_os("SKERRY_VIRTIOFSD").map(PathBuf::from);
-    env.into_iter()
-        .chain(home)
-        .find(|p| p.is_file())
-        .ok_or_else(|| "virtiofsd not found ($SKERRY_VIRTIOFSD or ~/.cargo/bin)".to_owned())
-}
-
-const GUEST: &str = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
-    .set BASE, 0xd0000000
+const BODY: &str = r#"
     .set Q0, 0x40000
     .set Q1, 0x44000
     .set REQ, 0x30000
@@ -50,23 +31,7 @@ _start:
     testl $8, BASE+0x70
     jz fail
     /* Both queues: size 8, desc at Qn, avail at Qn+0x1000, used at Qn+0x2000. */
-    xor %ebx, %ebx
-    mov $Q0, %edi
-1:  movl %ebx, BASE+0x30
-    movl $8, BASE+0x38
-    movl %edi, BASE+0x80
-    movl $0, BASE+0x84
-    lea 0x1000(%edi), %eax
-    movl %eax, BASE+0x90
-    movl $0, BASE+0x94
-    lea 0x2000(%edi), %eax
-    movl %eax, BASE+0xa0
-    movl $0, BASE+0xa4
-    movl $1, BASE+0x44
-    inc %ebx
-    mov $Q1, %edi
-    cmp $2, %ebx
-    jne 1b
+    setup_queues 2, Q0
     movl $0xf, BASE+0x70
     /* FUSE_INIT 7.31: in header (len 56, opcode 26, unique 1) + fuse_init_in. */
     movl $56, REQ
@@ -84,13 +49,8 @@ _start:
     movl $0x00010000, Q1+0x1000
     movl $0, Q1+0x1004
     movl $1, BASE+0x50
-    mov $20000000, %ecx
-2:  cmpw $1, Q1+0x2002
-    je 3f
-    pause
-    loop 2b
-    jmp fail
-3:  testl $0x40, BASE+0x70
+    wait_used Q1+0x2002, 1, 20000000
+    testl $0x40, BASE+0x70
     jnz fail
     cmpl $16, Q1+0x2008
     jb fail
@@ -100,25 +60,6 @@ _start:
     jne fail
     cmpl $7, REPLY+16
     jne fail
-    mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-fail:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    mov $0x3f8, %dx
-4:  lodsb
-    outb %al, %dx
-    loop 4b
-    mov $0xfe, %al
-    outb %al, $0x64
-5:  hlt
-    jmp 5b
-okmsg: .ascii "virtio-fs ok: FUSE_INIT answered\n"
-okend:
-badmsg: .ascii "virtio-fs FAILED\n"
-badend:
 "#;
 
 #[test]
@@ -133,50 +74,24 @@ fn vm_virtio_fs_fuse_init_reaches_virtiofsd() {
             return;
         }
     };
+    let daemon = Virtiofsd::start(&bin);
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    let socket = dir.path().join("fs.sock");
-    let mut daemon = Command::new(bin)
-        .arg("--socket-path")
-        .arg(&socket)
-        .arg("--shared-dir")
-        .arg(&shared)
-        .args(["--cache", "never", "--sandbox", "none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let elf = build_guest(dir.path(), "fs", GUEST);
-    let run = run_vmm(
+    let elf = build_guest(
+        dir.path(),
+        "fs",
+        &pvh_guest(BODY, "virtio-fs ok: FUSE_INIT answered", "virtio-fs FAILED"),
+    );
+    let run = run_tiny_guest(
+        &elf,
         &[
-            "--kernel",
-            elf.to_str().unwrap(),
-            "--memory",
-            "32",
-            "--cmdline",
-            "test",
             "--fs-socket",
-            socket.to_str().unwrap(),
+            daemon.socket.to_str().unwrap(),
             "--fs-tag",
             "skerryfs",
         ],
         Duration::from_secs(60),
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     println!("{run:?}");
-    assert!(
-        run.stdout.contains("virtio-fs ok: FUSE_INIT answered\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "virtio-fs ok: FUSE_INIT answered", EXIT_RESET);
 }

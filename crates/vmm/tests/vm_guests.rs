@@ -5,7 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binutils, build_guest, kvm_usable, require, run_vmm};
+use common::{
+    assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_tiny_guest, run_vmm,
+    PVH_PROLOGUE,
+};
 use skerry_vmm::exit::{EXIT_GUEST_CRASH, EXIT_POWEROFF, EXIT_RESET};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -37,16 +40,7 @@ fn ready() -> bool {
 fn run_guest(name: &str, src: &str, extra: &[&str]) -> common::Run {
     let dir = tempfile::tempdir().unwrap();
     let elf = build_guest(dir.path(), name, src);
-    let mut args = vec![
-        "--kernel",
-        elf.to_str().unwrap(),
-        "--memory",
-        "32",
-        "--cmdline",
-        "test",
-    ];
-    args.extend_from_slice(extra);
-    let run = run_vmm(&args, DEADLINE);
+    let run = run_tiny_guest(&elf, extra, DEADLINE);
     println!(
         "{name}: {:?} in {:?}\nstdout: {}\nstderr: {}",
         run.status, run.elapsed, run.stdout, run.stderr
@@ -60,15 +54,7 @@ fn vm_serial_output_then_i8042_reset_exits_with_reset_status() {
         return;
     }
     let run = run_guest("reset", &guest(RESET, "skerry guest: hello over COM1"), &[]);
-    assert!(
-        run.stdout.contains("skerry guest: hello over COM1\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "skerry guest: hello over COM1", EXIT_RESET);
 }
 
 #[test]
@@ -77,12 +63,7 @@ fn vm_acpi_s5_poweroff_exits_zero() {
         return;
     }
     let run = run_guest("poweroff", &guest(POWEROFF, "powering off"), &[]);
-    assert!(run.stdout.contains("powering off\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_POWEROFF),
-        "{run:?}"
-    );
+    assert_run(&run, "powering off", EXIT_POWEROFF);
 }
 
 #[test]
@@ -91,12 +72,7 @@ fn vm_triple_fault_exits_with_crash_status() {
         return;
     }
     let run = run_guest("crash", &guest(TRIPLE_FAULT, "about to fault"), &[]);
-    assert!(run.stdout.contains("about to fault\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_GUEST_CRASH),
-        "{run:?}"
-    );
+    assert_run(&run, "about to fault", EXIT_GUEST_CRASH);
 }
 
 /// The AP never gets a SIPI, so its KVM_RUN blocks in the kernel; the reset must still end
@@ -107,12 +83,7 @@ fn vm_reset_with_blocked_second_vcpu_exits_promptly() {
         return;
     }
     let run = run_guest("smp", &guest(RESET, "two vcpus"), &["--vcpus", "2"]);
-    assert!(run.stdout.contains("two vcpus\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "two vcpus", EXIT_RESET);
 }
 
 /// A guest with a PVH note starts in 32-bit protected mode with EBX = hvm_start_info.
@@ -121,48 +92,16 @@ fn vm_pvh_entry_gets_start_info_in_ebx() {
     if !ready() {
         return;
     }
-    let src = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long pvh_start
-    .text
-    .code32
-    .globl _start
+    let body = r#"
 _start:
-pvh_start:
-    mov $0x3f8, %dx
     cmpl $0x336ec578, (%ebx)
-    jne bad
+    jne fail
     cmpl $1, 4(%ebx)
-    jne bad
-    mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-bad:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    lodsb
-    outb %al, %dx
-    loop print
-    mov $0xfe, %al
-    outb %al, $0x64
-1:  hlt
-    jmp 1b
-okmsg: .ascii "pvh start info ok\n"
-okend:
-badmsg: .ascii "pvh start info BAD\n"
-badend:
+    jne fail
 "#;
-    let run = run_guest("pvh", src, &[]);
-    assert!(run.stdout.contains("pvh start info ok\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    let src = pvh_guest(body, "pvh start info ok", "pvh start info BAD");
+    let run = run_guest("pvh", &src, &[]);
+    assert_run(&run, "pvh start info ok", EXIT_RESET);
 }
 
 #[test]
@@ -188,16 +127,7 @@ fn vm_virtio_rng_fills_a_guest_buffer() {
     if !ready() {
         return;
     }
-    let src = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
-    .set BASE, 0xd0000000
+    let body = r#"
     .set DESC, 0x40000
     .set AVAIL, 0x41000
     .set USED, 0x42000
@@ -235,13 +165,8 @@ _start:
     testl $0x40, BASE+0x70
     jnz fail
     movl $0, BASE+0x50
-    mov $2000000, %ecx
-1:  cmpw $1, USED+2
-    je 2f
-    pause
-    loop 1b
-    jmp fail
-2:  cmpl $32, USED+8
+    wait_used USED+2, 1, 2000000
+    cmpl $32, USED+8
     jne fail
     xor %eax, %eax
     mov $BUFFER, %esi
@@ -251,36 +176,10 @@ _start:
     loop 3b
     test %eax, %eax
     jz fail
-    mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-fail:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    mov $0x3f8, %dx
-4:  lodsb
-    outb %al, %dx
-    loop 4b
-    mov $0xfe, %al
-    outb %al, $0x64
-5:  hlt
-    jmp 5b
-okmsg: .ascii "virtio-rng ok: 32 random bytes\n"
-okend:
-badmsg: .ascii "virtio-rng FAILED\n"
-badend:
 "#;
-    let run = run_guest("rng", src, &["--rng"]);
-    assert!(
-        run.stdout.contains("virtio-rng ok: 32 random bytes\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    let src = pvh_guest(body, "virtio-rng ok: 32 random bytes", "virtio-rng FAILED");
+    let run = run_guest("rng", &src, &["--rng"]);
+    assert_run(&run, "virtio-rng ok: 32 random bytes", EXIT_RESET);
 }
 
 /// The guest sees `virtio_mmio.device=<size>@<addr>:<irq>` for each device on its command line
@@ -290,15 +189,7 @@ fn vm_virtio_mmio_devices_are_announced_on_the_cmdline() {
     if !ready() {
         return;
     }
-    let src = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
+    let body = r#"
 _start:
     mov 24(%ebx), %esi
     mov $0x3f8, %dx
@@ -314,17 +205,8 @@ _start:
 3:  hlt
     jmp 3b
 "#;
-    let run = run_guest("cmdline", src, &["--rng"]);
-    assert!(
-        run.stdout
-            .contains("test virtio_mmio.device=4K@0xd0000000:5\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    let run = run_guest("cmdline", &format!("{PVH_PROLOGUE}{body}"), &["--rng"]);
+    assert_run(&run, "test virtio_mmio.device=4K@0xd0000000:5", EXIT_RESET);
 }
 
 /// The VMM's stdin reaches the guest through the UART's receive FIFO.
@@ -364,10 +246,5 @@ _start:
         DEADLINE,
     );
     println!("{run:?}");
-    assert!(run.stdout.contains("PING FROM THE HOST\n"), "{run:?}");
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "PING FROM THE HOST", EXIT_RESET);
 }

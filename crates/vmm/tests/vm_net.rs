@@ -6,28 +6,20 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{binutils, build_guest, kvm_usable, require, run_vmm};
+use common::host::{bind_packet, ifreq, packet_socket, set_up};
+use common::{assert_run, binutils, build_guest, kvm_usable, pvh_guest, require, run_tiny_guest};
 use skerry_vmm::exit::EXIT_RESET;
 
 const TAP: &str = "skvmnet0";
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 const GUEST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
-const GUEST: &str = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
-    .set BASE, 0xd0000000
+const BODY: &str = r#"
     .set Q0, 0x40000
     .set Q1, 0x44000
     .set RXBUF, 0x30000
@@ -51,23 +43,7 @@ _start:
     movl $0xb, BASE+0x70
     testl $8, BASE+0x70
     jz fail
-    xor %ebx, %ebx
-    mov $Q0, %edi
-1:  movl %ebx, BASE+0x30
-    movl $8, BASE+0x38
-    movl %edi, BASE+0x80
-    movl $0, BASE+0x84
-    lea 0x1000(%edi), %eax
-    movl %eax, BASE+0x90
-    movl $0, BASE+0x94
-    lea 0x2000(%edi), %eax
-    movl %eax, BASE+0xa0
-    movl $0, BASE+0xa4
-    movl $1, BASE+0x44
-    inc %ebx
-    mov $Q1, %edi
-    cmp $2, %ebx
-    jne 1b
+    setup_queues 2, Q0
     /* One 2 KiB RX buffer. */
     movl $RXBUF, Q0
     movl $2048, Q0+8
@@ -77,14 +53,9 @@ _start:
     testl $0x40, BASE+0x70
     jnz fail
     movl $0, BASE+0x50
-    mov $50000000, %ecx
-2:  cmpw $1, Q0+0x2002
-    je 3f
-    pause
-    loop 2b
-    jmp fail
+    wait_used Q0+0x2002, 1, 50000000
     /* Header (12) + our frame: ethertype 0x88b5 at 12+12, "ping" after it. */
-3:  cmpw $0xb588, RXBUF+24
+    cmpw $0xb588, RXBUF+24
     jne fail
     cmpl $0x676e6970, RXBUF+26
     jne fail
@@ -98,63 +69,16 @@ _start:
     movl $30, Q1+8
     movl $0x00010000, Q1+0x1000
     movl $1, BASE+0x50
-    mov $50000000, %ecx
-4:  cmpw $1, Q1+0x2002
-    je 5f
-    pause
-    loop 4b
-    jmp fail
-5:  mov $okmsg, %esi
-    mov $okend - okmsg, %ecx
-    jmp print
-fail:
-    mov $badmsg, %esi
-    mov $badend - badmsg, %ecx
-print:
-    mov $0x3f8, %dx
-6:  lodsb
-    outb %al, %dx
-    loop 6b
-    mov $0xfe, %al
-    outb %al, $0x64
-7:  hlt
-    jmp 7b
-okmsg: .ascii "virtio-net ok: ping received, pong sent\n"
-okend:
-badmsg: .ascii "virtio-net FAILED\n"
-badend:
+    wait_used Q1+0x2002, 1, 50000000
 "#;
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: an all-zero ifreq is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    ifr
-}
 
 /// Plays the host network: waits for the VMM's tap, brings it up, sends "ping" frames until
 /// the guest's "pong" frame shows up (returned) or `done` is set.
 fn host_side(done: &AtomicBool) -> Option<Vec<u8>> {
-    // SAFETY: plain socket creation; the fd is owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            i32::from((libc::ETH_P_ALL as u16).to_be()),
-        )
-    };
-    assert!(
-        raw >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: `raw` is a fresh fd nobody else owns.
-    let mut sock = unsafe { File::from_raw_fd(raw) };
+    let sock = packet_socket(libc::SOCK_NONBLOCK);
     let mut ifr = ifreq(TAP);
     // SAFETY: SIOCGIFINDEX reads and writes one ifreq.
-    while unsafe { libc::ioctl(raw, libc::SIOCGIFINDEX, &mut ifr) } != 0 {
+    while unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut ifr) } != 0 {
         if done.load(Ordering::SeqCst) {
             return None;
         }
@@ -163,26 +87,9 @@ fn host_side(done: &AtomicBool) -> Option<Vec<u8>> {
     // SAFETY: a union field set by SIOCGIFINDEX just above.
     let index = unsafe { ifr.ifr_ifru.ifru_ifindex };
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TAP}/disable_ipv6"), "1");
-    let mut ifr = ifreq(TAP);
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq.
-    unsafe {
-        assert_eq!(libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut ifr), 0);
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as i16;
-        assert_eq!(libc::ioctl(raw, libc::SIOCSIFFLAGS, &mut ifr), 0);
-    }
-    // SAFETY: an all-zero sockaddr_ll is valid; bind reads `len` bytes of it.
-    let r = unsafe {
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = index;
-        libc::bind(
-            raw,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+    set_up(&sock, TAP);
+    bind_packet(&sock, index);
+    let mut sock = File::from(sock);
     let mut ping = GUEST_MAC.to_vec();
     ping.extend_from_slice(&[2, 0, 0, 0, 0, 2]);
     ping.extend_from_slice(&ETHERTYPE);
@@ -225,40 +132,29 @@ fn vm_virtio_net_frames_cross_a_real_tap() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let elf = build_guest(dir.path(), "net", GUEST);
+    let elf = build_guest(
+        dir.path(),
+        "net",
+        &pvh_guest(
+            BODY,
+            "virtio-net ok: ping received, pong sent",
+            "virtio-net FAILED",
+        ),
+    );
     let done = Arc::new(AtomicBool::new(false));
     let host = {
         let done = done.clone();
         std::thread::spawn(move || host_side(&done))
     };
-    let run = run_vmm(
-        &[
-            "--kernel",
-            elf.to_str().unwrap(),
-            "--memory",
-            "32",
-            "--cmdline",
-            "test",
-            "--net-tap",
-            TAP,
-            "--net-mac",
-            "02:00:00:00:00:01",
-        ],
+    let run = run_tiny_guest(
+        &elf,
+        &["--net-tap", TAP, "--net-mac", "02:00:00:00:00:01"],
         Duration::from_secs(60),
     );
     done.store(true, Ordering::SeqCst);
     let pong = host.join().unwrap();
     println!("{run:?}");
-    assert!(
-        run.stdout
-            .contains("virtio-net ok: ping received, pong sent\n"),
-        "{run:?}"
-    );
-    assert_eq!(
-        run.status.and_then(|s| s.code()),
-        Some(EXIT_RESET),
-        "{run:?}"
-    );
+    assert_run(&run, "virtio-net ok: ping received, pong sent", EXIT_RESET);
     let pong = pong.expect("the guest's frame never reached the host side");
     assert_eq!(&pong[..6], &[0xff; 6]);
     assert_eq!(&pong[12..14], &ETHERTYPE);

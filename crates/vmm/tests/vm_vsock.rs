@@ -9,19 +9,10 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binutils, build_guest, kvm_usable, require};
+use common::{binutils, build_guest, kvm_usable, require, PVH_PROLOGUE};
 use skerry_vmm::exit::EXIT_RESET;
 
-const GUEST: &str = r#"
-    .section .note.pvh, "a"
-    .align 4
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start
-    .text
-    .code32
-    .globl _start
-    .set BASE, 0xd0000000
+const BODY: &str = r#"
     .set RXB0, 0x50000
     .set RXB1, 0x51000
     .set TXB, 0x60000
@@ -166,7 +157,7 @@ fn vm_vsock_host_connect_echo_round_trip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let elf = build_guest(dir.path(), "vsock", GUEST);
+    let elf = build_guest(dir.path(), "vsock", &format!("{PVH_PROLOGUE}{BODY}"));
     let uds = dir.path().join("v.sock");
     let mut child = Command::new(env!("CARGO_BIN_EXE_skerry-vmm"))
         .args([

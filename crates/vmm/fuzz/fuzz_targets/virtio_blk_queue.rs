@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use skerry_vmm::devices::virtio::block::{Block, QUEUE_SIZE, SECTOR};
-use skerry_vmm::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
+use skerry_vmm::devices::virtio::VirtioDevice;
 use skerry_vmm_fuzz::*;
 
 #[derive(Arbitrary, Debug)]
@@ -41,21 +41,18 @@ fuzz_target!(|input: Input| {
     let len = u64::from(input.sectors % 65) * SECTOR + u64::from(input.tail) % SECTOR;
     std::fs::write(&path, vec![0u8; len as usize]).expect("backing file");
     let mut blk = Block::new(&path, input.read_only).expect("block device");
-    let activate = |blk: &mut Block, q| {
-        blk.set_acked_features(VIRTIO_F_VERSION_1);
-        blk.activate(mem.clone(), interrupt(), vec![q])
-            .expect("activate");
-    };
-    activate(&mut blk, q);
+    activate(&mut blk, &mem, vec![q]);
     for step in input.steps.iter().take(MAX_STEPS) {
         match step {
             Step::Guest(g) => apply_guest_step(&mem, &rings, g),
             Step::Notify => blk.process_queue(0),
             Step::Reset => {
-                blk.reset();
-                if let Some(q) = build_queue(&mem, 0, QUEUE_SIZE, &input.queue) {
-                    activate(&mut blk, q);
-                }
+                reactivate(
+                    &mut blk,
+                    &mem,
+                    QUEUE_SIZE,
+                    std::slice::from_ref(&input.queue),
+                );
             }
         }
     }

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixDatagram;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use skerry_vmm::devices::virtio::net::{MacAddr, Net, MIN_FRAME, QUEUE_SIZE, VNET_HDR_LEN};
-use skerry_vmm::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
+use skerry_vmm::devices::virtio::VirtioDevice;
 use skerry_vmm_fuzz::*;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -46,34 +46,17 @@ struct Input {
     steps: Vec<Step>,
 }
 
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
-    Desc {
-        addr: Addr::Raw(addr),
-        len: Len::Raw(len),
-        flags,
-        next,
-    }
-}
-
 fuzz_target!(|input: Input| {
     let mem = guest_memory();
-    let build = || -> Option<Vec<_>> {
-        (0..2)
-            .map(|i| build_queue(&mem, i, QUEUE_SIZE, &input.queues[i]))
-            .collect()
-    };
-    let Some(queues) = build() else {
+    let Some((queues, rings)) = build_queues(&mem, QUEUE_SIZE, &input.queues) else {
         return;
     };
-    let rings: Vec<Rings> = queues.iter().map(Rings::of).collect();
     let (dev_end, host) = UnixDatagram::pair().expect("socket pair");
     dev_end.set_nonblocking(true).expect("nonblocking");
     host.set_nonblocking(true).expect("nonblocking");
     let mac = MacAddr([2, 0, 0, 0, 0, 1]);
     let mut dev = Net::new(std::fs::File::from(OwnedFd::from(dev_end)), mac).expect("net");
-    dev.set_acked_features(VIRTIO_F_VERSION_1);
-    dev.activate(mem.clone(), interrupt(), queues)
-        .expect("activate");
+    activate(&mut dev, &mem, queues);
 
     for step in input.steps.iter().take(MAX_STEPS) {
         match step {
@@ -96,20 +79,16 @@ fuzz_target!(|input: Input| {
                 } else {
                     vec![desc(at, 12 + frame.len() as u32, 0, 0)]
                 };
-                let step = GuestStep::Chain {
-                    queue: 1,
-                    head: *head,
-                    descs,
-                };
-                apply_guest_step(&mem, &rings, &step);
+                post_chain(&mem, &rings, 1, *head, descs);
             }
             Step::RxBuffer { head, at, len } => {
-                let step = GuestStep::Chain {
-                    queue: 0,
-                    head: *head,
-                    descs: vec![desc(u64::from(*at), u32::from(*len), 2, 0)],
-                };
-                apply_guest_step(&mem, &rings, &step);
+                post_chain(
+                    &mem,
+                    &rings,
+                    0,
+                    *head,
+                    vec![desc(u64::from(*at), u32::from(*len), 2, 0)],
+                );
             }
             Step::HostFrame(f) => {
                 let _ = host.send(f);
@@ -117,11 +96,7 @@ fuzz_target!(|input: Input| {
             Step::Notify(q) => dev.process_queue(usize::from(*q % 2)),
             Step::Backend => dev.process_backend(),
             Step::Reset => {
-                dev.reset();
-                dev.set_acked_features(VIRTIO_F_VERSION_1);
-                if let Some(q) = build() {
-                    dev.activate(mem.clone(), interrupt(), q).expect("activate");
-                }
+                reactivate(&mut dev, &mem, QUEUE_SIZE, &input.queues);
             }
         }
         // What reached the host: whole frames with a zero flags/gso header, nothing else.

@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use skerry_vmm::devices::virtio::rng::{Rng, MAX_REQUEST_BYTES, QUEUE_SIZE};
-use skerry_vmm::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
+use skerry_vmm::devices::virtio::VirtioDevice;
 use skerry_vmm_fuzz::*;
 
 #[derive(Arbitrary, Debug)]
@@ -30,20 +30,18 @@ fuzz_target!(|input: Input| {
     };
     let rings = [Rings::of(&q)];
     let mut rng = Rng::new(Box::<CounterEntropy>::default()).expect("rng");
-    rng.set_acked_features(VIRTIO_F_VERSION_1);
-    rng.activate(mem.clone(), interrupt(), vec![q])
-        .expect("activate");
+    activate(&mut rng, &mem, vec![q]);
     for step in input.steps.iter().take(MAX_STEPS) {
         match step {
             Step::Guest(g) => apply_guest_step(&mem, &rings, g),
             Step::Notify => rng.process_queue(0),
             Step::Reset => {
-                rng.reset();
-                rng.set_acked_features(VIRTIO_F_VERSION_1);
-                if let Some(q) = build_queue(&mem, 0, QUEUE_SIZE, &input.queue) {
-                    rng.activate(mem.clone(), interrupt(), vec![q])
-                        .expect("activate");
-                }
+                reactivate(
+                    &mut rng,
+                    &mem,
+                    QUEUE_SIZE,
+                    std::slice::from_ref(&input.queue),
+                );
             }
         }
     }

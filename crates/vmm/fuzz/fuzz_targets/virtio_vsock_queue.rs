@@ -12,7 +12,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use skerry_vmm::devices::virtio::vsock::muxer::HOST_CID;
 use skerry_vmm::devices::virtio::vsock::{Vsock, QUEUE_SIZE};
-use skerry_vmm::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
+use skerry_vmm::devices::virtio::VirtioDevice;
 use skerry_vmm_fuzz::*;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -121,15 +121,6 @@ fn encode(p: &Packet) -> Vec<u8> {
     v
 }
 
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
-    Desc {
-        addr: Addr::Raw(addr),
-        len: Len::Raw(len),
-        flags,
-        next,
-    }
-}
-
 fn pick(streams: &mut [UnixStream], i: u8) -> Option<&mut UnixStream> {
     let n = streams.len();
     (n > 0).then(|| &mut streams[usize::from(i) % n])
@@ -137,23 +128,15 @@ fn pick(streams: &mut [UnixStream], i: u8) -> Option<&mut UnixStream> {
 
 fuzz_target!(|input: Input| {
     let mem = guest_memory();
-    let build = || -> Option<Vec<_>> {
-        (0..3)
-            .map(|i| build_queue(&mem, i, QUEUE_SIZE, &input.queues[i]))
-            .collect()
-    };
-    let Some(queues) = build() else {
+    let Some((queues, rings)) = build_queues(&mem, QUEUE_SIZE, &input.queues) else {
         return;
     };
-    let rings: Vec<Rings> = queues.iter().map(Rings::of).collect();
     let uds = scratch_dir().join(format!("v{}.sock", N.fetch_add(1, Ordering::Relaxed)));
     let listen_path = format!("{}_{LISTEN_PORT}", uds.display());
     let listener = UnixListener::bind(&listen_path).expect("host listener");
     listener.set_nonblocking(true).expect("nonblocking");
     let mut dev = Vsock::new(CID, &uds).expect("vsock");
-    dev.set_acked_features(VIRTIO_F_VERSION_1);
-    dev.activate(mem.clone(), interrupt(), queues)
-        .expect("activate");
+    activate(&mut dev, &mem, queues);
     let mut streams: Vec<UnixStream> = Vec::new();
 
     for step in input.steps.iter().take(MAX_STEPS) {
@@ -178,20 +161,16 @@ fuzz_target!(|input: Input| {
                 } else {
                     vec![desc(at, (hdr.len() + p.data.len()) as u32, 0, 0)]
                 };
-                let step = GuestStep::Chain {
-                    queue: 1,
-                    head: p.head,
-                    descs,
-                };
-                apply_guest_step(&mem, &rings, &step);
+                post_chain(&mem, &rings, 1, p.head, descs);
             }
             Step::RxBuffer { head, at, len } => {
-                let step = GuestStep::Chain {
-                    queue: 0,
-                    head: *head,
-                    descs: vec![desc(u64::from(*at), u32::from(*len), 2, 0)],
-                };
-                apply_guest_step(&mem, &rings, &step);
+                post_chain(
+                    &mem,
+                    &rings,
+                    0,
+                    *head,
+                    vec![desc(u64::from(*at), u32::from(*len), 2, 0)],
+                );
             }
             Step::Notify(q) => dev.process_queue(usize::from(*q % 3)),
             Step::HostConnect { port, garbage } => {
@@ -230,11 +209,7 @@ fuzz_target!(|input: Input| {
             }
             Step::Backend => dev.process_backend(),
             Step::Reset => {
-                dev.reset();
-                dev.set_acked_features(VIRTIO_F_VERSION_1);
-                if let Some(q) = build() {
-                    dev.activate(mem.clone(), interrupt(), q).expect("activate");
-                }
+                reactivate(&mut dev, &mem, QUEUE_SIZE, &input.queues);
             }
         }
         // The host side of guest-initiated connections: accept whatever is queued, so the

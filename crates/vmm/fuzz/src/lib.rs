@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use skerry_vmm::devices::virtio::rng::EntropySource;
-use skerry_vmm::devices::virtio::{InterruptKind, VirtioInterrupt};
+use skerry_vmm::devices::virtio::{
+    InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::{Queue, QueueT};
@@ -94,6 +96,16 @@ impl Desc {
     }
 }
 
+/// A descriptor with a raw address and length (one the harness builds itself).
+pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
+    Desc {
+        addr: Addr::Raw(addr),
+        len: Len::Raw(len),
+        flags,
+        next,
+    }
+}
+
 /// Where a queue's rings go: the default layout, or (possibly overlapping, possibly
 /// misaligned) addresses from the input — refused ones fall back to the default, as the
 /// transport refuses them.
@@ -145,6 +157,22 @@ pub fn build_queue(
     }
     q.set_ready(true);
     q.is_valid(mem).then_some(q)
+}
+
+/// Builds queue `i` from `specs[i]` for every spec ([`build_queue`]), with their rings;
+/// `None` when any of them is not a valid queue.
+pub fn build_queues(
+    mem: &GuestMemoryMmap,
+    max: u16,
+    specs: &[QueueSpec],
+) -> Option<(Vec<Queue>, Vec<Rings>)> {
+    let queues = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| build_queue(mem, i, max, spec))
+        .collect::<Option<Vec<_>>>()?;
+    let rings = queues.iter().map(Rings::of).collect();
+    Some((queues, rings))
 }
 
 /// Guest-side view of one queue's rings (what the driver writes).
@@ -208,6 +236,12 @@ pub enum GuestStep {
     },
 }
 
+/// Writes the chain `descs` at table index `head` of `queue` and makes it available
+/// ([`GuestStep::Chain`]).
+pub fn post_chain(mem: &GuestMemoryMmap, rings: &[Rings], queue: u8, head: u16, descs: Vec<Desc>) {
+    apply_guest_step(mem, rings, &GuestStep::Chain { queue, head, descs });
+}
+
 /// Applies a guest step to memory. Writes outside RAM are dropped, as a guest's would be.
 pub fn apply_guest_step(mem: &GuestMemoryMmap, rings: &[Rings], step: &GuestStep) {
     let ring = |q: u8| rings.get(usize::from(q) % rings.len().max(1)).copied();
@@ -266,6 +300,28 @@ impl VirtioInterrupt for CountingInterrupt {
 /// A new counting interrupt as the trait object devices take.
 pub fn interrupt() -> Arc<CountingInterrupt> {
     Arc::new(CountingInterrupt::default())
+}
+
+/// Acks VIRTIO_F_VERSION_1 and activates `dev` with `queues`, as the transport does once the
+/// driver sets DRIVER_OK.
+pub fn activate(dev: &mut dyn VirtioDevice, mem: &GuestMemoryMmap, queues: Vec<Queue>) {
+    dev.set_acked_features(VIRTIO_F_VERSION_1);
+    dev.activate(mem.clone(), interrupt(), queues)
+        .expect("activate");
+}
+
+/// Resets `dev` and [`activate`]s it again with queues built from `specs`, unless they are
+/// not valid queues (then the device stays reset).
+pub fn reactivate(
+    dev: &mut dyn VirtioDevice,
+    mem: &GuestMemoryMmap,
+    max: u16,
+    specs: &[QueueSpec],
+) {
+    dev.reset();
+    if let Some((queues, _)) = build_queues(mem, max, specs) {
+        activate(dev, mem, queues);
+    }
 }
 
 /// Deterministic "entropy" (a counter), so crashes reproduce and runs are cheap.

@@ -2,6 +2,7 @@
 //! `skerry-vmm` binary with a deadline.
 #![allow(dead_code)]
 
+pub mod host;
 pub mod kernel;
 
 use std::io::Read;
@@ -89,6 +90,83 @@ pub fn build_guest(dir: &Path, name: &str, source: &str) -> PathBuf {
     elf
 }
 
+/// Start of a 32-bit PVH tiny guest: the PVH note pointing at `_start`, `.code32`, `BASE`
+/// (the first virtio-mmio window) and two assembler macros for virtio-mmio drivers. The
+/// guest's body (which defines `_start`) follows.
+pub const PVH_PROLOGUE: &str = r#"
+    .section .note.pvh, "a"
+    .align 4
+    .long 4, 4, 18
+    .asciz "Xen"
+    .long _start
+    .text
+    .code32
+    .globl _start
+    .set BASE, 0xd0000000
+    /* Queues 0 .. n-1, size 8: queue q's descriptor table at first + q * 0x4000, its avail
+       ring 0x1000 and its used ring 0x2000 above that; each set ready. Uses eax, ebx, edi. */
+    .macro setup_queues n, first
+    xor %ebx, %ebx
+    mov $\first, %edi
+1:  movl %ebx, BASE+0x30
+    movl $8, BASE+0x38
+    movl %edi, BASE+0x80
+    movl $0, BASE+0x84
+    lea 0x1000(%edi), %eax
+    movl %eax, BASE+0x90
+    movl $0, BASE+0x94
+    lea 0x2000(%edi), %eax
+    movl %eax, BASE+0xa0
+    movl $0, BASE+0xa4
+    movl $1, BASE+0x44
+    inc %ebx
+    lea 0x4000(%edi), %edi
+    cmp $\n, %ebx
+    jne 1b
+    .endm
+    /* Spins until the 16-bit used index at idx is n; after `tries` polls, jumps to `fail`.
+       Uses ecx. */
+    .macro wait_used idx, n, tries
+    mov $\tries, %ecx
+1:  cmpw $\n, \idx
+    je 2f
+    pause
+    loop 1b
+    jmp fail
+2:
+    .endm
+"#;
+
+/// A PVH guest: [`PVH_PROLOGUE`], `body`, then the verdict: `body` falls through to (or jumps
+/// to) `ok`, which prints `ok`, or jumps to `fail`, which prints `bad`; both then reset through
+/// the i8042.
+pub fn pvh_guest(body: &str, ok: &str, bad: &str) -> String {
+    format!(
+        r#"{PVH_PROLOGUE}{body}
+ok:
+    mov $okmsg, %esi
+    mov $okend - okmsg, %ecx
+    jmp print
+fail:
+    mov $badmsg, %esi
+    mov $badend - badmsg, %ecx
+print:
+    mov $0x3f8, %dx
+9:  lodsb
+    outb %al, %dx
+    loop 9b
+    mov $0xfe, %al
+    outb %al, $0x64
+8:  hlt
+    jmp 8b
+okmsg: .ascii "{ok}\n"
+okend:
+badmsg: .ascii "{bad}\n"
+badend:
+"#
+    )
+}
+
 /// Outcome of one VMM run.
 #[derive(Debug)]
 pub struct Run {
@@ -100,6 +178,26 @@ pub struct Run {
     pub stderr: String,
     /// Wall time.
     pub elapsed: Duration,
+}
+
+/// Asserts that the guest printed the line `line` and that the VMM exited with `status`.
+pub fn assert_run(run: &Run, line: &str, status: i32) {
+    assert!(run.stdout.contains(&format!("{line}\n")), "{run:?}");
+    assert_eq!(run.status.and_then(|s| s.code()), Some(status), "{run:?}");
+}
+
+/// Runs the tiny guest `elf` in 32 MiB with the command line `test` and the flags `extra`.
+pub fn run_tiny_guest(elf: &Path, extra: &[&str], deadline: Duration) -> Run {
+    let mut args = vec![
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "32",
+        "--cmdline",
+        "test",
+    ];
+    args.extend_from_slice(extra);
+    run_vmm(&args, deadline)
 }
 
 /// Runs `skerry-vmm` with `args`; kills it after `deadline`.

@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -74,6 +74,84 @@ impl ActivateError {
     }
 }
 
+/// What a multi-queue device got at activation: guest memory, its interrupt and its queues,
+/// and whether it found a queue broken (then it waits for the driver's reset).
+pub(crate) struct ActiveQueues {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub queues: Vec<Queue>,
+    pub broken: bool,
+}
+
+impl ActiveQueues {
+    /// Checks the activation ([`ActivateError::check`] against `expected` queues) and takes
+    /// its parts.
+    pub fn new(
+        acked: u64,
+        expected: usize,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<Self, ActivateError> {
+        ActivateError::check(acked, queues.len(), expected)?;
+        Ok(Self {
+            mem,
+            interrupt,
+            queues,
+            broken: false,
+        })
+    }
+
+    /// Raises the used-ring interrupt if any queue `q` with `(q, true)` in `used` got buffers
+    /// the driver wants to hear about.
+    pub fn notify_used(&mut self, used: &[(usize, bool)]) {
+        let notify = used
+            .iter()
+            .any(|&(q, did)| did && self.queues[q].needs_notification(&self.mem).unwrap_or(true));
+        if notify {
+            self.interrupt.trigger(InterruptKind::UsedRing);
+        }
+    }
+}
+
+/// The next chain the driver made available on `queue`, if any. An avail ring that cannot be
+/// read, or whose index is too far ahead, sets `broken` (the device then asks for a reset)
+/// and yields no chain.
+pub(crate) fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    broken: &mut bool,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    match queue.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(_) => {
+            *broken = true;
+            None
+        }
+    }
+}
+
+/// The [`VirtioDevice`] methods that are the same for every device keeping `acked: u64` and
+/// `active: Option<_>` and nothing else to undo on reset: feature acknowledgement (masked to
+/// what the device offers), reset and `is_active`.
+macro_rules! acked_and_active {
+    () => {
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked = features & self.avail_features();
+        }
+
+        fn reset(&mut self) {
+            self.active = None;
+            self.acked = 0;
+        }
+
+        fn is_active(&self) -> bool {
+            self.active.is_some()
+        }
+    };
+}
+use acked_and_active;
+
 /// Copies the part of a device's configuration space `cfg` at `offset` into `data`; bytes
 /// past its end (or an offset that overflows) read as zero.
 pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
@@ -98,8 +176,9 @@ pub trait VirtioDevice: Send {
     fn set_acked_features(&mut self, features: u64);
     /// Reads the device configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device configuration space.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Writes the device configuration space; ignored unless a device has writable fields
+    /// (none of ours does).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// One eventfd per queue, signalled when the driver notifies that queue.
     fn queue_events(&self) -> &[EventFd];
     /// Starts the device with validated queues.

@@ -7,6 +7,9 @@ use virtio_queue::desc::RawDescriptor;
 
 use super::{InterruptKind, VirtioInterrupt};
 
+#[path = "../../../tests/common/host.rs"]
+pub mod host;
+
 /// Descriptor flag: chain continues.
 pub const F_NEXT: u16 = 1;
 /// Descriptor flag: device writes this buffer.

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -228,6 +228,8 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    super::acked_and_active!();
+
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }
@@ -240,17 +242,11 @@ impl VirtioDevice for Block {
         VIRTIO_F_VERSION_1 | F_FLUSH | if self.read_only { F_RO } else { 0 }
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features & self.avail_features();
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Only `capacity` (sectors, le64) at offset 0.
         let cfg = self.sectors.to_le_bytes();
         super::read_config_bytes(&cfg, offset, data);
     }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn queue_events(&self) -> &[EventFd] {
         &self.evts
@@ -282,14 +278,7 @@ impl VirtioDevice for Block {
         }
         let mut served = false;
         for _ in 0..a.queue.size() {
-            let chain = match a.queue.iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
+            let Some(chain) = super::next_chain(&mut a.queue, &a.mem, &mut a.broken) else {
                 break;
             };
             let head = chain.head_index();
@@ -319,15 +308,6 @@ impl VirtioDevice for Block {
             a.interrupt.trigger(InterruptKind::UsedRing);
         }
         self.active = Some(a);
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked = 0;
-    }
-
-    fn is_active(&self) -> bool {
-        self.active.is_some()
     }
 }
 

@@ -272,8 +272,6 @@ impl VirtioDevice for Fs {
         super::read_config_bytes(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
     fn queue_events(&self) -> &[EventFd] {
         &self.kicks
     }

@@ -4,13 +4,13 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::devices::virtio::testutil::host::{virtiofsd, Virtiofsd};
 use crate::devices::virtio::testutil::{desc, RecordingInterrupt, Rings, F_NEXT, F_WRITE};
 use crate::vstate::create_guest_memory;
 
@@ -22,63 +22,17 @@ const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
 const FUSE_INIT: u32 = 26;
 
-fn virtiofsd() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("SKERRY_VIRTIOFSD").map(PathBuf::from),
-        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/virtiofsd")),
-        Some(PathBuf::from("/usr/libexec/virtiofsd")),
-        Some(PathBuf::from("/usr/bin/virtiofsd")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
-}
-
-/// A virtiofsd serving a temp dir holding `hello.txt`; killed on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn daemon() -> Option<Daemon> {
-    let Some(bin) = virtiofsd() else {
-        println!("SKIPPED: virtiofsd not found (cargo install virtiofsd, or set SKERRY_VIRTIOFSD)");
-        return None;
+/// A virtiofsd serving a temp dir holding `hello.txt`.
+fn daemon() -> Option<Virtiofsd> {
+    let bin = match virtiofsd() {
+        Ok(bin) => bin,
+        Err(reason) => {
+            println!("SKIPPED: {reason}");
+            return None;
+        }
     };
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    std::fs::write(shared.join("hello.txt"), b"hello, virtio-fs\n").unwrap();
-    let socket = dir.path().join("fs.sock");
-    let child = Command::new(bin)
-        .arg("--socket-path")
-        .arg(&socket)
-        .arg("--shared-dir")
-        .arg(&shared)
-        .args(["--cache", "never", "--sandbox", "none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        child,
-        socket,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "virtiofsd never created its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let d = Virtiofsd::start(&bin);
+    std::fs::write(d.shared.join("hello.txt"), b"hello, virtio-fs\n").unwrap();
     Some(d)
 }
 

@@ -21,7 +21,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::rng::{EntropySource, GetRandom};
-use super::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 pub use self::tap::{Tap, TapError};
 
@@ -126,20 +126,13 @@ pub struct NetMetrics {
     pub resets_requested: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<Queue>,
-    broken: bool,
-}
-
 /// The virtio-net device.
 pub struct Net {
     tap: File,
     mac: MacAddr,
     evts: [EventFd; 2],
     acked: u64,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
     buf: Vec<u8>,
     /// Counters.
     pub metrics: NetMetrics,
@@ -196,17 +189,10 @@ impl Net {
     }
 
     /// Sends the guest's TX chains to the tap; returns whether any was used.
-    fn process_tx(&mut self, a: &mut Active) -> bool {
+    fn process_tx(&mut self, a: &mut ActiveQueues) -> bool {
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
-            let chain = match a.queues[TX].iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
+            let Some(chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken) else {
                 break;
             };
             let head = chain.head_index();
@@ -247,18 +233,11 @@ impl Net {
     }
 
     /// Moves frames from the tap into the guest's RX chains; returns whether any was used.
-    fn process_rx(&mut self, a: &mut Active) -> bool {
+    fn process_rx(&mut self, a: &mut ActiveQueues) -> bool {
         let mut used = false;
         for _ in 0..a.queues[RX].size() {
-            let chain = match a.queues[RX].iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    a.broken = true;
-                    return used;
-                }
-            };
-            // No buffers: the driver's next RX notification brings us back.
-            let Some(chain) = chain else {
+            // No buffers (the driver's next RX notification brings us back), or a broken ring.
+            let Some(chain) = super::next_chain(&mut a.queues[RX], &a.mem, &mut a.broken) else {
                 return used;
             };
             let head = chain.head_index();
@@ -338,18 +317,15 @@ impl Net {
             self.metrics.resets_requested += 1;
             a.interrupt.signal_needs_reset();
         } else {
-            let notify = [(TX, tx_used), (RX, rx_used)]
-                .into_iter()
-                .any(|(q, did)| did && a.queues[q].needs_notification(&a.mem).unwrap_or(true));
-            if notify {
-                a.interrupt.trigger(InterruptKind::UsedRing);
-            }
+            a.notify_used(&[(TX, tx_used), (RX, rx_used)]);
         }
         self.active = Some(a);
     }
 }
 
 impl VirtioDevice for Net {
+    super::acked_and_active!();
+
     fn device_type(&self) -> u32 {
         TYPE_NET
     }
@@ -362,16 +338,10 @@ impl VirtioDevice for Net {
         VIRTIO_F_VERSION_1 | F_MAC
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features & self.avail_features();
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Only `mac` at offset 0 (no STATUS, MQ or MTU features).
         super::read_config_bytes(&self.mac.0, offset, data);
     }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn queue_events(&self) -> &[EventFd] {
         &self.evts
@@ -383,13 +353,7 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        ActivateError::check(self.acked, queues.len(), 2)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            broken: false,
-        });
+        self.active = Some(ActiveQueues::new(self.acked, 2, mem, interrupt, queues)?);
         Ok(())
     }
 
@@ -407,15 +371,6 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self) {
         self.run(false);
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked = 0;
-    }
-
-    fn is_active(&self) -> bool {
-        self.active.is_some()
     }
 }
 

@@ -13,6 +13,7 @@ use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::devices::virtio::testutil::host::{bind_packet, ifreq, packet_socket, set_up};
 use crate::devices::virtio::testutil::{desc, RecordingInterrupt, Rings, F_NEXT, F_WRITE};
 
 const QSIZE: u16 = 16;
@@ -368,47 +369,18 @@ fn host_side(name: &str) -> Result<HostSide, String> {
     }
     let tap = Tap::open(name).map_err(|e| format!("cannot create a tap: {e:#}"))?;
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-    // SAFETY: plain socket creation; the fd is owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from((libc::ETH_P_ALL as u16).to_be()),
-        )
-    };
-    assert!(
-        raw >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: `raw` is a fresh fd nobody else owns.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    // SAFETY: an all-zero ifreq is valid; SIOCGIFFLAGS/SIOCSIFFLAGS/SIOCGIFINDEX read and
-    // write that one struct.
+    let sock = packet_socket(0);
+    set_up(&sock, name);
+    let mut ifr = ifreq(name);
+    // SAFETY: SIOCGIFINDEX reads and writes one ifreq; the union field read is the one it set.
     let index = unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-            *d = *s as libc::c_char;
-        }
-        assert_eq!(libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut ifr), 0);
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as i16;
-        assert_eq!(libc::ioctl(raw, libc::SIOCSIFFLAGS, &mut ifr), 0);
-        assert_eq!(libc::ioctl(raw, libc::SIOCGIFINDEX, &mut ifr), 0);
+        assert_eq!(
+            libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut ifr),
+            0
+        );
         ifr.ifr_ifru.ifru_ifindex
     };
-    // SAFETY: an all-zero sockaddr_ll is valid; bind reads `len` bytes of it.
-    let r = unsafe {
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = index;
-        libc::bind(
-            raw,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+    bind_packet(&sock, index);
     Ok(HostSide { tap, sock })
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -132,6 +132,8 @@ impl Rng {
 }
 
 impl VirtioDevice for Rng {
+    super::acked_and_active!();
+
     fn device_type(&self) -> u32 {
         TYPE_RNG
     }
@@ -144,16 +146,10 @@ impl VirtioDevice for Rng {
         VIRTIO_F_VERSION_1
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features & self.avail_features();
-    }
-
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // virtio-rng has no configuration space.
         data.fill(0);
     }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn queue_events(&self) -> &[EventFd] {
         &self.evts
@@ -187,15 +183,7 @@ impl VirtioDevice for Rng {
         // At most one queue's worth of chains per notification (the avail index is validated
         // against the queue size by virtio-queue, so a lying driver cannot make us spin).
         for _ in 0..a.queue.size() {
-            // `iter` fails on an unreadable avail ring or an avail index too far ahead.
-            let chain = match a.queue.iter(&a.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
+            let Some(chain) = super::next_chain(&mut a.queue, &a.mem, &mut broken) else {
                 break;
             };
             let head = chain.head_index();
@@ -225,15 +213,6 @@ impl VirtioDevice for Rng {
         if served && a.queue.needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.trigger(InterruptKind::UsedRing);
         }
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked = 0;
-    }
-
-    fn is_active(&self) -> bool {
-        self.active.is_some()
     }
 }
 

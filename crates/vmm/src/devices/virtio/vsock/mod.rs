@@ -13,7 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::muxer::{Hdr, Muxer, MuxerError};
-use super::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 /// Device type of a vsock device.
 pub const TYPE_VSOCK: u32 = 19;
@@ -38,20 +38,13 @@ pub enum VsockError {
     Muxer(#[from] MuxerError),
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<Queue>,
-    broken: bool,
-}
-
 /// The virtio-vsock device.
 pub struct Vsock {
     cid: u64,
     evts: [EventFd; 3],
     acked: u64,
     muxer: Muxer,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
     /// Guest packets that could not be parsed.
     pub bad_packets: u64,
 }
@@ -84,15 +77,9 @@ impl Vsock {
         };
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
-            let mut chain = match a.queues[TX].iter(&a.mem) {
-                Ok(mut it) => match it.next() {
-                    Some(c) => c,
-                    None => break,
-                },
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
+            let Some(mut chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken)
+            else {
+                break;
             };
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA) {
@@ -134,15 +121,9 @@ impl Vsock {
         };
         let mut used = false;
         while self.muxer.has_control() || self.muxer.has_readable() {
-            let mut chain = match a.queues[RX].iter(&a.mem) {
-                Ok(mut it) => match it.next() {
-                    Some(c) => c,
-                    None => break,
-                },
-                Err(_) => {
-                    a.broken = true;
-                    break;
-                }
+            let Some(mut chain) = super::next_chain(&mut a.queues[RX], &a.mem, &mut a.broken)
+            else {
+                break;
             };
             let head = chain.head_index();
             let mut pkt = match VsockPacket::from_rx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA) {
@@ -196,19 +177,13 @@ impl Vsock {
             self.active = None;
             return;
         }
-        let mut notify = false;
-        for (q, did) in [(TX, tx), (RX, rx)] {
-            if did && a.queues[q].needs_notification(&a.mem).unwrap_or(true) {
-                notify = true;
-            }
-        }
-        if notify {
-            a.interrupt.trigger(InterruptKind::UsedRing);
-        }
+        a.notify_used(&[(TX, tx), (RX, rx)]);
     }
 }
 
 impl VirtioDevice for Vsock {
+    super::acked_and_active!();
+
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
     }
@@ -221,16 +196,10 @@ impl VirtioDevice for Vsock {
         VIRTIO_F_VERSION_1
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features & self.avail_features();
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let cfg = self.cid.to_le_bytes();
         super::read_config_bytes(&cfg, offset, data);
     }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn queue_events(&self) -> &[EventFd] {
         &self.evts
@@ -242,13 +211,7 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        ActivateError::check(self.acked, queues.len(), 3)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            broken: false,
-        });
+        self.active = Some(ActiveQueues::new(self.acked, 3, mem, interrupt, queues)?);
         Ok(())
     }
 
@@ -263,15 +226,6 @@ impl VirtioDevice for Vsock {
     fn process_backend(&mut self) {
         self.muxer.process_host_events();
         self.run(false);
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked = 0;
-    }
-
-    fn is_active(&self) -> bool {
-        self.active.is_some()
     }
 }
 
