@@ -27,11 +27,10 @@ const QEMU_GRACE: Duration = Duration::from_secs(2);
 const BACKEND_GRACE: Duration = Duration::from_secs(1);
 /// Longest QMP line accepted.
 const MAX_QMP_LINE: usize = 64 * 1024;
-/// TCG translation cache in MiB. QEMU 7.2's default lets a guest boot fill
-/// ~51 MiB of host memory that stays resident; 32 MiB costs one cache flush
-/// during boot and no measurable start time (docs/architecture.md, "Memory of
-/// an idle pod").
-const TCG_TB_SIZE_MIB: u32 = 32;
+/// TCG translation cache in MiB. With QEMU 7.2's default a guest boot leaves
+/// ~51 MiB of translated code resident; 40 MiB did not slow the start, 32 MiB
+/// did by ~0.4 s (docs/architecture.md, "Memory of an idle pod").
+const TCG_TB_SIZE_MIB: u32 = 40;
 
 /// Names of the files this backend creates in the run dir.
 const FS_SOCK: &str = "fs.sock";
@@ -525,7 +524,7 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(joined.contains("-M microvm,acpi=on"), "{joined}");
-        assert!(joined.contains("-accel tcg,tb-size=32"), "{joined}");
+        assert!(joined.contains("-accel tcg,tb-size=40"), "{joined}");
         assert!(joined.contains("-device virtio-balloon-device,free-page-reporting=on"));
         assert!(joined.contains("-cpu max"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
