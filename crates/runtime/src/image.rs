@@ -28,6 +28,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "fuse",
     "virtio_blk",
     "virtio_net",
+    "virtio_balloon",
 ];
 
 /// Debian's meta package that depends on the current cloud kernel.
@@ -973,6 +974,7 @@ kernel/net/core/failover.ko:
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_balloon.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 ";
 
     #[test]
@@ -999,7 +1001,8 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
                 "virtio_blk",
                 "failover",
                 "net_failover",
-                "virtio_net"
+                "virtio_net",
+                "virtio_balloon"
             ]
         );
         // Every module comes after everything it depends on.
