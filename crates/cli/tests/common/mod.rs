@@ -2,6 +2,9 @@
 //! root and config, running the `skerry` binary, and leftover checks.
 #![allow(dead_code)]
 
+#[path = "../../../../tests/support/containerd.rs"]
+pub mod containerd;
+
 use std::{
     fs,
     os::unix::fs::symlink,
@@ -295,13 +298,7 @@ impl World {
 
     /// Mounts under this world.
     pub fn mounts(&self) -> Vec<String> {
-        let needle = self.tmp.path().to_string_lossy().to_string();
-        fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .map(str::to_string)
-            .collect()
+        containerd::mounts_under(self.tmp.path())
     }
 
     /// Asserts that container `id` left nothing behind: no process, no

@@ -12,6 +12,9 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+#[path = "../../../../tests/support/containerd.rs"]
+mod containerd;
+
 pub const RUNTIME: &str = "io.containerd.skerry.v2";
 pub const IMAGE: &str = "localhost/bb:latest";
 
@@ -138,18 +141,7 @@ impl World {
             ),
         )
         .unwrap();
-        let socket = dir.join("ctd.sock");
-        let ctd_config = dir.join("containerd.toml");
-        fs::write(
-            &ctd_config,
-            format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n",
-                dir.display(),
-                socket.display()
-            ),
-        )
-        .unwrap();
+        let (ctd_config, socket) = containerd::write_config(dir);
         let containerd = start_containerd(dir, &ctd_config);
         let w = Self {
             tmp,
@@ -387,13 +379,7 @@ impl World {
 
     /// Mounts under this world.
     pub fn mounts(&self) -> Vec<String> {
-        let needle = self.tmp.path().to_string_lossy().to_string();
-        fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .map(str::to_string)
-            .collect()
+        containerd::mounts_under(self.tmp.path())
     }
 
     /// Asserts that no shim, VM process or mount of this world remains
@@ -467,28 +453,22 @@ impl Drop for World {
 
 /// containerd on the world in `dir`, with the shim on its PATH.
 pub fn start_containerd(dir: &Path, ctd_config: &Path) -> Child {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("containerd.log"))
-        .unwrap();
     let path = format!(
         "{}:{}",
         dir.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    Command::new("/usr/bin/containerd")
-        .arg("--config")
-        .arg(ctd_config)
-        .env("PATH", path)
-        .env("SKERRY_CONFIG", dir.join("skerry.toml"))
-        .env("SKERRY_SHIM_ROOT", dir.join("r"))
-        .env("SKERRY_SHIM_LOG", dir.join("shim.log"))
-        .env("SKERRY_LOG", "debug")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    containerd::spawn(
+        dir,
+        ctd_config,
+        [
+            ("PATH", path.into()),
+            ("SKERRY_CONFIG", dir.join("skerry.toml")),
+            ("SKERRY_SHIM_ROOT", dir.join("r")),
+            ("SKERRY_SHIM_LOG", dir.join("shim.log")),
+            ("SKERRY_LOG", "debug".into()),
+        ],
+    )
 }
 
 pub fn text(bytes: &[u8]) -> String {
