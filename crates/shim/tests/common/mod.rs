@@ -113,6 +113,13 @@ pub struct World {
 }
 
 impl World {
+    /// This world's containerd namespace: its own, so that container-mode
+    /// tasks of two worlds never share a cgroup (`/<namespace>/<id>`).
+    pub fn namespace(&self) -> String {
+        let name = self.tmp.path().file_name().unwrap().to_string_lossy();
+        format!("skerry-test-{name}")
+    }
+
     pub fn new() -> Self {
         Self::with_config("")
     }
@@ -260,7 +267,7 @@ impl World {
     /// The socket a shim serving pod `sandbox` listens on (as
     /// containerd-shim derives it).
     pub fn shim_socket(&self, sandbox: &str) -> PathBuf {
-        let key = format!("{}/skerry-test/{sandbox}", self.socket.display());
+        let key = format!("{}/{}/{sandbox}", self.socket.display(), self.namespace());
         Path::new("/run/containerd/s").join(format!("{:x}", Sha256::digest(key.as_bytes())))
     }
 
@@ -318,8 +325,9 @@ impl World {
     /// needs), after shell commands `setup`; its output and exit status.
     pub fn ctr_on_terminal(&self, setup: &str, args: &str) -> (String, Option<i32>) {
         let cmd = format!(
-            "{setup} /usr/bin/ctr -a {} -n skerry-test {args}",
-            self.socket.display()
+            "{setup} /usr/bin/ctr -a {} -n {} {args}",
+            self.socket.display(),
+            self.namespace()
         );
         let out = Command::new("/usr/bin/script")
             .args(["-qec", &cmd, "/dev/null"])
@@ -333,7 +341,7 @@ impl World {
         let mut cmd = Command::new("/usr/bin/ctr");
         cmd.arg("-a")
             .arg(&self.socket)
-            .args(["-n", "skerry-test"])
+            .args(["-n", &self.namespace()])
             .stdin(Stdio::null());
         cmd
     }
@@ -397,7 +405,7 @@ impl World {
             "processes left behind"
         );
         assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left behind");
-        let state = self.tmp.path().join("r/skerry-test");
+        let state = self.tmp.path().join("r").join(self.namespace());
         let left: Vec<_> = fs::read_dir(&state)
             .into_iter()
             .flatten()
