@@ -9,13 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use nix::{
-    sys::{
-        signal::Signal,
-        wait::{waitpid, WaitStatus},
-    },
-    unistd::Pid,
-};
+use nix::{sys::signal::Signal, unistd::Pid};
 use skerry_runtime::{
     bundle::Bundle,
     config::{Config, Isolation},
@@ -218,15 +212,9 @@ pub async fn run(cli: &Cli, store: &StateStore, opts: &CreateArgs) -> anyhow::Re
 /// Waits for our child `pid` (a container-mode init or exec'd process),
 /// relaying signals to it; returns its status as a shell reports it.
 pub async fn wait_forwarding_signals(pid: u32) -> anyhow::Result<i32> {
-    let pid = Pid::from_raw(pid as i32);
-    let status = tokio::select! {
-        status = tokio::task::spawn_blocking(move || waitpid(pid, None)) => status?,
-        () = forward_signals_to(pid) => unreachable!("signal forwarding never ends"),
-    };
-    match status.with_context(|| format!("waiting for process {pid}"))? {
-        WaitStatus::Exited(_, code) => Ok(code),
-        WaitStatus::Signaled(_, signal, _) => Ok(128 + signal as i32),
-        other => bail!("process {pid}: unexpected wait status {other:?}"),
+    tokio::select! {
+        status = plain::wait(pid) => Ok(status?),
+        () = forward_signals_to(Pid::from_raw(pid as i32)) => unreachable!("signal forwarding never ends"),
     }
 }
 

@@ -134,7 +134,7 @@ pub async fn start(store: &StateStore, id: &str) -> Result<(), LifecycleError> {
         });
     }
     if s.isolation == Isolation::Container {
-        return Ok(plain::start(store, &s)?);
+        return Ok(plain::start(store, id)?);
     }
     control::call(&monitor_socket(store, id), &ControlRequest::Start).await?;
     Ok(())
@@ -163,7 +163,7 @@ pub async fn pause(store: &StateStore, id: &str, pause: bool) -> Result<(), Life
         });
     }
     if s.isolation == Isolation::Container {
-        return Ok(plain::pause(store, &s, pause)?);
+        return Ok(plain::pause(store, id, pause)?);
     }
     let req = if pause {
         ControlRequest::Pause

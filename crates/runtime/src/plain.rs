@@ -349,33 +349,36 @@ fn create_in(
     Ok(pid)
 }
 
-/// Records `status` in our state once libcontainer has moved there.
-fn record(store: &StateStore, state: &ContainerState, status: Status) -> Result<(), PlainError> {
-    let mut state = state.clone();
-    state.status = status;
-    Ok(store.save(&state)?)
+/// Records `status` in our state once libcontainer has moved there, unless
+/// the container has stopped meanwhile (a short-lived init may exit, and its
+/// waiter record that, before `start` returns).
+fn record(store: &StateStore, id: &str, status: Status) -> Result<(), PlainError> {
+    store.update(id, |s| {
+        if s.status != Status::Stopped {
+            s.status = status;
+        }
+    })?;
+    Ok(())
 }
 
 /// Starts a created container (runs its poststart hooks).
-pub fn start(store: &StateStore, state: &ContainerState) -> Result<(), PlainError> {
-    let id = &state.id;
+pub fn start(store: &StateStore, id: &str) -> Result<(), PlainError> {
     locked(store, id, || {
         load(store, id)?.start().map_err(lc_error(id, "start"))?;
-        record(store, state, Status::Running)
+        record(store, id, Status::Running)
     })
 }
 
 /// Freezes (`pause`) or thaws the container's cgroup.
-pub fn pause(store: &StateStore, state: &ContainerState, pause: bool) -> Result<(), PlainError> {
-    let id = &state.id;
+pub fn pause(store: &StateStore, id: &str, pause: bool) -> Result<(), PlainError> {
     locked(store, id, || {
         let mut container = load(store, id)?;
         if pause {
             container.pause().map_err(lc_error(id, "pause"))?;
-            record(store, state, Status::Paused)
+            record(store, id, Status::Paused)
         } else {
             container.resume().map_err(lc_error(id, "resume"))?;
-            record(store, state, Status::Running)
+            record(store, id, Status::Running)
         }
     })
 }

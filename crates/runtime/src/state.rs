@@ -5,11 +5,16 @@
 use std::{
     collections::HashMap,
     fs,
+    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::{
+    fcntl::{Flock, FlockArg},
+    sys::signal::Signal,
+    unistd::Pid,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +24,9 @@ use crate::config::Isolation;
 pub const DEFAULT_ROOT: &str = "/run/skerry";
 
 const STATE_FILE: &str = "state.json";
+
+/// Serialises [`StateStore::update`]s of one container.
+const UPDATE_LOCK_FILE: &str = ".state.lock";
 
 /// Failure of a state-store operation.
 #[derive(Debug, thiserror::Error)]
@@ -284,11 +292,11 @@ impl StateStore {
         })
     }
 
-    /// Writes the state atomically (temp file + rename).
+    /// Writes the state atomically (a temp file of its own + rename, so
+    /// concurrent writers never share a half-written file).
     pub fn save(&self, state: &ContainerState) -> Result<(), StateError> {
         let dir = self.dir(&state.id);
         let path = dir.join(STATE_FILE);
-        let tmp = dir.join(".state.json.tmp");
         let io = |source| StateError::Io {
             id: state.id.clone(),
             path: path.clone(),
@@ -297,8 +305,45 @@ impl StateStore {
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
         // Atomic, not durable: the state root is a tmpfs (/run) in practice,
         // and a container does not survive a host reboot anyway.
-        fs::write(&tmp, &json).map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".state.json.")
+            .tempfile_in(&dir)
+            .map_err(io)?;
+        tmp.write_all(&json).map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+
+    /// Reads, changes and writes back the state of container `id` as one
+    /// step: two processes (or tasks) recording a status never lose each
+    /// other's change. Returns the state written.
+    pub fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ContainerState),
+    ) -> Result<ContainerState, StateError> {
+        validate_id(id)?;
+        let path = self.dir(id).join(UPDATE_LOCK_FILE);
+        let io = |source| StateError::Io {
+            id: id.to_string(),
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StateError::NotFound(id.to_string()),
+                _ => io(e),
+            })?;
+        let _lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+        let mut state = self.load(id)?;
+        change(&mut state);
+        self.save(&state)?;
+        Ok(state)
     }
 
     /// Ids of all containers with a state file, sorted.
@@ -372,6 +417,48 @@ mod tests {
         store.remove("c1").unwrap();
         assert!(matches!(store.load("c1"), Err(StateError::NotFound(_))));
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn concurrent_updates_are_neither_lost_nor_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path());
+        store.create_dir("c1").unwrap();
+        store.save(&state("c1")).unwrap();
+        // Writers in threads of one process, as the shim's tasks are.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..50 {
+                        store
+                            .update("c1", |s| {
+                                let n: u32 =
+                                    s.annotations.get("n").map_or(0, |n| n.parse().unwrap());
+                                s.annotations.insert("n".into(), (n + 1).to_string());
+                            })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.load("c1").unwrap().annotations["n"], "200");
+        // Plain saves racing each other all succeed.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..50).for_each(|_| store.save(&state("c1")).unwrap()));
+            }
+        });
+        // No temp file is left behind.
+        let mut names: Vec<_> = fs::read_dir(store.dir("c1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [UPDATE_LOCK_FILE, STATE_FILE]);
+        assert!(matches!(
+            store.update("gone", |_| {}),
+            Err(StateError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -290,15 +290,16 @@ impl Prepared {
     /// Records the pod VM's processes, so that the `delete` action can stop
     /// them if the shim dies.
     pub fn record_vm(&self, pod: &Pod) -> Result<(), TaskError> {
-        let mut state = self.store.load(&self.id)?;
-        state.vm_processes = pod
-            .sandbox
-            .vm_pids()
-            .into_iter()
-            .filter_map(ProcessId::of)
-            .collect();
-        state.agent_socket = Some(pod.sandbox.vsock_path());
-        Ok(self.store.save(&state)?)
+        self.store.update(&self.id, |state| {
+            state.vm_processes = pod
+                .sandbox
+                .vm_pids()
+                .into_iter()
+                .filter_map(ProcessId::of)
+                .collect();
+            state.agent_socket = Some(pod.sandbox.vsock_path());
+        })?;
+        Ok(())
     }
 
     /// Undoes `new`.
@@ -745,10 +746,9 @@ impl Container {
 
     /// Records the status in state.json (read only by the `delete` action).
     fn save_status(&self, status: Status) {
-        let saved = self.store.load(&self.id).and_then(|mut s| {
+        let saved = self.store.update(&self.id, |s| {
             s.status = status;
             s.exit_status = self.init.exit().map(|e| e.status as i32);
-            self.store.save(&s)
         });
         if let Err(e) = saved {
             warn!(container = %self.id, error = %e, "recording status");
