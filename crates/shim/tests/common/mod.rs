@@ -456,6 +456,18 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = self.containerd.kill();
         let _ = self.containerd.wait();
+        remove_namespace_cgroups(&self.namespace());
+    }
+}
+
+/// containerd puts a container-mode task's cgroup at `/<namespace>/<id>`:
+/// the task's own goes with the task, the namespace's stays. Removes it (empty
+/// by now) from every hierarchy (cgroup v1) or the unified one (v2).
+fn remove_namespace_cgroups(namespace: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let _ = fs::remove_dir(root.join(namespace));
+    for hierarchy in fs::read_dir(root).into_iter().flatten().flatten() {
+        let _ = fs::remove_dir(hierarchy.path().join(namespace));
     }
 }
 
