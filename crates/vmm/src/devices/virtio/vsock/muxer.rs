@@ -342,6 +342,8 @@ impl Muxer {
         }
     }
 
+    /// A guest's connection request: connects to the host listener for the
+    /// port, `<uds>_<port>`, or resets.
     fn guest_connect(&mut self, h: &Hdr) {
         let (local, peer) = (h.dst_port, h.src_port);
         if self.conns.contains_key(&(local, peer)) || self.conns.len() >= MAX_CONNECTIONS {
@@ -349,12 +351,9 @@ impl Muxer {
             return;
         }
         let path = format!("{}_{}", self.uds.display(), local);
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => {
-                self.rst(local, peer);
-                return;
-            }
+        let Ok(stream) = connect_nonblocking(Path::new(&path)) else {
+            self.rst(local, peer);
+            return;
         };
         self.insert(Self::new_conn(stream, State::Established, local, peer, h));
         self.metrics.connections += 1;
@@ -572,4 +571,20 @@ impl Muxer {
             }
         }
     }
+}
+
+/// Connects to the Unix socket `path` without ever waiting: a listener whose
+/// backlog is full (a host service that stopped accepting, or a guest opening
+/// connections faster than it accepts) fails the connect with `EAGAIN` instead
+/// of stalling the device thread, and the guest gets a reset.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
 }
