@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
+use skerry_container::cgroup_file::{keyed, number};
 use skerry_protocol as pb;
 use tracing::warn;
 
@@ -150,31 +151,12 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     std::fs::write(&path, value).map_err(|source| CgroupError { path, source })
 }
 
-/// A single-number file; "max" (no limit) reads as 0.
-fn number(text: &str) -> u64 {
-    text.trim().parse().unwrap_or(0)
-}
-
-/// The value of `key` in a flat-keyed file such as cpu.stat.
-fn keyed(text: &str, key: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| l.split_once(' '))
-        .find(|(k, _)| *k == key)
-        .map_or(0, |(_, v)| number(v))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn flat_keyed_and_single_values_parse() {
-        let cpu = "usage_usec 1234\nuser_usec 1000\nsystem_usec 234\nnr_periods 0\n";
-        assert_eq!(keyed(cpu, "usage_usec"), 1234);
-        assert_eq!(keyed(cpu, "system_usec"), 234);
-        assert_eq!(keyed(cpu, "usage"), 0);
-        assert_eq!(number("max\n"), 0);
-        assert_eq!(number("4096\n"), 4096);
+    fn limits_are_written_as_cgroup_values() {
         assert_eq!(limit_value(-1), "max");
         assert_eq!(limit_value(0), "max");
         assert_eq!(limit_value(512), "512");

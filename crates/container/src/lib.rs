@@ -5,6 +5,7 @@
 //! rlimits, ids) are in [`spec`], [`mounts`] and [`id`]; the parent side of a launch
 //! is [`launch`], the child side (`<binary> init`) is [`init`]; raw syscalls sit in [`sys`].
 
+pub mod cgroup_file;
 pub mod channel;
 pub mod id;
 pub mod init;

@@ -34,6 +34,7 @@ use nix::{
     unistd::Pid,
 };
 use oci_spec::runtime::{LinuxResources, Spec};
+use skerry_container::cgroup_file;
 use skerry_protocol::StatsContainerResponse;
 
 use crate::{
@@ -439,19 +440,48 @@ pub fn exec_with_stdio(
     Ok(pid.as_raw() as u32)
 }
 
-/// The container's cgroup manager.
-fn cgroup_manager(store: &StateStore, id: &str) -> Result<AnyCgroupManager, PlainError> {
+/// The container's cgroup manager, and its cgroup path.
+fn cgroup_manager(store: &StateStore, id: &str) -> Result<(AnyCgroupManager, PathBuf), PlainError> {
     let config = locked(store, id, || {
         load(store, id)?
             .spec()
             .map_err(lc_error(id, "reading its config"))
     })?;
-    create_cgroup_manager(CgroupConfig {
-        cgroup_path: config.cgroup_path,
+    let manager = create_cgroup_manager(CgroupConfig {
+        cgroup_path: config.cgroup_path.clone(),
         systemd_cgroup: false,
         container_name: id.to_string(),
     })
-    .map_err(|e| cgroup_error(id, &e))
+    .map_err(|e| cgroup_error(id, &e))?;
+    Ok((manager, config.cgroup_path))
+}
+
+/// How many of the container's processes the kernel's OOM killer ended:
+/// the `oom_kill` count of its memory cgroup (`memory.oom_control` on
+/// cgroup v1, `memory.events` on v2).
+fn oom_kills(id: &str, manager: &AnyCgroupManager, cgroup_path: &Path) -> Result<u64, PlainError> {
+    let (mount, file) = match manager {
+        AnyCgroupManager::V1(_) => (
+            libcgroups::v1::util::get_subsystem_mount_point(
+                &libcgroups::v1::ControllerType::Memory,
+            )
+            .map_err(|e| cgroup_error(id, &e))?,
+            "memory.oom_control",
+        ),
+        _ => (
+            libcgroups::v2::util::get_unified_mount_point().map_err(|e| cgroup_error(id, &e))?,
+            "memory.events",
+        ),
+    };
+    let path = mount
+        .join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path))
+        .join(file);
+    let text = fs::read_to_string(&path).map_err(|source| PlainError::Io {
+        id: id.into(),
+        path,
+        source,
+    })?;
+    Ok(cgroup_file::keyed(&text, "oom_kill"))
 }
 
 fn cgroup_error(id: &str, e: &dyn std::fmt::Display) -> PlainError {
@@ -464,6 +494,7 @@ fn cgroup_error(id: &str, e: &dyn std::fmt::Display) -> PlainError {
 /// Host pids of every process in the container's cgroup.
 pub fn pids(store: &StateStore, id: &str) -> Result<Vec<u32>, PlainError> {
     let mut pids: Vec<u32> = cgroup_manager(store, id)?
+        .0
         .get_all_pids()
         .map_err(|e| cgroup_error(id, &e))?
         .into_iter()
@@ -493,10 +524,10 @@ pub async fn wait(pid: u32) -> Result<i32, PlainError> {
     }
 }
 
-/// Resource usage and host pids of the container, from its host cgroup
-/// (CPU times in µs; the OOM-kill count is not read and stays 0).
+/// Resource usage, OOM kills and host pids of the container, from its host
+/// cgroup (CPU times in µs).
 pub fn stats(store: &StateStore, id: &str) -> Result<StatsContainerResponse, PlainError> {
-    let manager = cgroup_manager(store, id)?;
+    let (manager, cgroup_path) = cgroup_manager(store, id)?;
     let s = manager.stats().map_err(|e| cgroup_error(id, &e))?;
     let cpu = &s.cpu.usage;
     let (usage, user, system) = match manager {
@@ -516,7 +547,7 @@ pub fn stats(store: &StateStore, id: &str) -> Result<StatsContainerResponse, Pla
         memory_limit: s.memory.memory.limit,
         pids_current: s.pids.current,
         pids_limit: s.pids.limit,
-        oom_kills: 0,
+        oom_kills: oom_kills(id, &manager, &cgroup_path)?,
         pids: pids(store, id)?,
         ..Default::default()
     })
@@ -525,6 +556,7 @@ pub fn stats(store: &StateStore, id: &str) -> Result<StatsContainerResponse, Pla
 /// Applies new resource limits to the container's cgroup (`update`).
 pub fn update(store: &StateStore, id: &str, resources: &LinuxResources) -> Result<(), PlainError> {
     cgroup_manager(store, id)?
+        .0
         .apply(&ControllerOpt {
             resources,
             disable_oom_killer: false,

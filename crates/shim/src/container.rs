@@ -784,7 +784,7 @@ impl Container {
                 Ok(exit) => {
                     info!(container = %self.id, status = exit.status, signal = exit.signal, "container exited");
                     relay.finish().await;
-                    self.report_oom(agent).await;
+                    self.report_oom().await;
                     exit.status
                 }
                 Err(e) => {
@@ -815,6 +815,9 @@ impl Container {
         };
         pumps.finish().await;
         info!(container = %self.id, exec = %p.exec_id, status, "process exited");
+        if p.exec_id.is_empty() {
+            self.report_oom().await;
+        }
         let exit = Exit::now(status);
         p.record_exit(exit);
         if p.exec_id.is_empty() {
@@ -823,10 +826,11 @@ impl Container {
         self.publish_exit(&p, exit).await;
     }
 
-    /// Publishes TaskOOM if the guest's OOM killer ended a process of the
-    /// container (its cgroup's `oom_kill` count).
-    async fn report_oom(&self, agent: &AgentConn) {
-        match agent.stats(&self.id).await {
+    /// Publishes TaskOOM if the OOM killer (the guest's, or the host's in
+    /// container isolation) ended a process of the container (its cgroup's
+    /// `oom_kill` count).
+    async fn report_oom(&self) {
+        match self.stats().await {
             Ok(stats) if stats.oom_kills > 0 => {
                 warn!(container = %self.id, kills = stats.oom_kills, "out of memory");
                 let event = TaskOOM {

@@ -233,3 +233,9 @@ fn plain_shim_pod_containers_share_the_isolation() {
     }
     w.delete_all(&["p1c", "p1"]);
 }
+
+#[test]
+fn plain_shim_oom_kill_publishes_task_oom() {
+    require_host!();
+    oom_kill_publishes_task_oom(&World::with_config(CONTAINER_MODE));
+}

@@ -5,8 +5,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::Child,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -178,42 +177,6 @@ fn vm_shim_vm_death_exits_every_task_with_255() {
     w.assert_clean();
 }
 
-/// Collects `ctr events` output in a file until dropped.
-struct EventLog {
-    child: Child,
-    path: PathBuf,
-}
-
-impl EventLog {
-    fn start(w: &World) -> Self {
-        let path = w.tmp.path().join("events.txt");
-        let child = w
-            .ctr()
-            .arg("events")
-            .stdout(fs::File::create(&path).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, path }
-    }
-
-    /// TaskExit events seen so far.
-    fn exits(&self) -> Vec<String> {
-        fs::read_to_string(&self.path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("/tasks/exit"))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for EventLog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn vm_shim_pod_shares_one_vm_and_dies_together() {
     require_vm!();
@@ -312,7 +275,7 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
     let killed = Instant::now();
     let exits = loop {
         let exits: Vec<String> = events
-            .exits()
+            .topic("/tasks/exit")
             .into_iter()
             .filter(|e| e.contains("\"exit_status\":255"))
             .collect();
@@ -402,49 +365,7 @@ fn vm_shim_tty_and_exit_status() {
 #[test]
 fn vm_shim_oom_kill_publishes_task_oom() {
     require_vm!();
-    let w = World::new();
-    let events = EventLog::start(&w);
-    // The shell doubles a string until the 32 MiB limit (the container's
-    // guest cgroup) stops it.
-    let out = w.run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--memory-limit",
-        "33554432",
-        IMAGE,
-        "oom1",
-        "sh",
-        "-c",
-        "a=x; while true; do a=$a$a; done",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(137),
-        "{}\n{}",
-        text(&out.stderr),
-        w.log()
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let oom = loop {
-        let log = fs::read_to_string(&events.path).unwrap_or_default();
-        let oom: Vec<String> = log
-            .lines()
-            .filter(|l| l.contains("/tasks/oom"))
-            .map(str::to_string)
-            .collect();
-        if !oom.is_empty() || Instant::now() > deadline {
-            break oom;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        oom.iter().any(|e| e.contains("\"oom1\"")),
-        "no TaskOOM for oom1: {oom:?}\n{}",
-        w.log()
-    );
-    w.assert_clean();
+    oom_kill_publishes_task_oom(&World::new());
 }
 
 #[test]

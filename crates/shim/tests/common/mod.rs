@@ -499,3 +499,81 @@ pub fn run_ok(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
 }
+
+/// Collects `ctr events` output in a file until dropped.
+pub struct EventLog {
+    child: Child,
+    path: PathBuf,
+}
+
+impl EventLog {
+    pub fn start(w: &World) -> Self {
+        let path = w.tmp.path().join("events.txt");
+        let child = w
+            .ctr()
+            .arg("events")
+            .stdout(fs::File::create(&path).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, path }
+    }
+
+    /// The events of `topic` (e.g. `/tasks/exit`) seen so far.
+    pub fn topic(&self, topic: &str) -> Vec<String> {
+        fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(topic))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A task that outgrows its 32 MiB memory limit is killed by the OOM killer
+/// (the guest's, or the host's in container isolation): `ctr run` reports
+/// 137 and containerd gets TaskOOM.
+pub fn oom_kill_publishes_task_oom(w: &World) {
+    let events = EventLog::start(w);
+    // The shell doubles a string until the limit stops it.
+    let out = w.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        "oom1",
+        "sh",
+        "-c",
+        "a=x; while true; do a=$a$a; done",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}\n{}",
+        text(&out.stderr),
+        w.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let oom = loop {
+        let oom = events.topic("/tasks/oom");
+        if !oom.is_empty() || Instant::now() > deadline {
+            break oom;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        oom.iter().any(|e| e.contains("\"oom1\"")),
+        "no TaskOOM for oom1: {oom:?}\n{}",
+        w.log()
+    );
+    w.assert_clean();
+}
