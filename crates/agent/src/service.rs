@@ -194,6 +194,17 @@ impl pb::Agent for AgentService {
         Ok(pb::Empty::new())
     }
 
+    async fn remove_process(
+        &self,
+        _: &TtrpcContext,
+        req: pb::RemoveProcessRequest,
+    ) -> RpcResult<pb::Empty> {
+        self.sandbox
+            .remove_exec(&req.container_id, &req.exec_id)
+            .map_err(|e| to_status("RemoveProcess", e))?;
+        Ok(pb::Empty::new())
+    }
+
     async fn exec_process(
         &self,
         _: &TtrpcContext,

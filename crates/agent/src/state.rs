@@ -206,6 +206,21 @@ impl Sandbox {
             })
     }
 
+    /// Forgets exec'd process `exec_id` of container `id` once it has exited,
+    /// so that a long-lived container does not accumulate one entry per exec
+    /// (e.g. Kubernetes exec probes) and the id can be used again.
+    pub fn remove_exec(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
+        let c = self.container(id)?;
+        let p = self.process(id, exec_id)?;
+        if exec_id.is_empty() || p.exited().is_none() {
+            return Err(AgentError::WrongState(format!(
+                "container {id}: process {exec_id:?} is not an exited exec"
+            )));
+        }
+        lock(&c.execs).remove(exec_id);
+        Ok(())
+    }
+
     /// Creates a container that waits for [`Sandbox::start`]; returns its init pid. A
     /// non-empty `join_namespaces_of` names the pod's sandbox container, whose IPC and UTS
     /// namespaces the new one joins where its spec joins them by path.

@@ -226,6 +226,20 @@ impl AgentConn {
         Ok(())
     }
 
+    /// Forgets an exec'd process that has exited.
+    pub async fn remove_process(&self, name: Proc<'_>) -> Result<(), AgentError> {
+        let req = proto::RemoveProcessRequest {
+            container_id: name.container.into(),
+            exec_id: name.exec.into(),
+            ..Default::default()
+        };
+        self.client
+            .remove_process(timed(), &req)
+            .await
+            .map_err(map_err("RemoveProcess"))?;
+        Ok(())
+    }
+
     /// Resource usage and guest pids of a container (its guest cgroup).
     pub async fn stats(&self, id: &str) -> Result<proto::StatsContainerResponse, AgentError> {
         let req = proto::StatsContainerRequest {

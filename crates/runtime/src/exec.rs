@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use oci_spec::runtime::Process;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     agent_client::{AgentConn, Proc},
@@ -134,6 +134,9 @@ pub async fn run(mut opts: ExecOptions, stdio: ProcessStdio) -> i32 {
         Ok(exit) => {
             relay.finish().await;
             info!(container = %id, exec = %exec_id, status = exit.status, "exec exited");
+            if let Err(e) = agent.remove_process(name).await {
+                warn!(container = %id, exec = %exec_id, error = %error_chain(&e), "removing the exec from the VM");
+            }
             exit.status
         }
         Err(e) => {

@@ -289,7 +289,7 @@ impl TaskService {
             info!(container = %req.id, status = exit.status, "task deleted");
             Some(exit)
         } else {
-            c.delete_exec(&req.exec_id)?
+            c.delete_exec(&req.exec_id).await?
         };
         Ok(api::DeleteResponse {
             pid,

@@ -96,6 +96,9 @@ fn vm_shim_run_exec_kill_delete_leaves_nothing() {
         w.log()
     );
     assert_eq!(out.status.code(), Some(4));
+    // ctr deleted the exec once it ended: its id is free again.
+    let out = w.ok(&["task", "exec", "--exec-id", "e1", "c2", "echo", "again"]);
+    assert_eq!(out, "again\n");
 
     w.ok(&["task", "kill", "-s", "SIGKILL", "c2"]);
     w.wait_stopped("c2", Duration::from_secs(20));
