@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: start→exit of /bin/true (`RUNTIME run --bundle B ID`: create,
 # start, wait, delete) with skerry in container mode, crun and runc, on the
-# same busybox bundle, interleaved in one hyperfine run. Prints the medians and
-# skerry's ratio to each.
+# same busybox bundle, in one hyperfine run. Prints the medians and skerry's
+# ratio to each. If `youki` (the runtime of the libcontainer crate skerry's
+# container mode is built on) is on PATH, it runs too: it shows how much of
+# the time is the library's.
 #
 # crun 1.8 refuses this host's hybrid cgroup layout unless hugetlb is a v1
 # hierarchy: the script mounts it there if it is missing (see
@@ -43,15 +45,19 @@ json.dump(spec, open(path, "w"))
 PY
 
 skerry="$PWD/target/release/skerry --root $work/skerry --config $work/config.toml"
+peers=(-n crun "crun --root $work/crun run --bundle $work/bundle bench-crun"
+    -n runc "runc --root $work/runc run --bundle $work/bundle bench-runc")
+if command -v youki >/dev/null; then
+    peers+=(-n youki "youki --root $work/youki run --bundle $work/bundle bench-youki")
+fi
 hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/result.json" \
-    -n skerry "$skerry run --bundle $work/bundle bench-skerry" \
-    -n crun "crun --root $work/crun run --bundle $work/bundle bench-crun" \
-    -n runc "runc --root $work/runc run --bundle $work/bundle bench-runc"
+    -n skerry "$skerry run --bundle $work/bundle bench-skerry" "${peers[@]}"
 
 python3 - "$work/result.json" <<'PY'
 import json, sys
 r = {x["command"]: x["median"] * 1000 for x in json.load(open(sys.argv[1]))["results"]}
-for name in ("skerry", "crun", "runc"):
-    print(f"run /bin/true  {name:6}  median {r[name]:7.2f} ms")
-print(f"skerry / crun = {r['skerry'] / r['crun']:.2f}x   skerry / runc = {r['skerry'] / r['runc']:.2f}x")
+for name, median in r.items():
+    print(f"run /bin/true  {name:6}  median {median:7.2f} ms")
+print("   ".join(f"skerry / {name} = {r['skerry'] / median:.2f}x"
+                  for name, median in r.items() if name != "skerry"))
 PY

@@ -62,7 +62,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Run(args) => container_cmd::run(cli, &store, args).await,
         Command::Create(args) => {
-            container_cmd::create(cli, &store, args, true)?;
+            container_cmd::create(cli, &store, args, true).await?;
             Ok(0)
         }
         Command::Exec(args) => exec_cmd::exec(cli, &store, args).await,

@@ -81,7 +81,7 @@ pub enum Created {
 /// `create`: validates; for a VM container starts the monitor and waits
 /// until it reports the container created (or the error); in container mode
 /// creates the container with libcontainer.
-pub fn create(
+pub async fn create(
     cli: &Cli,
     store: &StateStore,
     opts: &CreateArgs,
@@ -113,7 +113,13 @@ pub fn create(
     let child = match started {
         Ok(child) => child,
         Err(e) => {
-            // The monitor removes what it made; this covers an early failure.
+            // A monitor that failed removed what it made; one that died (was
+            // killed) left its state, with the VM processes it launched.
+            if store.load(id).is_ok() {
+                if let Err(cleanup) = lifecycle::delete(store, id, true).await {
+                    tracing::warn!(container = id, error = %cleanup, "cleaning up after the monitor");
+                }
+            }
             let _ = store.remove(id);
             return Err(e);
         }
@@ -178,7 +184,7 @@ pub fn relay_options() -> RelayOptions {
 /// `run`: create, start, wait, delete; the container's status is ours.
 pub async fn run(cli: &Cli, store: &StateStore, opts: &CreateArgs) -> anyhow::Result<i32> {
     let id = opts.id.as_str();
-    let (mut child, terminal) = match create(cli, store, opts, false)? {
+    let (mut child, terminal) = match create(cli, store, opts, false).await? {
         Created::Vm(child, terminal) => (child, terminal),
         Created::Plain(pid) => {
             if let Err(e) = lifecycle::start(store, id).await {

@@ -773,6 +773,66 @@ fn vm_killing_qemu_ends_the_container_and_delete_cleans_up() {
     w.assert_clean("kq");
 }
 
+#[test]
+fn vm_monitor_killed_while_the_guest_boots_leaves_nothing() {
+    require_vm!();
+    let w = World::new();
+    let bundle = w.bundle("b", &["true"]);
+    let create = w
+        .skerry()
+        .args(["create", "--bundle", bundle.to_str().unwrap(), "kb"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The VM's processes are in the state as soon as they run, while the
+    // guest still boots (status "creating").
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (monitor, vm) = loop {
+        if let Ok(bytes) = std::fs::read(w.root.join("kb/state.json")) {
+            let state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let vm: Vec<i32> = state["vm_processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["pid"].as_i64().unwrap() as i32)
+                .collect();
+            if !vm.is_empty() {
+                assert_eq!(state["status"], "creating", "recorded only after boot");
+                break (state["monitor"]["pid"].as_i64().unwrap() as i32, vm);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no VM process recorded\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // `create` fails, after stopping what the monitor launched.
+    let out = create.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", w.log());
+    assert!(
+        stderr(&out).contains("exited before reporting"),
+        "{}",
+        stderr(&out)
+    );
+    for pid in vm {
+        assert!(
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z")),
+            "VM process {pid} left running"
+        );
+    }
+    w.assert_clean("kb");
+}
+
 both_isolations!(
     vm_killing_the_monitor_then_delete_force_cleans_up,
     plain_killing_the_init_then_delete_force_cleans_up,

@@ -18,7 +18,7 @@ use crate::{
     lifecycle::{bundle_hooks, spec_hooks},
     mounts::HostMounts,
     relay::{ProcessStdio, Relay, RelayOptions},
-    sandbox::{Sandbox, SandboxParams, SandboxPaths, VmLauncher},
+    sandbox::{RecordingLauncher, Sandbox, SandboxParams, SandboxPaths, VmLauncher},
     state::{ContainerState, ProcessId, StateStore, Status},
 };
 
@@ -93,12 +93,18 @@ pub async fn run(
         return fail(&mut opts, error_chain(&e));
     }
     let paths = SandboxPaths::new(&store, &id);
-    let sandbox = match Sandbox::create(&id, &bundle, &opts.params, &paths, launcher, mounts).await
+    let launcher = RecordingLauncher {
+        inner: launcher,
+        store: &store,
+        id: &id,
+    };
+    let sandbox = match Sandbox::create(&id, &bundle, &opts.params, &paths, &launcher, mounts).await
     {
         Ok(s) => s,
         Err(e) => return fail(&mut opts, error_chain(&e)),
     };
     state.status = Status::Created;
+    // As recorded at launch (the monitor rewrites the whole state from here).
     state.vm_processes = sandbox
         .vm_pids()
         .into_iter()

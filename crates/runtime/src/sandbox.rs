@@ -24,7 +24,7 @@ use crate::{
     net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
     share::{self, ShareError},
-    state::StateStore,
+    state::{ProcessId, StateStore},
 };
 
 /// Pause between attempts to reach the booting agent.
@@ -124,6 +124,31 @@ pub struct ConfiguredLauncher(pub HypervisorConfig);
 impl VmLauncher for ConfiguredLauncher {
     async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
         crate::hypervisor::launch(&self.0, spec).await
+    }
+}
+
+/// Records the host processes of each VM `inner` launches in the state of
+/// container `id` (`vm_processes`) as soon as they run, not only once the
+/// guest answers: when the caller (monitor or shim) is killed while the guest
+/// boots, `delete` still finds and stops them.
+pub struct RecordingLauncher<'a> {
+    /// The launcher that boots the VM.
+    pub inner: &'a dyn VmLauncher,
+    /// The state store holding the container.
+    pub store: &'a StateStore,
+    /// The container whose VM this is.
+    pub id: &'a str,
+}
+
+#[async_trait]
+impl VmLauncher for RecordingLauncher<'_> {
+    async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+        let vm = self.inner.launch(spec).await?;
+        let processes = vm.pids().into_iter().filter_map(ProcessId::of).collect();
+        if let Err(e) = self.store.update(self.id, |s| s.vm_processes = processes) {
+            warn!(sandbox = self.id, error = %e, "recording the VM's processes");
+        }
+        Ok(vm)
     }
 }
 

@@ -38,7 +38,7 @@ use skerry_runtime::{
     mounts::{HostMounts, SysMounts},
     plain::{self, CreateOptions, ExecOptions},
     relay::{Relay, RelayOptions},
-    state::{self, ContainerState, ProcessId, StateStore, Status},
+    state::{self, ContainerState, StateStore, Status},
 };
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -287,16 +287,10 @@ impl Prepared {
         self.bundle.spec.annotations().clone().unwrap_or_default()
     }
 
-    /// Records the pod VM's processes, so that the `delete` action can stop
-    /// them if the shim dies.
+    /// Records the pod VM's agent socket (its processes were recorded at
+    /// launch, see `RecordingLauncher`), for the `delete` action.
     pub fn record_vm(&self, pod: &Pod) -> Result<(), TaskError> {
         self.store.update(&self.id, |state| {
-            state.vm_processes = pod
-                .sandbox
-                .vm_pids()
-                .into_iter()
-                .filter_map(ProcessId::of)
-                .collect();
             state.agent_socket = Some(pod.sandbox.vsock_path());
         })?;
         Ok(())

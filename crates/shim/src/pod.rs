@@ -11,7 +11,7 @@ use std::{
 use skerry_runtime::{
     config::Config,
     mounts::SysMounts,
-    sandbox::{ConfiguredLauncher, Sandbox, SandboxParams, SandboxPaths},
+    sandbox::{ConfiguredLauncher, RecordingLauncher, Sandbox, SandboxParams, SandboxPaths},
     state::{self, StateStore},
 };
 use tokio::sync::{watch, Notify};
@@ -134,6 +134,11 @@ impl Pod {
         params.memory_mib = memory_mib;
         let paths = SandboxPaths::new(store, id);
         let launcher = ConfiguredLauncher(config.hypervisor.clone());
+        let launcher = RecordingLauncher {
+            inner: &launcher,
+            store,
+            id,
+        };
         let sandbox = Sandbox::boot(
             id,
             hostname,
