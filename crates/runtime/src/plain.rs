@@ -29,7 +29,6 @@ use libcontainer::{
     syscall::syscall::SyscallType,
 };
 use nix::{
-    fcntl::{Flock, FlockArg},
     sys::wait::{waitpid, WaitStatus},
     unistd::Pid,
 };
@@ -41,7 +40,7 @@ use crate::{
     bundle::Bundle,
     config::Isolation,
     monitor::now_rfc3339,
-    state::{ContainerState, ProcessId, StateError, StateStore, Status},
+    state::{lock_exclusive, ContainerState, ProcessId, StateError, StateStore, Status},
 };
 
 /// libcontainer's root inside a container's state directory.
@@ -209,14 +208,7 @@ fn locked<T>(
         path: path.clone(),
         source,
     };
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
-    let _lock = Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+    let _lock = lock_exclusive(&path).map_err(io)?;
     f()
 }
 

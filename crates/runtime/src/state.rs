@@ -208,6 +208,17 @@ impl ContainerState {
     }
 }
 
+/// Opens (creating it) and exclusively `flock`s the file at `path`; the lock
+/// holds until the returned guard is dropped.
+pub fn lock_exclusive(path: &Path) -> std::io::Result<Flock<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
+}
+
 /// Longest container id on the host: the VM's socket paths, which live under
 /// the container's state directory, must fit in a Unix socket address.
 pub const MAX_ID_LEN: usize = 64;
@@ -329,17 +340,10 @@ impl StateStore {
             path: path.clone(),
             source,
         };
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => StateError::NotFound(id.to_string()),
-                _ => io(e),
-            })?;
-        let _lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+        let _lock = lock_exclusive(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StateError::NotFound(id.to_string()),
+            _ => io(e),
+        })?;
         let mut state = self.load(id)?;
         change(&mut state);
         self.save(&state)?;
