@@ -203,15 +203,19 @@ fn assert_no_failures(failures: &[String], cases: usize) {
 
 /// Runs every case under both runtimes; panics listing each mismatch.
 fn check(cases: &[Case]) {
-    let w = World::plain();
+    check_in(&World::plain(), cases)
+}
+
+/// [`check`] in `w`.
+fn check_in(w: &World, cases: &[Case]) {
     let mut failures = vec![];
     for case in cases {
         let mut seen = vec![];
         let mut details = String::new();
         for rt in [Runc, Skerry] {
-            let dir = bundle(&w, case.name, rt, case.edit, case.script);
-            let out = rt.run(&w, &["run", "--bundle", dir.to_str().unwrap(), case.name]);
-            seen.push(observed(&w, case.name, rt, &out));
+            let dir = bundle(w, case.name, rt, case.edit, case.script);
+            let out = rt.run(w, &["run", "--bundle", dir.to_str().unwrap(), case.name]);
+            seen.push(observed(w, case.name, rt, &out));
             details.push_str(&format!("--- {} stderr:\n{}", rt.name(), stderr(&out)));
         }
         compare(
@@ -234,36 +238,57 @@ fn lines(l: &[&str]) -> Vec<String> {
 fn process() {
     require_runc!();
     check(&[
-        case("args", |s, _| {
-            let args = s["process"]["args"].as_array_mut().unwrap();
-            args.extend(["zero".into(), "one".into(), "two words".into()]);
-        }, r#"echo "$0|$1|$2|$#""#),
-        case("env", |s, _| {
-            s["process"]["env"] = json!(["PATH=/bin", "FOO=bar", "EMPTY=", "SPACE=a b"]);
-        }, "env | sort"),
+        case(
+            "args",
+            |s, _| {
+                let args = s["process"]["args"].as_array_mut().unwrap();
+                args.extend(["zero".into(), "one".into(), "two words".into()]);
+            },
+            r#"echo "$0|$1|$2|$#""#,
+        ),
+        case(
+            "env",
+            |s, _| s["process"]["env"] = json!(["PATH=/bin", "FOO=bar", "EMPTY=", "SPACE=a b"]),
+            "env | sort",
+        ),
         case("env-default", unchanged, "env | sort"),
         Case {
             name: "cwd-missing",
             edit: |s, _| s["process"]["cwd"] = "/tmp/work".into(),
             script: "pwd; stat -c '%a %u:%g' .",
             known: Some(Known {
-                reason: "libcontainer does not create a missing process.cwd (runc does); create fails",
+                reason: "libcontainer does not create a missing process.cwd (runc does): \
+                         create fails",
                 runc: &["/tmp/work", "755 0:0", "exit 0"],
                 skerry: &["exit 1"],
             }),
         },
         case("cwd", |s, _| s["process"]["cwd"] = "/dev/shm".into(), "pwd"),
-        case("user", |s, _| {
-            s["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [10, 20]});
-        }, "id; grep -E '^(Uid|Gid|Groups):' /proc/self/status"),
-        case("user-umask", |s, _| {
-            s["process"]["user"]["umask"] = 0o077.into();
-        }, "umask; touch /dev/shm/f; stat -c %a /dev/shm/f"),
+        case(
+            "user",
+            |s, _| {
+                s["process"]["user"] =
+                    json!({"uid": 1000, "gid": 1001, "additionalGids": [10, 20]});
+            },
+            "id; grep -E '^(Uid|Gid|Groups):' /proc/self/status",
+        ),
+        case(
+            "user-umask",
+            |s, _| s["process"]["user"]["umask"] = 0o077.into(),
+            "umask; touch /dev/shm/f; stat -c %a /dev/shm/f",
+        ),
         case("umask-default", unchanged, "umask"),
+        // args[0] is looked up in the process's PATH: here it is not found.
+        case(
+            "path-lookup",
+            |s, _| s["process"]["env"] = json!(["PATH=/nonexistent"]),
+            "true",
+        ),
         Case {
             name: "stdio",
             edit: unchanged,
-            script: "echo out; echo err >&2; readlink /proc/self/fd/0 | sed 's/:.*//'; cat; echo read $?",
+            script: "echo out; echo err >&2; readlink /proc/self/fd/0 | sed 's/:.*//'; \
+                     cat; echo read $?",
             known: Some(Known {
                 reason: "runc run (not detached) relays stdio through pipes of its own; skerry \
                          passes its own fds, as runc create does",
@@ -288,18 +313,8 @@ fn exit_status() {
         case("exit3", unchanged, "exit 3"),
         case("exit255", unchanged, "exit 255"),
         // The init of a pid namespace cannot signal itself to death.
-        Case {
-            name: "sigkill",
-            edit: no_pid_namespace,
-            script: "kill -KILL $$",
-            known: None,
-        },
-        Case {
-            name: "sigterm",
-            edit: no_pid_namespace,
-            script: "kill -TERM $$",
-            known: None,
-        },
+        case("sigkill", no_pid_namespace, "kill -KILL $$"),
+        case("sigterm", no_pid_namespace, "kill -TERM $$"),
     ]);
 }
 
@@ -319,6 +334,15 @@ fn rlimits() {
                 ]);
             },
             "grep -E '^Max (open files|processes|core file size|stack size)' /proc/self/limits",
+        ),
+        // Above what the runtime may raise to (see host notes): both refuse.
+        case(
+            "above-the-hard-limit",
+            |s, _| {
+                s["process"]["rlimits"] =
+                    json!([{"type": "RLIMIT_NOFILE", "soft": 1048576, "hard": 1048576}]);
+            },
+            "ulimit -n",
         ),
     ]);
 }
@@ -378,20 +402,59 @@ fn seccomp(s: &mut Value, rules: Value) {
 fn seccomp_filters() {
     require_runc!();
     check(&[
-        case("seccomp-none", unchanged, "grep -E '^Seccomp' /proc/self/status"),
-        case("seccomp-errno", |s, _| {
-            seccomp(s, json!([{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]));
-        }, "grep -E '^Seccomp' /proc/self/status; mkdir /tmp/d 2>&1; echo $?"),
-        case("seccomp-errno-ret", |s, _| {
-            seccomp(s, json!([{"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]));
-        }, "touch /dev/shm/f; chmod 600 /dev/shm/f 2>&1; echo $?"),
-        case("seccomp-args", |s, _| {
-            // chmod to 0600 fails, to any other mode works.
-            seccomp(s, json!([
-                {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 1, "value": 384, "op": "SCMP_CMP_EQ"}]},
-                {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 2, "value": 384, "op": "SCMP_CMP_EQ"}]},
-            ]));
-        }, "touch /dev/shm/f; chmod 600 /dev/shm/f 2>&1; chmod 640 /dev/shm/f; stat -c %a /dev/shm/f"),
+        case(
+            "seccomp-none",
+            unchanged,
+            "grep -E '^Seccomp' /proc/self/status",
+        ),
+        case(
+            "seccomp-errno",
+            |s, _| {
+                seccomp(
+                    s,
+                    json!([{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]),
+                );
+            },
+            "grep -E '^Seccomp' /proc/self/status; mkdir /dev/shm/d 2>&1; echo $?",
+        ),
+        case(
+            "seccomp-errno-ret",
+            |s, _| {
+                let names = ["chmod", "fchmodat", "fchmodat2"];
+                seccomp(
+                    s,
+                    json!([{"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]),
+                );
+            },
+            "touch /dev/shm/f; chmod 600 /dev/shm/f 2>&1; echo $?",
+        ),
+        case(
+            "seccomp-kill",
+            |s, _| {
+                seccomp(
+                    s,
+                    json!([{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_KILL_PROCESS"}]),
+                );
+            },
+            "mkdir /dev/shm/d; echo survived $?",
+        ),
+        // chmod to 0600 fails, to any other mode works.
+        case(
+            "seccomp-args",
+            |s, _| {
+                let mode_600 =
+                    |index| json!([{"index": index, "value": 0o600, "op": "SCMP_CMP_EQ"}]);
+                seccomp(
+                    s,
+                    json!([
+                        {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "args": mode_600(1)},
+                        {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO", "args": mode_600(2)},
+                    ]),
+                );
+            },
+            "touch /dev/shm/f; chmod 600 /dev/shm/f 2>&1; chmod 640 /dev/shm/f; \
+             stat -c %a /dev/shm/f",
+        ),
     ]);
 }
 
@@ -435,7 +498,8 @@ fn mounts() {
         Case {
             name: "mount-table",
             edit: unchanged,
-            script: "awk '$5 !~ \"^/sys/fs/cgroup/\" {print $4, $5, $6, $9, $10, $11}' /proc/self/mountinfo",
+            script: "awk '$5 !~ \"^/sys/fs/cgroup/\" {print $4, $5, $6, $9, $10, $11}' \
+                     /proc/self/mountinfo",
             known: Some(Known {
                 reason: "libcontainer mounts sysfs rw then remounts the mount ro (runc: a ro \
                          superblock), and adds nosuid,nodev,noexec to readonlyPaths",
@@ -455,23 +519,39 @@ fn mounts() {
                 ],
             }),
         },
-        case("tmpfs", |s, _| {
-            s["mounts"].as_array_mut().unwrap().push(json!({
-                "destination": "/mnt/t", "type": "tmpfs", "source": "tmpfs",
-                "options": ["nosuid", "nodev", "noexec", "size=1m", "mode=700"],
-            }));
-        }, with_mounts_under_mnt!("stat -c '%a %u:%g' /mnt/t")),
-        case("bind-ro", |s, tmp| {
-            let src = tmp.join("bind-src");
-            fs::create_dir_all(&src).unwrap();
-            fs::write(src.join("file"), "from the host\n").unwrap();
-            s["mounts"].as_array_mut().unwrap().push(json!({
-                "destination": "/mnt/b", "type": "bind", "source": src,
-                "options": ["rbind", "ro", "nosuid", "nodev"],
-            }));
-        }, with_mounts_under_mnt!("cat /mnt/b/file; touch /mnt/b/new 2>&1")),
-        case("rootfs-rw", |s, _| s["root"]["readonly"] = false.into(), "touch /x 2>&1 && echo wrote; awk '$5 == \"/\" {print $6}' /proc/self/mountinfo"),
-        case("rootfs-ro", unchanged, "touch /x 2>&1; awk '$5 == \"/\" {print $6}' /proc/self/mountinfo"),
+        case(
+            "tmpfs",
+            |s, _| {
+                s["mounts"].as_array_mut().unwrap().push(json!({
+                    "destination": "/mnt/t", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "noexec", "size=1m", "mode=700"],
+                }));
+            },
+            with_mounts_under_mnt!("stat -c '%a %u:%g' /mnt/t"),
+        ),
+        case(
+            "bind-ro",
+            |s, tmp| {
+                let src = tmp.join("bind-src");
+                fs::create_dir_all(&src).unwrap();
+                fs::write(src.join("file"), "from the host\n").unwrap();
+                s["mounts"].as_array_mut().unwrap().push(json!({
+                    "destination": "/mnt/b", "type": "bind", "source": src,
+                    "options": ["rbind", "ro", "nosuid", "nodev"],
+                }));
+            },
+            with_mounts_under_mnt!("cat /mnt/b/file; touch /mnt/b/new 2>&1"),
+        ),
+        case(
+            "rootfs-rw",
+            |s, _| s["root"]["readonly"] = false.into(),
+            "touch /x 2>&1 && echo wrote; awk '$5 == \"/\" {print $6}' /proc/self/mountinfo",
+        ),
+        case(
+            "rootfs-ro",
+            unchanged,
+            "touch /x 2>&1; awk '$5 == \"/\" {print $6}' /proc/self/mountinfo",
+        ),
     ]);
 }
 
@@ -479,12 +559,32 @@ fn mounts() {
 fn masked_and_readonly_paths() {
     require_runc!();
     check(&[
-        case("masked", unchanged, "wc -c < /proc/kcore; ls /sys/firmware | wc -l; stat -c '%F' /proc/kcore /sys/firmware /proc/acpi"),
-        case("readonly", unchanged, "echo 1 > /proc/sys/vm/drop_caches 2>&1; echo $?; echo t > /proc/sysrq-trigger 2>&1; echo $?"),
-        case("masked-extra", |s, _| {
-            s["linux"]["maskedPaths"].as_array_mut().unwrap().push("/etc/passwd".into());
-            s["linux"]["readonlyPaths"].as_array_mut().unwrap().push("/tmp".into());
-        }, "wc -c < /etc/passwd; touch /tmp/x 2>&1; echo $?"),
+        case(
+            "masked",
+            unchanged,
+            "wc -c < /proc/timer_list; wc -c < /proc/keys; ls /sys/firmware | wc -l; \
+             stat -c %F /proc/timer_list /sys/firmware /proc/acpi",
+        ),
+        case(
+            "readonly",
+            unchanged,
+            "echo 1 > /proc/sys/vm/drop_caches 2>&1; echo $?",
+        ),
+        case(
+            "masked-extra",
+            |s, _| {
+                let linux = &mut s["linux"];
+                linux["maskedPaths"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push("/etc/passwd".into());
+                linux["readonlyPaths"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push("/tmp".into());
+            },
+            "wc -c < /etc/passwd; touch /tmp/x 2>&1; echo $?",
+        ),
     ]);
 }
 
@@ -500,6 +600,39 @@ fn sysctls_and_oom_score() {
             },
             "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmax",
         ),
+        // vm.* is not namespaced: setting it would change the host (the
+        // value is the host's own, so nothing changes if it is applied).
+        case(
+            "sysctl-not-namespaced",
+            |s, _| {
+                let host = fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+                s["linux"]["sysctl"] = json!({"vm.swappiness": host.trim()});
+            },
+            "cat /proc/sys/vm/swappiness",
+        ),
+        // net.* needs the container's own network namespace.
+        case(
+            "sysctl-net-without-netns",
+            |s, _| {
+                s["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|n| n["type"] != "network");
+                s["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|m| m["type"] != "sysfs" && m["type"] != "cgroup");
+                s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "0"});
+            },
+            "cat /proc/sys/net/ipv4/ip_forward",
+        ),
+        // Lowering it needs CAP_SYS_RESOURCE, which root lacks on this host
+        // (host notes): then both refuse.
+        case(
+            "oom-score-adj-negative",
+            |s, _| s["process"]["oomScoreAdj"] = (-500).into(),
+            "cat /proc/self/oom_score_adj",
+        ),
         case(
             "oom-score-adj",
             |s, _| s["process"]["oomScoreAdj"] = 500.into(),
@@ -513,73 +646,163 @@ fn sysctls_and_oom_score() {
     ]);
 }
 
+/// `NAME=LINK` of each namespace of process `pid`.
+fn namespaces_of(pid: &str) -> String {
+    ["pid", "net", "ipc", "uts", "mnt", "cgroup", "user"]
+        .iter()
+        .map(|n| {
+            let link = fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+            format!("{n}={}", link.display())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Puts the test process's namespaces (the runtimes' too) in the env as
+/// `NS`, for [`COMPARE_NAMESPACES`].
+fn host_namespaces(s: &mut Value, _: &Path) {
+    let ns = format!("NS={}", namespaces_of("self"));
+    s["process"]["env"].as_array_mut().unwrap().push(ns.into());
+}
+
+/// Prints, for each namespace in `$NS`, whether the container shares it.
+const COMPARE_NAMESPACES: &str = r#"for e in $NS; do
+    n=${e%%=*}
+    if [ "$(readlink /proc/self/ns/$n)" = "${e#*=}" ]; then echo $n shared; else echo $n own; fi
+done
+[ $$ = 1 ] && echo pid 1"#;
+
+/// The file naming the pid of the process whose namespaces a case joins.
+const HOLDER_PID: &str = "holder.pid";
+
 #[test]
 fn namespaces() {
     require_runc!();
-    /// Puts the test process's namespaces (the runtimes' too) in the env.
-    fn host_namespaces(s: &mut Value, _: &Path) {
-        let ns: Vec<String> = ["pid", "net", "ipc", "uts", "mnt", "cgroup", "user"]
-            .iter()
-            .map(|n| {
-                let link = fs::read_link(format!("/proc/self/ns/{n}")).unwrap();
-                format!("{n}={}", link.display())
-            })
-            .collect();
-        s["process"]["env"]
-            .as_array_mut()
-            .unwrap()
-            .push(format!("HOST_NS={}", ns.join(" ")).into());
+    // A process with a network and a UTS namespace of its own to join.
+    let mut holder = Command::new("unshare")
+        .args(["--net", "--uts", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = holder.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while namespaces_of(&pid) == namespaces_of("self") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    const COMPARE: &str = r#"for e in $HOST_NS; do n=${e%%=*}; if [ "$(readlink /proc/self/ns/$n)" = "${e#*=}" ]; then echo $n shared; else echo $n own; fi; done; echo pid $$"#;
-    check(&[
-        case("namespaces-default", host_namespaces, COMPARE),
-        case(
-            "namespaces-none",
-            |s, tmp| {
-                s["linux"]["namespaces"] = json!([{"type": "mount"}]);
-                s["hostname"] = Value::Null;
-                host_namespaces(s, tmp);
-                // Without a network namespace sysfs cannot be mounted.
-                s["mounts"]
-                    .as_array_mut()
-                    .unwrap()
-                    .retain(|m| m["type"] != "sysfs" && m["type"] != "cgroup");
-            },
-            r#"for e in $HOST_NS; do n=${e%%=*}; if [ "$(readlink /proc/self/ns/$n)" = "${e#*=}" ]; then echo $n shared; else echo $n own; fi; done"#,
-        ),
-        case(
-            "user-namespace",
-            |s, tmp| {
-                s["linux"]["namespaces"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(json!({"type": "user"}));
-                s["linux"]["uidMappings"] =
-                    json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-                s["linux"]["gidMappings"] =
-                    json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-                host_namespaces(s, tmp);
-            },
-            "cat /proc/self/uid_map /proc/self/gid_map; id",
-        ),
-    ]);
+    let w = World::plain();
+    fs::write(w.tmp.path().join(HOLDER_PID), &pid).unwrap();
+    check_in(
+        &w,
+        &[
+            case("namespaces-default", host_namespaces, COMPARE_NAMESPACES),
+            case(
+                "namespaces-none",
+                |s, tmp| {
+                    s["linux"]["namespaces"] = json!([{"type": "mount"}]);
+                    s["hostname"] = Value::Null;
+                    host_namespaces(s, tmp);
+                    // Without a network namespace sysfs cannot be mounted.
+                    s["mounts"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|m| m["type"] != "sysfs" && m["type"] != "cgroup");
+                },
+                COMPARE_NAMESPACES,
+            ),
+            case(
+                "hostname-without-uts",
+                |s, _| {
+                    s["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|n| n["type"] != "uts")
+                },
+                "hostname",
+            ),
+            case(
+                "join-by-path",
+                |s, tmp| {
+                    let pid = fs::read_to_string(tmp.join(HOLDER_PID)).unwrap();
+                    for n in s["linux"]["namespaces"].as_array_mut().unwrap() {
+                        match n["type"].as_str() {
+                            Some("network") => n["path"] = format!("/proc/{pid}/ns/net").into(),
+                            Some("uts") => n["path"] = format!("/proc/{pid}/ns/uts").into(),
+                            _ => {}
+                        }
+                    }
+                    let ns = format!("NS={}", namespaces_of(&pid));
+                    s["process"]["env"].as_array_mut().unwrap().push(ns.into());
+                },
+                COMPARE_NAMESPACES,
+            ),
+            case(
+                "user-namespace",
+                |s, tmp| {
+                    s["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"type": "user"}));
+                    s["linux"]["uidMappings"] =
+                        json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+                    s["linux"]["gidMappings"] =
+                        json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+                    host_namespaces(s, tmp);
+                },
+                "cat /proc/self/uid_map /proc/self/gid_map; id; stat -c %u:%g /bin/busybox; \
+                 grep CapEff /proc/self/status",
+            ),
+        ],
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
 }
 
 #[test]
 fn cgroup_resources() {
     require_runc!();
     check(&[
-        case("cgroup-view", unchanged, "ls /sys/fs/cgroup; cat /proc/self/cgroup | sort"),
-        case("memory-pids", |s, _| {
-            s["linux"]["resources"]["memory"] = json!({"limit": 67108864});
-            s["linux"]["resources"]["pids"] = json!({"limit": 50});
-        }, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>&1"),
+        case(
+            "cgroup-view",
+            unchanged,
+            "ls /sys/fs/cgroup; sort /proc/self/cgroup",
+        ),
+        case(
+            "memory-pids",
+            |s, _| {
+                s["linux"]["resources"]["memory"] = json!({"limit": 67108864});
+                s["linux"]["resources"]["pids"] = json!({"limit": 50});
+            },
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max",
+        ),
+        case(
+            "cpu",
+            |s, _| {
+                s["linux"]["resources"]["cpu"] =
+                    json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"});
+            },
+            "cd /sys/fs/cgroup; \
+             cat cpu/cpu.shares cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us cpuset/cpuset.cpus",
+        ),
+        case(
+            "memory-more",
+            |s, _| {
+                s["linux"]["resources"]["memory"] =
+                    json!({"limit": 134217728, "reservation": 67108864, "swappiness": 10});
+            },
+            "cd /sys/fs/cgroup/memory; \
+             cat memory.limit_in_bytes memory.soft_limit_in_bytes memory.swappiness",
+        ),
+        case(
+            "blkio-weight",
+            |s, _| s["linux"]["resources"]["blockIO"] = json!({"weight": 200}),
+            "cat /sys/fs/cgroup/blkio/blkio.bfq.weight",
+        ),
         // runc's example mounts the cgroup hierarchies "ro": the container
         // cannot raise its own limits.
         Case {
             name: "cgroup-ro",
             edit: |s, _| s["linux"]["resources"]["pids"] = json!({"limit": 40}),
-            script: "awk '$5 ~ \"^/sys/fs/cgroup/(pids|memory)$\" {print $5, $6}' /proc/self/mountinfo; \
+            script: "awk '$5 ~ \"^/sys/fs/cgroup/(pids|memory)$\" {print $5, $6}' \
+                     /proc/self/mountinfo; \
                      echo 60 > /sys/fs/cgroup/pids/pids.max; cat /sys/fs/cgroup/pids/pids.max",
             known: Some(Known {
                 reason: "SECURITY: libcontainer 0.7 ignores \"ro\" on a cgroup v1 mount: \
@@ -588,7 +811,8 @@ fn cgroup_resources() {
                     "/sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime",
                     "/sys/fs/cgroup/pids ro,nosuid,nodev,noexec,relatime",
                     "40",
-                    "stderr: sh: can't create /sys/fs/cgroup/pids/pids.max: Read-only file system",
+                    "stderr: sh: can't create /sys/fs/cgroup/pids/pids.max: \
+                     Read-only file system",
                 ],
                 skerry: &[
                     "/sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime",
@@ -600,20 +824,56 @@ fn cgroup_resources() {
     ]);
 }
 
+/// Adds a `linux.devices` entry, and a device cgroup rule allowing `access`
+/// to it.
+fn device(s: &mut Value, entry: Value, access: &str) {
+    let rule = json!({"allow": true, "type": entry["type"], "major": entry["major"],
+        "minor": entry["minor"], "access": access});
+    s["linux"]["devices"] = json!([entry]);
+    s["linux"]["resources"]["devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(rule);
+}
+
 #[test]
 fn devices() {
     require_runc!();
     check(&[
-        case("default-devices", unchanged, "stat -c '%n %F %t:%T %a %u:%g' /dev/* | sort; echo x > /dev/null && head -c 4 /dev/zero | wc -c && head -c 4 /dev/urandom | wc -c"),
-        case("device-entry", |s, _| {
-            s["linux"]["devices"] = json!([
-                {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438, "uid": 0, "gid": 0},
-                {"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 384},
-            ]);
-            s["linux"]["resources"]["devices"].as_array_mut().unwrap().push(
-                json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}),
-            );
-        }, "stat -c '%n %F %t:%T %a %u:%g' /dev/fuse /dev/kmsg; head -c 1 /dev/kmsg 2>&1 >/dev/null; echo $?"),
+        case(
+            "default-devices",
+            unchanged,
+            "stat -c '%n %F %t:%T %a %u:%g' /dev/* | sort; echo x > /dev/null && \
+             head -c 4 /dev/zero | wc -c && head -c 4 /dev/urandom | wc -c",
+        ),
+        case(
+            "device-entry",
+            |s, _| {
+                let fuse = json!({"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                    "fileMode": 0o666, "uid": 0, "gid": 0});
+                device(s, fuse, "rwm");
+            },
+            "stat -c '%n %F %t:%T %a %u:%g' /dev/fuse; exec 3<> /dev/fuse && echo opened",
+        ),
+        // A device in /dev that the device cgroup does not allow.
+        case(
+            "device-not-allowed",
+            |s, _| {
+                s["linux"]["devices"] = json!([{"path": "/dev/kmsg", "type": "c", "major": 1,
+                    "minor": 11, "fileMode": 0o600}]);
+            },
+            "stat -c '%n %F %t:%T %a %u:%g' /dev/kmsg; exec 3< /dev/kmsg",
+        ),
+        case(
+            "device-read-only-access",
+            |s, _| {
+                let fuse = json!({"path": "/dev/rfuse", "type": "c", "major": 10, "minor": 229,
+                    "fileMode": 0o666, "uid": 1000, "gid": 1001});
+                device(s, fuse, "r");
+            },
+            "stat -c '%n %F %t:%T %a %u:%g' /dev/rfuse; exec 3< /dev/rfuse && echo opened; \
+             exec 4> /dev/rfuse",
+        ),
     ]);
 }
 
@@ -705,10 +965,12 @@ fn hooks() {
         // Each hook saves its stdin, env and args, and which hooks ran before it.
         let hook = |name: &str| {
             let script = format!(
-                "cat > {0}/{name}.json; env | sort > {0}/{name}.env; echo \"$0 $1\" >> {0}/{name}.env; ls {0} > {0}/{name}.before",
+                "cat > {0}/{name}.json; env | sort > {0}/{name}.env; \
+                 echo \"$0 $1\" >> {0}/{name}.env; ls {0} > {0}/{name}.before",
                 out.display()
             );
-            json!([{"path": "/bin/sh", "args": ["sh", "-c", script, "arg0", "arg1"], "env": [format!("HOOK={name}")]}])
+            let args = json!(["sh", "-c", script, "arg0", "arg1"]);
+            json!([{"path": "/bin/sh", "args": args, "env": [format!("HOOK={name}")]}])
         };
         spec["hooks"] = HOST_HOOKS
             .iter()
@@ -780,14 +1042,11 @@ fn state_through_the_lifecycle() {
     let mut seen = vec![];
     for rt in [Runc, Skerry] {
         let dir = bundle(&w, id, rt, unchanged, "exec sleep 100");
-        let step = |what: &str, args: &[&str]| {
-            let out = rt.run(&w, args);
-            format!(
-                "{what}: exit {:?}\n{what}: state {}\n",
-                out.status.code(),
-                state_of(&w, rt, id, &dir)
-            )
+        let exit = |what: &str, args: &[&str]| {
+            format!("{what}: exit {:?}\n", rt.run(&w, args).status.code())
         };
+        let state = |what: &str| format!("{what}: state {}\n", state_of(&w, rt, id, &dir));
+        let step = |what: &str, args: &[&str]| exit(what, args) + &state(what);
         // create keeps no pipe of ours open: the init gets /dev/null.
         let status = rt
             .command(&w)
@@ -797,20 +1056,21 @@ fn state_through_the_lifecycle() {
             .stderr(Stdio::null())
             .status()
             .unwrap();
-        let state = rt.run(&w, &["state", id]);
-        let keys = serde_json::from_slice(&state.stdout)
-            .map_or_else(|e| e.to_string(), |s| state_keys(&s));
+        let json = rt.run(&w, &["state", id]);
+        let keys =
+            serde_json::from_slice(&json.stdout).map_or_else(|e| e.to_string(), |s| state_keys(&s));
         let mut text = format!("create: exit {:?}\nkeys: {keys}\n", status.code());
-        text += &format!("created: state {}\n", state_of(&w, rt, id, &dir));
+        text += &state("created");
         text += &step("start", &["start", id]);
         text += &step("start again", &["start", id]);
         text += &step("delete running", &["delete", id]);
-        text += &step("kill", &["kill", id, "KILL"]);
+        // The init dies some time after kill returns.
+        text += &exit("kill", &["kill", id, "KILL"]);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !state_of(&w, rt, id, &dir).contains("\"stopped\"") && Instant::now() < deadline {
+        while !state("killed").contains("\"stopped\"") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        text += &format!("stopped: state {}\n", state_of(&w, rt, id, &dir));
+        text += &state("killed");
         text += &step("kill stopped", &["kill", id, "KILL"]);
         text += &step("delete", &["delete", id]);
         text += &step("delete again", &["delete", id]);
