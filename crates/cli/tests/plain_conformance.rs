@@ -1063,6 +1063,8 @@ fn state_through_the_lifecycle() {
         text += &state("created");
         text += &step("start", &["start", id]);
         text += &step("start again", &["start", id]);
+        text += &step("pause", &["pause", id]);
+        text += &step("resume", &["resume", id]);
         text += &step("delete running", &["delete", id]);
         // The init dies some time after kill returns.
         text += &exit("kill", &["kill", id, "KILL"]);
