@@ -8,8 +8,8 @@ use std::path::Path;
 use common::{stderr, World};
 
 /// Runs `skerry ARGS`, expects failure with one stderr line containing
-/// `needle`, and no state left for `id`.
-fn expect_error(w: &World, args: &[&str], needle: &str, id: &str) {
+/// `needle`, and no state left for `id`; returns the line.
+fn expect_error(w: &World, args: &[&str], needle: &str, id: &str) -> String {
     let out = w.run(args);
     let err = stderr(&out);
     assert!(!out.status.success(), "{args:?} succeeded");
@@ -19,6 +19,7 @@ fn expect_error(w: &World, args: &[&str], needle: &str, id: &str) {
     assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
     assert!(!w.root.join(id).exists(), "state left behind for {id}");
     assert_eq!(w.processes(), Vec::<String>::new());
+    err
 }
 
 fn empty_image_world() -> World {
@@ -61,12 +62,13 @@ fn invalid_json_is_named_with_its_position() {
 fn missing_program_is_named() {
     let w = World::new();
     let bundle = w.bundle("b", &["/bin/no-such-program", "x"]);
-    expect_error(
+    let err = expect_error(
         &w,
         &["run", "--bundle", bundle.to_str().unwrap(), "c1"],
         "process.args[0] \"/bin/no-such-program\" not found in rootfs",
         "c1",
     );
+    assert_eq!(err.matches("not found").count(), 1, "cause repeated: {err}");
 }
 
 #[test]

@@ -105,17 +105,8 @@ fn build_probe(w: &World) -> PathBuf {
 /// A bundle running `args` under the hardened `skerry spec`, with the probe
 /// helper at /bin/probe.
 fn hardened_bundle(w: &World, name: &str, args: &[&str]) -> PathBuf {
-    let dir = w.bundle(name, args);
+    let dir = w.spec_bundle(name, &[], args);
     fs::copy(build_probe(w), dir.join("rootfs/bin/probe")).unwrap();
-    fs::remove_file(dir.join("config.json")).unwrap();
-    let out = w.run(&["spec", "--bundle", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "spec: {}", stderr(&out));
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = args.into();
-    spec["linux"]["cgroupsPath"] = w.cgroup_path(name).into();
-    fs::write(&path, spec.to_string()).unwrap();
     dir
 }
 

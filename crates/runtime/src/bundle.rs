@@ -34,7 +34,7 @@ pub enum BundleError {
         message: String,
     },
     /// The spec breaks a rule of the OCI spec or of this runtime.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Spec {
         /// The file.
         path: PathBuf,
@@ -186,7 +186,7 @@ mod tests {
     fn missing_program_is_named() {
         let tmp = tempfile::tempdir().unwrap();
         write_bundle(tmp.path(), &config(r#"["/bin/nope"]"#));
-        let err = Bundle::load(tmp.path()).unwrap_err().to_string();
+        let err = crate::monitor::error_chain(&Bundle::load(tmp.path()).unwrap_err());
         assert!(
             err.contains("process.args") && err.contains("/bin/nope"),
             "{err}"
@@ -197,7 +197,7 @@ mod tests {
     fn empty_args_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         write_bundle(tmp.path(), &config("[]"));
-        let err = Bundle::load(tmp.path()).unwrap_err().to_string();
+        let err = crate::monitor::error_chain(&Bundle::load(tmp.path()).unwrap_err());
         assert!(err.contains("process.args is missing or empty"), "{err}");
     }
 }

@@ -41,6 +41,13 @@ const APPLETS: &[&str] = &[
     "tty",
     "grep",
     "tr",
+    "awk",
+    "sed",
+    "sort",
+    "stat",
+    "mkdir",
+    "chmod",
+    "readlink",
 ];
 
 /// Why the VM tests cannot run here, if they cannot.
@@ -201,6 +208,24 @@ impl World {
             spec["linux"]["cgroupsPath"] = self.cgroup_path(name).into();
         }
         fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+        dir
+    }
+
+    /// A busybox bundle named `name` running `args` under the spec that
+    /// `skerry spec SPEC_ARGS` writes, without a terminal and with this
+    /// world's cgroup path for `name`.
+    pub fn spec_bundle(&self, name: &str, spec_args: &[&str], args: &[&str]) -> PathBuf {
+        let dir = self.bundle(name, args);
+        let path = dir.join("config.json");
+        fs::remove_file(&path).unwrap();
+        let out = self.run(&[&["spec", "--bundle", dir.to_str().unwrap()], spec_args].concat());
+        assert!(out.status.success(), "spec: {}", stderr(&out));
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = args.into();
+        spec["linux"]["cgroupsPath"] = self.cgroup_path(name).into();
+        fs::write(&path, spec.to_string()).unwrap();
         dir
     }
 
