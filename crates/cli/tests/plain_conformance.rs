@@ -804,22 +804,7 @@ fn cgroup_resources() {
             script: "awk '$5 ~ \"^/sys/fs/cgroup/(pids|memory)$\" {print $5, $6}' \
                      /proc/self/mountinfo; \
                      echo 60 > /sys/fs/cgroup/pids/pids.max; cat /sys/fs/cgroup/pids/pids.max",
-            known: Some(Known {
-                reason: "SECURITY: libcontainer 0.7 ignores \"ro\" on a cgroup v1 mount: \
-                         container root can raise its own cgroup limits",
-                runc: &[
-                    "/sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime",
-                    "/sys/fs/cgroup/pids ro,nosuid,nodev,noexec,relatime",
-                    "40",
-                    "stderr: sh: can't create /sys/fs/cgroup/pids/pids.max: \
-                     Read-only file system",
-                ],
-                skerry: &[
-                    "/sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime",
-                    "/sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime",
-                    "60",
-                ],
-            }),
+            known: None,
         },
     ]);
 }

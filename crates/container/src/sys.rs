@@ -241,3 +241,88 @@ pub fn execve(path: &CStr, args: &[std::ffi::CString], env: &[std::ffi::CString]
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Errno::last()
 }
+
+/// Makes the mount points `paths` of process `pid`'s mount namespace (as
+/// that process sees them) read-only, each on its own (`MS_BIND`: a cgroup v1
+/// mount shares its superblock with the host's hierarchy, which stays
+/// writable), keeping `nosuid`, `nodev` and `noexec`. A child joins the
+/// namespace to remount, so the caller's namespace and root are untouched.
+pub fn remount_readonly_in(pid: i32, paths: &[std::ffi::CString]) -> Result<(), SysError> {
+    let ns_path = format!("/proc/{pid}/ns/mnt");
+    let ns = nix::fcntl::open(
+        ns_path.as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| SysError {
+        call: format!("open({ns_path})"),
+        errno,
+    })?;
+    // SAFETY: `open` returned this fd and nothing else owns it.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    // The child reports a failure as (index of the path or -1 for setns, errno).
+    let (report_r, report_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| SysError {
+            call: "pipe2".into(),
+            errno,
+        })?;
+    let flags = libc::MS_REMOUNT
+        | libc::MS_BIND
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    // SAFETY: the child only makes async-signal-safe calls (setns, mount,
+    // write, _exit) on fds and C strings prepared before the clone.
+    match unsafe { clone_process(0) }? {
+        Forked::Child => unsafe {
+            let fail = |index: i32| -> ! {
+                let report = [index, *libc::__errno_location()];
+                libc::write(report_w.as_raw_fd(), report.as_ptr().cast(), 8);
+                libc::_exit(1)
+            };
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
+                fail(-1);
+            }
+            for (index, path) in paths.iter().enumerate() {
+                let ret = libc::mount(
+                    std::ptr::null(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                );
+                if ret != 0 {
+                    fail(index as i32);
+                }
+            }
+            libc::_exit(0)
+        },
+        Forked::Parent(child) => {
+            drop(report_w);
+            let mut report = [0u8; 8];
+            let n = nix::unistd::read(report_r.as_raw_fd(), &mut report).unwrap_or(0);
+            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+            if n == 8 {
+                let index = i32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+                let errno =
+                    Errno::from_raw(i32::from_ne_bytes(report[4..].try_into().expect("4 bytes")));
+                let call = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| paths.get(i))
+                    .map_or_else(
+                        || format!("setns({ns_path})"),
+                        |p| format!("remount read-only {:?}", p),
+                    );
+                return Err(SysError { call, errno });
+            }
+            match status {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+                other => Err(SysError {
+                    call: format!("remount child: {other:?}"),
+                    errno: Errno::EIO,
+                }),
+            }
+        }
+    }
+}

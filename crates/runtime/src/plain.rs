@@ -326,6 +326,7 @@ fn create_in(
                 what: "create",
                 source: Box::new(LibcontainerError::Other("no init pid recorded".into())),
             })?;
+    protect_cgroup_mounts(id, &bundle.spec, pid)?;
     let state = ContainerState {
         id: id.to_string(),
         bundle: bundle.dir.clone(),
@@ -340,6 +341,46 @@ fn create_in(
     };
     store.save(&state)?;
     Ok(pid)
+}
+
+/// Makes a `cgroup` mount the spec asks for read-only (`ro`) read-only in
+/// the created container, as runc does. libcontainer 0.7 mounts cgroup v1
+/// hierarchies read-write whatever the options say, which would let the
+/// container's root raise its own limits (without a user namespace, the
+/// cgroup files are its to write).
+fn protect_cgroup_mounts(id: &str, spec: &Spec, pid: u32) -> Result<(), PlainError> {
+    let readonly_cgroups: Vec<&Path> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| m.typ().as_deref() == Some("cgroup"))
+        .filter(|m| m.options().iter().flatten().any(|o| o == "ro"))
+        .map(|m| m.destination().as_path())
+        .collect();
+    if readonly_cgroups.is_empty() {
+        return Ok(());
+    }
+    let error = |message: String| PlainError::Cgroup {
+        id: id.into(),
+        message,
+    };
+    let mounts = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.mountinfo())
+        .map_err(|e| error(format!("reading the container's mounts: {e}")))?;
+    // The hierarchies in the cgroup tmpfs (which stays writable, as runc
+    // leaves it: it is the container's own).
+    let paths: Vec<std::ffi::CString> = mounts
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| {
+            readonly_cgroups
+                .iter()
+                .any(|dest| p.starts_with(dest) && p != dest)
+        })
+        .filter_map(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok())
+        .collect();
+    skerry_container::sys::remount_readonly_in(pid as i32, &paths)
+        .map_err(|e| error(format!("{}: {}", e.call, e.errno)))
 }
 
 /// Records `status` in our state once libcontainer has moved there, unless
