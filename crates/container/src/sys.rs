@@ -275,6 +275,7 @@ pub fn remount_readonly_in(pid: i32, paths: &[std::ffi::CString]) -> Result<(), 
     // SAFETY: the child only makes async-signal-safe calls (setns, mount,
     // write, _exit) on fds and C strings prepared before the clone.
     match unsafe { clone_process(0) }? {
+        // SAFETY: as above: async-signal-safe calls only, on prepared data.
         Forked::Child => unsafe {
             let fail = |index: i32| -> ! {
                 let report = [index, *libc::__errno_location()];
