@@ -258,8 +258,11 @@ fn unreadable_container_is_skipped_by_list() {
 #[test]
 fn check_names_the_backend_and_why() {
     let w = World::new();
+    // The test config pins `kind = "qemu"`; each case names its own.
     let with = |extra: &str| {
-        let mut text = fs::read_to_string(&w.config).unwrap();
+        let mut text = fs::read_to_string(&w.config)
+            .unwrap()
+            .replace("kind = \"qemu\"\n", "");
         text.push_str(extra);
         fs::write(&w.config, text).unwrap();
     };

@@ -204,8 +204,12 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
         let deadline = Instant::now() + CMDLINE_TIMEOUT;
         let line = loop {
             let console = std::fs::read_to_string(&spec.console_log).unwrap_or_default();
-            if let Some(l) = console.lines().find(|l| l.contains("Command line: ")) {
-                break l.to_string();
+            // The whole line: under PVM the kernel prints it slowly.
+            let complete = console
+                .split_inclusive('\n')
+                .find(|l| l.contains("Command line: ") && l.ends_with('\n'));
+            if let Some(l) = complete {
+                break l.trim_end().to_string();
             }
             if Instant::now() >= deadline {
                 dump_logs(&spec);

@@ -2,6 +2,8 @@
 //! root and config, running the `skerry` binary, and leftover checks.
 #![allow(dead_code)]
 
+#[path = "../../../../tests/support/config.rs"]
+mod config;
 #[path = "../../../../tests/support/containerd.rs"]
 pub mod containerd;
 
@@ -147,14 +149,7 @@ impl World {
             .unwrap();
         let root = tmp.path().join("r");
         let config = tmp.path().join("config.toml");
-        fs::write(
-            &config,
-            format!(
-                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 20\nboot_attempts = 3\n",
-                image.display()
-            ),
-        )
-        .unwrap();
+        fs::write(&config, config::skerry_config(image)).unwrap();
         Self {
             tmp,
             root,

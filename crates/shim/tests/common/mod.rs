@@ -12,6 +12,8 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+#[path = "../../../../tests/support/config.rs"]
+mod config;
 #[path = "../../../../tests/support/containerd.rs"]
 mod containerd;
 
@@ -140,14 +142,7 @@ impl World {
         )
         .unwrap();
         let config = dir.join("skerry.toml");
-        fs::write(
-            &config,
-            format!(
-                "[guest]\nimage_dir = \"{}\"\n[hypervisor]\nmemory_mib = 256\nboot_timeout_secs = 20\nboot_attempts = 3\n{extra}",
-                image_dir().display()
-            ),
-        )
-        .unwrap();
+        fs::write(&config, config::skerry_config(&image_dir()) + extra).unwrap();
         let (ctd_config, socket) = containerd::write_config(dir);
         let containerd = start_containerd(dir, &ctd_config);
         let w = Self {
