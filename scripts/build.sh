@@ -12,9 +12,11 @@ flag=()
 [ "$profile" = release ] && flag=(--release)
 
 cargo build "${flag[@]}" -p skerry
-# The agent is PID 1 of the guest: static, so the initramfs needs no libc;
+# The agent is PID 1 of the guest: static, so the initramfs needs no libc
+# (nor libseccomp, which applies containers' seccomp filters: libseccomp.a);
 # stripped, since every container start execs it once more inside the guest.
 CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" \
+    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
     cargo build --release -p skerry-agent --target x86_64-unknown-linux-gnu
 agent=target/x86_64-unknown-linux-gnu/release/skerry-agent
 "target/$profile/skerry" image build --agent "$agent" --output "$image_dir"

@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 use skerry_container::launch::{self, LaunchError};
 use skerry_container::{spec, IdError, InitConfig, SpecError};
 use tracing::{info, warn};
@@ -137,6 +138,8 @@ pub struct Container {
     id: String,
     init: Arc<Process>,
     clone_flags: CloneFlags,
+    /// The spec's seccomp filter, for exec'd processes.
+    seccomp: Option<LinuxSeccomp>,
     /// Channel to the init process while it waits for StartContainer.
     pending_start: Mutex<Option<UnixStream>>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -239,9 +242,22 @@ impl Sandbox {
                 return Err(AgentError::DuplicateContainer(id.to_string()));
             }
         }
+        let parsed = spec::parse_spec(spec_json).map_err(|source| AgentError::BadSpec {
+            id: id.to_string(),
+            source,
+        });
+        let spec = match parsed {
+            Ok(spec) => spec,
+            Err(e) => {
+                lock(&self.reserved).remove(id);
+                return Err(e);
+            }
+        };
+        // Exec'd processes get the container's seccomp filter too.
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let me = Arc::clone(self);
-        let (idc, json) = (id.to_string(), spec_json.to_vec());
-        let result = tokio::task::spawn_blocking(move || me.create_blocking(&idc, &json, pod_init))
+        let idc = id.to_string();
+        let result = tokio::task::spawn_blocking(move || me.create_blocking(&idc, spec, pod_init))
             .await
             .map_err(blocking_failed)
             .and_then(|r| r);
@@ -258,6 +274,7 @@ impl Sandbox {
             id: id.to_string(),
             init: Arc::new(Process { pid, exit, io }),
             clone_flags,
+            seccomp,
             pending_start: Mutex::new(Some(chan)),
             execs: Mutex::new(HashMap::new()),
         });
@@ -298,7 +315,7 @@ impl Sandbox {
     fn create_blocking(
         &self,
         id: &str,
-        json: &[u8],
+        spec: Spec,
         pod_init: Option<i32>,
     ) -> Result<
         (
@@ -314,7 +331,6 @@ impl Sandbox {
             id: id.to_string(),
             source,
         };
-        let spec = spec::parse_spec(json).map_err(bad)?;
         let rootfs = self.shared_dir.join(id).join("rootfs");
         if !rootfs.is_dir() {
             return Err(AgentError::WrongState(format!(
@@ -477,6 +493,7 @@ impl Sandbox {
             process: Box::new(process),
             target_pid: c.init.pid,
             namespaces: launch::exec_namespaces(c.clone_flags),
+            seccomp: c.seccomp.clone().map(Box::new),
         };
         let mut registered = None;
         let mut cgroup = Ok(());

@@ -2,9 +2,11 @@
 //! `features.md`), describing what skerry really does with a `config.json`.
 //!
 //! The container runs inside the guest, so everything here is what the guest
-//! agent applies there. Where the agent accepts a field but does not apply it
-//! (process.capabilities, linux.resources, seccomp, LSM labels) the feature is
-//! reported as absent rather than "unknown", so callers do not rely on it.
+//! agent applies there (capabilities and seccomp through libcontainer, as
+//! container mode does on the host). Where the agent accepts a field but does
+//! not apply it (linux.resources as cgroup settings of the spec's kind, LSM
+//! labels) the feature is reported as absent rather than "unknown", so
+//! callers do not rely on it.
 
 use std::collections::HashMap;
 
@@ -14,6 +16,7 @@ use oci_spec::runtime::{
     LinuxFeatureBuilder, LinuxNamespaceType, SeccompBuilder, SelinuxBuilder,
 };
 use serde::Serialize;
+use skerry_container::security;
 use skerry_runtime::hooks::HookKind;
 
 /// Lowest `ociVersion` of a bundle skerry accepts.
@@ -74,8 +77,9 @@ const NAMESPACES: &[LinuxNamespaceType] = &[
 
 /// The features document.
 pub fn features() -> anyhow::Result<Features> {
-    // None of these is applied yet: an empty list says "recognises none",
-    // `enabled: false` says "not compiled in" (None would mean "unknown").
+    // The cgroup drivers, AppArmor, SELinux and RDT are not applied in the
+    // guest: `enabled: false` says "not compiled in" (None would mean
+    // "unknown").
     let cgroup = CgroupBuilder::default()
         .v1(false)
         .v2(false)
@@ -83,17 +87,18 @@ pub fn features() -> anyhow::Result<Features> {
         .systemd_user(false)
         .rdma(false)
         .build()?;
+    let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let seccomp = SeccompBuilder::default()
-        .enabled(false)
-        .actions(vec![])
-        .operators(Vec::<String>::new())
-        .archs(vec![])
-        .known_flags(Vec::<String>::new())
-        .supported_flags(Vec::<String>::new())
+        .enabled(true)
+        .actions(security::SECCOMP_ACTIONS.to_vec())
+        .operators(strings(security::SECCOMP_OPERATORS))
+        .archs(security::SECCOMP_ARCHS.to_vec())
+        .known_flags(strings(security::SECCOMP_FLAGS))
+        .supported_flags(strings(security::SECCOMP_FLAGS))
         .build()?;
     let linux = LinuxFeatureBuilder::default()
         .namespaces(NAMESPACES.to_vec())
-        .capabilities(Vec::<String>::new())
+        .capabilities(security::known_capabilities())
         .cgroup(cgroup)
         .seccomp(seccomp)
         .apparmor(ApparmorBuilder::default().enabled(false).build()?)
@@ -157,6 +162,8 @@ pub fn run() -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod tests {
+    use oci_spec::runtime::LinuxSeccompAction;
+
     use super::*;
 
     #[test]
@@ -190,10 +197,15 @@ mod tests {
             assert!(ns.contains(&want), "{want:?} missing");
         }
         assert!(!ns.contains(&LinuxNamespaceType::User));
-        assert_eq!(linux.capabilities().as_deref(), Some(&[][..]));
+        let caps = linux.capabilities().as_ref().unwrap();
+        for want in ["CAP_CHOWN", "CAP_NET_RAW", "CAP_SYS_ADMIN"] {
+            assert!(caps.contains(&want.to_string()), "{want} missing: {caps:?}");
+        }
         let seccomp = linux.seccomp().as_ref().unwrap();
-        assert_eq!(*seccomp.enabled(), Some(false));
-        assert_eq!(seccomp.actions().as_deref(), Some(&[][..]));
+        assert_eq!(*seccomp.enabled(), Some(true));
+        let actions = seccomp.actions().as_ref().unwrap();
+        assert!(actions.contains(&LinuxSeccompAction::ScmpActErrno));
+        assert!(!actions.contains(&LinuxSeccompAction::ScmpActNotify));
         assert_eq!(*linux.apparmor().as_ref().unwrap().enabled(), Some(false));
         assert_eq!(*linux.selinux().as_ref().unwrap().enabled(), Some(false));
         let cgroup = linux.cgroup().as_ref().unwrap();
@@ -223,7 +235,7 @@ mod tests {
         let linux = &value["linux"];
         assert_eq!(linux["namespaces"][0], "cgroup");
         assert_eq!(linux["cgroup"]["systemdUser"], false);
-        assert_eq!(linux["seccomp"]["enabled"], false);
+        assert_eq!(linux["seccomp"]["enabled"], true);
         assert_eq!(linux["intelRdt"]["enabled"], false);
     }
 }

@@ -131,7 +131,8 @@ fn features_document_parses() {
         .as_ref()
         .unwrap()
         .contains(&oci_spec::runtime::LinuxNamespaceType::Pid));
-    assert_eq!(*linux.seccomp().as_ref().unwrap().enabled(), Some(false));
+    // The guest agent applies seccomp filters.
+    assert_eq!(*linux.seccomp().as_ref().unwrap().enabled(), Some(true));
     assert!(features
         .annotations()
         .as_ref()

@@ -349,10 +349,9 @@ fn rlimits() {
 
 const CAPS: &str = "grep -E '^(Cap|NoNewPrivs)' /proc/self/status";
 
-#[test]
-fn capabilities_and_no_new_privileges() {
-    require_runc!();
-    check(&[
+/// Capability sets and NoNewPrivs for several specs.
+fn capability_cases() -> Vec<Case> {
+    vec![
         case("caps-default", unchanged, CAPS),
         case(
             "caps-all-sets",
@@ -386,7 +385,22 @@ fn capabilities_and_no_new_privileges() {
             },
             CAPS,
         ),
-    ]);
+    ]
+}
+
+#[test]
+fn capabilities_and_no_new_privileges() {
+    require_runc!();
+    check(&capability_cases());
+}
+
+/// The same limits on a container in a VM: the guest agent applies them as
+/// container mode does.
+#[test]
+fn vm_capabilities_and_no_new_privileges() {
+    require_vm!();
+    require_runc!();
+    check_in(&World::new(), &capability_cases());
 }
 
 /// A seccomp profile allowing everything but `rules`.
@@ -398,10 +412,9 @@ fn seccomp(s: &mut Value, rules: Value) {
     });
 }
 
-#[test]
-fn seccomp_filters() {
-    require_runc!();
-    check(&[
+/// Seccomp filters: actions, errno values, argument conditions.
+fn seccomp_cases() -> Vec<Case> {
+    vec![
         case(
             "seccomp-none",
             unchanged,
@@ -455,7 +468,21 @@ fn seccomp_filters() {
             "touch /dev/shm/f; chmod 600 /dev/shm/f 2>&1; chmod 640 /dev/shm/f; \
              stat -c %a /dev/shm/f",
         ),
-    ]);
+    ]
+}
+
+#[test]
+fn seccomp_filters() {
+    require_runc!();
+    check(&seccomp_cases());
+}
+
+/// The same filters on a container in a VM.
+#[test]
+fn vm_seccomp_filters() {
+    require_vm!();
+    require_runc!();
+    check_in(&World::new(), &seccomp_cases());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable naming the channel fd in `init` mode.
@@ -49,6 +49,8 @@ pub enum InitConfig {
         target_pid: i32,
         /// Namespace names under /proc/<pid>/ns to join, e.g. `["ipc","uts","pid","mnt"]`.
         namespaces: Vec<String>,
+        /// The container's seccomp filter, which the process gets too.
+        seccomp: Option<Box<LinuxSeccomp>>,
     },
 }
 

@@ -15,11 +15,12 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{signal, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{fstat, makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, chroot, dup2, fchown, setgid, setgroups, setsid, setuid, Gid, Uid};
-use oci_spec::runtime::{LinuxDeviceType, Process, Spec};
+use nix::unistd::{chdir, chroot, dup2, fchown, setgroups, setsid, Gid, Uid};
+use oci_spec::runtime::{LinuxDeviceType, LinuxSeccomp, Process, Spec};
 
 use crate::channel::{self, InitConfig, SyncMsg, INIT_FD_ENV};
 use crate::mounts::{parse_mount_options, propagation_flags};
+use crate::security::{self, SecurityError};
 use crate::spec::{self, ResolveError, SpecError};
 use crate::sys::{self, Forked, SysError};
 
@@ -59,6 +60,9 @@ pub enum InitError {
     /// A raw system call failed.
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// A capability or seccomp limit could not be applied.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// The bootstrap channel is missing or broken.
     #[error("init channel: {0}")]
     Channel(String),
@@ -126,8 +130,14 @@ pub fn main() -> ! {
             process,
             target_pid,
             namespaces,
+            seccomp,
         } => {
-            let r = run_exec(&mut chan, &process, target_pid, &namespaces);
+            let r = run_exec(
+                &mut chan,
+                &process,
+                (target_pid, &namespaces),
+                seccomp.as_deref(),
+            );
             (id, r)
         }
     };
@@ -165,6 +175,7 @@ fn open_channel() -> Result<UnixStream, InitError> {
 enum Never {}
 
 fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Never, InitError> {
+    security::check_seccomp(spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()))?;
     let mut warnings = Vec::new();
     setup_rootfs(spec, rootfs, &mut warnings)?;
     if let Some(h) = spec.hostname() {
@@ -176,13 +187,11 @@ fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Ne
         .process()
         .as_ref()
         .ok_or(SpecError::Missing { field: "process" })?;
-    if process.capabilities().is_some() {
-        warnings.push("process.capabilities: not applied yet (VM is the boundary)".into());
-    }
     if process.terminal().unwrap_or(false) {
         setup_console(chan, process.user().uid())?;
     }
-    let prepared = setup_process(process)?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let prepared = setup_process(process, seccomp)?;
     wait_and_exec(chan, prepared, warnings)
 }
 
@@ -211,9 +220,10 @@ fn join_namespaces(target_pid: i32, namespaces: &[String]) -> Result<(), InitErr
 fn run_exec(
     chan: &mut UnixStream,
     process: &Process,
-    target_pid: i32,
-    namespaces: &[String],
+    (target_pid, namespaces): (i32, &[String]),
+    seccomp: Option<&LinuxSeccomp>,
 ) -> Result<Never, InitError> {
+    security::check_seccomp(seccomp)?;
     join_namespaces(target_pid, namespaces)?;
     // Closed (by our exit) only after `Pid` is sent, so the child's messages come after it.
     let (gate_r, gate_w) = step(nix::unistd::pipe2(OFlag::O_CLOEXEC), || {
@@ -234,7 +244,7 @@ fn run_exec(
             if process.terminal().unwrap_or(false) {
                 setup_console(chan, process.user().uid())?;
             }
-            let prepared = setup_process(process)?;
+            let prepared = setup_process(process, seccomp)?;
             wait_and_exec(chan, prepared, Vec::new())
         }
     }
@@ -297,6 +307,8 @@ struct Prepared {
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
+    /// The seccomp filter still to load, the last step before exec.
+    seccomp: Option<LinuxSeccomp>,
 }
 
 fn cstring(field: String, s: &str) -> Result<CString, InitError> {
@@ -309,7 +321,7 @@ fn cstring(field: String, s: &str) -> Result<CString, InitError> {
     })
 }
 
-fn setup_process(process: &Process) -> Result<Prepared, InitError> {
+fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared, InitError> {
     step(setsid().map(drop), || "setsid".into())?;
     if process.terminal().unwrap_or(false) {
         sys::set_controlling_tty()?;
@@ -343,13 +355,19 @@ fn setup_process(process: &Process) -> Result<Prepared, InitError> {
     step(setgroups(&gids), || {
         "process.user.additionalGids: setgroups".into()
     })?;
-    step(setgid(Gid::from_raw(user.gid())), || {
-        format!("process.user.gid: setgid({})", user.gid())
-    })?;
-    step(setuid(Uid::from_raw(user.uid())), || {
-        format!("process.user.uid: setuid({})", user.uid())
-    })?;
-    if process.no_new_privileges().unwrap_or(false) {
+    let no_new_privileges = process.no_new_privileges().unwrap_or(false);
+    // Without no_new_privileges, loading a filter needs CAP_SYS_ADMIN: load it
+    // while the process still has it (as runc and libcontainer do); else as
+    // late as possible.
+    let late_seccomp = match seccomp {
+        Some(filter) if !no_new_privileges => {
+            security::load_seccomp(filter)?;
+            None
+        }
+        other => other.cloned(),
+    };
+    security::set_user_and_capabilities(user.uid(), user.gid(), process.capabilities().as_ref())?;
+    if no_new_privileges {
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         step(Errno::result(r), || "process.noNewPrivileges: prctl".into())?;
@@ -372,7 +390,12 @@ fn setup_process(process: &Process) -> Result<Prepared, InitError> {
         .enumerate()
         .map(|(i, e)| cstring(format!("process.env[{i}]"), e))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Prepared { path, args, env })
+    Ok(Prepared {
+        path,
+        args,
+        env,
+        seccomp: late_seccomp,
+    })
 }
 
 fn wait_and_exec(
@@ -392,6 +415,9 @@ fn wait_and_exec(
     // SAFETY: installing SIG_DFL runs no handler code.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Some(filter) = &p.seccomp {
+        security::load_seccomp(filter)?;
+    }
     let errno = sys::execve(&p.path, &p.args, &p.env);
     Err(InitError::Step {
         step: format!("process.args[0]: execve({:?})", p.path),

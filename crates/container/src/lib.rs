@@ -11,6 +11,7 @@ pub mod id;
 pub mod init;
 pub mod launch;
 pub mod mounts;
+pub mod security;
 pub mod spec;
 pub mod sys;
 
