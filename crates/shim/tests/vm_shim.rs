@@ -191,6 +191,8 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
     sandbox.extend([
         "--annotation".into(),
         "io.kubernetes.cri.sandbox-memory=268435456".into(),
+        "--cap-add".into(),
+        "CAP_SYS_ADMIN".into(),
     ]);
     w.run_detached(&sandbox, "p1", &["sleep", "1000"]);
     // As CRI does: c2 joins the sandbox's IPC and UTS namespaces by host path.
@@ -214,8 +216,17 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
         assert!(n1.starts_with(&format!("{ns}:[")), "{n1}");
         assert_eq!(n1, n2, "c2 did not join p1's {ns} namespace\n{}", w.log());
     }
+    // The guest applies each container's capabilities: p1 has CAP_SYS_ADMIN,
+    // c2 has ctr's defaults, without it, so c2 may not set the shared hostname
+    // (as runc would refuse).
     w.exec("p1", &["hostname", "pod-p1"]);
     assert_eq!(w.exec("c2", &["hostname"]), "pod-p1\n");
+    let out = w.run(&["task", "exec", "--exec-id", "h", "c2", "hostname", "other"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(w.qemu_pids().len(), 1, "{:?}", w.processes());
     let shims: Vec<String> = w
         .processes()
