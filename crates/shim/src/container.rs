@@ -37,6 +37,7 @@ use skerry_runtime::{
     monitor::{error_chain, now_rfc3339, VM_LOST_STATUS},
     mounts::{HostMounts, SysMounts},
     plain::{self, CreateOptions, ExecOptions},
+    policy,
     relay::{Relay, RelayOptions},
     state::{self, ContainerState, StateStore, Status},
 };
@@ -226,6 +227,10 @@ impl Prepared {
         let loaded = Bundle::load(&bundle_dir)
             .map_err(TaskError::from)
             .and_then(|bundle| {
+                // The tenant floor, before anything runs (a VM or a host
+                // container), whatever the isolation.
+                policy::check(&config.policy, &bundle.spec)
+                    .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
                 let annotations = bundle.spec.annotations().as_ref();
                 let isolation = isolation::resolve(&config.runtime, annotations)
                     .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;

@@ -239,3 +239,11 @@ fn plain_shim_oom_kill_publishes_task_oom() {
     require_host!();
     oom_kill_publishes_task_oom(&World::with_config(CONTAINER_MODE));
 }
+
+#[test]
+fn plain_shim_policy_floor_refuses_a_privileged_task() {
+    require_host!();
+    privileged_task_is_refused_by_the_floor(&World::with_config(&format!(
+        "{CONTAINER_MODE}{DENY_PRIVILEGED}"
+    )));
+}

@@ -377,6 +377,12 @@ fn vm_shim_tty_and_exit_status() {
 }
 
 #[test]
+fn vm_shim_policy_floor_refuses_a_privileged_task() {
+    require_vm!();
+    privileged_task_is_refused_by_the_floor(&World::with_config(DENY_PRIVILEGED));
+}
+
+#[test]
 fn vm_shim_oom_kill_publishes_task_oom() {
     require_vm!();
     oom_kill_publishes_task_oom(&World::new());

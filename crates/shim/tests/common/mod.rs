@@ -572,3 +572,31 @@ pub fn oom_kill_publishes_task_oom(w: &World) {
     );
     w.assert_clean();
 }
+
+/// Config text switching the tenant floor's privileged rule on.
+pub const DENY_PRIVILEGED: &str = "[policy]\ndeny_privileged = true\n";
+
+/// With `policy.deny_privileged`, `ctr run --privileged` is refused before
+/// anything runs (no VM, no host container), naming the field and the rule.
+pub fn privileged_task_is_refused_by_the_floor(w: &World) {
+    let out = w.run(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "priv",
+        "true",
+    ]);
+    assert!(!out.status.success(), "a privileged task ran\n{}", w.log());
+    // e.g. "policy: mounts[5]: mounts sysfs read-write (policy.deny_privileged)"
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("policy: ") && said.contains(" (policy.deny_privileged)"),
+        "{said}\n{}",
+        w.log()
+    );
+    assert!(!w.log().contains("pod VM booted"), "{}", w.log());
+    w.assert_clean();
+}
