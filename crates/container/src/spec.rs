@@ -360,19 +360,10 @@ mod tests {
 
     use super::*;
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "skerry-spec-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn busybox_root(name: &str) -> PathBuf {
-        let root = tempdir(name);
+    /// A fake busybox rootfs in a temp dir removed when dropped.
+    fn busybox_root() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
         std::fs::write(root.join("bin/busybox"), b"\x7fELF").unwrap();
@@ -383,7 +374,7 @@ mod tests {
         std::fs::write(root.join("bin/data"), b"x").unwrap();
         // An absolute link that would escape the root if followed naively.
         symlink("/etc/passwd", root.join("bin/escape")).unwrap();
-        root
+        dir
     }
 
     fn spec_json(args: &str, env: &str) -> Vec<u8> {
@@ -396,38 +387,40 @@ mod tests {
 
     #[test]
     fn finds_program_through_path_and_symlinks() {
-        let root = busybox_root("path");
+        let dir = busybox_root();
+        let root = dir.path();
         let spec = parse_spec(&spec_json(
             r#"["sh","-c","true"]"#,
             r#"["PATH=/usr/bin:/bin"]"#,
         ))
         .unwrap();
-        assert_eq!(validate_spec(&spec, &root).unwrap(), Path::new("/bin/sh"));
+        assert_eq!(validate_spec(&spec, root).unwrap(), Path::new("/bin/sh"));
         let spec = parse_spec(&spec_json(r#"["env"]"#, "[]")).unwrap();
         assert_eq!(
-            validate_spec(&spec, &root).unwrap(),
+            validate_spec(&spec, root).unwrap(),
             Path::new("/usr/bin/env")
         );
     }
 
     #[test]
     fn names_the_field_on_errors() {
-        let root = busybox_root("errors");
+        let dir = busybox_root();
+        let root = dir.path();
         let spec = parse_spec(&spec_json(r#"["/bin/nope"]"#, "[]")).unwrap();
-        let e = validate_spec(&spec, &root).unwrap_err().to_string();
+        let e = validate_spec(&spec, root).unwrap_err().to_string();
         assert!(e.contains("process.args[0] \"/bin/nope\" not found"), "{e}");
         let spec = parse_spec(&spec_json(r#"["/bin/data"]"#, "[]")).unwrap();
-        let e = validate_spec(&spec, &root).unwrap_err().to_string();
+        let e = validate_spec(&spec, root).unwrap_err().to_string();
         assert!(e.contains("not executable"), "{e}");
         let spec = parse_spec(&spec_json("[]", "[]")).unwrap();
-        let e = validate_spec(&spec, &root).unwrap_err().to_string();
+        let e = validate_spec(&spec, root).unwrap_err().to_string();
         assert_eq!(e, "process.args is missing or empty");
         let spec = parse_spec(&spec_json(r#"["sh"]"#, r#"["NOEQUALS"]"#)).unwrap();
-        let e = validate_spec(&spec, &root).unwrap_err().to_string();
+        let e = validate_spec(&spec, root).unwrap_err().to_string();
         assert!(e.starts_with("process.env[0]"), "{e}");
         let spec = parse_spec(br#"{"ociVersion":"1.0.2"}"#).unwrap();
         assert_eq!(
-            validate_spec(&spec, &root).unwrap_err().to_string(),
+            validate_spec(&spec, root).unwrap_err().to_string(),
             "process is missing or empty"
         );
         assert!(parse_spec(b"{not json").is_err());
@@ -436,18 +429,19 @@ mod tests {
 
     #[test]
     fn resolution_stays_inside_root() {
-        let root = busybox_root("escape");
+        let dir = busybox_root();
+        let root = dir.path();
         assert_eq!(
-            resolve_in_root(&root, Path::new("/bin/escape")).unwrap(),
+            resolve_in_root(root, Path::new("/bin/escape")).unwrap(),
             root.join("etc/passwd")
         );
         assert_eq!(
-            resolve_in_root(&root, Path::new("/../../../etc")).unwrap(),
+            resolve_in_root(root, Path::new("/../../../etc")).unwrap(),
             root.join("etc")
         );
         symlink("loop", root.join("loop")).unwrap();
         assert!(matches!(
-            resolve_in_root(&root, Path::new("/loop")),
+            resolve_in_root(root, Path::new("/loop")),
             Err(ResolveError::Loop)
         ));
     }
