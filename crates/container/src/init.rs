@@ -175,7 +175,8 @@ fn open_channel() -> Result<UnixStream, InitError> {
 enum Never {}
 
 fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Never, InitError> {
-    security::check_seccomp(spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()))?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    security::check_seccomp(seccomp)?;
     let mut warnings = Vec::new();
     setup_rootfs(spec, rootfs, &mut warnings)?;
     if let Some(h) = spec.hostname() {
@@ -190,7 +191,6 @@ fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Ne
     if process.terminal().unwrap_or(false) {
         setup_console(chan, process.user().uid())?;
     }
-    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     let prepared = setup_process(process, seccomp)?;
     wait_and_exec(chan, prepared, warnings)
 }

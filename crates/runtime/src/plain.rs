@@ -526,8 +526,12 @@ fn cgroup_error(id: &str, e: &dyn std::fmt::Display) -> PlainError {
 
 /// Host pids of every process in the container's cgroup.
 pub fn pids(store: &StateStore, id: &str) -> Result<Vec<u32>, PlainError> {
-    let mut pids: Vec<u32> = cgroup_manager(store, id)?
-        .0
+    sorted_pids(id, &cgroup_manager(store, id)?.0)
+}
+
+/// Host pids in the cgroup of `manager`, sorted.
+fn sorted_pids(id: &str, manager: &AnyCgroupManager) -> Result<Vec<u32>, PlainError> {
+    let mut pids: Vec<u32> = manager
         .get_all_pids()
         .map_err(|e| cgroup_error(id, &e))?
         .into_iter()
@@ -581,7 +585,7 @@ pub fn stats(store: &StateStore, id: &str) -> Result<StatsContainerResponse, Pla
         pids_current: s.pids.current,
         pids_limit: s.pids.limit,
         oom_kills: oom_kills(id, &manager, &cgroup_path)?,
-        pids: pids(store, id)?,
+        pids: sorted_pids(id, &manager)?,
         ..Default::default()
     })
 }

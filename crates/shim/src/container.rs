@@ -683,13 +683,14 @@ impl Container {
     /// Removes an exec'd process that is not running; returns its exit.
     pub async fn delete_exec(&self, exec_id: &str) -> Result<Option<Exit>, TaskError> {
         let p = self.process(exec_id)?;
-        if matches!(self.status(&p), TaskStatus::Running | TaskStatus::Paused) {
+        let status = self.status(&p);
+        if matches!(status, TaskStatus::Running | TaskStatus::Paused) {
             return Err(self.wrong_status(&p, "delete"));
         }
         self.execs.lock().expect("execs lock").remove(exec_id);
         if let Engine::Vm { pod, agent } = &self.engine {
             // An exec that never started is unknown to the agent.
-            if self.status(&p) == TaskStatus::Stopped && !*pod.vm_gone().borrow() {
+            if status == TaskStatus::Stopped && !*pod.vm_gone().borrow() {
                 let name = Proc {
                     container: &self.id,
                     exec: exec_id,
