@@ -577,7 +577,7 @@ impl Muxer {
 /// backlog is full (a host service that stopped accepting, or a guest opening
 /// connections faster than it accepts) fails the connect with `EAGAIN` instead
 /// of stalling the device thread, and the guest gets a reset.
-fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+pub(super) fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let fd = socket(
         AddressFamily::Unix,

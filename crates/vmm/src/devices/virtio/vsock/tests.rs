@@ -1,7 +1,6 @@
 //! virtio-vsock driven through virtqueues in plain memory against real host Unix sockets.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -298,25 +297,16 @@ fn guest_connect_without_listener_is_reset() {
 
 #[test]
 fn guest_connect_to_a_full_listener_is_reset_without_waiting() {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let mut h = harness();
     h.give_rx(4);
-    let path = format!("{}_53", h.uds.display());
+    let path = PathBuf::from(format!("{}_53", h.uds.display()));
     let _listener = UnixListener::bind(&path).unwrap();
     // Fill the listener's backlog: it never accepts.
-    let addr = UnixAddr::new(path.as_str()).unwrap();
     let mut queued = Vec::new();
     loop {
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK,
-            None,
-        )
-        .unwrap();
-        match connect(fd.as_raw_fd(), &addr) {
-            Ok(()) => queued.push(fd),
-            Err(nix::errno::Errno::EAGAIN) => break,
+        match connect_nonblocking(&path) {
+            Ok(stream) => queued.push(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => panic!("filling the backlog: {e}"),
         }
         assert!(queued.len() < 100_000, "the backlog never filled");
