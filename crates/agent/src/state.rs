@@ -140,6 +140,8 @@ pub struct Container {
     clone_flags: CloneFlags,
     /// The spec's seccomp filter, for exec'd processes.
     seccomp: Option<LinuxSeccomp>,
+    /// The spec's process: what an exec leaves out of its limits comes from it.
+    init_spec: Option<oci_spec::runtime::Process>,
     /// Channel to the init process while it waits for StartContainer.
     pending_start: Mutex<Option<UnixStream>>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -253,8 +255,10 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        // Exec'd processes get the container's seccomp filter too.
+        // Exec'd processes get the container's seccomp filter too, and its
+        // process limits where they ask for none.
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let init_spec = spec.process().clone();
         let me = Arc::clone(self);
         let idc = id.to_string();
         let result = tokio::task::spawn_blocking(move || me.create_blocking(&idc, spec, pod_init))
@@ -275,6 +279,7 @@ impl Sandbox {
             init: Arc::new(Process { pid, exit, io }),
             clone_flags,
             seccomp,
+            init_spec,
             pending_start: Mutex::new(Some(chan)),
             execs: Mutex::new(HashMap::new()),
         });
@@ -446,7 +451,10 @@ impl Sandbox {
             id: id.to_string(),
             source,
         };
-        let process = spec::parse_process(process_json).map_err(bad)?;
+        let mut process = spec::parse_process(process_json).map_err(bad)?;
+        if let Some(init) = &c.init_spec {
+            process = skerry_container::security::exec_process(init, process);
+        }
         let root = PathBuf::from(format!("/proc/{}/root", c.init.pid));
         spec::validate_process(&process, &root).map_err(bad)?;
         let me = Arc::clone(self);

@@ -174,21 +174,14 @@ pub async fn exec(cli: &Cli, store: &StateStore, args: &ExecArgs) -> anyhow::Res
 /// `exec` in a container-mode container: libcontainer joins its namespaces
 /// and cgroup; the process is our child, so the foreground waits for it.
 async fn exec_plain(store: &StateStore, args: &ExecArgs, process: &Process) -> anyhow::Result<i32> {
-    let file = store
-        .dir(&args.id)
-        .join(format!("{}.process.json", exec::new_exec_id()));
-    fs::write(&file, serde_json::to_vec(process)?)
-        .with_context(|| format!("writing {}", file.display()))?;
     let opts = plain::ExecOptions {
-        process_file: file.clone(),
+        process: process.clone(),
         pid_file: args.pid_file.clone(),
         console_socket: args.console_socket.clone(),
         preserve_fds: args.preserve_fds,
         detached: args.detach,
     };
-    let pid = plain::exec(store, &args.id, &opts);
-    let _ = fs::remove_file(&file);
-    let pid = pid?;
+    let pid = plain::exec(store, &args.id, &opts)?;
     if args.detach {
         return Ok(0);
     }

@@ -10,7 +10,7 @@ use libcontainer::{
     syscall::{linux::LinuxSyscall, Syscall, SyscallError},
 };
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{Arch, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction};
+use oci_spec::runtime::{Arch, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, Process};
 
 /// A limit that could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +50,16 @@ pub fn set_user_and_capabilities(
         .set_id(Uid::from_raw(uid), Gid::from_raw(gid))
         .map_err(|source| SecurityError::SetId { uid, gid, source })?;
     capabilities::reset_effective(&syscall).map_err(SecurityError::Capabilities)?;
-    if let Some(caps) = caps {
-        capabilities::drop_privileges(caps, &syscall).map_err(SecurityError::Capabilities)?;
+    match caps {
+        Some(caps) => set_capabilities(caps),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Sets every capability set of this process to what `caps` says (an unset
+/// bounding set is an empty one; other unset sets stay as they are).
+pub fn set_capabilities(caps: &LinuxCapabilities) -> Result<(), SecurityError> {
+    capabilities::drop_privileges(caps, &LinuxSyscall).map_err(SecurityError::Capabilities)
 }
 
 /// Every capability this build knows by name (`CAP_CHOWN`, ...), sorted.
@@ -109,4 +115,105 @@ pub fn check_seccomp(filter: Option<&LinuxSeccomp>) -> Result<(), SecurityError>
 pub fn load_seccomp(filter: &LinuxSeccomp) -> Result<(), SecurityError> {
     seccomp::initialize_seccomp(filter).map_err(SecurityError::Seccomp)?;
     Ok(())
+}
+
+/// The process an exec runs in a container, as runc's exec builds it: the
+/// security fields `requested` leaves out (capabilities, noNewPrivileges,
+/// rlimits, AppArmor profile, SELinux label) are the container init's. The
+/// container's seccomp filter is not a process field: the caller loads it
+/// into every exec'd process, whatever the request says.
+pub fn exec_process(init: &Process, mut requested: Process) -> Process {
+    if requested.capabilities().is_none() {
+        requested.set_capabilities(init.capabilities().clone());
+    }
+    if requested.no_new_privileges().is_none() {
+        requested.set_no_new_privileges(init.no_new_privileges());
+    }
+    if requested.rlimits().as_ref().is_none_or(Vec::is_empty) {
+        requested.set_rlimits(init.rlimits().clone());
+    }
+    if requested
+        .apparmor_profile()
+        .as_ref()
+        .is_none_or(String::is_empty)
+    {
+        requested.set_apparmor_profile(init.apparmor_profile().clone());
+    }
+    if requested
+        .selinux_label()
+        .as_ref()
+        .is_none_or(String::is_empty)
+    {
+        requested.set_selinux_label(init.selinux_label().clone());
+    }
+    requested
+}
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::runtime::{
+        Capability, LinuxCapabilitiesBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    };
+
+    use super::*;
+
+    fn init() -> Process {
+        let caps: std::collections::HashSet<_> = [Capability::Chown, Capability::Kill].into();
+        ProcessBuilder::default()
+            .args(vec!["sleep".to_string()])
+            .capabilities(
+                LinuxCapabilitiesBuilder::default()
+                    .bounding(caps)
+                    .effective(std::collections::HashSet::from([Capability::Chown]))
+                    .build()
+                    .unwrap(),
+            )
+            .no_new_privileges(true)
+            .rlimits(vec![PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(64u64)
+                .hard(128u64)
+                .build()
+                .unwrap()])
+            .apparmor_profile("tenant")
+            .selinux_label("system_u:system_r:container_t:s0")
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bare_exec_gets_the_init_limits() {
+        // As a process JSON without those fields reads.
+        let bare: Process =
+            serde_json::from_str(r#"{"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#)
+                .unwrap();
+        let got = exec_process(&init(), bare);
+        assert_eq!(got.args(), &Some(vec!["sh".to_string()]));
+        assert_eq!(got.capabilities(), init().capabilities());
+        assert_eq!(got.no_new_privileges(), Some(true));
+        assert_eq!(got.rlimits(), init().rlimits());
+        assert_eq!(got.apparmor_profile().as_deref(), Some("tenant"));
+        assert_eq!(got.selinux_label(), init().selinux_label());
+    }
+
+    #[test]
+    fn what_the_exec_asks_for_stands() {
+        let asked = ProcessBuilder::default()
+            .args(vec!["sh".to_string()])
+            .capabilities(LinuxCapabilitiesBuilder::default().build().unwrap())
+            .no_new_privileges(false)
+            .rlimits(vec![])
+            .apparmor_profile("")
+            .build()
+            .unwrap();
+        let got = exec_process(&init(), asked);
+        assert_eq!(
+            got.capabilities(),
+            &Some(LinuxCapabilitiesBuilder::default().build().unwrap())
+        );
+        assert_eq!(got.no_new_privileges(), Some(false));
+        // Empty means unset, as in runc.
+        assert_eq!(got.rlimits(), init().rlimits());
+        assert_eq!(got.apparmor_profile().as_deref(), Some("tenant"));
+    }
 }

@@ -52,8 +52,7 @@ use crate::{
     stdio::{self, StdinEnd, StdioPaths},
 };
 
-/// Numbers the console sockets and exec process files of container-mode
-/// processes.
+/// Numbers the console sockets of container-mode processes.
 static PLAIN_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// How long CloseIO waits for the relay to pass the rest of stdin on.
@@ -494,16 +493,11 @@ impl Container {
         p: &Process,
         stdio: skerry_runtime::relay::ProcessStdio,
     ) -> Result<Pumps, TaskError> {
-        let seq = PLAIN_SEQ.fetch_add(1, Ordering::Relaxed);
-        let process_file = self.store.dir(&self.id).join(format!("exec-{seq}.json"));
-        std::fs::write(&process_file, &p.spec).map_err(|source| TaskError::Stdio {
-            stream: "process",
-            path: process_file.clone(),
-            source,
-        })?;
+        let process = serde_json::from_slice(&p.spec)
+            .map_err(|e| TaskError::InvalidArgument(format!("spec: not an OCI process: {e}")))?;
         let mut plumbing = Plumbing::new(p.io.terminal, console_socket(&self.bundle))?;
         let opts = ExecOptions {
-            process_file: process_file.clone(),
+            process,
             console_socket: plumbing.console_socket.clone(),
             detached: true,
             ..Default::default()
@@ -513,9 +507,7 @@ impl Container {
         let pid =
             tokio::task::spawn_blocking(move || plain::exec_with_stdio(&store, &id, &opts, fds))
                 .await
-                .expect("exec task");
-        let _ = std::fs::remove_file(&process_file);
-        let pid = pid?;
+                .expect("exec task")?;
         info!(container = %self.id, exec = %p.exec_id, pid, "exec started on the host");
         let _ = p.host_pid.set(pid);
         let mut pumps = plumbing.connect(stdio)?;

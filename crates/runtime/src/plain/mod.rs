@@ -32,9 +32,11 @@ use nix::{
     sys::wait::{waitpid, WaitStatus},
     unistd::Pid,
 };
-use oci_spec::runtime::{LinuxResources, Spec};
-use skerry_container::cgroup_file;
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+use skerry_container::{cgroup_file, security::SecurityError};
 use skerry_protocol::StatsContainerResponse;
+
+mod exec;
 
 use crate::{
     bundle::Bundle,
@@ -98,6 +100,26 @@ pub enum PlainError {
         #[source]
         source: std::io::Error,
     },
+    /// The container's limits cannot be applied to an exec'd process.
+    #[error("container {id:?}: exec")]
+    Exec {
+        /// Container.
+        id: String,
+        /// The limit.
+        #[source]
+        source: SecurityError,
+    },
+    /// The container's config.json could not be read again.
+    #[error("container {id:?}: {path}")]
+    Spec {
+        /// Container.
+        id: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
     /// A file of the container's state directory.
     #[error("container {id:?}: {path}")]
     Io {
@@ -129,8 +151,8 @@ pub struct CreateOptions {
 /// How `exec` runs a process in the container.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOptions {
-    /// The OCI process JSON file.
-    pub process_file: PathBuf,
+    /// The OCI process; what it leaves out of its limits is the init's.
+    pub process: Process,
     /// Write the process's host pid here.
     pub pid_file: Option<PathBuf>,
     /// Send the terminal's master here.
@@ -443,7 +465,10 @@ pub fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), PlainErro
     })
 }
 
-/// Runs a new process in the running container; returns its host pid.
+/// Runs a new process in the running container, with the container's
+/// seccomp filter and, where the process names none, the init's
+/// capabilities, noNewPrivileges, rlimits and MAC labels; returns its host
+/// pid.
 pub fn exec(store: &StateStore, id: &str, opts: &ExecOptions) -> Result<u32, PlainError> {
     exec_with_stdio(store, id, opts, None)
 }
@@ -456,19 +481,42 @@ pub fn exec_with_stdio(
     stdio: Option<ProcessFds>,
 ) -> Result<u32, PlainError> {
     let pid = locked(store, id, || {
-        builder(
+        let config = load(store, id)?.bundle().join("config.json");
+        let init = Spec::load(&config).map_err(|source| PlainError::Spec {
+            id: id.into(),
+            path: config,
+            source,
+        })?;
+        let plan = exec::plan(&init, opts.process.clone()).map_err(|source| PlainError::Exec {
+            id: id.into(),
+            source,
+        })?;
+        let file = store.dir(id).join(exec::process_file_name());
+        let io = |source| PlainError::Io {
+            id: id.into(),
+            path: file.clone(),
+            source,
+        };
+        let json = serde_json::to_vec(&plan.process).map_err(|e| io(e.into()))?;
+        fs::write(&file, json).map_err(io)?;
+        let pid = builder(
             store,
             id,
             opts.pid_file.as_deref(),
             opts.console_socket.as_deref(),
             opts.preserve_fds,
             stdio,
-        )?
-        .as_tenant()
-        .with_detach(opts.detached)
-        .with_process(Some(&opts.process_file))
-        .build()
-        .map_err(lc_error(id, "exec"))
+        )
+        .map(|b| b.with_executor(plan.executor))
+        .and_then(|b| {
+            b.as_tenant()
+                .with_detach(opts.detached)
+                .with_process(Some(&file))
+                .build()
+                .map_err(lc_error(id, "exec"))
+        });
+        let _ = fs::remove_file(&file);
+        pid
     })?;
     Ok(pid.as_raw() as u32)
 }
