@@ -35,8 +35,8 @@ fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle, Is
     validate_id(&opts.id)?;
     let config = load_config(cli)?;
     let bundle = Bundle::load(&opts.bundle)?;
-    skerry_runtime::policy::check(&config.policy, &bundle.spec)?;
     let isolation = isolation::resolve(&config.runtime, bundle.spec.annotations().as_ref())?;
+    skerry_runtime::policy::check(&config.policy, &bundle.spec, isolation)?;
     if isolation == Isolation::Container {
         return Ok((config, bundle, isolation));
     }

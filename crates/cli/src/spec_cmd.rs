@@ -207,7 +207,7 @@ pub fn run(bundle: &Path, rootless: bool, runc: bool) -> anyhow::Result<i32> {
 mod tests {
     use oci_spec::runtime::PosixRlimitType;
     use skerry_runtime::{
-        config::{HostNamespace, PolicyConfig},
+        config::{HostNamespace, Isolation, PolicyConfig},
         policy,
     };
 
@@ -390,13 +390,16 @@ mod tests {
     fn hardened_spec_meets_the_strictest_policy() {
         for ids in [None, Some((1000, 1001))] {
             let spec = hardened(ids).unwrap();
-            policy::check(&strict_policy(), &spec).unwrap();
+            for isolation in [Isolation::Vm, Isolation::Container] {
+                policy::check(&strict_policy(), &spec, isolation).unwrap();
+            }
             let back: Spec = serde_json::from_slice(&render(&spec).unwrap()).unwrap();
             assert_eq!(back, spec);
-            policy::check(&strict_policy(), &back).unwrap();
+            policy::check(&strict_policy(), &back, Isolation::Vm).unwrap();
         }
         // runc's example is what the floor exists to refuse.
-        let err = policy::check(&strict_policy(), &example(None).unwrap()).unwrap_err();
+        let err =
+            policy::check(&strict_policy(), &example(None).unwrap(), Isolation::Vm).unwrap_err();
         assert_eq!(
             err.to_string(),
             "policy: linux.seccomp: missing (policy.require_seccomp)"

@@ -327,3 +327,46 @@ pub fn remount_readonly_in(pid: i32, paths: &[std::ffi::CString]) -> Result<(), 
         }
     }
 }
+
+/// `MOUNT_ATTR_*` of mount_setattr(2) (linux/mount.h; not in libc).
+pub mod mount_attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// Ignore set-user-id and set-group-id bits.
+    pub const NOSUID: u64 = 0x2;
+    /// No device files.
+    pub const NODEV: u64 = 0x4;
+}
+
+/// Sets `attr_set` ([`mount_attr`] bits) on mount `tree` (an `open_tree`
+/// fd, attached or not) and on every mount below it.
+pub fn mount_setattr_recursive(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), SysError> {
+    /// `struct mount_attr` (linux/mount.h).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const AT_RECURSIVE: libc::c_int = 0x8000;
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `tree` is a live fd, the path is an empty C string, and `attr`
+    // is a `struct mount_attr` of the size passed that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret, || format!("mount_setattr({attr_set:#x})")).map(drop)
+}

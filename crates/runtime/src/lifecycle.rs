@@ -276,9 +276,10 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
         // Failures of poststop hooks are warnings (logged by run_hooks).
         let _ = run_hooks(HookKind::Poststop, &poststop, &state).await;
     }
+    // The VM and its helpers are gone: no guest can change these paths now.
     for path in mounted_under(&store.dir(id)) {
         SysMounts
-            .unmount(&path)
+            .unmount_path(&path)
             .map_err(|source| LifecycleError::Cleanup {
                 id: id.into(),
                 source,

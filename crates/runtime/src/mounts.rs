@@ -1,34 +1,91 @@
 //! Host mount operations, behind a trait so that sandbox logic can be tested
-//! without root.
+//! without root. Mount points under a sandbox's share are [`MountPoint`]s,
+//! resolved by `crate::share` without following symlinks; the calls here act
+//! on their file descriptors, never on a path the guest could have changed.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
+use skerry_container::sys::{self, mount_attr};
+
+/// A mount point (or a mount) in a sandbox's share: an `O_PATH` handle to
+/// it, and its path, for logs.
+#[derive(Debug)]
+pub struct MountPoint {
+    path: PathBuf,
+    handle: pathrs::Handle,
+}
+
+impl MountPoint {
+    /// The mount point `handle` refers to, found at `path`.
+    pub fn new(path: PathBuf, handle: pathrs::Handle) -> Self {
+        Self { path, handle }
+    }
+
+    /// Where it was found.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The handle's magic link: what the kernel resolves it to is the
+    /// handle's inode, wherever the guest has moved things since.
+    fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.handle.as_fd().as_raw_fd()))
+    }
+
+    /// The handle.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.handle.as_fd()
+    }
+}
 
 /// The privileged host mount calls the runtime makes.
 pub trait HostMounts: Send + Sync {
-    /// Bind-mounts `src` onto the existing directory `dst`.
-    fn bind(&self, src: &Path, dst: &Path) -> std::io::Result<()>;
-    /// Detaches the mount at `dst`; succeeds if nothing is mounted there.
-    fn unmount(&self, dst: &Path) -> std::io::Result<()>;
+    /// Mounts a recursive copy of `src` onto `dst`, `nosuid` and `nodev`
+    /// throughout and, with `read_only`, read-only throughout: set before the
+    /// copy is attached, so the guest never sees it writable.
+    fn bind(&self, src: &Path, dst: &MountPoint, read_only: bool) -> std::io::Result<()>;
+    /// Detaches the mount `dst` refers to; succeeds if it is not a mount.
+    fn unmount(&self, dst: &MountPoint) -> std::io::Result<()>;
     /// Bind-mounts the directory `dir` onto itself as a shared mount, so that
     /// mounts made below it later also reach mount namespaces copied from it
     /// (virtiofsd's sandbox).
     fn bind_shared(&self, dir: &Path) -> std::io::Result<()>;
+    /// Detaches the mount at `dir`, a path no guest can change (a sandbox's
+    /// share directory itself, or anything once its VM is gone); succeeds
+    /// if nothing is mounted there. The last component is not followed.
+    fn unmount_path(&self, dir: &Path) -> std::io::Result<()>;
 }
 
-/// The real thing: mount(2) and umount2(2).
+/// The real thing: open_tree(2), mount_setattr(2), move_mount(2), umount2(2).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SysMounts;
 
 impl HostMounts for SysMounts {
-    fn bind(&self, src: &Path, dst: &Path) -> std::io::Result<()> {
-        mount(
-            Some(src),
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
+    fn bind(&self, src: &Path, dst: &MountPoint, read_only: bool) -> std::io::Result<()> {
+        let tree = open_tree(
+            rustix::fs::CWD,
+            src,
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_RECURSIVE,
+        )?;
+        let mut attr = mount_attr::NOSUID | mount_attr::NODEV;
+        if read_only {
+            attr |= mount_attr::RDONLY;
+        }
+        sys::mount_setattr_recursive(tree.as_fd(), attr)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
+        move_mount(
+            tree.as_fd(),
+            "",
+            dst.fd(),
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
         )?;
         Ok(())
     }
@@ -48,12 +105,20 @@ impl HostMounts for SysMounts {
         Ok(())
     }
 
-    fn unmount(&self, dst: &Path) -> std::io::Result<()> {
-        match umount2(dst, MntFlags::MNT_DETACH) {
-            // EINVAL: not a mount point; ENOENT: already gone.
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+    fn unmount(&self, dst: &MountPoint) -> std::io::Result<()> {
+        detach(&dst.fd_path(), MntFlags::MNT_DETACH)
+    }
+
+    fn unmount_path(&self, dir: &Path) -> std::io::Result<()> {
+        detach(dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+    }
+}
+
+fn detach(path: &Path, flags: MntFlags) -> std::io::Result<()> {
+    match umount2(path, flags) {
+        // EINVAL: not a mount point; ENOENT: already gone.
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

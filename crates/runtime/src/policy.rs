@@ -15,7 +15,10 @@ use oci_spec::runtime::{
     LinuxNamespaceType, LinuxSeccompAction, Mount, Spec,
 };
 
-use crate::config::{HostNamespace, PolicyConfig};
+use crate::{
+    config::{HostNamespace, Isolation, PolicyConfig},
+    share::{is_bind, read_only},
+};
 
 /// The 38 capabilities of Linux 3.16 to 5.8 (CAP_CHOWN … CAP_AUDIT_READ,
 /// numbers 0–37). A bounding set holding all of them is a privileged
@@ -162,7 +165,11 @@ fn cap_name(cap: Capability) -> String {
 ///     and CAP_CHECKPOINT_RESTORE are not required);
 ///   - a bind mount (type `bind`, or a `bind`/`rbind` option) of the host's
 ///     `/proc` or `/sys` or a path below them, or an `rbind` of `/`, that is
-///     not read-only (the last of `ro`/`rw` in its options is not `ro`);
+///     not read-only (the last of `ro`/`rw` in its options is not `ro`); in
+///     VM isolation any bind of `/`, `/proc`, `/sys` or below the last two,
+///     whatever its options (a guest kernel is not trusted to keep them
+///     read-only, and even read-only they hand the host's kernel state and
+///     files to a VM built to keep them apart);
 ///   - a `sysfs` mount that is not read-only;
 ///   - a `linux.resources.devices` entry with `allow: true`, no type (or
 ///     `a`), no major and minor (or negative ones) and an access that is
@@ -181,9 +188,9 @@ fn cap_name(cap: Capability) -> String {
 ///   component, and is under one of the prefixes (whole components compared).
 ///
 /// Paths are compared as written: symlinks on the host are not resolved.
-pub fn check(policy: &PolicyConfig, spec: &Spec) -> Result<(), PolicyError> {
+pub fn check(policy: &PolicyConfig, spec: &Spec, isolation: Isolation) -> Result<(), PolicyError> {
     if policy.deny_privileged {
-        check_privileged(spec)?;
+        check_privileged(spec, isolation)?;
     }
     if policy.require_seccomp {
         check_seccomp(spec)?;
@@ -236,26 +243,11 @@ fn joined_path(ns: &LinuxNamespace) -> Option<&Path> {
     ns.path().as_deref().filter(|p| !p.as_os_str().is_empty())
 }
 
-/// A bind mount, by the rule the monitor uses to share it from the host.
-fn is_bind(m: &Mount) -> bool {
-    m.typ().as_deref() == Some("bind") || has_option(m, &["bind", "rbind"])
-}
-
 fn has_option(m: &Mount, names: &[&str]) -> bool {
     m.options()
         .iter()
         .flatten()
         .any(|o| names.contains(&o.as_str()))
-}
-
-/// Whether the mount ends up read-only: the last of `ro` / `rw` wins.
-fn read_only(m: &Mount) -> bool {
-    m.options()
-        .iter()
-        .flatten()
-        .rev()
-        .find(|o| *o == "ro" || *o == "rw")
-        .is_some_and(|o| o == "ro")
 }
 
 /// `path` with `.` and `..` resolved lexically; None for a relative path.
@@ -276,7 +268,7 @@ fn lexical(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-fn check_privileged(spec: &Spec) -> Result<(), PolicyError> {
+fn check_privileged(spec: &Spec, isolation: Isolation) -> Result<(), PolicyError> {
     let privileged = |field: String, detail: String| PolicyError::Privileged { field, detail };
     let Some(caps) = capabilities(spec) else {
         return Err(privileged(
@@ -291,8 +283,10 @@ fn check_privileged(spec: &Spec) -> Result<(), PolicyError> {
             "holds every capability".into(),
         ));
     }
+    let vm = isolation == Isolation::Vm;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        if read_only(m) {
+        let ro = read_only(m);
+        if ro && !vm {
             continue;
         }
         if is_bind(m) {
@@ -303,13 +297,20 @@ fn check_privileged(spec: &Spec) -> Result<(), PolicyError> {
                 continue;
             };
             let kernel_fs = host.starts_with("/proc") || host.starts_with("/sys");
-            let whole_root = host == Path::new("/") && has_option(m, &["rbind"]);
-            if kernel_fs || whole_root {
+            let root = host == Path::new("/");
+            if kernel_fs || (root && (vm || has_option(m, &["rbind"]))) {
+                let how = if ro {
+                    "into a VM (even read-only)"
+                } else {
+                    "read-write"
+                };
                 return Err(privileged(
                     format!("mounts[{i}]"),
-                    format!("bind-mounts {} from the host read-write", source.display()),
+                    format!("bind-mounts {} from the host {how}", source.display()),
                 ));
             }
+        } else if ro {
+            continue;
         } else if m.typ().as_deref() == Some("sysfs") {
             return Err(privileged(
                 format!("mounts[{i}]"),
@@ -553,10 +554,10 @@ mod tests {
     /// `s` is refused by `policy` with exactly `message`, and accepted with
     /// the floor off.
     fn refused(policy: &PolicyConfig, s: &Spec, message: &str) {
-        let err = check(policy, s).expect_err(message);
+        let err = check(policy, s, Isolation::Container).expect_err(message);
         assert_eq!(err.to_string(), message);
         assert_eq!(err.to_string().lines().count(), 1);
-        check(&PolicyConfig::default(), s).unwrap();
+        check(&PolicyConfig::default(), s, Isolation::Container).unwrap();
     }
 
     fn all_capabilities() -> Value {
@@ -568,14 +569,19 @@ mod tests {
 
     #[test]
     fn compliant_spec_passes_every_rule() {
-        check(&all_on(), &spec(compliant())).unwrap();
-        check(&PolicyConfig::default(), &spec(compliant())).unwrap();
+        check(&all_on(), &spec(compliant()), Isolation::Container).unwrap();
+        check(
+            &PolicyConfig::default(),
+            &spec(compliant()),
+            Isolation::Container,
+        )
+        .unwrap();
     }
 
     #[test]
     fn floor_off_accepts_anything() {
         let s = spec(json!({"ociVersion": "1.0.2"}));
-        check(&PolicyConfig::default(), &s).unwrap();
+        check(&PolicyConfig::default(), &s, Isolation::Container).unwrap();
     }
 
     #[test]
@@ -620,6 +626,7 @@ mod tests {
         check(
             &only,
             &with(|v| v["process"]["capabilities"]["bounding"] = short),
+            Isolation::Container,
         )
         .unwrap();
     }
@@ -645,6 +652,48 @@ mod tests {
             "policy: process.capabilities: missing, so the process keeps every capability \
              (policy.allowed_capabilities)",
         );
+    }
+
+    /// In VM isolation `ro` is no excuse: a bind of `/`, `/proc` or `/sys`
+    /// (or below the last two) is privileged whatever its options.
+    #[test]
+    fn host_root_proc_and_sys_are_privileged_in_a_vm_even_read_only() {
+        let only = PolicyConfig {
+            deny_privileged: true,
+            ..PolicyConfig::default()
+        };
+        for (mount, shown) in [
+            (
+                json!({"destination": "/s", "type": "bind", "source": "/sys", "options": ["rbind", "ro"]}),
+                "/sys",
+            ),
+            (
+                json!({"destination": "/p", "source": "/proc/1", "options": ["bind", "ro"]}),
+                "/proc/1",
+            ),
+            (
+                json!({"destination": "/h", "type": "bind", "source": "/", "options": ["bind", "ro"]}),
+                "/",
+            ),
+        ] {
+            let s = with(|v| v["mounts"].as_array_mut().unwrap().push(mount.clone()));
+            check(&only, &s, Isolation::Container).unwrap_or_else(|e| panic!("{mount}: {e}"));
+            let err = check(&only, &s, Isolation::Vm).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "policy: mounts[3]: bind-mounts {shown} from the host into a VM (even \
+                     read-only) (policy.deny_privileged)"
+                )
+            );
+        }
+        // Other host paths, read-only, are not.
+        let s = with(|v| {
+            v["mounts"].as_array_mut().unwrap().push(
+                json!({"destination": "/d", "type": "bind", "source": "/srv/d", "options": ["rbind", "ro"]}),
+            )
+        });
+        check(&only, &s, Isolation::Vm).unwrap();
     }
 
     #[test]
@@ -690,7 +739,7 @@ mod tests {
             json!({"destination": "/procfoo", "type": "bind", "source": "/procfoo"}),
         ] {
             let s = with(|v| v["mounts"].as_array_mut().unwrap().push(mount.clone()));
-            check(&only, &s).unwrap_or_else(|e| panic!("{mount}: {e}"));
+            check(&only, &s, Isolation::Container).unwrap_or_else(|e| panic!("{mount}: {e}"));
         }
         refused(
             &all_on(),
@@ -726,7 +775,7 @@ mod tests {
             json!({"allow": true, "major": 1, "access": "rwm"}),
         ] {
             let s = with(|v| v["linux"]["resources"]["devices"] = json!([rule.clone()]));
-            check(&all_on(), &s).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            check(&all_on(), &s, Isolation::Container).unwrap_or_else(|e| panic!("{rule}: {e}"));
         }
     }
 
@@ -751,7 +800,7 @@ mod tests {
         }
         for action in ["SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP"] {
             let s = with(|v| v["linux"]["seccomp"]["defaultAction"] = action.into());
-            check(&all_on(), &s).unwrap();
+            check(&all_on(), &s, Isolation::Container).unwrap();
         }
     }
 
@@ -798,6 +847,7 @@ mod tests {
         check(
             &p,
             &with(|v| v["linux"]["namespaces"][6]["path"] = "".into()),
+            Isolation::Container,
         )
         .unwrap();
     }
@@ -834,7 +884,12 @@ mod tests {
             "policy: process.capabilities.bounding: CAP_CHOWN is not in \
              policy.allowed_capabilities",
         );
-        check(&none, &with(|v| v["process"]["capabilities"] = json!({}))).unwrap();
+        check(
+            &none,
+            &with(|v| v["process"]["capabilities"] = json!({})),
+            Isolation::Container,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -875,6 +930,7 @@ mod tests {
         check(
             &net_only,
             &with(|v| v["linux"]["namespaces"] = json!([{"type": "network"}])),
+            Isolation::Container,
         )
         .unwrap();
     }
@@ -918,14 +974,15 @@ mod tests {
             }),
             "policy: mounts[2].source /etc: not under policy.allowed_host_paths",
         );
-        check(&p, &source("/srv/data")).unwrap();
-        check(&p, &source("/srv//data/./t1/sub")).unwrap();
+        check(&p, &source("/srv/data"), Isolation::Container).unwrap();
+        check(&p, &source("/srv//data/./t1/sub"), Isolation::Container).unwrap();
         // Non-bind mounts are not host paths.
         check(
             &p,
             &with(|v| {
                 v["mounts"][2] = json!({"destination": "/t", "type": "tmpfs", "source": "/etc"})
             }),
+            Isolation::Container,
         )
         .unwrap();
         // An empty list allows no bind mount; unset allows any.
@@ -942,6 +999,6 @@ mod tests {
             allowed_host_paths: None,
             ..all_on()
         };
-        check(&unset, &source("/etc")).unwrap();
+        check(&unset, &source("/etc"), Isolation::Container).unwrap();
     }
 }

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::{
     agent_client::{AgentConn, AgentError, ExitStatus, Proc},
     bundle::Bundle,
-    config::{Config, HypervisorConfig, PolicyConfig},
+    config::{Config, HypervisorConfig, Isolation, PolicyConfig},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     mounts::HostMounts,
     net::{self, NetError, NetSpec, PodNetwork},
@@ -233,7 +233,7 @@ impl Sandbox {
         mounts: Box<dyn HostMounts>,
     ) -> Result<Self, SandboxError> {
         // Checked before anything starts, and again by `add_container`.
-        policy::check(&params.policy, &bundle.spec)?;
+        policy::check(&params.policy, &bundle.spec, Isolation::Vm)?;
         let started = Instant::now();
         let hostname = hostname(bundle, id);
         let netns = net::netns_path(&bundle.spec);
@@ -281,9 +281,7 @@ impl Sandbox {
                 path: paths.shared_dir.clone(),
                 source,
             })?;
-        let unshare_dir = |mounts: &dyn HostMounts| {
-            share::unshare(mounts, std::slice::from_ref(&paths.shared_dir))
-        };
+        let unshare_dir = |mounts: &dyn HostMounts| unshare_dir(mounts, &paths.shared_dir);
         let network = match connect_network(id, netns, params.tap_owner).await {
             Ok(network) => network,
             Err(e) => {
@@ -349,7 +347,7 @@ impl Sandbox {
     pub async fn add_container(&self, id: &str, bundle: &Bundle) -> Result<(), SandboxError> {
         // Checked here too, on the very spec the guest gets, not only by
         // the CLI: config.json may change between the two.
-        policy::check(&self.policy, &bundle.spec)?;
+        policy::check(&self.policy, &bundle.spec, Isolation::Vm)?;
         let shared = share::share(bundle, id, &self.paths, self.mounts.as_ref())?;
         // A pod's other containers share its sandbox container's IPC and UTS
         // namespaces (the sandbox container's id is the sandbox's).
@@ -359,7 +357,7 @@ impl Sandbox {
             .create_container(id, &shared.spec_json, join_namespaces_of)
             .await;
         if let Err(e) = created {
-            share::unshare(self.mounts.as_ref(), &shared.mounts);
+            share::unshare(&self.paths, self.mounts.as_ref(), &shared.mounts);
             return Err(e.into());
         }
         self.shared
@@ -374,7 +372,11 @@ impl Sandbox {
     pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
         let removed = self.agent.remove_container(id).await;
         let mounts = self.shared.lock().expect("shared lock").remove(id);
-        share::unshare(self.mounts.as_ref(), &mounts.unwrap_or_default());
+        share::unshare(
+            &self.paths,
+            self.mounts.as_ref(),
+            &mounts.unwrap_or_default(),
+        );
         Ok(removed?)
     }
 
@@ -432,12 +434,17 @@ impl Sandbox {
             .drain()
             .flat_map(|(_, mounts)| mounts)
             .collect();
-        share::unshare(self.mounts.as_ref(), &shared);
-        share::unshare(
-            self.mounts.as_ref(),
-            std::slice::from_ref(&self.paths.shared_dir),
-        );
+        share::unshare(&self.paths, self.mounts.as_ref(), &shared);
+        unshare_dir(self.mounts.as_ref(), &self.paths.shared_dir);
         disconnect_network(&self.id, self.net.as_ref()).await;
+    }
+}
+
+/// Undoes [`HostMounts::bind_shared`] of the share directory `dir` (with
+/// whatever is still mounted below it).
+fn unshare_dir(mounts: &dyn HostMounts, dir: &Path) {
+    if let Err(e) = mounts.unmount_path(dir) {
+        warn!(path = %dir.display(), error = %e, "unmounting the share");
     }
 }
 

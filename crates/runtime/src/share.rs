@@ -1,18 +1,37 @@
-//! What a container needs from the host filesystem reaches the guest through
-//! the sandbox's virtio-fs share: the rootfs, and the sources of bind mounts
-//! (Podman's /etc/hosts and resolv.conf, volumes). Each is bind-mounted into
-//! `shared/<id>/`, and the spec the guest gets names them relative to that
-//! directory (the agent resolves relative sources there).
+//! The host-share module: what a container needs from the host filesystem
+//! reaches the guest through the sandbox's virtio-fs share, and every host
+//! operation under that share passes through here.
+//!
+//! The rootfs and the sources of bind mounts (Podman's /etc/hosts and
+//! resolv.conf, volumes) are each mounted into `shared/<id>/`, and the spec
+//! the guest gets names them relative to that directory (the agent resolves
+//! relative sources there).
+//!
+//! The guest can rename and create entries anywhere in the share (through
+//! virtiofsd), so nothing here follows a path through it: directories and
+//! files are made, and mount points found, with `pathrs` inside the share
+//! with symlinks refused (openat2 `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`),
+//! and mounts are made and detached on the resulting file descriptors
+//! ([`MountPoint`]). A guest that swaps a directory for a symlink makes the
+//! operation fail; it never redirects it to a host path. Shares are
+//! `nosuid,nodev`, and read-only (on the host, so also for virtiofsd) where
+//! the spec says `ro` or `root.readonly`.
 
 use std::{
-    fs,
+    fs::{self, Permissions},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
 use oci_spec::runtime::Mount;
+use pathrs::{flags::ResolverFlags, InodeType, Root};
 use tracing::warn;
 
-use crate::{bundle::Bundle, mounts::HostMounts, sandbox::SandboxPaths};
+use crate::{
+    bundle::Bundle,
+    mounts::{HostMounts, MountPoint},
+    sandbox::SandboxPaths,
+};
 
 /// Failure to share a host path with the guest.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +55,18 @@ pub enum ShareError {
         #[source]
         source: std::io::Error,
     },
+    /// A path in the share could not be made or found without leaving it
+    /// or following a symlink.
+    #[error("share {share}: {path}")]
+    Resolve {
+        /// The share directory.
+        share: PathBuf,
+        /// The path inside it.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: pathrs::error::Error,
+    },
 }
 
 /// The host paths shared for one container and the spec the guest runs.
@@ -43,16 +74,98 @@ pub enum ShareError {
 pub struct Shared {
     /// The spec for the guest, bind sources rewritten (JSON).
     pub spec_json: Vec<u8>,
-    /// The bind mounts made, in order.
+    /// The mounts made, in order, relative to the share directory.
     pub mounts: Vec<PathBuf>,
 }
 
-fn is_bind(m: &Mount) -> bool {
+/// A sandbox's share directory, opened once: paths below it resolve inside
+/// it, and a symlink anywhere on the way is an error.
+struct ShareDir {
+    root: Root,
+    path: PathBuf,
+}
+
+impl ShareDir {
+    fn open(path: &Path) -> Result<Self, ShareError> {
+        let root = Root::open(path)
+            .map_err(|source| ShareError::Resolve {
+                share: path.to_path_buf(),
+                path: ".".into(),
+                source,
+            })?
+            .with_resolver_flags(ResolverFlags::NO_SYMLINKS);
+        Ok(Self {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn error(&self, rel: &Path) -> impl FnOnce(pathrs::error::Error) -> ShareError + '_ {
+        let rel = rel.to_path_buf();
+        move |source| ShareError::Resolve {
+            share: self.path.clone(),
+            path: rel,
+            source,
+        }
+    }
+
+    /// The directory `rel` (made with its parents if missing).
+    fn dir(&self, rel: &Path) -> Result<MountPoint, ShareError> {
+        let handle = self
+            .root
+            .mkdir_all(rel, &Permissions::from_mode(0o755))
+            .map_err(self.error(rel))?;
+        Ok(MountPoint::new(self.path.join(rel), handle))
+    }
+
+    /// The regular file `rel` (made empty, with its parent, if missing).
+    /// Nothing is opened but an `O_PATH` handle: a FIFO or device node the
+    /// guest put there is refused, never opened.
+    fn file(&self, rel: &Path) -> Result<MountPoint, ShareError> {
+        if let Some(parent) = rel.parent() {
+            self.dir(parent)?;
+        }
+        // Fails if something is there already; what is there is checked next.
+        let created = self
+            .root
+            .create(rel, &InodeType::File(Permissions::from_mode(0o644)));
+        let found = self.find(rel)?;
+        let regular = rustix::fs::fstat(found.fd())
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+        match (regular, created) {
+            (true, _) => Ok(found),
+            (false, Err(e)) => Err(self.error(rel)(e)),
+            (false, Ok(())) => Err(ShareError::Mount {
+                path: found.path().to_path_buf(),
+                source: std::io::Error::other("not a regular file"),
+            }),
+        }
+    }
+
+    /// What is at `rel` now (for a mount, its root).
+    fn find(&self, rel: &Path) -> Result<MountPoint, ShareError> {
+        let handle = self.root.resolve_nofollow(rel).map_err(self.error(rel))?;
+        Ok(MountPoint::new(self.path.join(rel), handle))
+    }
+}
+
+/// A bind mount: what is shared from the host.
+pub(crate) fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options()
             .iter()
             .flatten()
             .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Whether mount `m` is read-only: the last of `ro` / `rw` wins.
+pub(crate) fn read_only(m: &Mount) -> bool {
+    m.options()
+        .iter()
+        .flatten()
+        .rev()
+        .find(|o| *o == "ro" || *o == "rw")
+        .is_some_and(|o| o == "ro")
 }
 
 /// Shares the rootfs and every bind-mount source of `bundle`; on failure
@@ -63,42 +176,99 @@ pub fn share(
     paths: &SandboxPaths,
     host: &dyn HostMounts,
 ) -> Result<Shared, ShareError> {
+    let dir = ShareDir::open(&paths.shared_dir)?;
     let mut made = Vec::new();
-    match share_all(bundle, id, paths, host, &mut made) {
+    match share_all(bundle, id, &dir, host, &mut made) {
         Ok(spec_json) => Ok(Shared {
             spec_json,
             mounts: made,
         }),
         Err(e) => {
-            unshare(host, &made);
+            unshare_in(&dir, host, &made);
             Err(e)
         }
     }
 }
 
-/// Undoes `share`, last mount first.
-pub fn unshare(host: &dyn HostMounts, mounts: &[PathBuf]) {
-    for path in mounts.iter().rev() {
-        if let Err(e) = host.unmount(path) {
-            warn!(path = %path.display(), error = %e, "unmounting a shared path");
+/// Undoes `share`, last mount first. A mount the guest has made unreachable
+/// (a symlink on the way) is left for the sandbox's teardown
+/// ([`HostMounts::unmount_path`] of the whole share once the VM is gone).
+pub fn unshare(paths: &SandboxPaths, host: &dyn HostMounts, mounts: &[PathBuf]) {
+    match ShareDir::open(&paths.shared_dir) {
+        Ok(dir) => unshare_in(&dir, host, mounts),
+        Err(e) => warn!(error = %crate::monitor::error_chain(&e), "opening the share to unmount"),
+    }
+}
+
+fn unshare_in(dir: &ShareDir, host: &dyn HostMounts, mounts: &[PathBuf]) {
+    for rel in mounts.iter().rev() {
+        let done = dir
+            .find(rel)
+            .and_then(|mp| host.unmount(&mp).map_err(mount_err(mp.path())));
+        if let Err(e) = done {
+            warn!(path = %rel.display(), error = %crate::monitor::error_chain(&e), "unmounting a shared path");
         }
     }
+}
+
+fn mount_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShareError {
+    let path = path.to_path_buf();
+    move |source| ShareError::Mount { path, source }
+}
+
+/// Creates in the bundle's rootfs, as runc does, the destinations of the
+/// spec's mounts that are missing (a file for a bind of a file, else a
+/// directory): a rootfs shared read-only leaves the guest no way to make
+/// them. The rootfs is the tenant's image, so paths resolve inside it
+/// (its symlinks cannot lead out).
+fn make_mount_points(bundle: &Bundle) -> Result<(), ShareError> {
+    let root = Root::open(&bundle.rootfs).map_err(|source| ShareError::Resolve {
+        share: bundle.rootfs.clone(),
+        path: ".".into(),
+        source,
+    })?;
+    let perm = Permissions::from_mode(0o755);
+    for m in bundle.spec.mounts().iter().flatten() {
+        let dest = m.destination().strip_prefix("/").unwrap_or(m.destination());
+        if dest.as_os_str().is_empty() || root.resolve(dest).is_ok() {
+            continue;
+        }
+        let source_is_file = is_bind(m)
+            && m.source()
+                .as_deref()
+                .map(|s| bundle.dir.join(s))
+                .and_then(|s| fs::metadata(s).ok())
+                .is_some_and(|meta| meta.is_file());
+        let made = match dest.parent() {
+            Some(parent) if source_is_file => root
+                .mkdir_all(parent, &perm)
+                .and_then(|_| root.create(dest, &InodeType::File(Permissions::from_mode(0o644)))),
+            _ => root.mkdir_all(dest, &perm).map(drop),
+        };
+        made.map_err(|source| ShareError::Resolve {
+            share: bundle.rootfs.clone(),
+            path: dest.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn share_all(
     bundle: &Bundle,
     id: &str,
-    paths: &SandboxPaths,
+    dir: &ShareDir,
     host: &dyn HostMounts,
     made: &mut Vec<PathBuf>,
 ) -> Result<Vec<u8>, ShareError> {
-    let mount_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ShareError::Mount { path, source }
-    };
-    let rootfs = paths.rootfs_mount(id);
-    fs::create_dir_all(&rootfs).map_err(mount_err(&rootfs))?;
-    host.bind(&bundle.rootfs, &rootfs)
+    let container = PathBuf::from(id);
+    let rootfs = container.join("rootfs");
+    let target = dir.dir(&rootfs)?;
+    let root_ro = bundle.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+    if root_ro {
+        make_mount_points(bundle)?;
+    }
+    host.bind(&bundle.rootfs, &target, root_ro)
         .map_err(mount_err(&bundle.rootfs))?;
     made.push(rootfs);
 
@@ -106,7 +276,6 @@ fn share_all(
     let Some(mut mounts) = spec.mounts().clone() else {
         return Ok(bundle.spec_json.clone());
     };
-    let container_dir = paths.shared_dir.join(id);
     let mut kept = Vec::with_capacity(mounts.len());
     for (index, mut m) in mounts.drain(..).enumerate() {
         if !is_bind(&m) {
@@ -126,12 +295,11 @@ fn share_all(
         };
         let meta = fs::metadata(&source).map_err(|e| err(e.to_string()))?;
         let relative = PathBuf::from("mounts").join(index.to_string());
-        let target = container_dir.join(&relative);
-        if meta.is_dir() {
-            fs::create_dir_all(&target).map_err(mount_err(&target))?;
+        let rel = container.join(&relative);
+        let target = if meta.is_dir() {
+            dir.dir(&rel)?
         } else if meta.is_file() {
-            fs::create_dir_all(container_dir.join("mounts")).map_err(mount_err(&target))?;
-            fs::write(&target, b"").map_err(mount_err(&target))?;
+            dir.file(&rel)?
         } else {
             // Device nodes and sockets of the host mean nothing inside a VM.
             warn!(
@@ -141,9 +309,10 @@ fn share_all(
                 "not sharing a bind mount of a special file with the guest"
             );
             continue;
-        }
-        host.bind(&source, &target).map_err(mount_err(&source))?;
-        made.push(target);
+        };
+        host.bind(&source, &target, read_only(&m))
+            .map_err(mount_err(&source))?;
+        made.push(rel);
         m.set_source(Some(relative));
         kept.push(m);
     }

@@ -17,7 +17,7 @@ use skerry_runtime::{
     control::{self, ControlRequest},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     monitor::{self, MonitorOptions},
-    mounts::HostMounts,
+    mounts::{HostMounts, MountPoint},
     relay::{ProcessStdio, RelayOptions},
     sandbox::{Sandbox, SandboxParams, SandboxPaths, VmLauncher},
     state::{StateStore, Status},
@@ -298,11 +298,13 @@ impl VmLauncher for FakeLauncher {
 struct RecordingMounts(Arc<StdMutex<Vec<String>>>);
 
 impl HostMounts for RecordingMounts {
-    fn bind(&self, src: &Path, dst: &Path) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("bind {} {}", src.display(), dst.display()));
+    fn bind(&self, src: &Path, dst: &MountPoint, read_only: bool) -> std::io::Result<()> {
+        let ro = if read_only { " ro" } else { "" };
+        self.0.lock().unwrap().push(format!(
+            "bind {} {}{ro}",
+            src.display(),
+            dst.path().display()
+        ));
         Ok(())
     }
     fn bind_shared(&self, dir: &Path) -> std::io::Result<()> {
@@ -312,11 +314,18 @@ impl HostMounts for RecordingMounts {
             .push(format!("bind-shared {}", dir.display()));
         Ok(())
     }
-    fn unmount(&self, dst: &Path) -> std::io::Result<()> {
+    fn unmount(&self, dst: &MountPoint) -> std::io::Result<()> {
         self.0
             .lock()
             .unwrap()
-            .push(format!("unmount {}", dst.display()));
+            .push(format!("unmount {}", dst.path().display()));
+        Ok(())
+    }
+    fn unmount_path(&self, dir: &Path) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("unmount {}", dir.display()));
         Ok(())
     }
 }

@@ -200,7 +200,7 @@ pub async fn delete(flags: &Flags) -> Result<(), ShimError> {
         lifecycle::delete(&store, &flags.id, true).await?;
     }
     let bundle = bundle_dir(flags)?;
-    if let Err(e) = SysMounts.unmount(&bundle.join("rootfs")) {
+    if let Err(e) = SysMounts.unmount_path(&bundle.join("rootfs")) {
         warn!(container = %flags.id, error = %e, "unmounting the rootfs");
     }
     let reply = DeleteResponse {

@@ -228,10 +228,10 @@ impl Prepared {
             .and_then(|bundle| {
                 // The tenant floor, before anything runs (a VM or a host
                 // container), whatever the isolation.
-                policy::check(&config.policy, &bundle.spec)
-                    .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
                 let annotations = bundle.spec.annotations().as_ref();
                 let isolation = isolation::resolve(&config.runtime, annotations)
+                    .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+                policy::check(&config.policy, &bundle.spec, isolation)
                     .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
                 Ok((bundle, isolation))
             });
@@ -949,7 +949,7 @@ async fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), TaskError> {
 
 /// Detaches the mount at `path`, logging a failure.
 fn unmount(id: &str, path: &Path) {
-    if let Err(e) = SysMounts.unmount(path) {
+    if let Err(e) = SysMounts.unmount_path(path) {
         warn!(container = id, path = %path.display(), error = %e, "unmounting");
     }
 }
