@@ -150,6 +150,7 @@ fn open(path: &Path) -> std::io::Result<File> {
 /// The copy of one VM's console into its log file; it ends when every writer
 /// has closed the pipe.
 pub(crate) struct ConsoleLog {
+    path: PathBuf,
     done: Option<oneshot::Receiver<()>>,
 }
 
@@ -175,7 +176,10 @@ impl ConsoleLog {
             })
             .map_err(ConsoleLogError::Thread)?;
         Ok((
-            ConsoleLog { done: Some(done) },
+            ConsoleLog {
+                path: path.to_path_buf(),
+                done: Some(done),
+            },
             File::from(std::os::fd::OwnedFd::from(writer)),
         ))
     }
@@ -185,7 +189,7 @@ impl ConsoleLog {
     pub(crate) async fn finish(&mut self) {
         if let Some(done) = self.done.take() {
             if tokio::time::timeout(DRAIN_TIMEOUT, done).await.is_err() {
-                tracing::warn!("the console log is still being written");
+                tracing::warn!(console = %self.path.display(), "the console log is still being written");
             }
         }
     }
@@ -240,6 +244,11 @@ mod tests {
             .build()
             .unwrap();
         let (mut log, mut writer) = ConsoleLog::create(&path, max).unwrap();
+        // The hypervisor's end never blocks it.
+        let flags = nix::fcntl::fcntl(writer.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert!(
+            nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+        );
         for piece in data.chunks(chunk) {
             let mut piece = piece;
             while !piece.is_empty() {
