@@ -734,6 +734,79 @@ fn qemu_pid(w: &World, id: &str) -> i32 {
         .expect("no QEMU process recorded")
 }
 
+/// A guest flooding its serial console (8 MiB to a ttyS0 node of its own;
+/// ~4 s a MiB under TCG) leaves a host `console.log` within its cap (1 MiB
+/// here): the boot head, a marker, the latest output; the container still
+/// ends normally.
+#[test]
+fn vm_console_flood_keeps_the_console_log_within_its_cap() {
+    require_vm!();
+    const CAP: u64 = 1 << 20;
+    let w = World::new();
+    let config = std::fs::read_to_string(&w.config).unwrap().replace(
+        "[hypervisor]\n",
+        &format!("[hypervisor]\nconsole_log_max_kib = {}\n", CAP >> 10),
+    );
+    std::fs::write(&w.config, config).unwrap();
+    let bundle = w.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "mknod /dev/s c 4 64 && yes console-flood-line | head -c 8388608 > /dev/s \
+             && echo flood-done > /dev/s",
+        ],
+    );
+    w.create(&bundle, "cf");
+    let console = w.root.join("cf/console.log");
+    let out = w.run(&["start", "cf"]);
+    assert!(out.status.success(), "start: {}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while status_of(&w, "cf")["status"] != "stopped" {
+        let len = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+        assert!(len <= CAP, "console.log grew to {len} bytes");
+        assert!(
+            Instant::now() < deadline,
+            "container did not stop\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read(&console).unwrap();
+    assert!(
+        text.len() as u64 <= CAP,
+        "console.log is {} bytes",
+        text.len()
+    );
+    let text = String::from_utf8_lossy(&text);
+    let marker = text.find(" bytes dropped ...]").expect("no drop marker");
+    let (head, tail) = text.split_at(marker);
+    assert!(
+        !head.starts_with("console-flood-line"),
+        "the boot head is gone: {:?}",
+        &head[..200.min(head.len())]
+    );
+    // The latest output: the end of the flood (the guest's shutdown lines may follow).
+    let done = tail
+        .rfind("flood-done\r\n")
+        .expect("the flood's last line is gone");
+    assert!(
+        !tail[done..].contains("console-flood-line"),
+        "{:?}",
+        &tail[done..]
+    );
+    assert!(tail.contains("console-flood-line\r\nconsole-flood-line\r\n"));
+    let log = w.log();
+    let exited = log.lines().find(|l| l.contains("container exited"));
+    assert!(
+        exited.is_some_and(|l| l.contains("status=0 ")),
+        "exit status\n{log}"
+    );
+    let out = w.run(&["delete", "cf"]);
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    w.assert_clean("cf");
+}
+
 #[test]
 fn vm_killing_qemu_ends_the_container_and_delete_cleans_up() {
     require_vm!();

@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         memory_mib: 512,
         shared_dir,
         console_log: tmp.path().join("console.log"),
+        console_log_max: 1 << 20,
         net: None,
     };
     let started = Instant::now();

@@ -139,6 +139,10 @@ pub struct HypervisorConfig {
     /// `boot_attempts`: boots of a VM whose agent does not answer in time
     /// before create fails; default 2.
     pub boot_attempts: u32,
+    /// `console_log_max_kib`: most KiB the guest console log
+    /// (`<root>/<id>/console.log`) holds: the first half of the boot and the
+    /// latest output; default 4096.
+    pub console_log_max_kib: u64,
     /// `guest_kernel_pvm`: the configured guest kernel can run as a PVM guest,
     /// so KVM served by `kvm_pvm` runs it at native speed; default false.
     pub guest_kernel_pvm: bool,
@@ -167,6 +171,7 @@ impl Default for HypervisorConfig {
             memory_mib: 512,
             boot_timeout_secs: 15,
             boot_attempts: 2,
+            console_log_max_kib: 4096,
             guest_kernel_pvm: false,
             vmm_path: PathBuf::from("skerry-vmm"),
             jailer_path: PathBuf::from("jailer"),
@@ -367,6 +372,12 @@ impl Config {
                 "must be between 1 and 10",
             ));
         }
+        if !(16..=1024 * 1024).contains(&hv.console_log_max_kib) {
+            return Err(invalid(
+                "hypervisor.console_log_max_kib",
+                "must be between 16 and 1048576",
+            ));
+        }
         if !(1..=64).contains(&self.pod.overhead_vcpus) {
             return Err(invalid("pod.overhead_vcpus", "must be between 1 and 64"));
         }
@@ -435,12 +446,14 @@ mod tests {
     #[test]
     fn keys_override_defaults() {
         let c = Config::parse(
-            "[hypervisor]\naccel = \"tcg\"\nmemory_mib = 256\n[guest]\nimage_dir = \"/x\"\n",
+            "[hypervisor]\naccel = \"tcg\"\nmemory_mib = 256\nconsole_log_max_kib = 64\n\
+             [guest]\nimage_dir = \"/x\"\n",
             Path::new("c.toml"),
         )
         .unwrap();
         assert_eq!(c.hypervisor.accel, Accel::Tcg);
         assert_eq!(c.hypervisor.memory_mib, 256);
+        assert_eq!(c.hypervisor.console_log_max_kib, 64);
         assert_eq!(c.guest.initrd(), Path::new("/x/initramfs.img"));
     }
 
@@ -472,6 +485,10 @@ mod tests {
                 "hypervisor.accel: \"tcg\" needs kind",
             ),
             ("jail_uid = 0\n", "hypervisor.jail_uid: must not be 0"),
+            (
+                "console_log_max_kib = 8\n",
+                "hypervisor.console_log_max_kib: must be between 16",
+            ),
             ("jail_gid = 0\n", "hypervisor.jail_gid: must not be 0"),
             ("jail_dir = \"jail\"\n", "hypervisor.jail_dir"),
             ("kind = \"firecracker\"\n", "unknown variant `firecracker`"),

@@ -92,6 +92,8 @@ pub struct SandboxParams {
     pub boot_timeout: Duration,
     /// How many times to boot a VM whose agent does not answer.
     pub boot_attempts: u32,
+    /// Most bytes of the guest console log.
+    pub console_log_max: u64,
     /// The tenant policy floor the spec must meet.
     pub policy: PolicyConfig,
     /// Owner (uid, gid) of a pod network's tap: the jail's, so that a jailed
@@ -110,6 +112,7 @@ impl SandboxParams {
             memory_mib: config.hypervisor.memory_mib,
             boot_timeout: Duration::from_secs(config.hypervisor.boot_timeout_secs),
             boot_attempts: config.hypervisor.boot_attempts,
+            console_log_max: config.hypervisor.console_log_max_kib * 1024,
             policy: config.policy.clone(),
             tap_owner: (config.hypervisor.jail_uid, config.hypervisor.jail_gid),
         }
@@ -301,6 +304,7 @@ impl Sandbox {
             memory_mib: params.memory_mib,
             shared_dir: paths.shared_dir.clone(),
             console_log: paths.console_log.clone(),
+            console_log_max: params.console_log_max,
             net: nic.clone(),
         };
         let (mut vm, agent, check) = match boot(launcher, &spec, params).await {

@@ -142,6 +142,7 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
     let spec = VmSpec {
         id: "hv_vmm.test".into(),
         console_log: run_dir.join("console.log"),
+        console_log_max: 1 << 20,
         net: None,
         run_dir,
         kernel,

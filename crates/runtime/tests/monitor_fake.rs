@@ -443,6 +443,7 @@ fn params(policy: PolicyConfig) -> SandboxParams {
         memory_mib: 128,
         boot_timeout: Duration::from_secs(5),
         boot_attempts: 1,
+        console_log_max: 1 << 20,
         policy,
         tap_owner: (10000, 10000),
     }

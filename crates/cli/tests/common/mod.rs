@@ -50,6 +50,7 @@ const APPLETS: &[&str] = &[
     "mkdir",
     "chmod",
     "readlink",
+    "mknod",
 ];
 
 /// Why the VM tests cannot run here, if they cannot.

@@ -4,9 +4,11 @@
 //! (`skerry_vmm.rs`); `choice.rs` decides which. The agent channel is hybrid
 //! vsock (a host Unix socket speaking `CONNECT <port>`) with either; the shared
 //! directory reaches the guest over virtio-fs from a `virtiofsd` per VM
-//! (`virtiofsd.rs`).
+//! (`virtiofsd.rs`). Either writes the guest console into a pipe that
+//! `console_log.rs` copies to a capped file.
 
 pub mod choice;
+mod console_log;
 mod process;
 mod qemu;
 mod skerry_vmm;
@@ -16,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+pub use console_log::ConsoleLogError;
 
 use crate::config::HypervisorConfig;
 use crate::net::{NetError, NetSpec};
@@ -53,6 +57,9 @@ pub struct VmSpec {
     pub shared_dir: PathBuf,
     /// File that receives the guest serial console.
     pub console_log: PathBuf,
+    /// Most bytes `console_log` may hold: it keeps the first half and the
+    /// latest output (caps below 4 KiB are raised to 4 KiB).
+    pub console_log_max: u64,
     /// The VM's NIC, when the pod has a network: the backend runs the VMM
     /// in `net.netns` and backs a virtio-net device with MAC `net.mac` by
     /// the tap `net.tap` there.
@@ -192,6 +199,9 @@ pub enum HypervisorError {
     /// The pod's network namespace could not be entered.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The console log could not be set up.
+    #[error(transparent)]
+    Console(#[from] ConsoleLogError),
     /// The hypervisor is not running (any more).
     #[error("VM {0} is not running")]
     NotRunning(String),

@@ -209,6 +209,26 @@ pub(crate) fn spawn(
     })
 }
 
+/// [`Process::spawn_with`] with `stdout`, stderr appended to `log`, and errors naming the program.
+pub(crate) fn spawn_with_stdout(
+    what: &'static str,
+    binary: &Path,
+    cmd: Command,
+    stdout: File,
+    log: &Path,
+) -> Result<Process, HypervisorError> {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| HypervisorError::RunDir(log.to_path_buf(), e))?;
+    Process::spawn_with(what, cmd, stdout, stderr).map_err(|source| HypervisorError::Spawn {
+        what,
+        binary: binary.to_path_buf(),
+        source,
+    })
+}
+
 /// Waits until `sock` exists, failing early if the process dies.
 pub(crate) async fn wait_for_socket(
     proc_: &Process,

@@ -11,7 +11,10 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
-use super::process::{resolve, spawn, start_failed, wait_for_socket, ProcExit, Process};
+use super::console_log::ConsoleLog;
+use super::process::{
+    resolve, spawn, spawn_with_stdout, start_failed, wait_for_socket, ProcExit, Process,
+};
 use super::virtiofsd::{pid_file, spawn_virtiofsd, stop_virtiofsd};
 use super::{HypervisorError, Vm, VmExit, VmSpec, GUEST_CID, MAX_SOCKET_PATH};
 use crate::config::HypervisorConfig;
@@ -92,7 +95,6 @@ struct QemuPlan {
     kernel: PathBuf,
     initrd: PathBuf,
     cmdline: String,
-    console_log: PathBuf,
     sockets: Sockets,
     net: Option<NetSpec>,
 }
@@ -103,6 +105,7 @@ pub(crate) struct QemuVm {
     qemu: Option<Process>,
     virtiofsd: Option<Process>,
     vsock: Option<Process>,
+    console: Option<ConsoleLog>,
     sockets: Sockets,
     qmp_reader: Option<JoinHandle<Option<String>>>,
     shutdown_reason: Option<String>,
@@ -133,7 +136,6 @@ pub(crate) async fn launch(
         kernel: spec.kernel.clone(),
         initrd: spec.initrd.clone(),
         cmdline,
-        console_log: spec.console_log.clone(),
         sockets: sockets.clone(),
         net: spec.net.clone(),
     };
@@ -143,6 +145,7 @@ pub(crate) async fn launch(
         qemu: None,
         virtiofsd: None,
         vsock: None,
+        console: None,
         sockets,
         qmp_reader: None,
         shutdown_reason: None,
@@ -209,19 +212,23 @@ impl QemuVm {
         }
 
         let qemu_log = run.join("qemu.log");
+        let (console, console_pipe) = ConsoleLog::create(&spec.console_log, spec.console_log_max)?;
+        self.console = Some(console);
         let mut cmd = Command::new(qemu_bin);
         cmd.args(qemu_args(plan));
         tracing::debug!(sandbox = %spec.id, args = ?qemu_args(plan), "starting qemu");
+        // QEMU's stdout is the console; its stderr goes to its log.
+        let spawn_qemu = || spawn_with_stdout("qemu", qemu_bin, cmd, console_pipe, &qemu_log);
         let qemu = match &spec.net {
             // The tap is only visible in the pod's namespace: QEMU runs there.
             Some(net) => {
                 let rt = tokio::runtime::Handle::current();
                 crate::net::run_in_netns(&net.netns, || {
                     let _rt = rt.enter();
-                    spawn("qemu", qemu_bin, cmd, &qemu_log)
+                    spawn_qemu()
                 })??
             }
-            None => spawn("qemu", qemu_bin, cmd, &qemu_log)?,
+            None => spawn_qemu()?,
         };
         self.qemu = Some(qemu);
         let qemu = self.qemu.as_ref().expect("spawned above");
@@ -381,8 +388,9 @@ fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
         "-no-user-config".into(),
         "-nographic".into(),
         "-no-reboot".into(),
+        // stdout is the pipe of the capped console log (console_log.rs).
         "-chardev".into(),
-        format!("file,id=console,path={}", opt_path(&plan.console_log)),
+        "stdio,id=console,signal=off".into(),
         "-serial".into(),
         "chardev:console".into(),
         "-chardev".into(),
@@ -490,6 +498,9 @@ impl Vm for QemuVm {
         if let Some(reader) = self.qmp_reader.take() {
             reader.abort();
         }
+        if let Some(console) = &mut self.console {
+            console.finish().await;
+        }
         if !self.stopped {
             tracing::info!(sandbox = %self.id, exit = ?self.exit, "vm stopped");
         }
@@ -510,8 +521,7 @@ mod tests {
             kernel: "/g/vmlinuz".into(),
             initrd: "/g/initramfs.img".into(),
             cmdline: "console=ttyS0".into(),
-            console_log: "/r/con,sole.log".into(),
-            sockets: Sockets::new(Path::new("/r")).unwrap(),
+            sockets: Sockets::new(Path::new("/r,x")).unwrap(),
             net: None,
         }
     }
@@ -531,7 +541,11 @@ mod tests {
         assert!(joined.contains("memory-backend=mem"));
         assert!(joined.contains("vhost-user-fs-device,chardev=fs,tag=skerryfs"));
         assert!(joined.contains("vhost-user-vsock-device,chardev=vsock"));
-        assert!(joined.contains("path=/r/con,,sole.log"), "commas escaped");
+        assert!(joined.contains("-chardev stdio,id=console,signal=off -serial chardev:console"));
+        assert!(
+            joined.contains("socket,id=fs,path=/r,,x/fs.sock"),
+            "commas escaped"
+        );
         assert!(joined.contains("-smp 2"));
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[append + 1], "console=ttyS0");

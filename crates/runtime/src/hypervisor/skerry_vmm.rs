@@ -12,7 +12,7 @@
 //! | `R/vm/api.sock` | `/vm/api.sock` | control API, bound by the VMM |
 //! | kernel, initrd | `/<base name>` | copies |
 //! | `/dev/kvm` | `/dev/kvm` | a node owned by the jail uid |
-//! | console log | stdout | the serial console |
+//! | console log (through `console_log.rs`) | stdout, a pipe | the serial console |
 //! | `R/vmm.log` | stderr | jailer and VMM messages |
 //!
 //! The jail root is `<jail_dir>/<VMM binary name>/J/root`, the cgroup
@@ -32,6 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 
+use super::console_log::ConsoleLog;
 use super::process::{resolve, wait_for_socket, ProcExit, Process};
 use super::virtiofsd::{spawn_virtiofsd, stop_virtiofsd};
 use super::{HypervisorError, Vm, VmExit, VmSpec, GUEST_CID, MAX_SOCKET_PATH};
@@ -336,6 +337,7 @@ pub(crate) struct SkerryVmm {
     /// The VMM itself (the jailer's child), to kill when it does not shut down.
     vmm: Option<ProcessId>,
     virtiofsd: Option<Process>,
+    console: Option<ConsoleLog>,
     exit: Option<VmExit>,
     stopped: bool,
 }
@@ -365,6 +367,7 @@ pub(crate) async fn launch(
         jailer: None,
         vmm: None,
         virtiofsd: None,
+        console: None,
         exit: None,
         stopped: false,
     };
@@ -459,8 +462,8 @@ impl SkerryVmm {
         // The VMM connects to it as the jail's uid.
         chown_to_jail(&fs_sock, plan)?;
 
-        let console =
-            std::fs::File::create(&spec.console_log).map_err(run_dir_err(&spec.console_log))?;
+        let (console, console_pipe) = ConsoleLog::create(&spec.console_log, spec.console_log_max)?;
+        self.console = Some(console);
         let vmm_log = spec.run_dir.join("vmm.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -471,7 +474,7 @@ impl SkerryVmm {
         cmd.args(jailer_args(plan));
         tracing::debug!(sandbox = %spec.id, args = ?jailer_args(plan), "starting the jailer");
         let jailer = self.jailer.insert(
-            Process::spawn_with("skerry-vmm", cmd, console, log).map_err(|source| {
+            Process::spawn_with("skerry-vmm", cmd, console_pipe, log).map_err(|source| {
                 HypervisorError::Spawn {
                     what: "jailer",
                     binary: jailer_bin.to_path_buf(),
@@ -564,6 +567,9 @@ impl Vm for SkerryVmm {
         if self.jailer.is_some() && self.exit.is_none() {
             self.wait().await;
         }
+        if let Some(console) = &mut self.console {
+            console.finish().await;
+        }
         if !self.stopped {
             tracing::info!(sandbox = %self.sandbox, exit = ?self.exit, "vm stopped");
         }
@@ -596,6 +602,7 @@ mod tests {
             memory_mib: 256,
             shared_dir: "/run/skerry/ctr_1.a/shared".into(),
             console_log: "/run/skerry/ctr_1.a/console.log".into(),
+            console_log_max: 1 << 20,
             net: None,
         }
     }

@@ -41,6 +41,7 @@ pub fn bad_kernel_spec(dir: &Path) -> VmSpec {
     VmSpec {
         id: "hvfail".into(),
         console_log: run_dir.join("console.log"),
+        console_log_max: 1 << 20,
         net: None,
         run_dir,
         kernel: dir.join("vmlinuz"),
