@@ -131,3 +131,24 @@ fn bad_signal_is_named() {
         "c1",
     );
 }
+
+/// With `require_hardware_virtualization`, a VM that would run under TCG
+/// (software emulation, not a hardware boundary) is refused before anything
+/// starts.
+#[test]
+fn software_emulation_is_refused_when_hardware_is_required() {
+    let w = World::new();
+    let config = std::fs::read_to_string(&w.config).unwrap().replace(
+        "[hypervisor]\n",
+        "[hypervisor]\naccel = \"tcg\"\nrequire_hardware_virtualization = true\n",
+    );
+    std::fs::write(&w.config, config).unwrap();
+    let bundle = w.bundle("b", &["true"]);
+    expect_error(
+        &w,
+        &["run", "--bundle", bundle.to_str().unwrap(), "c1"],
+        "hypervisor.require_hardware_virtualization = true, but this VM would run under \
+         software emulation (qemu with TCG",
+        "c1",
+    );
+}

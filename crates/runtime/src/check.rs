@@ -182,6 +182,28 @@ fn backend_row(choice: &BackendChoice, kvm: KvmKind) -> (Status, String) {
     (status, choice.summary())
 }
 
+/// The `vm boundary` row: what separates a guest from the host. QEMU's
+/// security policy does not count TCG (software emulation) as a security
+/// boundary: a warning, or a failure when the config requires hardware.
+fn isolation_row(choice: &BackendChoice, required: bool) -> (Status, String) {
+    if choice.hardware_isolated() {
+        return (Status::Ok, "hardware virtualisation (KVM)".into());
+    }
+    let status = if required { Status::Fail } else { Status::Warn };
+    let advice = if required {
+        "hypervisor.require_hardware_virtualization = true refuses to boot it"
+    } else {
+        "set hypervisor.require_hardware_virtualization = true to refuse it"
+    };
+    (
+        status,
+        format!(
+            "software emulation (QEMU TCG): not a hardware isolation boundary \
+             (QEMU does not treat TCG as a security boundary); {advice}"
+        ),
+    )
+}
+
 /// Probes this host and the configured binaries and guest image.
 pub fn run(config: &Config) -> CheckReport {
     let mut report = CheckReport::default();
@@ -206,6 +228,8 @@ pub fn run(config: &Config) -> CheckReport {
     report.push("kvm", status, format!("{kvm}: {detail}"));
 
     let choice = choose_backend(hv, kvm);
+    let (status, detail) = isolation_row(&choice, hv.require_hardware_virtualization);
+    report.push("vm boundary", status, detail);
     let vmm = choice.backend == Backend::SkerryVmm;
     for (item, path, needed) in [
         ("qemu", &hv.qemu_path, !vmm),
@@ -305,6 +329,28 @@ cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0
             cgroup_layout("cgroup2 /mnt/cg cgroup2 rw 0 0\n"),
             CgroupLayout::None
         );
+    }
+
+    #[test]
+    fn tcg_is_not_called_a_hardware_boundary() {
+        use crate::config::HypervisorConfig;
+        let mut hv = HypervisorConfig::default();
+        let row = |hv: &HypervisorConfig, kvm| {
+            isolation_row(&choose_backend(hv, kvm), hv.require_hardware_virtualization)
+        };
+        assert_eq!(
+            row(&hv, KvmKind::Native),
+            (Status::Ok, "hardware virtualisation (KVM)".to_string())
+        );
+        let (status, detail) = row(&hv, KvmKind::Pvm);
+        assert_eq!(status, Status::Warn);
+        assert!(
+            detail.starts_with("software emulation (QEMU TCG): not a hardware"),
+            "{detail}"
+        );
+        hv.require_hardware_virtualization = true;
+        assert_eq!(row(&hv, KvmKind::None).0, Status::Fail);
+        assert_eq!(row(&hv, KvmKind::Native).0, Status::Ok);
     }
 
     #[test]

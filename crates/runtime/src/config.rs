@@ -143,6 +143,10 @@ pub struct HypervisorConfig {
     /// (`<root>/<id>/console.log`) holds: the first half of the boot and the
     /// latest output; default 4096.
     pub console_log_max_kib: u64,
+    /// `require_hardware_virtualization`: refuse to boot a VM the host can
+    /// only emulate (QEMU's TCG: not a security boundary by QEMU's own
+    /// security policy); default false.
+    pub require_hardware_virtualization: bool,
     /// `guest_kernel_pvm`: the configured guest kernel can run as a PVM guest,
     /// so KVM served by `kvm_pvm` runs it at native speed; default false.
     pub guest_kernel_pvm: bool,
@@ -172,6 +176,7 @@ impl Default for HypervisorConfig {
             boot_timeout_secs: 15,
             boot_attempts: 2,
             console_log_max_kib: 4096,
+            require_hardware_virtualization: false,
             guest_kernel_pvm: false,
             vmm_path: PathBuf::from("skerry-vmm"),
             jailer_path: PathBuf::from("jailer"),

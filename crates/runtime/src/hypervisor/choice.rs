@@ -118,6 +118,22 @@ impl BackendChoice {
     pub fn summary(&self) -> String {
         format!("{}: {}", self.backend, self.reason)
     }
+
+    /// Whether the VM's boundary is the CPU's hardware virtualisation (KVM)
+    /// rather than QEMU's TCG, which QEMU's security policy does not count
+    /// as a security boundary.
+    pub fn hardware_isolated(&self) -> bool {
+        self.backend.needs_kvm()
+    }
+
+    /// Refuses software emulation when `cfg` requires hardware
+    /// virtualisation.
+    pub fn allowed_by(&self, cfg: &HypervisorConfig) -> Result<(), super::HypervisorError> {
+        if cfg.require_hardware_virtualization && !self.hardware_isolated() {
+            return Err(super::HypervisorError::SoftwareEmulation(self.summary()));
+        }
+        Ok(())
+    }
 }
 
 /// What `auto` needs for skerry-vmm, said when it picks QEMU instead.
@@ -304,5 +320,27 @@ mod tests {
             "skerry-vmm: hypervisor.kind = \"skerry-vmm\"; no usable KVM"
         );
         assert!(VMM.needs_kvm() && QKVM.needs_kvm() && !QTCG.needs_kvm());
+    }
+
+    #[test]
+    fn software_emulation_is_refused_only_when_required() {
+        let required = HypervisorConfig {
+            require_hardware_virtualization: true,
+            ..HypervisorConfig::default()
+        };
+        let tcg = choose_backend(&required, KvmKind::Pvm);
+        assert!(!tcg.hardware_isolated());
+        let err = tcg.allowed_by(&required).unwrap_err().to_string();
+        assert!(
+            err.starts_with("hypervisor.require_hardware_virtualization = true, but this VM")
+                && err.contains("(qemu with TCG: KVM is PVM"),
+            "{err}"
+        );
+        choose_backend(&HypervisorConfig::default(), KvmKind::Pvm)
+            .allowed_by(&HypervisorConfig::default())
+            .unwrap();
+        let native = choose_backend(&required, KvmKind::Native);
+        assert!(native.hardware_isolated());
+        native.allowed_by(&required).unwrap();
     }
 }

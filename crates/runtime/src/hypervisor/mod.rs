@@ -164,6 +164,12 @@ pub enum HypervisorError {
     /// A socket path does not fit in a Unix socket address.
     #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (use a shorter run dir)")]
     SocketPathTooLong(PathBuf),
+    /// Only software emulation is available and the config refuses it.
+    #[error(
+        "hypervisor.require_hardware_virtualization = true, but this VM would run under \
+         software emulation ({0}), which is not a hardware isolation boundary"
+    )]
+    SoftwareEmulation(String),
     /// KVM is needed (by the named backend) but cannot be used.
     #[error("{0} needs KVM, but /dev/kvm is not usable")]
     KvmUnavailable(choice::Backend),
@@ -253,6 +259,7 @@ pub trait Vm: Send + Sync {
 pub async fn launch(cfg: &HypervisorConfig, spec: &VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
     let choice = choice::backend_choice(cfg);
     tracing::debug!(sandbox = %spec.id, backend = %choice.summary(), "launching");
+    choice.allowed_by(cfg)?;
     if choice.backend.needs_kvm() && !choice::dev_kvm_usable() {
         return Err(HypervisorError::KvmUnavailable(choice.backend));
     }
