@@ -43,6 +43,11 @@ impl MountPoint {
     }
 }
 
+/// The tmpfs options of a share's skeleton: its directories and mount
+/// points need little; a guest cannot fill host memory through it (it is
+/// read-only to the guest anyway).
+pub const SHARE_SKELETON: &str = "size=1m,nr_inodes=4096,mode=0755";
+
 /// The privileged host mount calls the runtime makes.
 pub trait HostMounts: Send + Sync {
     /// Mounts a recursive copy of `src` onto `dst`, `nosuid` and `nodev`
@@ -51,12 +56,15 @@ pub trait HostMounts: Send + Sync {
     fn bind(&self, src: &Path, dst: &MountPoint, read_only: bool) -> std::io::Result<()>;
     /// Detaches the mount `dst` refers to; succeeds if it is not a mount.
     fn unmount(&self, dst: &MountPoint) -> std::io::Result<()>;
-    /// Bind-mounts the directory `dir` onto itself as a shared mount, so that
-    /// mounts made below it later also reach mount namespaces copied from it
-    /// (virtiofsd's sandbox).
-    fn bind_shared(&self, dir: &Path) -> std::io::Result<()>;
+    /// Makes a sandbox's share: a small tmpfs (the skeleton: at most
+    /// [`SHARE_SKELETON`] of space and inodes) mounted writable at `rw`,
+    /// which only the host uses, and read-only, nosuid, nodev and noexec at
+    /// `view`, the directory the guest gets. `view` is a shared mount, so
+    /// that mounts made below it later also reach mount namespaces copied
+    /// from it (virtiofsd's sandbox).
+    fn mount_share(&self, rw: &Path, view: &Path) -> std::io::Result<()>;
     /// Detaches the mount at `dir`, a path no guest can change (a sandbox's
-    /// share directory itself, or anything once its VM is gone); succeeds
+    /// share and its skeleton, or anything once its VM is gone); succeeds
     /// if nothing is mounted there. The last component is not followed.
     fn unmount_path(&self, dir: &Path) -> std::io::Result<()>;
 }
@@ -90,18 +98,40 @@ impl HostMounts for SysMounts {
         Ok(())
     }
 
-    fn bind_shared(&self, dir: &Path) -> std::io::Result<()> {
-        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    fn mount_share(&self, rw: &Path, view: &Path) -> std::io::Result<()> {
         mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_SHARED,
-            None::<&str>,
-        )
-        .inspect_err(|_| {
-            let _ = umount2(dir, MntFlags::MNT_DETACH);
-        })?;
+            Some("skerry-share"),
+            rw,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(SHARE_SKELETON),
+        )?;
+        let ro = MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        let made =
+            mount(Some(rw), view, None::<&str>, MsFlags::MS_BIND, None::<&str>).and_then(|()| {
+                mount(None::<&str>, view, None::<&str>, ro, None::<&str>)
+                    .and_then(|()| {
+                        mount(
+                            None::<&str>,
+                            view,
+                            None::<&str>,
+                            MsFlags::MS_SHARED,
+                            None::<&str>,
+                        )
+                    })
+                    .inspect_err(|_| {
+                        let _ = umount2(view, MntFlags::MNT_DETACH);
+                    })
+            });
+        if let Err(e) = made {
+            let _ = umount2(rw, MntFlags::MNT_DETACH);
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -196,8 +196,13 @@ impl std::fmt::Debug for Sandbox {
 pub struct SandboxPaths {
     /// VM sockets and logs.
     pub run_dir: PathBuf,
-    /// Shared with the guest over virtio-fs.
+    /// Shared with the guest over virtio-fs: a read-only view of a small
+    /// tmpfs (the share's skeleton) with each container's rootfs and
+    /// volumes mounted below it.
     pub shared_dir: PathBuf,
+    /// The skeleton's writable mount, which only the host sees: the host
+    /// makes the share's directories and files here.
+    pub share_rw: PathBuf,
     /// Guest serial console log.
     pub console_log: PathBuf,
 }
@@ -214,6 +219,7 @@ impl SandboxPaths {
         Self {
             run_dir: store.root().join(".v").join(short),
             shared_dir: dir.join("shared"),
+            share_rw: dir.join("share-rw"),
             console_log: dir.join("console.log"),
         }
     }
@@ -271,20 +277,19 @@ impl Sandbox {
         launcher: &dyn VmLauncher,
         mounts: Box<dyn HostMounts>,
     ) -> Result<Self, SandboxError> {
-        for dir in [&paths.run_dir, &paths.shared_dir] {
+        for dir in [&paths.run_dir, &paths.shared_dir, &paths.share_rw] {
             std::fs::create_dir_all(dir).map_err(|source| SandboxError::Dir {
                 path: dir.clone(),
                 source,
             })?;
         }
-        // Containers added after virtiofsd started must reach its namespace.
         mounts
-            .bind_shared(&paths.shared_dir)
+            .mount_share(&paths.share_rw, &paths.shared_dir)
             .map_err(|source| ShareError::Mount {
                 path: paths.shared_dir.clone(),
                 source,
             })?;
-        let unshare_dir = |mounts: &dyn HostMounts| unshare_dir(mounts, &paths.shared_dir);
+        let unshare_dir = |mounts: &dyn HostMounts| unshare_dir(mounts, paths);
         let network = match connect_network(id, netns, params.tap_owner).await {
             Ok(network) => network,
             Err(e) => {
@@ -439,16 +444,18 @@ impl Sandbox {
             .flat_map(|(_, mounts)| mounts)
             .collect();
         share::unshare(&self.paths, self.mounts.as_ref(), &shared);
-        unshare_dir(self.mounts.as_ref(), &self.paths.shared_dir);
+        unshare_dir(self.mounts.as_ref(), &self.paths);
         disconnect_network(&self.id, self.net.as_ref()).await;
     }
 }
 
-/// Undoes [`HostMounts::bind_shared`] of the share directory `dir` (with
-/// whatever is still mounted below it).
-fn unshare_dir(mounts: &dyn HostMounts, dir: &Path) {
-    if let Err(e) = mounts.unmount_path(dir) {
-        warn!(path = %dir.display(), error = %e, "unmounting the share");
+/// Undoes [`HostMounts::mount_share`] (with whatever is still mounted
+/// below the share).
+fn unshare_dir(mounts: &dyn HostMounts, paths: &SandboxPaths) {
+    for dir in [&paths.shared_dir, &paths.share_rw] {
+        if let Err(e) = mounts.unmount_path(dir) {
+            warn!(path = %dir.display(), error = %e, "unmounting the share");
+        }
     }
 }
 

@@ -7,15 +7,17 @@
 //! the guest gets names them relative to that directory (the agent resolves
 //! relative sources there).
 //!
-//! The guest can rename and create entries anywhere in the share (through
-//! virtiofsd), so nothing here follows a path through it: directories and
-//! files are made, and mount points found, with `pathrs` inside the share
-//! with symlinks refused (openat2 `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`),
-//! and mounts are made and detached on the resulting file descriptors
-//! ([`MountPoint`]). A guest that swaps a directory for a symlink makes the
-//! operation fail; it never redirects it to a host path. Shares are
-//! `nosuid,nodev`, and read-only (on the host, so also for virtiofsd) where
-//! the spec says `ro` or `root.readonly`.
+//! The share's skeleton (`shared/`, `shared/<id>/`, the mount points) is a
+//! 1 MiB tmpfs the guest sees read-only (`HostMounts::mount_share`): it can
+//! neither fill host memory through it nor rearrange it. Even so nothing
+//! here follows a path through the share: directories and files are made
+//! (on the skeleton's writable mount, which only the host sees), and mount
+//! points found (on the guest's view), with `pathrs` inside the share with
+//! symlinks refused (openat2 `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`), and
+//! mounts are made and detached on the resulting file descriptors
+//! ([`MountPoint`]). Shares are `nosuid,nodev`, and read-only (on the host,
+//! so also for virtiofsd) where the spec says `ro` or `root.readonly`; the
+//! guest writes only to the rootfs and volumes it was given read-write.
 
 use std::{
     fs::{self, Permissions},
@@ -78,25 +80,34 @@ pub struct Shared {
     pub mounts: Vec<PathBuf>,
 }
 
-/// A sandbox's share directory, opened once: paths below it resolve inside
-/// it, and a symlink anywhere on the way is an error.
+/// A sandbox's share, opened once: its skeleton's writable mount (where the
+/// host makes directories and files) and the guest's read-only view of it
+/// (where mounts go, and are found). Paths below either resolve inside it,
+/// and a symlink anywhere on the way is an error.
 struct ShareDir {
-    root: Root,
+    rw: Root,
+    view: Root,
     path: PathBuf,
 }
 
 impl ShareDir {
-    fn open(path: &Path) -> Result<Self, ShareError> {
-        let root = Root::open(path)
-            .map_err(|source| ShareError::Resolve {
-                share: path.to_path_buf(),
-                path: ".".into(),
-                source,
-            })?
-            .with_resolver_flags(ResolverFlags::NO_SYMLINKS);
+    fn open(paths: &SandboxPaths) -> Result<Self, ShareError> {
+        // The two directories themselves are the host's (their parent is the
+        // container's state directory): only what is below them is resolved
+        // with care.
+        let open = |dir: &Path| {
+            Root::open(fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+                .map(|r| r.with_resolver_flags(ResolverFlags::NO_SYMLINKS))
+                .map_err(|source| ShareError::Resolve {
+                    share: dir.to_path_buf(),
+                    path: ".".into(),
+                    source,
+                })
+        };
         Ok(Self {
-            root,
-            path: path.to_path_buf(),
+            rw: open(&paths.share_rw)?,
+            view: open(&paths.shared_dir)?,
+            path: paths.shared_dir.clone(),
         })
     }
 
@@ -111,23 +122,22 @@ impl ShareDir {
 
     /// The directory `rel` (made with its parents if missing).
     fn dir(&self, rel: &Path) -> Result<MountPoint, ShareError> {
-        let handle = self
-            .root
+        self.rw
             .mkdir_all(rel, &Permissions::from_mode(0o755))
             .map_err(self.error(rel))?;
-        Ok(MountPoint::new(self.path.join(rel), handle))
+        self.find(rel)
     }
 
     /// The regular file `rel` (made empty, with its parent, if missing).
-    /// Nothing is opened but an `O_PATH` handle: a FIFO or device node the
-    /// guest put there is refused, never opened.
+    /// Nothing is opened but an `O_PATH` handle: a FIFO or device node put
+    /// there is refused, never opened.
     fn file(&self, rel: &Path) -> Result<MountPoint, ShareError> {
         if let Some(parent) = rel.parent() {
             self.dir(parent)?;
         }
         // Fails if something is there already; what is there is checked next.
         let created = self
-            .root
+            .rw
             .create(rel, &InodeType::File(Permissions::from_mode(0o644)));
         let found = self.find(rel)?;
         let regular = rustix::fs::fstat(found.fd())
@@ -144,7 +154,7 @@ impl ShareDir {
 
     /// What is at `rel` now (for a mount, its root).
     fn find(&self, rel: &Path) -> Result<MountPoint, ShareError> {
-        let handle = self.root.resolve_nofollow(rel).map_err(self.error(rel))?;
+        let handle = self.view.resolve_nofollow(rel).map_err(self.error(rel))?;
         Ok(MountPoint::new(self.path.join(rel), handle))
     }
 }
@@ -176,7 +186,7 @@ pub fn share(
     paths: &SandboxPaths,
     host: &dyn HostMounts,
 ) -> Result<Shared, ShareError> {
-    let dir = ShareDir::open(&paths.shared_dir)?;
+    let dir = ShareDir::open(paths)?;
     let mut made = Vec::new();
     match share_all(bundle, id, &dir, host, &mut made) {
         Ok(spec_json) => Ok(Shared {
@@ -194,7 +204,7 @@ pub fn share(
 /// (a symlink on the way) is left for the sandbox's teardown
 /// ([`HostMounts::unmount_path`] of the whole share once the VM is gone).
 pub fn unshare(paths: &SandboxPaths, host: &dyn HostMounts, mounts: &[PathBuf]) {
-    match ShareDir::open(&paths.shared_dir) {
+    match ShareDir::open(paths) {
         Ok(dir) => unshare_in(&dir, host, mounts),
         Err(e) => warn!(error = %crate::monitor::error_chain(&e), "opening the share to unmount"),
     }
@@ -207,6 +217,18 @@ fn unshare_in(dir: &ShareDir, host: &dyn HostMounts, mounts: &[PathBuf]) {
             .and_then(|mp| host.unmount(&mp).map_err(mount_err(mp.path())));
         if let Err(e) = done {
             warn!(path = %rel.display(), error = %crate::monitor::error_chain(&e), "unmounting a shared path");
+        }
+    }
+    // The containers' directories go too: the skeleton's inodes are few.
+    let mut containers: Vec<&Path> = mounts
+        .iter()
+        .filter_map(|rel| rel.components().next())
+        .map(|c| Path::new(c.as_os_str()))
+        .collect();
+    containers.dedup();
+    for container in containers {
+        if let Err(e) = dir.rw.remove_all(container) {
+            warn!(path = %container.display(), error = %e, "removing a container's share directory");
         }
     }
 }

@@ -307,11 +307,15 @@ impl HostMounts for RecordingMounts {
         ));
         Ok(())
     }
-    fn bind_shared(&self, dir: &Path) -> std::io::Result<()> {
+    /// The view is a symlink to the skeleton here (there is no root to
+    /// mount a tmpfs and bind it read-only).
+    fn mount_share(&self, rw: &Path, view: &Path) -> std::io::Result<()> {
+        std::fs::remove_dir(view)?;
+        std::os::unix::fs::symlink(rw, view)?;
         self.0
             .lock()
             .unwrap()
-            .push(format!("bind-shared {}", dir.display()));
+            .push(format!("mount-share {}", view.display()));
         Ok(())
     }
     fn unmount(&self, dst: &MountPoint) -> std::io::Result<()> {
@@ -476,12 +480,19 @@ async fn output_and_exit_status_come_back_and_nothing_is_left_mounted() {
     assert!(!socket(&h, "c1").exists(), "control socket left behind");
     assert!(*h.launcher.vm_down.borrow(), "guest was not powered off");
     let calls = h.mounts.0.lock().unwrap().clone();
-    assert_eq!(calls.len(), 4, "{calls:?}");
-    assert!(calls[0].starts_with("bind-shared ") && calls[0].ends_with("c1/shared"));
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    assert!(calls[0].starts_with("mount-share ") && calls[0].ends_with("c1/shared"));
     assert!(calls[1].starts_with("bind ") && calls[2].starts_with("unmount "));
     assert!(calls[2].ends_with("c1/shared/c1/rootfs"), "{calls:?}");
-    let shared = h.store.dir("c1").join("shared");
-    assert_eq!(calls[3], format!("unmount {}", shared.display()));
+    let dir = h.store.dir("c1");
+    assert_eq!(
+        calls[3],
+        format!("unmount {}", dir.join("shared").display())
+    );
+    assert_eq!(
+        calls[4],
+        format!("unmount {}", dir.join("share-rw").display())
+    );
 }
 
 #[tokio::test]
@@ -602,12 +613,13 @@ async fn one_sandbox_holds_several_containers_and_undoes_each_share() {
     assert_eq!(
         calls,
         [
-            format!("bind-shared {}", shared.display()),
+            format!("mount-share {}", shared.display()),
             format!("bind {} {}", bundle.rootfs.display(), rootfs("c1")),
             format!("bind {} {}", bundle.rootfs.display(), rootfs("c2")),
             format!("unmount {}", rootfs("c2")),
             format!("unmount {}", rootfs("c1")),
             format!("unmount {}", shared.display()),
+            format!("unmount {}", paths.share_rw.display()),
         ]
     );
 }

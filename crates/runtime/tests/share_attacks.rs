@@ -1,6 +1,7 @@
-//! The host share under attack, with real mounts (root, no VM): the test
-//! plays a guest that owns everything virtiofsd lets it change in the
-//! share, and checks that the host's data and mounts stay untouched.
+//! The host share under attack, with real mounts (root, no VM): the tests
+//! play a guest writing through virtiofsd (as root) where the share lets it,
+//! and, as defence in depth, one that could even rearrange the share's
+//! read-only skeleton; the host's data and mounts must stay untouched.
 
 mod common;
 
@@ -36,8 +37,12 @@ impl World {
         let tmp = tempfile::tempdir().unwrap();
         let store = StateStore::new(tmp.path().join("root"));
         let paths = SandboxPaths::new(&store, "pod");
-        fs::create_dir_all(&paths.shared_dir).unwrap();
-        SysMounts.bind_shared(&paths.shared_dir).unwrap();
+        for dir in [&paths.shared_dir, &paths.share_rw] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        SysMounts
+            .mount_share(&paths.share_rw, &paths.shared_dir)
+            .unwrap();
         Self { tmp, paths }
     }
 
@@ -75,6 +80,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = SysMounts.unmount_path(&self.paths.shared_dir);
+        let _ = SysMounts.unmount_path(&self.paths.share_rw);
         for m in mounted_under(self.tmp.path()) {
             let _ = SysMounts.unmount_path(&m);
         }
@@ -134,12 +140,13 @@ fn a_symlink_planted_in_the_share_is_not_followed_when_adding() {
     let victim = w.volume("victim");
     let volume = w.volume("data");
     let bundle = w.bundle("b", false, &volume, &["rbind", "rw"]);
-    symlink(&victim, w.paths.shared_dir.join("c1")).unwrap();
+    // The skeleton is read-only to the guest; plant through the host's side.
+    symlink(&victim, w.paths.share_rw.join("c1")).unwrap();
     let err = share::share(&bundle, "c1", &w.paths, &SysMounts).unwrap_err();
     assert!(matches!(err, share::ShareError::Resolve { .. }), "{err}");
     // One level deeper too: shared/c2/mounts -> victim.
-    fs::create_dir(w.paths.shared_dir.join("c2")).unwrap();
-    symlink(&victim, w.paths.shared_dir.join("c2/mounts")).unwrap();
+    fs::create_dir(w.paths.share_rw.join("c2")).unwrap();
+    symlink(&victim, w.paths.share_rw.join("c2/mounts")).unwrap();
     share::share(&bundle, "c2", &w.paths, &SysMounts).unwrap_err();
     let mut entries: Vec<_> = fs::read_dir(&victim)
         .unwrap()
@@ -181,8 +188,9 @@ fn a_symlink_swapped_in_before_removal_does_not_redirect_the_unmount() {
     let volume = w.volume("data");
     let bundle = w.bundle("b", false, &volume, &["rbind", "rw"]);
     let shared = share::share(&bundle, "c1", &w.paths, &SysMounts).unwrap();
-    let c1 = w.paths.shared_dir.join("c1");
-    fs::rename(&c1, w.paths.shared_dir.join("moved")).unwrap();
+    // As if the guest could rearrange the skeleton (it is read-only to it).
+    let c1 = w.paths.share_rw.join("c1");
+    fs::rename(&c1, w.paths.share_rw.join("moved")).unwrap();
     symlink(victim.join("c1"), &c1).unwrap();
     share::unshare(&w.paths, &SysMounts, &shared.mounts);
     assert_eq!(mounted_under(&victim), std::slice::from_ref(&target));
@@ -190,4 +198,38 @@ fn a_symlink_swapped_in_before_removal_does_not_redirect_the_unmount() {
     // The container's own mounts are still there (moved), for the teardown.
     assert_eq!(mounted_under(&w.paths.shared_dir.join("moved")).len(), 2);
     SysMounts.unmount_path(&target).unwrap();
+}
+
+/// The share's skeleton (everything outside the rootfs and volumes) is
+/// read-only to the guest and a small tmpfs: the guest can neither plant
+/// entries in it nor fill host memory through it.
+#[test]
+fn the_share_skeleton_is_read_only_to_the_guest_and_small() {
+    if let Some(reason) = skip_reason() {
+        return common::skip(reason);
+    }
+    let w = World::new();
+    let volume = w.volume("data");
+    let bundle = w.bundle("b", false, &volume, &["rbind", "rw"]);
+    let shared = share::share(&bundle, "c1", &w.paths, &SysMounts).unwrap();
+    let view = &w.paths.shared_dir;
+    for path in [
+        view.join("big"),
+        view.join("c1/big"),
+        view.join("c1/mounts/x"),
+    ] {
+        let err = fs::write(&path, "guest").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{}", path.display());
+    }
+    let err = symlink("/", view.join("c2")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    // The rootfs and the rw volume stay writable.
+    fs::write(view.join("c1/rootfs/new"), "guest").unwrap();
+    fs::write(view.join("c1/mounts/0/f"), "guest").unwrap();
+    // Even the host's side holds at most 1 MiB.
+    let err = fs::write(w.paths.share_rw.join("big"), vec![0u8; 2 << 20]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    share::unshare(&w.paths, &SysMounts, &shared.mounts);
+    // The container's directory is gone with its mounts.
+    assert!(!view.join("c1").exists());
 }
