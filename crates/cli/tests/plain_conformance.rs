@@ -1095,6 +1095,18 @@ const HOST_HOOKS: [(&str, Option<Known>); 4] = [
     ),
 ];
 
+/// A failing poststop hook is a warning: the container is deleted anyway
+/// (it was left behind for good, even by `delete --force`).
+#[test]
+fn failing_poststop_hook() {
+    require_runc!();
+    check(&[case(
+        "poststop-fails",
+        |s, _| s["hooks"] = json!({"poststop": [{"path": "/bin/false"}]}),
+        "echo ran",
+    )]);
+}
+
 /// The keys of a state document.
 fn state_keys(state: &Value) -> String {
     match state.as_object() {

@@ -454,7 +454,16 @@ pub fn kill(store: &StateStore, id: &str, signal: i32, all: bool) -> Result<(), 
 pub fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), PlainError> {
     locked(store, id, || {
         match load(store, id) {
-            Ok(mut container) => container.delete(force).map_err(lc_error(id, "delete"))?,
+            Ok(mut container) => match container.delete(force) {
+                Ok(()) => {}
+                // A failing poststop hook is only a warning (OCI runtime
+                // spec, and runc): libcontainer has removed the cgroup by
+                // then, and the state goes below.
+                Err(LibcontainerError::Hook(e)) => {
+                    tracing::warn!(container = id, error = %e, "poststop hook failed");
+                }
+                Err(e) => return Err(lc_error(id, "delete")(e)),
+            },
             // A create that died before libcontainer wrote its state.
             Err(e) if !lc_root(store, id).join(id).exists() => {
                 tracing::warn!(container = id, error = %e, "no libcontainer state");
