@@ -76,7 +76,13 @@ impl TaskError {
     /// The ttrpc status code containerd sees for this error.
     fn code(&self) -> Code {
         match self {
-            TaskError::NotFound(_) => Code::NOT_FOUND,
+            // A container-mode init that has just exited (before the shim
+            // saw it): containerd takes NotFound as "already gone".
+            TaskError::NotFound(_)
+            | TaskError::Plain(PlainError::NotRunning { .. })
+            | TaskError::Cleanup(LifecycleError::Plain(PlainError::NotRunning { .. })) => {
+                Code::NOT_FOUND
+            }
             TaskError::InvalidArgument(_)
             | TaskError::Bundle(_)
             | TaskError::Stdio { .. }
@@ -154,6 +160,12 @@ mod tests {
             message: "exec failed".into(),
         };
         assert_eq!(code_of(TaskError::Agent(agent)), Code::INTERNAL);
+        let exited = || PlainError::NotRunning { id: "c1".into() };
+        assert_eq!(code_of(TaskError::Plain(exited())), Code::NOT_FOUND);
+        assert_eq!(
+            code_of(TaskError::Cleanup(LifecycleError::Plain(exited()))),
+            Code::NOT_FOUND
+        );
     }
 
     #[test]

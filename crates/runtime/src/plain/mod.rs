@@ -23,7 +23,7 @@ use libcgroups::common::{
     create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
 };
 use libcontainer::{
-    container::{builder::ContainerBuilder, Container},
+    container::{builder::ContainerBuilder, Container, ContainerStatus},
     error::LibcontainerError,
     signal::Signal,
     syscall::syscall::SyscallType,
@@ -69,6 +69,12 @@ pub enum PlainError {
         /// The cause (boxed: libcontainer's error is large).
         #[source]
         source: Box<LibcontainerError>,
+    },
+    /// The container has stopped: nothing to signal.
+    #[error("container {id:?} is not running")]
+    NotRunning {
+        /// Container.
+        id: String,
     },
     /// Not a signal number.
     #[error("invalid signal number {0}")]
@@ -443,9 +449,12 @@ pub fn pause(store: &StateStore, id: &str, pause: bool) -> Result<(), PlainError
 pub fn kill(store: &StateStore, id: &str, signal: i32, all: bool) -> Result<(), PlainError> {
     let signal = Signal::try_from(signal).map_err(|_| PlainError::Signal(signal))?;
     locked(store, id, || {
-        load(store, id)?
-            .kill(signal, all)
-            .map_err(lc_error(id, "kill"))
+        load(store, id)?.kill(signal, all).map_err(|e| match e {
+            LibcontainerError::IncorrectStatus(ContainerStatus::Stopped) => {
+                PlainError::NotRunning { id: id.into() }
+            }
+            e => lc_error(id, "kill")(e),
+        })
     })
 }
 
