@@ -369,8 +369,7 @@ impl Container {
     ) -> Result<Arc<Self>, TaskError> {
         let id = prepared.id.clone();
         let (stdio, stdin_end) = stdio::open(&prepared.io)?;
-        let mut plumbing =
-            Plumbing::new(prepared.io.terminal, console_socket(&prepared.bundle.dir))?;
+        let mut plumbing = Plumbing::new(prepared.io.terminal, || console_socket(&prepared.store))?;
         let opts = CreateOptions {
             console_socket: plumbing.console_socket.clone(),
             detached: true,
@@ -495,7 +494,7 @@ impl Container {
     ) -> Result<Pumps, TaskError> {
         let process = serde_json::from_slice(&p.spec)
             .map_err(|e| TaskError::InvalidArgument(format!("spec: not an OCI process: {e}")))?;
-        let mut plumbing = Plumbing::new(p.io.terminal, console_socket(&self.bundle))?;
+        let mut plumbing = Plumbing::new(p.io.terminal, || console_socket(&self.store))?;
         let opts = ExecOptions {
             process,
             console_socket: plumbing.console_socket.clone(),
@@ -909,10 +908,24 @@ impl Container {
     }
 }
 
-/// A new console socket path in `bundle` for a container-mode terminal.
-fn console_socket(bundle: &Path) -> PathBuf {
+/// A new console socket path for a container-mode terminal, in the state
+/// root's `.c/` (root only): under the bundle directory, a CRI bundle's
+/// 64-character id left a path longer than a socket address can be (108
+/// bytes).
+fn console_socket(store: &StateStore) -> Result<PathBuf, TaskError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = store.root().join(".c");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| TaskError::Stdio {
+            stream: "terminal",
+            path: dir.clone(),
+            source,
+        })?;
     let seq = PLAIN_SEQ.fetch_add(1, Ordering::Relaxed);
-    bundle.join(format!("console-{seq}.sock"))
+    Ok(dir.join(format!("{}-{seq}.sock", std::process::id())))
 }
 
 /// Mounts the request's rootfs mounts, in order, onto `target`.

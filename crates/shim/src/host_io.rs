@@ -54,6 +54,10 @@ struct ConsoleSocket {
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        // Its directory goes with the last socket (fails while others use it).
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -74,10 +78,14 @@ fn pipe_err(stream: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Task
 }
 
 impl Plumbing {
-    /// Pipes for a process without a terminal; a console socket at
-    /// `socket` for one with a terminal.
-    pub fn new(terminal: bool, socket: PathBuf) -> Result<Self, TaskError> {
+    /// Pipes for a process without a terminal; a console socket at the
+    /// path `socket` makes for one with a terminal.
+    pub fn new(
+        terminal: bool,
+        socket: impl FnOnce() -> Result<PathBuf, TaskError>,
+    ) -> Result<Self, TaskError> {
         if terminal {
+            let socket = socket()?;
             let listener = UnixListener::bind(&socket).map_err(pipe_err("terminal", &socket))?;
             return Ok(Self {
                 fds: None,

@@ -159,16 +159,19 @@ fn plain_shim_tty() {
     assert_eq!(status, Some(3), "{said}");
 
     // An exec'd process with a terminal, and ResizePty (ctr sends the size
-    // once the process started: it sleeps first).
-    w.run_detached(&[], "t2", &["sleep", "1000"]);
-    let exec = "task exec -t --exec-id x t2 sh -c 'sleep 1; tty; stty size; exit 5'";
-    let (said, status) = w.ctr_on_terminal("stty rows 33 cols 77;", exec);
+    // once the process started: it sleeps first). The id is as long as a
+    // CRI one (64 characters): its console socket must still fit a socket
+    // address.
+    let t2 = "t2".repeat(32);
+    w.run_detached(&[], &t2, &["sleep", "1000"]);
+    let exec = format!("task exec -t --exec-id x {t2} sh -c 'sleep 1; tty; stty size; exit 5'");
+    let (said, status) = w.ctr_on_terminal("stty rows 33 cols 77;", &exec);
     assert!(said.contains("/dev/pts/"), "{said}\n{}", w.log());
     assert!(said.contains("33 77"), "{said}\n{}", w.log());
     assert_eq!(status, Some(5), "{said}");
-    w.ok(&["task", "kill", "-s", "SIGKILL", "t2"]);
-    w.wait_stopped("t2", Duration::from_secs(10));
-    w.delete_all(&["t2"]);
+    w.ok(&["task", "kill", "-s", "SIGKILL", &t2]);
+    w.wait_stopped(&t2, Duration::from_secs(10));
+    w.delete_all(&[&t2]);
 }
 
 #[test]
