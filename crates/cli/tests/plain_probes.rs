@@ -22,7 +22,9 @@ const PROBE_C: &str = r#"
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
+#include <linux/io_uring.h>
 #include <linux/keyctl.h>
+#include <linux/vm_sockets.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +63,14 @@ int main(int argc, char **argv) {
         attr.value_size = 4;
         attr.max_entries = 1;
         r = syscall(SYS_bpf, BPF_MAP_CREATE, &attr, sizeof attr);
+    } else if (!strcmp(what, "vsock")) {
+        r = socket(AF_VSOCK, SOCK_STREAM, 0);
+    } else if (!strcmp(what, "io_uring")) {
+        struct io_uring_params params;
+        memset(&params, 0, sizeof params);
+        r = syscall(SYS_io_uring_setup, 1, &params);
     } else {
-        fprintf(stderr, "usage: probe finit_module|init_module|raw_socket|ptrace PID|keyctl|bpf\n");
+        fprintf(stderr, "usage: probe finit_module|init_module|raw_socket|ptrace PID|keyctl|bpf|vsock|io_uring\n");
         return 2;
     }
     if (r < 0) {
@@ -218,4 +226,37 @@ fn plain_probe_reading_proc_kcore_fails() {
     );
     assert_eq!(code, Some(0), "{text}\n{}", w.log());
     assert!(!text.contains("read-kcore"), "{text}");
+}
+
+/// No container in a VM reaches the guest's vsock (the agent's channel, and
+/// the host's back end beyond it), whatever its spec: here runc's default
+/// spec, which has no seccomp filter at all. The guest kernel has AF_VSOCK
+/// (the agent talks to the host over it), so the denial is skerry's filter;
+/// io_uring, whose socket operation would go around it, is denied too.
+#[test]
+fn vm_probe_guest_channels_are_denied_without_a_seccomp_profile() {
+    require_vm!();
+    require_gcc!();
+    let w = World::new();
+    let script = "/bin/probe vsock; /bin/probe io_uring; grep ^Seccomp: /proc/self/status";
+    let dir = w.spec_bundle("v", &["--runc"], &["sh", "-c", script]);
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert!(
+        spec["linux"]["seccomp"].is_null(),
+        "runc's spec has a filter"
+    );
+    fs::copy(build_probe(&w), dir.join("rootfs/bin/probe")).unwrap();
+    let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "v"]);
+    let text = stdout(&out) + &stderr(&out);
+    assert!(
+        text.contains("vsock: denied: Address family not supported by protocol"),
+        "{text}\n{}",
+        w.log()
+    );
+    assert!(
+        text.contains("io_uring: denied: Operation not permitted"),
+        "{text}"
+    );
+    w.assert_clean("v");
 }

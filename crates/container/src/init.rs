@@ -322,6 +322,9 @@ fn cstring(field: String, s: &str) -> Result<CString, InitError> {
 }
 
 fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared, InitError> {
+    // First, while the process is still root with every capability (no
+    // noNewPrivileges needed), and whatever the spec's own filter.
+    security::load_seccomp(&security::guest_channel_filter())?;
     step(setsid().map(drop), || "setsid".into())?;
     if process.terminal().unwrap_or(false) {
         sys::set_controlling_tty()?;

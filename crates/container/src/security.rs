@@ -117,6 +117,31 @@ pub fn load_seccomp(filter: &LinuxSeccomp) -> Result<(), SecurityError> {
     Ok(())
 }
 
+/// The filter every container process in a guest gets on top of its spec's:
+/// no AF_VSOCK socket (the agent's channel to the host, and the host's
+/// vsock back end, are not a container's to reach, whatever its spec or
+/// seccomp profile) and no io_uring (its socket operation would go around
+/// that rule, as containerd's and Docker's default profiles also deny it).
+pub fn guest_channel_filter() -> LinuxSeccomp {
+    serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {
+                "names": ["socket", "socketpair"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": libc::EAFNOSUPPORT,
+                "args": [{"index": 0, "value": libc::AF_VSOCK, "op": "SCMP_CMP_EQ"}],
+            },
+            {
+                "names": ["io_uring_setup", "io_uring_enter", "io_uring_register"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": libc::EPERM,
+            },
+        ],
+    }))
+    .expect("a valid seccomp filter")
+}
+
 /// The process an exec runs in a container, as runc's exec builds it: the
 /// security fields `requested` leaves out (capabilities, noNewPrivileges,
 /// rlimits, AppArmor profile, SELinux label) are the container init's. The
