@@ -1,7 +1,8 @@
 //! Host side of the agent API: a ttrpc client over a guest vsock stream.
 //!
 //! The guest is untrusted: every reply is checked (protocol version, reply
-//! sizes, exit status range) before the runtime acts on it.
+//! sizes, exit status range) before the runtime acts on it, and every string it
+//! carries passes through [`guest_text`] here, before anything logs or shows it.
 
 use std::time::Duration;
 
@@ -9,20 +10,23 @@ use skerry_protocol as proto;
 use tokio::net::UnixStream;
 use ttrpc::context::{self, Context};
 
+use crate::guest_text::guest_text;
+
 /// Timeout of calls that should answer promptly.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A failed agent call.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The agent answered with an error status (its message carries context).
+    /// The agent answered with an error status (its message carries context, escaped and
+    /// bounded by [`guest_text`]).
     #[error("agent {call}: {message}")]
     Status {
         /// The RPC.
         call: &'static str,
         /// ttrpc status code.
         code: ttrpc::Code,
-        /// The agent's message.
+        /// The agent's message, escaped and bounded.
         message: String,
     },
     /// The connection failed.
@@ -59,7 +63,7 @@ fn map_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> AgentError {
         ttrpc::Error::RpcStatus(status) => AgentError::Status {
             call,
             code: status.code(),
-            message: status.message,
+            message: guest_text(status.message.as_bytes()),
         },
         source => AgentError::Transport { call, source },
     }
@@ -124,17 +128,20 @@ impl AgentConn {
         }
     }
 
-    /// Version handshake; returns the guest kernel release.
+    /// Version handshake; returns the agent's version and guest kernel release (escaped
+    /// and bounded).
     pub async fn check(&self) -> Result<proto::CheckResponse, AgentError> {
         let req = proto::CheckRequest {
             protocol_version: proto::PROTOCOL_VERSION,
             ..Default::default()
         };
-        let resp = self
+        let mut resp = self
             .client
             .check(timed(), &req)
             .await
             .map_err(map_err("Check"))?;
+        resp.agent_version = guest_text(resp.agent_version.as_bytes());
+        resp.kernel_release = guest_text(resp.kernel_release.as_bytes());
         if resp.protocol_version != proto::PROTOCOL_VERSION {
             return Err(AgentError::InvalidReply {
                 call: "Check",
@@ -419,5 +426,26 @@ impl AgentConn {
             });
         }
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_text::GUEST_TEXT_MAX;
+
+    #[test]
+    fn a_hostile_error_status_is_escaped_and_bounded() {
+        let message = "\x1b[2J\x1b]0;owned\x07\n".repeat(1 << 18);
+        let status = ttrpc::get_status(ttrpc::Code::INTERNAL, message);
+        let e = map_err("StartContainer")(ttrpc::Error::RpcStatus(status));
+        assert_eq!(e.code(), Some(ttrpc::Code::INTERNAL));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("agent StartContainer: \\x1b[2J"),
+            "{shown:.40}"
+        );
+        assert!(shown.len() < GUEST_TEXT_MAX + 64, "{}", shown.len());
+        assert!(!shown.contains(|c: char| c.is_control()));
     }
 }

@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod exec;
+pub mod guest_text;
 pub mod hooks;
 pub mod hypervisor;
 pub mod image;

@@ -7,6 +7,15 @@
 //!
 //! The muxer knows nothing about virtqueues: the device feeds it guest packets and asks it
 //! for packets to deliver. It owns an epoll fd of its own that the VMM loop watches.
+//!
+//! Host memory is bounded in both directions. Host → guest, bytes are read from a host
+//! socket only as far as the guest's credit and RX buffer allow, straight into the packet;
+//! a host peer that writes more is held up by its own socket buffer. Guest → host, the
+//! bytes a host peer has not read yet are held here, and the guest may send only as much
+//! as the credit it was given: each connection gets at most [`CONN_BUF`], always at least
+//! [`CONN_MIN_BUF`], and all connections of the VM together at most [`VM_BUF`]. A
+//! connection's credit limit (its `fwd_cnt + buf_alloc`) never moves backwards, so a guest
+//! that respects the last credit it saw is never reset; one that sends past it is.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -39,10 +48,18 @@ pub const SHUTDOWN_RCV: u32 = 1;
 /// SHUTDOWN flag: the sender will send no more.
 pub const SHUTDOWN_SEND: u32 = 2;
 
-/// Receive buffer we advertise per connection (guest → host bytes in flight).
+/// Most guest → host bytes one connection may have on the host (its largest credit).
 pub const CONN_BUF: u32 = 256 * 1024;
+/// Credit every connection can always get, so none starves while others hold the pool.
+pub const CONN_MIN_BUF: u32 = 1024;
+/// Most guest → host bytes on the host for the whole VM: each connection's
+/// [`CONN_MIN_BUF`] plus a pool shared by all.
+pub const VM_BUF: usize = 4 << 20;
 /// Most connections at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Credit beyond [`CONN_MIN_BUF`] that connections share.
+const POOL: usize = VM_BUF - MAX_CONNECTIONS * CONN_MIN_BUF as usize;
+const _: () = assert!(POOL >= CONN_BUF as usize);
 /// Most host sockets still sending their `CONNECT` line.
 pub const MAX_PENDING: usize = 64;
 /// Most control packets waiting for guest RX buffers (beyond that they are dropped).
@@ -115,8 +132,11 @@ struct Conn {
     rx_cnt: u32,
     /// Bytes of guest data written to the host socket.
     fwd_cnt: u32,
-    /// `fwd_cnt` last advertised to the guest.
-    fwd_cnt_sent: u32,
+    /// The guest may send until its byte count reaches this (`fwd_cnt + buf_alloc` as last
+    /// advertised); it never decreases.
+    credit_end: u32,
+    /// The last grant was cut short by the VM's pool.
+    starved: bool,
     /// Guest data the host socket has not taken yet.
     tx_buf: Vec<u8>,
     /// The host socket has data we have not read (its EPOLLIN is disarmed meanwhile).
@@ -128,6 +148,22 @@ impl Conn {
         self.peer_buf_alloc
             .saturating_sub(self.rx_cnt.wrapping_sub(self.peer_fwd_cnt))
     }
+
+    /// Guest bytes held here or that the guest may still send: what this connection may
+    /// cost the host.
+    fn granted(&self) -> u32 {
+        self.credit_end.wrapping_sub(self.fwd_cnt)
+    }
+
+    /// Bytes the guest may still send.
+    fn guest_credit(&self) -> u32 {
+        self.granted().saturating_sub(self.tx_buf.len() as u32)
+    }
+}
+
+/// The part of a connection's grant that comes from the shared pool.
+fn pooled(granted: u32) -> usize {
+    granted.saturating_sub(CONN_MIN_BUF) as usize
 }
 
 /// Counters an operator can read.
@@ -143,6 +179,8 @@ pub struct MuxerMetrics {
     pub rx_bytes: u64,
     /// Bytes guest → host.
     pub tx_bytes: u64,
+    /// Guest → host bytes held now for host sockets that have not taken them.
+    pub buffered_bytes: u64,
 }
 
 /// The hybrid vsock back end.
@@ -156,6 +194,8 @@ pub struct Muxer {
     pending: HashMap<RawFd, (UnixStream, Vec<u8>)>,
     control: VecDeque<Hdr>,
     next_port: u32,
+    /// Sum of the connections' [`pooled`] grants, at most [`POOL`].
+    pool_used: usize,
     /// Counters.
     pub metrics: MuxerMetrics,
 }
@@ -187,6 +227,7 @@ impl Muxer {
             pending: HashMap::new(),
             control: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
+            pool_used: 0,
             metrics: MuxerMetrics::default(),
         })
     }
@@ -196,7 +237,8 @@ impl Muxer {
         self.epoll.as_raw_fd()
     }
 
-    fn hdr(&self, local: u32, peer: u32, op: u16, fwd_cnt: u32) -> Hdr {
+    /// A header that grants no credit (a reset, or a connection being torn down).
+    fn hdr(&self, local: u32, peer: u32, op: u16) -> Hdr {
         Hdr {
             src_cid: HOST_CID,
             dst_cid: self.cid,
@@ -206,8 +248,62 @@ impl Muxer {
             type_: TYPE_STREAM,
             op,
             flags: 0,
-            buf_alloc: CONN_BUF,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// The grant connection `c` can have now: up to [`CONN_BUF`], from its floor, what it
+    /// holds of the pool and what the pool has left.
+    fn grant_for(&self, c: &Conn) -> u32 {
+        let reachable = CONN_MIN_BUF as usize + pooled(c.granted()) + (POOL - self.pool_used);
+        reachable.min(CONN_BUF as usize) as u32
+    }
+
+    /// A header for connection `key` that carries its credit, first grown as far as the
+    /// bounds allow.
+    fn conn_hdr(&mut self, key: (u32, u32), op: u16) -> Option<Hdr> {
+        let grant = self.grant_for(self.conns.get(&key)?);
+        let c = self.conns.get_mut(&key)?;
+        let old = c.granted();
+        c.credit_end = c.credit_end.wrapping_add(grant - old);
+        c.starved = grant < CONN_BUF;
+        self.pool_used = self.pool_used - pooled(old) + pooled(grant);
+        let fwd_cnt = c.fwd_cnt;
+        Some(Hdr {
+            buf_alloc: grant,
             fwd_cnt,
+            ..self.hdr(key.0, key.1, op)
+        })
+    }
+
+    /// Tells the guest of more credit when it is worth a packet: a big step, or any step
+    /// while the guest is low.
+    fn offer_credit(&mut self, key: (u32, u32)) {
+        let Some(c) = self.conns.get(&key) else {
+            return;
+        };
+        let more = self.grant_for(c) - c.granted();
+        if c.state == State::Established
+            && more > 0
+            && (more >= CONN_BUF / 2 || c.guest_credit() < CONN_BUF / 2)
+        {
+            if let Some(h) = self.conn_hdr(key, OP_CREDIT_UPDATE) {
+                self.push_control(h);
+            }
+        }
+    }
+
+    /// After pool credit came back: offers it to the connections that were cut short.
+    fn offer_pool(&mut self) {
+        let starved: Vec<(u32, u32)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.starved)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in starved {
+            self.offer_credit(key);
         }
     }
 
@@ -221,7 +317,7 @@ impl Muxer {
 
     fn rst(&mut self, local: u32, peer: u32) {
         self.metrics.rejected_packets += 1;
-        let h = self.hdr(local, peer, OP_RST, 0);
+        let h = self.hdr(local, peer, OP_RST);
         self.push_control(h);
     }
 
@@ -253,6 +349,11 @@ impl Muxer {
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             self.by_fd.remove(&fd);
+            self.metrics.buffered_bytes -= c.tx_buf.len() as u64;
+            self.pool_used -= pooled(c.granted());
+            if pooled(c.granted()) > 0 {
+                self.offer_pool();
+            }
         }
     }
 
@@ -263,17 +364,25 @@ impl Muxer {
         self.rearm(key);
     }
 
-    fn new_conn(stream: UnixStream, state: State, local: u32, peer: u32, h: &Hdr) -> Conn {
+    /// A connection with no credit granted yet; `peer` is the guest's header, if it sent one.
+    fn new_conn(
+        stream: UnixStream,
+        state: State,
+        local: u32,
+        peer_port: u32,
+        peer: Option<&Hdr>,
+    ) -> Conn {
         Conn {
             stream,
             state,
             local,
-            peer,
-            peer_buf_alloc: h.buf_alloc,
-            peer_fwd_cnt: h.fwd_cnt,
+            peer: peer_port,
+            peer_buf_alloc: peer.map_or(0, |h| h.buf_alloc),
+            peer_fwd_cnt: peer.map_or(0, |h| h.fwd_cnt),
             rx_cnt: 0,
             fwd_cnt: 0,
-            fwd_cnt_sent: 0,
+            credit_end: 0,
+            starved: false,
             tx_buf: Vec::new(),
             readable: false,
         }
@@ -319,16 +428,15 @@ impl Muxer {
             }
             (OP_RW, State::Established) => self.guest_data(key, data),
             (OP_CREDIT_REQUEST, _) => {
-                let fwd = c.fwd_cnt;
-                c.fwd_cnt_sent = fwd;
-                let h = self.hdr(key.0, key.1, OP_CREDIT_UPDATE, fwd);
-                self.push_control(h);
+                if let Some(h) = self.conn_hdr(key, OP_CREDIT_UPDATE) {
+                    self.push_control(h);
+                }
             }
             (OP_CREDIT_UPDATE, _) => self.rearm(key),
             (OP_SHUTDOWN, _) => {
                 if h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND {
                     self.remove(key);
-                    let h = self.hdr(key.0, key.1, OP_RST, 0);
+                    let h = self.hdr(key.0, key.1, OP_RST);
                     self.push_control(h);
                 } else if h.flags & SHUTDOWN_SEND != 0 {
                     let _ = c.stream.shutdown(std::net::Shutdown::Write);
@@ -355,23 +463,31 @@ impl Muxer {
             self.rst(local, peer);
             return;
         };
-        self.insert(Self::new_conn(stream, State::Established, local, peer, h));
+        self.insert(Self::new_conn(
+            stream,
+            State::Established,
+            local,
+            peer,
+            Some(h),
+        ));
         self.metrics.connections += 1;
-        let r = self.hdr(local, peer, OP_RESPONSE, 0);
-        self.push_control(r);
+        if let Some(r) = self.conn_hdr((local, peer), OP_RESPONSE) {
+            self.push_control(r);
+        }
     }
 
     fn guest_data(&mut self, key: (u32, u32), data: &[u8]) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if c.tx_buf.len() + data.len() > CONN_BUF as usize {
+        if data.len() > c.guest_credit() as usize {
             // The guest ignored our credit.
             self.remove(key);
             self.rst(key.0, key.1);
             return;
         }
         c.tx_buf.extend_from_slice(data);
+        self.metrics.buffered_bytes += data.len() as u64;
         self.flush(key);
     }
 
@@ -380,6 +496,7 @@ impl Muxer {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
+        let granted = c.granted();
         let mut failed = false;
         while !c.tx_buf.is_empty() {
             match c.stream.write(&c.tx_buf) {
@@ -391,6 +508,7 @@ impl Muxer {
                     c.tx_buf.drain(..n);
                     c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
                     self.metrics.tx_bytes += n as u64;
+                    self.metrics.buffered_bytes -= n as u64;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -405,11 +523,11 @@ impl Muxer {
             self.rst(key.0, key.1);
             return;
         }
-        if c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent) >= CONN_BUF / 2 {
-            c.fwd_cnt_sent = c.fwd_cnt;
-            let fwd = c.fwd_cnt;
-            let h = self.hdr(key.0, key.1, OP_CREDIT_UPDATE, fwd);
-            self.push_control(h);
+        let released = pooled(granted) - pooled(c.granted());
+        self.pool_used -= released;
+        self.offer_credit(key);
+        if released > 0 {
+            self.offer_pool();
         }
         self.rearm(key);
     }
@@ -485,11 +603,16 @@ impl Muxer {
             return;
         }
         let local = self.alloc_port(port);
-        let hdr = self.hdr(local, port, OP_REQUEST, 0);
-        let mut conn = Self::new_conn(stream, State::HostRequested, local, port, &hdr);
-        conn.peer_buf_alloc = 0;
-        self.insert(conn);
-        self.push_control(hdr);
+        self.insert(Self::new_conn(
+            stream,
+            State::HostRequested,
+            local,
+            port,
+            None,
+        ));
+        if let Some(h) = self.conn_hdr((local, port), OP_REQUEST) {
+            self.push_control(h);
+        }
     }
 
     fn alloc_port(&mut self, peer: u32) -> u32 {
@@ -544,8 +667,7 @@ impl Muxer {
             Ok(0) => {
                 c.state = State::Closing;
                 c.readable = false;
-                let fwd = c.fwd_cnt;
-                let mut h = self.hdr(key.0, key.1, OP_SHUTDOWN, fwd);
+                let mut h = self.conn_hdr(key, OP_SHUTDOWN)?;
                 h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                 self.rearm(key);
                 Some((h, Vec::new()))
@@ -553,10 +675,8 @@ impl Muxer {
             Ok(n) => {
                 buf.truncate(n);
                 c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
-                c.fwd_cnt_sent = c.fwd_cnt;
-                let fwd = c.fwd_cnt;
                 self.metrics.rx_bytes += n as u64;
-                let mut h = self.hdr(key.0, key.1, OP_RW, fwd);
+                let mut h = self.conn_hdr(key, OP_RW)?;
                 h.len = n as u32;
                 Some((h, buf))
             }
@@ -567,7 +687,7 @@ impl Muxer {
             }
             Err(_) => {
                 self.remove(key);
-                Some((self.hdr(key.0, key.1, OP_RST, 0), Vec::new()))
+                Some((self.hdr(key.0, key.1, OP_RST), Vec::new()))
             }
         }
     }

@@ -1,5 +1,6 @@
 //! virtio-vsock driven through virtqueues in plain memory against real host Unix sockets.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ const RXQ: u64 = 0x0;
 const TXQ: u64 = 0x4000;
 const EVQ: u64 = 0x8000;
 const RX_BUFS: u64 = 0x1_0000;
-const TX_BUFS: u64 = 0x8_0000;
+const TX_BUFS: u64 = 0x20_0000;
 const RX_BUF_LEN: u32 = 4096;
 
 struct H {
@@ -124,12 +125,17 @@ fn harness() -> H {
         .iter()
         .map(|a| {
             let m = q(&mem, *a);
+            // The mock lays its used ring over the second half of the avail ring; move it
+            // clear so that all QSIZE slots can be used.
+            let used = GuestAddress(*a + 0x2000);
             rings.push(Rings {
                 desc: m.desc_table_addr(),
                 avail: m.avail_addr(),
-                used: m.used_addr(),
+                used,
             });
-            m.create_queue().unwrap()
+            let mut queue: Queue = m.create_queue().unwrap();
+            queue.set_used_ring_address(Some(used.0 as u32), Some(0));
+            queue
         })
         .collect();
     let irq = Arc::new(RecordingInterrupt::default());
@@ -150,10 +156,10 @@ fn harness() -> H {
 impl H {
     fn give_rx(&mut self, n: u16) {
         for _ in 0..n {
-            let i = self.rx_given;
+            let i = self.rx_given % QSIZE;
             let addr = RX_BUFS + u64::from(i) * u64::from(RX_BUF_LEN);
             add_chain(&self.mem, self.rx, &[desc(addr, RX_BUF_LEN, F_WRITE, 0)], i);
-            self.rx_given += 1;
+            self.rx_given = self.rx_given.wrapping_add(1);
         }
         self.dev.process_queue(0);
     }
@@ -162,8 +168,8 @@ impl H {
         let used = self.rx.used;
         let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
         let mut out = Vec::new();
-        while self.rx_seen < idx {
-            let e = used.unchecked_add(4 + 8 * u64::from(self.rx_seen));
+        while self.rx_seen != idx {
+            let e = used.unchecked_add(4 + 8 * u64::from(self.rx_seen % QSIZE));
             let id: u32 = self.mem.read_obj(e).unwrap();
             let len: u32 = self.mem.read_obj(e.unchecked_add(4)).unwrap();
             let addr = RX_BUFS + u64::from(id) * u64::from(RX_BUF_LEN);
@@ -173,7 +179,7 @@ impl H {
                 let h = decode(&b[..44]);
                 out.push((h, b[44..].to_vec()));
             }
-            self.rx_seen += 1;
+            self.rx_seen = self.rx_seen.wrapping_add(1);
         }
         out
     }
@@ -182,7 +188,7 @@ impl H {
     fn send(&mut self, h: Hdr, data: &[u8]) {
         let mut h = h;
         h.len = data.len() as u32;
-        let i = self.tx_sent;
+        let i = self.tx_sent % QSIZE;
         let addr = TX_BUFS + u64::from(i) * 0x2_0000;
         self.mem
             .write_slice(&encode(&h), GuestAddress(addr))
@@ -194,7 +200,7 @@ impl H {
             vec![desc(addr, 44, 0, 0)]
         } else {
             vec![
-                desc(addr, 44, F_NEXT, i + 1),
+                desc(addr, 44, F_NEXT, (i + 1) % QSIZE),
                 desc(addr + 0x100, data.len() as u32, 0, 0),
             ]
         };
@@ -203,7 +209,7 @@ impl H {
 
     fn send_raw(&mut self, descs: &[virtio_queue::desc::RawDescriptor]) {
         add_chain(&self.mem, self.tx, descs, self.tx_sent);
-        self.tx_sent += descs.len() as u16;
+        self.tx_sent = self.tx_sent.wrapping_add(descs.len() as u16);
         self.dev.process_queue(1);
     }
 
@@ -395,6 +401,97 @@ fn guest_ignoring_credit_is_reset() {
     }
     let got = h.take_rx();
     assert!(got.iter().any(|(x, _)| x.op == OP_RST), "{got:?}");
+}
+
+#[test]
+fn a_guest_flooding_host_peers_that_never_read_is_held_to_the_bounds() {
+    const CONNS: u32 = 32;
+    let mut h = harness();
+    h.give_rx(64);
+    let listener = UnixListener::bind(format!("{}_61", h.uds.display())).unwrap();
+    // Per guest port: where its credit ends (as the host advertised it) and what it sent.
+    let mut credit_end: HashMap<u32, u32> = HashMap::new();
+    let mut sent: HashMap<u32, u32> = HashMap::new();
+    // Takes what reached the guest, gives the RX buffers back and checks the credit.
+    fn note(h: &mut H, credit_end: &mut HashMap<u32, u32>) -> Vec<(Hdr, Vec<u8>)> {
+        let got = h.take_rx();
+        h.give_rx(got.len() as u16);
+        for (x, _) in got.iter().filter(|(x, _)| x.op != OP_RST) {
+            assert!(x.buf_alloc <= CONN_BUF, "{x:?}");
+            let end = x.fwd_cnt.wrapping_add(x.buf_alloc);
+            let old = credit_end.insert(x.dst_port, end).unwrap_or(0);
+            assert!(
+                end.wrapping_sub(old) <= CONN_BUF,
+                "credit moved back: {x:?}"
+            );
+        }
+        got
+    }
+    let mut peers = Vec::new(); // never read
+    for p in 1000..1000 + CONNS {
+        h.send(hdr(OP_REQUEST, p, 61), &[]);
+        peers.push(listener.accept().unwrap().0);
+    }
+    note(&mut h, &mut credit_end);
+    // The attacker sends all the credit it gets on every connection until none is left.
+    let chunk = vec![0x1bu8; 60_000];
+    for round in 0.. {
+        assert!(round < 1000, "the guest kept getting credit");
+        let mut any = false;
+        for p in 1000..1000 + CONNS {
+            let s = sent.entry(p).or_default();
+            let room = credit_end[&p].wrapping_sub(*s) as usize;
+            if room > 0 {
+                let n = room.min(chunk.len());
+                *s = s.wrapping_add(n as u32);
+                h.send(hdr(OP_RW, p, 61), &chunk[..n]);
+                any = true;
+            }
+            assert!(h.dev.metrics().buffered_bytes <= VM_BUF as u64);
+        }
+        h.dev.process_backend();
+        let got = note(&mut h, &mut credit_end);
+        assert!(!got.iter().any(|(x, _)| x.op == OP_RST), "{got:?}");
+        if !any && got.is_empty() {
+            break;
+        }
+    }
+    let buffered = h.dev.metrics().buffered_bytes;
+    assert!(
+        buffered > VM_BUF as u64 / 2 && buffered <= VM_BUF as u64,
+        "{buffered}"
+    );
+    assert_eq!(h.dev.metrics().rejected_packets, 0);
+
+    // Another connection is still served, both ways.
+    let other = UnixListener::bind(format!("{}_62", h.uds.display())).unwrap();
+    h.send(hdr(OP_REQUEST, 5000, 62), &[]);
+    let (mut s, _) = other.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let got = note(&mut h, &mut credit_end);
+    let (resp, _) = got.iter().find(|(x, _)| x.dst_port == 5000).unwrap();
+    assert_eq!(resp.op, OP_RESPONSE);
+    assert!(resp.buf_alloc >= CONN_MIN_BUF, "{resp:?}");
+    h.send(hdr(OP_RW, 5000, 62), b"still served");
+    let mut b = [0u8; 12];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still served");
+    s.write_all(b"pong").unwrap();
+    let got = h.pump_until(|g| g.iter().any(|(x, _)| x.op == OP_RW && x.dst_port == 5000));
+    assert_eq!(got.last().unwrap().1, b"pong");
+
+    // Sending past the credit resets that connection, and what it held goes to the others.
+    h.send(hdr(OP_RW, 1000, 61), b"x");
+    let got = note(&mut h, &mut credit_end);
+    assert!(got
+        .iter()
+        .any(|(x, _)| x.op == OP_RST && x.dst_port == 1000));
+    assert!(
+        got.iter()
+            .any(|(x, _)| x.op == OP_CREDIT_UPDATE && x.dst_port != 1000),
+        "{got:?}"
+    );
+    assert!(h.dev.metrics().buffered_bytes < buffered);
 }
 
 #[test]
