@@ -29,6 +29,10 @@ use tokio::{
 };
 use ttrpc::asynchronous::TtrpcContext;
 
+/// What a hostile agent repeats in its error: a colour, a window title,
+/// a bell, a line break and a bidi override.
+const HOSTILE_LINE: &str = "\x1b[31m\x1b]0;pwned\x07\nowned\u{202e}!";
+
 /// A scripted container process inside the fake agent.
 struct FakeProc {
     args: Vec<String>,
@@ -102,11 +106,23 @@ impl proto::Agent for FakeAgent {
         let spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.oci_spec_json)
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, &e.to_string()))?;
         let args = spec.process().as_ref().unwrap().args().clone().unwrap();
-        if args[0] == "fail-create" {
-            return Err(status(
-                ttrpc::Code::INVALID_ARGUMENT,
-                "container c: process.args[0] not found",
-            ));
+        match args[0].as_str() {
+            "fail-create" => {
+                return Err(status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    "container c: process.args[0] not found",
+                ))
+            }
+            // A hostile guest: a 3 MiB error of terminal escape sequences.
+            "hostile-error" => {
+                return Err(status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    &HOSTILE_LINE.repeat((3 << 20) / HOSTILE_LINE.len()),
+                ))
+            }
+            // A hostile guest that never answers.
+            "silent" => std::future::pending::<()>().await,
+            _ => {}
         }
         let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
@@ -346,7 +362,15 @@ async fn harness(args: &[&str]) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = tmp.path().join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
-    for prog in ["echo", "exit", "cat", "sleep", "fail-create"] {
+    for prog in [
+        "echo",
+        "exit",
+        "cat",
+        "sleep",
+        "fail-create",
+        "hostile-error",
+        "silent",
+    ] {
         let p = bundle.join("rootfs/bin").join(prog);
         std::fs::write(&p, "").unwrap();
         std::os::unix::fs::PermissionsExt::set_mode(
@@ -560,6 +584,45 @@ async fn agent_refusal_fails_create_and_leaves_nothing() {
     assert!(!h.store.dir("bad").exists(), "state dir left behind");
     let calls = h.mounts.0.lock().unwrap().clone();
     assert!(calls.last().unwrap().starts_with("unmount "), "{calls:?}");
+}
+
+/// A guest agent answering with megabytes of escape sequences: create fails
+/// with a bounded error that carries no control character to a log or a
+/// terminal, and nothing is left.
+#[tokio::test]
+async fn a_hostile_agents_error_is_bounded_and_escaped() {
+    let h = harness(&["hostile-error"]).await;
+    let r = start_monitor(&h, "hostile").await;
+    assert!(r.ready.len() < 8192, "{} bytes", r.ready.len());
+    assert!(r.ready.contains("bytes dropped"), "{}", r.ready);
+    assert!(r.ready.contains("\\x1b[31m"), "{}", r.ready);
+    assert!(
+        !r.ready
+            .trim_end()
+            .chars()
+            .any(|c| c.is_control() || c == '\u{202e}'),
+        "{:?}",
+        r.ready
+    );
+    assert_eq!(r.monitor.await.unwrap(), 1);
+    assert!(!h.store.dir("hostile").exists(), "state dir left behind");
+}
+
+/// A guest agent that never answers: create fails once the call's timeout
+/// has passed, and nothing is left.
+#[tokio::test]
+async fn a_silent_agent_fails_create_within_its_timeout() {
+    let h = harness(&["silent"]).await;
+    let started = std::time::Instant::now();
+    let r = start_monitor(&h, "silent").await;
+    assert!(r.ready.contains("agent CreateContainer"), "{}", r.ready);
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.monitor.await.unwrap(), 1);
+    assert!(!h.store.dir("silent").exists(), "state dir left behind");
 }
 
 #[tokio::test]
