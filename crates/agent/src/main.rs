@@ -3,6 +3,7 @@
 
 mod boot;
 mod cgroup;
+mod confine;
 mod network;
 mod reaper;
 mod service;
@@ -56,13 +57,18 @@ fn init_logging() {
         .init();
 }
 
-async fn serve(opts: Options, guest: bool) -> anyhow::Result<()> {
+async fn serve(opts: Options, guest: bool, launcher: confine::Launcher) -> anyhow::Result<()> {
     let reaper = Arc::new(reaper::Reaper::default());
     reaper.start()?;
     let cgroups = guest
         .then(|| cgroup::Cgroups::open(cgroup::GUEST_ROOT.as_ref()))
         .flatten();
-    let sandbox = Arc::new(state::Sandbox::new(reaper, opts.shared_dir, cgroups));
+    let sandbox = Arc::new(state::Sandbox::new(
+        reaper,
+        launcher,
+        opts.shared_dir,
+        cgroups,
+    ));
     let service = service::AgentService::new(sandbox, guest);
     let services = skerry_protocol::create_agent(Arc::new(service));
     if let Some(path) = opts.listen.strip_prefix("unix://") {
@@ -114,6 +120,12 @@ fn main() {
         // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
+    // Set up; from here on the agent's threads are confined, and container
+    // processes are cloned by the launcher, which is not.
+    let launcher = confine::Launcher::start()
+        .and_then(|l| confine::confine_this_thread().map(|()| l))
+        .unwrap_or_else(|e| fatal(guest, anyhow::Error::new(e)));
+    info!(status = %confine::status_of_this_thread(), "agent confined");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -124,7 +136,7 @@ fn main() {
     };
     // A panic on this thread must still end in a logged power-off, never a silent exit.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(serve(opts, guest))
+        rt.block_on(serve(opts, guest, launcher))
     }));
     match result {
         Ok(Ok(())) => fatal(guest, anyhow::anyhow!("server loop ended")),

@@ -15,6 +15,7 @@ use skerry_container::{spec, IdError, InitConfig, SpecError};
 use tracing::{info, warn};
 
 use crate::cgroup::{CgroupError, Cgroups};
+use crate::confine::Launcher;
 use crate::reaper::{ExitInfo, ExitReceiver, Reaper};
 use crate::stdio::{ProcessIo, StdioError};
 
@@ -154,6 +155,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// All containers of the sandbox.
 pub struct Sandbox {
     reaper: Arc<Reaper>,
+    /// Clones container processes: the agent's own threads are confined.
+    launcher: Launcher,
     shared_dir: PathBuf,
     /// Per-container cgroups; `None` without a cgroup2 hierarchy (development agent).
     cgroups: Option<Cgroups>,
@@ -171,14 +174,42 @@ fn blocking_failed(e: tokio::task::JoinError) -> AgentError {
 impl Sandbox {
     /// An empty sandbox whose container rootfses live under `shared_dir`
     /// and whose containers get cgroups in `cgroups`.
-    pub fn new(reaper: Arc<Reaper>, shared_dir: PathBuf, cgroups: Option<Cgroups>) -> Self {
+    pub fn new(
+        reaper: Arc<Reaper>,
+        launcher: Launcher,
+        shared_dir: PathBuf,
+        cgroups: Option<Cgroups>,
+    ) -> Self {
         Sandbox {
             reaper,
+            launcher,
             shared_dir,
             cgroups,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Clones `prepared`'s child on the launcher thread, registered with the
+    /// reaper before it can be reaped; hands `prepared` back.
+    #[allow(clippy::type_complexity)]
+    fn spawn(
+        &self,
+        prepared: launch::Prepared,
+    ) -> (
+        launch::Prepared,
+        Result<(i32, ExitReceiver), skerry_container::LaunchError>,
+    ) {
+        let mut back = None;
+        let spawned = self.reaper.spawn_registered(|| {
+            let (prepared, pid) = self.launcher.run(move || {
+                let pid = prepared.clone_child();
+                (prepared, pid)
+            });
+            back = Some(prepared);
+            pid
+        });
+        (back.expect("the launcher hands it back"), spawned)
     }
 
     /// The directory shared by the host.
@@ -367,10 +398,8 @@ impl Sandbox {
                 .create(id, resources)
                 .map_err(|source| cgroup_failed(id, source))?;
         }
-        let (pid, exit) = self
-            .reaper
-            .spawn_registered(|| prepared.clone_child())
-            .map_err(|e| self.cgroup_undo(id, setup(e)))?;
+        let (prepared, spawned) = self.spawn(prepared);
+        let (pid, exit) = spawned.map_err(|e| self.cgroup_undo(id, setup(e)))?;
         let (mut chan, pipes) = prepared.into_parent();
         if let Some(cgroups) = &self.cgroups {
             if let Err(source) = cgroups.add(id, pid) {
@@ -492,9 +521,8 @@ impl Sandbox {
         };
         let terminal = process.terminal().unwrap_or(false);
         let prepared = launch::prepare(terminal, CloneFlags::empty()).map_err(setup)?;
-        self.reaper
-            .spawn_registered(|| prepared.clone_child())
-            .map_err(setup)?;
+        let (prepared, spawned) = self.spawn(prepared);
+        spawned.map_err(setup)?;
         let (mut chan, pipes) = prepared.into_parent();
         let config = InitConfig::Exec {
             id: c.id.clone(),

@@ -25,6 +25,16 @@ pub const OCI_VERSION_MIN: &str = "1.0.0";
 /// Annotation carrying the skerry version.
 pub const VERSION_ANNOTATION: &str = "io.skerry.runtime.version";
 
+/// How the guest agent confines itself once the guest is set up (VM
+/// isolation): its threads run with no_new_privs and a seccomp filter.
+pub const AGENT_CONFINEMENT_ANNOTATION: (&str, &str) =
+    ("io.skerry.vm.agent.confinement", "seccomp,no_new_privs");
+
+/// What every container in a VM is denied whatever its spec: the guest's
+/// vsock (the agent's channel) and io_uring.
+pub const GUEST_FILTER_ANNOTATION: (&str, &str) =
+    ("io.skerry.vm.container.denied", "AF_VSOCK,io_uring");
+
 /// Mount options the guest agent maps to mount(2) flags or propagation
 /// (crates/container/src/mounts.rs); anything else is passed to the
 /// filesystem as data.
@@ -121,10 +131,20 @@ pub fn features() -> anyhow::Result<Features> {
                 .collect::<Vec<_>>(),
         )
         .linux(linux)
-        .annotations(HashMap::from([(
-            VERSION_ANNOTATION.to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        )]))
+        .annotations(HashMap::from([
+            (
+                VERSION_ANNOTATION.to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+            (
+                AGENT_CONFINEMENT_ANNOTATION.0.to_string(),
+                AGENT_CONFINEMENT_ANNOTATION.1.to_string(),
+            ),
+            (
+                GUEST_FILTER_ANNOTATION.0.to_string(),
+                GUEST_FILTER_ANNOTATION.1.to_string(),
+            ),
+        ]))
         .build()?;
     Ok(features)
 }
@@ -216,6 +236,9 @@ mod tests {
             annotations.get(VERSION_ANNOTATION).map(String::as_str),
             Some(env!("CARGO_PKG_VERSION"))
         );
+        for (key, value) in [AGENT_CONFINEMENT_ANNOTATION, GUEST_FILTER_ANNOTATION] {
+            assert_eq!(annotations.get(key).map(String::as_str), Some(value));
+        }
     }
 
     #[test]

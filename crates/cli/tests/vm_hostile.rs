@@ -39,3 +39,41 @@ fn vm_read_only_volume_and_rootfs_hold_against_guest_root() {
     assert!(!dir.join("rootfs/planted").exists());
     w.assert_clean("ro");
 }
+
+/// The guest agent confines itself once the guest is set up (its own
+/// seccomp filter and no_new_privs, read from its /proc status and logged to
+/// the console), and containers still run: they are cloned by a thread that
+/// is not confined, so they get their spec's limits, not the agent's.
+#[test]
+fn vm_the_agent_is_confined_after_boot() {
+    require_vm!();
+    let w = World::new();
+    let dir = w.bundle("conf", &["sleep", "600"]);
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    spec["process"]["noNewPrivileges"] = false.into();
+    fs::write(&path, spec.to_string()).unwrap();
+    w.create(&dir, "conf");
+    let console = w.root.join("conf/console.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = String::new();
+    while !log.contains("agent confined") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        log = String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned();
+    }
+    assert!(
+        log.contains("agent confined status=NoNewPrivs: 1, Seccomp: 2"),
+        "{log}"
+    );
+    assert!(w.run(&["start", "conf"]).status.success());
+    let out = w.run(&[
+        "exec",
+        "conf",
+        "sh",
+        "-c",
+        "grep -E '^NoNewPrivs' /proc/self/status",
+    ]);
+    assert_eq!(stdout(&out), "NoNewPrivs:\t0\n", "{}", stderr(&out));
+    assert!(w.run(&["delete", "--force", "conf"]).status.success());
+    w.assert_clean("conf");
+}
