@@ -113,10 +113,15 @@ fn vm_shim_run_exec_kill_delete_leaves_nothing() {
     );
     let v1 = format!("/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes");
     let v2 = format!("/sys/fs/cgroup{cgroup}/memory.max");
-    let limit = fs::read_to_string(&v1)
-        .or_else(|_| fs::read_to_string(&v2))
-        .unwrap();
-    assert_eq!(limit.trim(), (512u64 << 20).to_string());
+    let limit = || {
+        fs::read_to_string(&v1)
+            .or_else(|_| fs::read_to_string(&v2))
+            .unwrap()
+    };
+    assert_eq!(limit().trim(), (512u64 << 20).to_string());
+    // Update of the sandbox container (c2 is its own pod) lowers it too.
+    update_memory_limit(&w, "c2", "c2", 64 << 20);
+    assert_eq!(limit().trim(), ((64u64 + 256) << 20).to_string());
 
     w.ok(&["task", "kill", "-s", "SIGKILL", "c2"]);
     w.wait_stopped("c2", Duration::from_secs(20));

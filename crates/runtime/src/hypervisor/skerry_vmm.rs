@@ -703,6 +703,31 @@ mod tests {
     }
 
     #[test]
+    fn the_jailers_cgroup_lies_below_the_sandboxs_host_cgroup() {
+        let cfg = HypervisorConfig::default();
+        let overhead = super::super::cgroup::HostOverhead::from_config(&cfg);
+        let spec = VmSpec {
+            host_cgroup: Some(super::super::HostCgroup {
+                path: "/kubepods/pod1/c1".into(),
+                vcpus: 2,
+                memory_mib: 256,
+                overhead,
+                memory_limit: None,
+                cpu_quota: None,
+            }),
+            ..spec()
+        };
+        let p = JailPlan::new(&cfg, &spec, "/x/skerry-vmm".into(), Some(Cgroup::V1)).unwrap();
+        assert!(strings(jailer_args(&p))
+            .join(" ")
+            .contains("--cgroup-version v1 --parent-cgroup kubepods/pod1/c1 --"));
+        assert_eq!(
+            p.cgroup_dir(),
+            Some(Path::new("/sys/fs/cgroup/pids/kubepods/pod1/c1").join(&p.id))
+        );
+    }
+
+    #[test]
     fn a_pod_nic_puts_the_vmm_in_the_pod_netns_on_its_tap() {
         let cfg = HypervisorConfig::default();
         let with_net = VmSpec {
