@@ -720,13 +720,19 @@ fn state_json(w: &World, id: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(w.root.join(id).join("state.json")).unwrap()).unwrap()
 }
 
-fn qemu_pid(w: &World, id: &str) -> i32 {
-    let state = state_json(w, id);
+/// The pids of the VM processes a state document records.
+fn vm_pids(state: &serde_json::Value) -> Vec<i32> {
     state["vm_processes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+fn qemu_pid(w: &World, id: &str) -> i32 {
+    vm_pids(&state_json(w, id))
+        .into_iter()
         .find(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.starts_with("qemu"))
@@ -865,12 +871,7 @@ fn vm_monitor_killed_while_the_guest_boots_leaves_nothing() {
     let (monitor, vm) = loop {
         if let Ok(bytes) = std::fs::read(w.root.join("kb/state.json")) {
             let state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            let vm: Vec<i32> = state["vm_processes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["pid"].as_i64().unwrap() as i32)
-                .collect();
+            let vm = vm_pids(&state);
             if !vm.is_empty() {
                 assert_eq!(state["status"], "creating", "recorded only after boot");
                 break (state["monitor"]["pid"].as_i64().unwrap() as i32, vm);
@@ -937,4 +938,126 @@ fn killing_the_state_pid_then_delete_force_cleans_up(w: &World) {
     let out = w.run(&["delete", "--force", "km"]);
     assert!(out.status.success(), "{}", stderr(&out));
     w.assert_clean("km");
+}
+
+/// A cgroup file of `path`, from cgroup v1's `controller` hierarchy or v2's
+/// unified one (`v2_file`).
+fn host_cgroup_file(controller: &str, v1_file: &str, v2_file: &str, path: &str) -> String {
+    let v1 = format!("/sys/fs/cgroup/{controller}{path}/{v1_file}");
+    let v2 = format!("/sys/fs/cgroup{path}/{v2_file}");
+    let file = if std::path::Path::new(&v1).exists() {
+        v1
+    } else {
+        v2
+    };
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// The cgroup of `pid` in cgroup v1's `controller` hierarchy (or v2's).
+fn cgroup_of(pid: i32, controller: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == controller))
+        })
+        .or_else(|| text.lines().find(|l| l.starts_with("0::")));
+    line.and_then(|l| l.splitn(3, ':').nth(2))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every host process of a VM (QEMU, virtiofsd and its sandbox child,
+/// vhost-device-vsock) runs in the sandbox's host cgroup (the spec's
+/// `linux.cgroupsPath`), limited to the VM's size plus the configured
+/// overhead; `update` changes the host limit too, and `delete` removes it.
+#[test]
+fn vm_host_cgroup_holds_every_vm_process_and_follows_update_and_delete() {
+    require_vm!();
+    let w = World::new();
+    let bundle = w.bundle("hc", &["sh", "-c", "touch /tmp/ready; exec sleep 1000"]);
+    w.create(&bundle, "hc");
+    assert!(w.run(&["start", "hc"]).status.success());
+    wait_ready(&w, &bundle);
+    let path = w.cgroup_path("hc");
+    let state = state_json(&w, "hc");
+    let vm = vm_pids(&state);
+    let comms: Vec<String> = vm
+        .iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap())
+        .collect();
+    for name in ["qemu", "virtiofsd", "vhost-device-vs"] {
+        assert!(
+            comms.iter().any(|c| c.starts_with(name)),
+            "{name} not among the VM's processes: {comms:?}"
+        );
+    }
+    // Every process of this world but the monitor, and every thread of them.
+    let monitor = state["monitor"]["pid"].as_i64().unwrap() as i32;
+    let world: Vec<i32> = w
+        .processes()
+        .iter()
+        .map(|p| p.split(':').next().unwrap().parse().unwrap())
+        .filter(|&pid| pid != monitor)
+        .collect();
+    for pid in vm.iter().chain(&world) {
+        let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| t.unwrap().file_name().to_string_lossy().parse().unwrap())
+            .collect();
+        for task in tasks {
+            for controller in ["memory", "pids", "cpu"] {
+                assert_eq!(
+                    cgroup_of(task, controller),
+                    path,
+                    "{controller} cgroup of {pid}/{task} ({})",
+                    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        cgroup_of(monitor, "memory"),
+        cgroup_of(std::process::id() as i32, "memory")
+    );
+
+    // The test config's VM: 1 vCPU, 256 MiB; the default overhead: 256 MiB,
+    // half a CPU, 1024 tasks.
+    let mib = 1024 * 1024;
+    let memory = || host_cgroup_file("memory", "memory.limit_in_bytes", "memory.max", &path);
+    assert_eq!(memory(), ((256 + 256) * mib).to_string());
+    assert_eq!(
+        host_cgroup_file("pids", "pids.max", "pids.max", &path),
+        "1024"
+    );
+    let cpu = format!(
+        "{} {}",
+        host_cgroup_file("cpu", "cpu.cfs_quota_us", "cpu.max", &path),
+        host_cgroup_file("cpu", "cpu.cfs_period_us", "cpu.max", &path)
+    );
+    assert!(
+        cpu == "150000 100000" || cpu == "150000 100000 150000 100000",
+        "cpu: {cpu}"
+    );
+
+    // A lower memory limit for the container lowers the host's too.
+    let resources = w.tmp.path().join("resources.json");
+    std::fs::write(
+        &resources,
+        format!(r#"{{"memory": {{"limit": {}}}}}"#, 64 * mib),
+    )
+    .unwrap();
+    let out = w.run(&["update", "--resources", resources.to_str().unwrap(), "hc"]);
+    assert!(out.status.success(), "update: {}", stderr(&out));
+    assert_eq!(memory(), ((64 + 256) * mib).to_string());
+
+    assert!(w.run(&["kill", "hc", "KILL"]).status.success());
+    let out = w.run(&["delete", "--force", "hc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    w.assert_clean("hc");
 }

@@ -161,6 +161,15 @@ pub struct HypervisorConfig {
     pub jail_uid: u32,
     /// `jail_gid`: gid skerry-vmm runs as; default 10000 (not 0).
     pub jail_gid: u32,
+    /// `host_memory_overhead_mib`: host memory a VM's processes may use
+    /// beyond its guest memory (their sandbox cgroup's memory limit); default 256.
+    pub host_memory_overhead_mib: u32,
+    /// `host_cpu_overhead_percent`: CPU time a VM's processes may use beyond
+    /// one CPU per vCPU, in percent of one CPU; default 50.
+    pub host_cpu_overhead_percent: u32,
+    /// `host_pids_max`: most tasks (processes and threads) of a VM's host
+    /// processes together; default 1024.
+    pub host_pids_max: u32,
 }
 
 impl Default for HypervisorConfig {
@@ -183,6 +192,9 @@ impl Default for HypervisorConfig {
             jail_dir: PathBuf::from("/srv/skerry-jail"),
             jail_uid: 10000,
             jail_gid: 10000,
+            host_memory_overhead_mib: 256,
+            host_cpu_overhead_percent: 50,
+            host_pids_max: 1024,
         }
     }
 }
@@ -381,6 +393,24 @@ impl Config {
             return Err(invalid(
                 "hypervisor.console_log_max_kib",
                 "must be between 16 and 1048576",
+            ));
+        }
+        if !(32..=1024 * 1024).contains(&hv.host_memory_overhead_mib) {
+            return Err(invalid(
+                "hypervisor.host_memory_overhead_mib",
+                "must be between 32 and 1048576",
+            ));
+        }
+        if !(10..=6400).contains(&hv.host_cpu_overhead_percent) {
+            return Err(invalid(
+                "hypervisor.host_cpu_overhead_percent",
+                "must be between 10 and 6400",
+            ));
+        }
+        if !(64..=1_000_000).contains(&hv.host_pids_max) {
+            return Err(invalid(
+                "hypervisor.host_pids_max",
+                "must be between 64 and 1000000",
             ));
         }
         if !(1..=64).contains(&self.pod.overhead_vcpus) {

@@ -48,6 +48,9 @@ pub enum LifecycleError {
     /// The guest agent could not be reached or refused.
     #[error(transparent)]
     Agent(#[from] crate::exec::ExecError),
+    /// The VM's host cgroup could not be updated.
+    #[error(transparent)]
+    HostCgroup(#[from] crate::hypervisor::HostCgroupError),
     /// Host cleanup failed.
     #[error("cleaning up container {id:?}")]
     Cleanup {
@@ -175,7 +178,8 @@ pub async fn pause(store: &StateStore, id: &str, pause: bool) -> Result<(), Life
 }
 
 /// Applies `resources` to a running container: to its host cgroup in
-/// container mode, to its cgroup in the guest in a VM (the VM keeps its size).
+/// container mode; in a VM to its cgroup in the guest and to the VM's host
+/// cgroup (the VM keeps its size).
 pub async fn update(
     store: &StateStore,
     id: &str,
@@ -191,7 +195,8 @@ pub async fn update(
         .update(id, &json)
         .await
         .map_err(crate::exec::ExecError::from)?;
-    Ok(())
+    let run_dir = SandboxPaths::new(store, id).run_dir;
+    Ok(crate::hypervisor::cgroup::update(&run_dir, resources)?)
 }
 
 /// Sends `signal` to the container's process (or all of its processes).

@@ -12,6 +12,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use oci_spec::runtime::{LinuxResources, Spec};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
@@ -19,7 +20,10 @@ use crate::{
     agent_client::{AgentConn, AgentError, ExitStatus, Proc},
     bundle::Bundle,
     config::{Config, HypervisorConfig, Isolation, PolicyConfig},
-    hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
+    hypervisor::{
+        cgroup::{self as host_cgroup, HostCgroup, HostCgroupError, HostOverhead},
+        HypervisorError, Vm, VmExit, VmSpec,
+    },
     mounts::HostMounts,
     net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
@@ -99,6 +103,10 @@ pub struct SandboxParams {
     /// Owner (uid, gid) of a pod network's tap: the jail's, so that a jailed
     /// skerry-vmm may attach to it (QEMU runs as root and may attach to any).
     pub tap_owner: (u32, u32),
+    /// What the VM's host processes may use beyond its size.
+    pub host_overhead: HostOverhead,
+    /// The sandbox's host cgroup (see [`SandboxParams::with_host_cgroup`]).
+    pub host_cgroup: Option<HostCgroup>,
 }
 
 impl SandboxParams {
@@ -115,7 +123,17 @@ impl SandboxParams {
             console_log_max: config.hypervisor.console_log_max_kib * 1024,
             policy: config.policy.clone(),
             tap_owner: (config.hypervisor.jail_uid, config.hypervisor.jail_gid),
+            host_overhead: HostOverhead::from_config(&config.hypervisor),
+            host_cgroup: None,
         }
+    }
+
+    /// These parameters with the host cgroup of sandbox `id`, whose (sandbox
+    /// container's) spec is `spec`, for a VM of this size.
+    pub fn with_host_cgroup(mut self, id: &str, spec: &Spec) -> Self {
+        let size = (self.vcpus, self.memory_mib);
+        self.host_cgroup = HostCgroup::for_sandbox(id, spec, size, self.host_overhead);
+        self
     }
 }
 
@@ -246,11 +264,12 @@ impl Sandbox {
         let started = Instant::now();
         let hostname = hostname(bundle, id);
         let netns = net::netns_path(&bundle.spec);
+        let params = params.clone().with_host_cgroup(id, &bundle.spec);
         let mut sandbox = Self::boot(
             id,
             &hostname,
             netns.as_deref(),
-            params,
+            &params,
             paths,
             launcher,
             mounts,
@@ -311,6 +330,7 @@ impl Sandbox {
             console_log: paths.console_log.clone(),
             console_log_max: params.console_log_max,
             net: nic.clone(),
+            host_cgroup: params.host_cgroup.clone(),
         };
         let (mut vm, agent, check) = match boot(launcher, &spec, params).await {
             Ok(booted) => booted,
@@ -397,6 +417,12 @@ impl Sandbox {
     /// Host socket of the guest's hybrid vsock.
     pub fn vsock_path(&self) -> PathBuf {
         self.vsock_path.clone()
+    }
+
+    /// Applies what `resources` changes (memory limit, CPU quota) to the
+    /// VM's host cgroup; the guest's cgroups are the agent's.
+    pub fn update_host_cgroup(&self, resources: &LinuxResources) -> Result<(), HostCgroupError> {
+        host_cgroup::update(&self.paths.run_dir, resources)
     }
 
     /// Host pids of the VM's processes.

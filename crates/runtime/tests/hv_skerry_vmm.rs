@@ -144,6 +144,7 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
         console_log: run_dir.join("console.log"),
         console_log_max: 1 << 20,
         net: None,
+        host_cgroup: None,
         run_dir,
         kernel,
         initrd,

@@ -15,6 +15,7 @@ use skerry_runtime::{
     bundle::Bundle,
     config::PolicyConfig,
     control::{self, ControlRequest},
+    hypervisor::cgroup::HostOverhead,
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     monitor::{self, MonitorOptions},
     mounts::{HostMounts, MountPoint},
@@ -474,6 +475,8 @@ fn params(policy: PolicyConfig) -> SandboxParams {
         console_log_max: 1 << 20,
         policy,
         tap_owner: (10000, 10000),
+        host_overhead: HostOverhead::from_config(&Default::default()),
+        host_cgroup: None,
     }
 }
 

@@ -850,20 +850,23 @@ impl Container {
     /// Applies new limits (OCI `linux.resources` JSON) to the container's
     /// guest cgroup.
     pub async fn update(&self, resources_json: &[u8]) -> Result<(), TaskError> {
-        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(resources_json).map_err(
-            |e| TaskError::InvalidArgument(format!("resources: not OCI linux.resources: {e}")),
-        )?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(resources_json)
+            .map_err(|e| {
+            TaskError::InvalidArgument(format!("resources: not OCI linux.resources: {e}"))
+        })?;
         if self.status(&self.init) == TaskStatus::Stopped {
             return Err(self.wrong_status(&self.init, "update"));
         }
         match &self.engine {
-            Engine::Vm { agent, .. } => Ok(agent.update(&self.id, resources_json).await?),
-            Engine::Plain => {
-                let resources = serde_json::from_slice(resources_json).map_err(|e| {
-                    TaskError::InvalidArgument(format!("resources: not OCI linux.resources: {e}"))
-                })?;
-                Ok(plain::update(&self.store, &self.id, &resources)?)
+            Engine::Vm { pod, agent } => {
+                agent.update(&self.id, resources_json).await?;
+                // The sandbox container's resources are the pod's: they bound the VM's host cgroup.
+                if self.id == pod.id {
+                    pod.sandbox.update_host_cgroup(&resources)?;
+                }
+                Ok(())
             }
+            Engine::Plain => Ok(plain::update(&self.store, &self.id, &resources)?),
         }
     }
 

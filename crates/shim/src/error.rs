@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use containerd_shim::protos::ttrpc::{self, Code};
 use skerry_runtime::{
-    agent_client::AgentError, bundle::BundleError, config::ConfigError, lifecycle::LifecycleError,
-    monitor::error_chain, plain::PlainError, sandbox::SandboxError, state::StateError,
+    agent_client::AgentError, bundle::BundleError, config::ConfigError,
+    hypervisor::HostCgroupError, lifecycle::LifecycleError, monitor::error_chain,
+    plain::PlainError, sandbox::SandboxError, state::StateError,
 };
 
 /// Failure of a Task request.
@@ -48,6 +49,9 @@ pub enum TaskError {
     /// A container-mode operation (libcontainer, the host cgroup) failed.
     #[error(transparent)]
     Plain(#[from] PlainError),
+    /// The pod VM's host cgroup could not be updated.
+    #[error(transparent)]
+    HostCgroup(#[from] HostCgroupError),
     /// A stdio FIFO could not be opened.
     #[error("{stream} {path}: cannot open")]
     Stdio {
@@ -108,6 +112,7 @@ impl TaskError {
             | TaskError::Sandbox(_)
             | TaskError::Cleanup(_)
             | TaskError::Plain(_)
+            | TaskError::HostCgroup(_)
             | TaskError::Mount { .. } => Code::INTERNAL,
         }
     }

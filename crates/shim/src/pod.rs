@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use oci_spec::runtime::Spec;
 use skerry_runtime::{
     config::Config,
     mounts::SysMounts,
@@ -121,10 +122,11 @@ impl std::fmt::Debug for Pod {
 
 impl Pod {
     /// Boots the VM of pod `id` (its state directory exists) with the
-    /// sandbox's hostname and network namespace, sized `vcpus` × `memory_mib`.
+    /// sandbox's hostname and network namespace, sized `vcpus` × `memory_mib`,
+    /// in the host cgroup the sandbox container's `spec` names.
     pub async fn boot(
         id: &str,
-        (hostname, netns): (&str, Option<&Path>),
+        (hostname, netns, spec): (&str, Option<&Path>, &Spec),
         config: &Config,
         store: &StateStore,
         (vcpus, memory_mib): (u32, u32),
@@ -132,6 +134,7 @@ impl Pod {
         let mut params = SandboxParams::from_config(config);
         params.vcpus = vcpus;
         params.memory_mib = memory_mib;
+        let params = params.with_host_cgroup(id, spec);
         let paths = SandboxPaths::new(store, id);
         let launcher = ConfiguredLauncher(config.hypervisor.clone());
         let launcher = RecordingLauncher {

@@ -165,7 +165,7 @@ impl TaskService {
                 let hostname = sandbox::hostname(&prepared.bundle, &sandbox_id);
                 let netns = net::netns_path(&prepared.bundle.spec);
                 let size = pod::vm_size(&annotations, config)?;
-                let guest = (hostname.as_str(), netns.as_deref());
+                let guest = (hostname.as_str(), netns.as_deref(), &prepared.bundle.spec);
                 let pod = Pod::boot(&sandbox_id, guest, config, &self.store, size).await?;
                 (pod, true)
             }

@@ -100,6 +100,29 @@ fn vm_shim_run_exec_kill_delete_leaves_nothing() {
     let out = w.ok(&["task", "exec", "--exec-id", "e1", "c2", "echo", "again"]);
     assert_eq!(out, "again\n");
 
+    // The pod VM's host processes run in the sandbox container's cgroup
+    // (ctr's `/<namespace>/<id>`), limited to the VM's 256 MiB + 256 MiB.
+    let cgroup = format!("/{}/c2", w.namespace());
+    let qemu = w.qemu_pids();
+    assert_eq!(qemu.len(), 1, "{:?}", w.processes());
+    let of_qemu = fs::read_to_string(format!("/proc/{}/cgroup", qemu[0])).unwrap();
+    assert!(
+        of_qemu.lines().any(|l| l.ends_with(&format!(":{cgroup}"))
+            && (l.contains(":memory:") || l.starts_with("0::"))),
+        "{of_qemu}"
+    );
+    let v1 = format!("/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes");
+    let v2 = format!("/sys/fs/cgroup{cgroup}/memory.max");
+    let limit = || {
+        fs::read_to_string(&v1)
+            .or_else(|_| fs::read_to_string(&v2))
+            .unwrap()
+    };
+    assert_eq!(limit().trim(), (512u64 << 20).to_string());
+    // Update of the sandbox container (c2 is its own pod) lowers it too.
+    update_memory_limit(&w, "c2", "c2", 64 << 20);
+    assert_eq!(limit().trim(), ((64u64 + 256) << 20).to_string());
+
     w.ok(&["task", "kill", "-s", "SIGKILL", "c2"]);
     w.wait_stopped("c2", Duration::from_secs(20));
     let out = w.run(&["task", "delete", "c2"]);

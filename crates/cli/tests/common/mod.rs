@@ -200,9 +200,8 @@ impl World {
         fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
         let mut spec = spec(args);
-        if self.plain {
-            spec["linux"]["cgroupsPath"] = self.cgroup_path(name).into();
-        }
+        // The container's cgroup in container mode, the VM's host cgroup in a VM.
+        spec["linux"]["cgroupsPath"] = self.cgroup_path(name).into();
         fs::write(dir.join("config.json"), spec.to_string()).unwrap();
         dir
     }

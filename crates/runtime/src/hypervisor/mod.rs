@@ -5,8 +5,10 @@
 //! vsock (a host Unix socket speaking `CONNECT <port>`) with either; the shared
 //! directory reaches the guest over virtio-fs from a `virtiofsd` per VM
 //! (`virtiofsd.rs`). Either writes the guest console into a pipe that
-//! `console_log.rs` copies to a capped file.
+//! `console_log.rs` copies to a capped file. All of a VM's host processes run
+//! in the sandbox's host cgroup (`cgroup.rs`).
 
+pub mod cgroup;
 pub mod choice;
 mod console_log;
 mod process;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+pub use cgroup::{HostCgroup, HostCgroupError};
 pub use console_log::ConsoleLogError;
 
 use crate::config::HypervisorConfig;
@@ -64,6 +67,9 @@ pub struct VmSpec {
     /// in `net.netns` and backs a virtio-net device with MAC `net.mac` by
     /// the tap `net.tap` there.
     pub net: Option<NetSpec>,
+    /// The sandbox's host cgroup, which every host process of the VM joins
+    /// before the guest runs; `None`: they stay in the caller's.
+    pub host_cgroup: Option<HostCgroup>,
 }
 
 impl VmSpec {
@@ -205,6 +211,9 @@ pub enum HypervisorError {
     /// The pod's network namespace could not be entered.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The sandbox's host cgroup could not be set up or removed.
+    #[error(transparent)]
+    HostCgroup(#[from] HostCgroupError),
     /// The console log could not be set up.
     #[error(transparent)]
     Console(#[from] ConsoleLogError),
@@ -271,9 +280,11 @@ pub async fn launch(cfg: &HypervisorConfig, spec: &VmSpec) -> Result<Box<dyn Vm>
 
 /// Removes what a VM of `run_dir` left outside its processes when it was not
 /// stopped (its monitor was killed): skerry-vmm's sockets, jail directory and
-/// cgroup. Call once its processes are gone.
+/// cgroup, and the sandbox's host cgroup (killing what is left in it).
+/// Call once its processes are gone.
 pub fn remove_leftovers(run_dir: &Path) -> Result<(), HypervisorError> {
-    skerry_vmm::remove_leftovers(run_dir)
+    skerry_vmm::remove_leftovers(run_dir)?;
+    Ok(cgroup::remove_leftover(run_dir)?)
 }
 
 /// Resolves a configured binary: a path with a `/` as is, else `PATH`, else `~/.cargo/bin`.

@@ -11,6 +11,7 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
+use super::cgroup::{self, VmCgroup};
 use super::console_log::ConsoleLog;
 use super::process::{
     resolve, spawn, spawn_with_stdout, start_failed, wait_for_socket, ProcExit, Process,
@@ -106,6 +107,7 @@ pub(crate) struct QemuVm {
     virtiofsd: Option<Process>,
     vsock: Option<Process>,
     console: Option<ConsoleLog>,
+    cgroup: Option<VmCgroup>,
     sockets: Sockets,
     qmp_reader: Option<JoinHandle<Option<String>>>,
     shutdown_reason: Option<String>,
@@ -140,12 +142,18 @@ pub(crate) async fn launch(
         net: spec.net.clone(),
     };
 
+    let cgroup = spec
+        .host_cgroup
+        .as_ref()
+        .map(|c| VmCgroup::create(&spec.run_dir, c))
+        .transpose()?;
     let mut vm = QemuVm {
         id: spec.id.clone(),
         qemu: None,
         virtiofsd: None,
         vsock: None,
         console: None,
+        cgroup,
         sockets,
         qmp_reader: None,
         shutdown_reason: None,
@@ -184,13 +192,17 @@ impl QemuVm {
     ) -> Result<(), HypervisorError> {
         let run = &spec.run_dir;
 
+        // Each helper joins the host cgroup right after it starts: the
+        // back ends serve nothing before QEMU runs the guest, and QEMU starts
+        // paused (-S) until `qmp_handshake` resumes it.
         let log = run.join("virtiofsd.log");
-        self.virtiofsd = Some(spawn_virtiofsd(
+        let virtiofsd = self.virtiofsd.insert(spawn_virtiofsd(
             virtiofsd_bin,
             &spec.shared_dir,
             &self.sockets.fs,
             &log,
         )?);
+        cgroup::place(self.cgroup.as_ref(), virtiofsd)?;
 
         let mut cmd = Command::new(vsock_bin);
         cmd.arg("--guest-cid")
@@ -200,7 +212,10 @@ impl QemuVm {
             .arg("--uds-path")
             .arg(&self.sockets.vsock_uds);
         let log = run.join("vsock.log");
-        self.vsock = Some(spawn("vhost-device-vsock", vsock_bin, cmd, &log)?);
+        let vsock = self
+            .vsock
+            .insert(spawn("vhost-device-vsock", vsock_bin, cmd, &log)?);
+        cgroup::place(self.cgroup.as_ref(), vsock)?;
 
         let deadline = Instant::now() + BACKEND_READY_TIMEOUT;
         for (proc_, sock, log) in [
@@ -230,8 +245,8 @@ impl QemuVm {
             }
             None => spawn_qemu()?,
         };
-        self.qemu = Some(qemu);
-        let qemu = self.qemu.as_ref().expect("spawned above");
+        let qemu = self.qemu.insert(qemu);
+        cgroup::place(self.cgroup.as_ref(), qemu)?;
         let reader = qmp_handshake(qemu, &self.sockets.qmp, &qemu_log).await?;
         self.qmp_reader = Some(reader);
         Ok(())
@@ -244,8 +259,9 @@ impl QemuVm {
     }
 }
 
-/// Connects QMP, negotiates capabilities and returns a task that reports the
-/// last SHUTDOWN reason once QEMU closes the socket.
+/// Connects QMP, negotiates capabilities, resumes the VM (QEMU starts paused,
+/// `-S`) and returns a task that reports the last SHUTDOWN reason once QEMU
+/// closes the socket.
 async fn qmp_handshake(
     qemu: &Process,
     path: &Path,
@@ -272,18 +288,24 @@ async fn qmp_handshake(
         if !greeting.as_deref().is_some_and(|g| g.contains("\"QMP\"")) {
             return Err("no QMP greeting");
         }
-        write
-            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-            .await
-            .map_err(|_| "QMP write failed")?;
-        loop {
-            match read_line_bounded(&mut reader).await? {
-                None => return Err("QMP closed"),
-                Some(l) if l.contains("\"return\"") => return Ok(()),
-                Some(l) if l.contains("\"error\"") => return Err("QMP refused capabilities"),
-                Some(_) => {}
+        for (command, refused) in [
+            ("qmp_capabilities", "QMP refused capabilities"),
+            ("cont", "QMP refused to resume the VM"),
+        ] {
+            write
+                .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
+                .await
+                .map_err(|_| "QMP write failed")?;
+            loop {
+                match read_line_bounded(&mut reader).await? {
+                    None => return Err("QMP closed"),
+                    Some(l) if l.contains("\"return\"") => break,
+                    Some(l) if l.contains("\"error\"") => return Err(refused),
+                    Some(_) => {}
+                }
             }
         }
+        Ok(())
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(remaining, exchange).await {
@@ -388,6 +410,8 @@ fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
         "-no-user-config".into(),
         "-nographic".into(),
         "-no-reboot".into(),
+        // Paused until every process is in the host cgroup (qmp_handshake resumes it).
+        "-S".into(),
         // stdout is the pipe of the capped console log (console_log.rs).
         "-chardev".into(),
         "stdio,id=console,signal=off".into(),
@@ -505,7 +529,9 @@ impl Vm for QemuVm {
             tracing::info!(sandbox = %self.id, exit = ?self.exit, "vm stopped");
         }
         self.stopped = true;
-        self.sockets.remove()
+        let cgroup = self.cgroup.as_ref().map_or(Ok(()), VmCgroup::remove);
+        self.sockets.remove()?;
+        Ok(cgroup?)
     }
 }
 

@@ -32,6 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 
+use super::cgroup::{self, VmCgroup};
 use super::console_log::ConsoleLog;
 use super::process::{resolve, wait_for_socket, ProcExit, Process};
 use super::virtiofsd::{spawn_virtiofsd, stop_virtiofsd};
@@ -48,7 +49,7 @@ const VSOCK_SOCK: &str = "vsock.sock";
 const API_SOCK: &str = "api.sock";
 /// The run dir's record of the jail directory and cgroup.
 const JAIL_RECORD: &str = "jail.json";
-/// Parent cgroup of every VM's group.
+/// Parent cgroup of a VM's group when the sandbox has no host cgroup.
 const CGROUP_PARENT: &str = "skerry";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How long virtiofsd and the jailed VMM get to create their sockets.
@@ -137,6 +138,9 @@ struct JailPlan {
     /// Where the [`JailRecord`] goes.
     record_file: PathBuf,
     cgroup: Option<Cgroup>,
+    /// Parent of the jailer's cgroup: the sandbox's host cgroup, so that
+    /// the jailer's own move keeps the VMM under the sandbox's limits.
+    cgroup_parent: String,
     cmdline: String,
     vcpus: u32,
     memory_mib: u32,
@@ -192,6 +196,10 @@ impl JailPlan {
             sock_dir,
             record_file: spec.run_dir.join(JAIL_RECORD),
             cgroup,
+            cgroup_parent: spec.host_cgroup.as_ref().map_or_else(
+                || CGROUP_PARENT.to_string(),
+                |c| c.path.to_string_lossy().trim_start_matches('/').to_string(),
+            ),
             cmdline: spec.kernel_cmdline(None),
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
@@ -225,7 +233,7 @@ impl JailPlan {
             Cgroup::V1 => root.join("pids"),
             Cgroup::V2 => root.to_path_buf(),
         };
-        Some(hierarchy.join(CGROUP_PARENT).join(&self.id))
+        Some(hierarchy.join(&self.cgroup_parent).join(&self.id))
     }
 }
 
@@ -263,7 +271,7 @@ fn jailer_args(p: &JailPlan) -> Vec<OsString> {
                 "--cgroup-version",
                 version,
                 "--parent-cgroup",
-                CGROUP_PARENT,
+                &p.cgroup_parent,
             ]
             .map(OsString::from),
         );
@@ -338,6 +346,8 @@ pub(crate) struct SkerryVmm {
     vmm: Option<ProcessId>,
     virtiofsd: Option<Process>,
     console: Option<ConsoleLog>,
+    /// The sandbox's host cgroup: virtiofsd and the jailer (so the VMM) run in it.
+    cgroup: Option<VmCgroup>,
     exit: Option<VmExit>,
     stopped: bool,
 }
@@ -368,11 +378,17 @@ pub(crate) async fn launch(
         vmm: None,
         virtiofsd: None,
         console: None,
+        cgroup: None,
         exit: None,
         stopped: false,
     };
     // Leftovers of an earlier VM of this run dir that was killed without `stop`.
     vm.remove_files()?;
+    vm.cgroup = spec
+        .host_cgroup
+        .as_ref()
+        .map(|c| VmCgroup::create(&spec.run_dir, c))
+        .transpose()?;
     match vm.start(spec, &jailer_bin, &virtiofsd_bin).await {
         Ok(()) => {
             tracing::info!(
@@ -458,6 +474,7 @@ impl SkerryVmm {
             &fs_sock,
             &fs_log,
         )?);
+        cgroup::place(self.cgroup.as_ref(), virtiofsd)?;
         wait_for_socket(virtiofsd, &fs_sock, &fs_log, deadline).await?;
         // The VMM connects to it as the jail's uid.
         chown_to_jail(&fs_sock, plan)?;
@@ -482,6 +499,9 @@ impl SkerryVmm {
                 }
             })?,
         );
+        // The jailer then moves itself into its own cgroup below this one
+        // (`--parent-cgroup`) before it execs the VMM.
+        cgroup::place(self.cgroup.as_ref(), jailer)?;
         for name in [API_SOCK, VSOCK_SOCK] {
             wait_for_socket(jailer, &plan.host_sock(name), &vmm_log, deadline).await?;
         }
@@ -574,7 +594,8 @@ impl Vm for SkerryVmm {
             tracing::info!(sandbox = %self.sandbox, exit = ?self.exit, "vm stopped");
         }
         self.stopped = true;
-        self.remove_files()
+        self.remove_files()?;
+        Ok(self.cgroup.as_ref().map_or(Ok(()), VmCgroup::remove)?)
     }
 }
 
@@ -604,6 +625,7 @@ mod tests {
             console_log: "/run/skerry/ctr_1.a/console.log".into(),
             console_log_max: 1 << 20,
             net: None,
+            host_cgroup: None,
         }
     }
 
@@ -678,6 +700,31 @@ mod tests {
         let none = plan(None);
         assert_eq!(none.cgroup_dir(), None);
         assert!(!strings(jailer_args(&none)).contains(&"--cgroup-version".to_string()));
+    }
+
+    #[test]
+    fn the_jailers_cgroup_lies_below_the_sandboxs_host_cgroup() {
+        let cfg = HypervisorConfig::default();
+        let overhead = super::super::cgroup::HostOverhead::from_config(&cfg);
+        let spec = VmSpec {
+            host_cgroup: Some(super::super::HostCgroup {
+                path: "/kubepods/pod1/c1".into(),
+                vcpus: 2,
+                memory_mib: 256,
+                overhead,
+                memory_limit: None,
+                cpu_quota: None,
+            }),
+            ..spec()
+        };
+        let p = JailPlan::new(&cfg, &spec, "/x/skerry-vmm".into(), Some(Cgroup::V1)).unwrap();
+        assert!(strings(jailer_args(&p))
+            .join(" ")
+            .contains("--cgroup-version v1 --parent-cgroup kubepods/pod1/c1 --"));
+        assert_eq!(
+            p.cgroup_dir(),
+            Some(Path::new("/sys/fs/cgroup/pids/kubepods/pod1/c1").join(&p.id))
+        );
     }
 
     #[test]

@@ -409,6 +409,26 @@ impl World {
             .filter(|n| n != ".v")
             .collect();
         assert!(left.is_empty(), "shim state left behind: {left:?}");
+        assert_eq!(self.cgroups(), Vec::<String>::new(), "cgroups left behind");
+    }
+
+    /// Cgroups (any hierarchy) below this world's namespace cgroup: the
+    /// tasks' (container mode) and the pod VMs' host cgroups.
+    pub fn cgroups(&self) -> Vec<String> {
+        let root = Path::new("/sys/fs/cgroup");
+        let hierarchies = fs::read_dir(root).into_iter().flatten().flatten();
+        let mut found = vec![];
+        for dir in hierarchies
+            .map(|h| h.path().join(self.namespace()))
+            .chain([root.join(self.namespace())])
+        {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    found.push(entry.path().display().to_string());
+                }
+            }
+        }
+        found
     }
 
     /// Waits until `ctr task ls` shows `id` STOPPED; returns how long it took.
