@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         console_log: tmp.path().join("console.log"),
         console_log_max: 1 << 20,
         net: None,
+        ids: None,
     };
     let started = Instant::now();
     let mut vm = hypervisor::launch(&HypervisorConfig::default(), &spec).await?;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hypervisor::identity::IdRange;
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/skerry/config.toml";
 
@@ -153,10 +155,10 @@ pub struct HypervisorConfig {
     /// `jail_dir`: where the jailer builds each VM's root
     /// (`<jail_dir>/skerry-vmm/<jail id>/root`); default "/srv/skerry-jail".
     pub jail_dir: PathBuf,
-    /// `jail_uid`: uid skerry-vmm runs as; default 10000 (not 0).
-    pub jail_uid: u32,
-    /// `jail_gid`: gid skerry-vmm runs as; default 10000 (not 0).
-    pub jail_gid: u32,
+    /// `vm_uid_range`: host uids (and gids of the same numbers) leased one
+    /// per VM, which its QEMU, vsock back end or skerry-vmm run as; default
+    /// "200000-265535".
+    pub vm_uid_range: IdRange,
 }
 
 impl Default for HypervisorConfig {
@@ -176,8 +178,10 @@ impl Default for HypervisorConfig {
             vmm_path: PathBuf::from("skerry-vmm"),
             jailer_path: PathBuf::from("jailer"),
             jail_dir: PathBuf::from("/srv/skerry-jail"),
-            jail_uid: 10000,
-            jail_gid: 10000,
+            vm_uid_range: IdRange {
+                first: 200_000,
+                last: 265_535,
+            },
         }
     }
 }
@@ -393,12 +397,6 @@ impl Config {
                 "\"tcg\" needs kind = \"qemu\" or \"auto\" (skerry-vmm runs on KVM only)",
             ));
         }
-        if hv.jail_uid == 0 {
-            return Err(invalid("hypervisor.jail_uid", "must not be 0 (root)"));
-        }
-        if hv.jail_gid == 0 {
-            return Err(invalid("hypervisor.jail_gid", "must not be 0 (root)"));
-        }
         if !hv.jail_dir.is_absolute() {
             return Err(invalid("hypervisor.jail_dir", "must be an absolute path"));
         }
@@ -468,7 +466,7 @@ mod tests {
         let c = Config::parse(
             "[hypervisor]\nkind = \"skerry-vmm\"\nguest_kernel_pvm = true\n\
              vmm_path = \"/opt/skerry-vmm\"\njailer_path = \"/opt/jailer\"\n\
-             jail_dir = \"/run/jail\"\njail_uid = 4000\njail_gid = 4001\n",
+             jail_dir = \"/run/jail\"\nvm_uid_range = \"4000-4999\"\n",
             Path::new("c.toml"),
         )
         .unwrap();
@@ -478,18 +476,25 @@ mod tests {
         assert_eq!(hv.vmm_path, Path::new("/opt/skerry-vmm"));
         assert_eq!(hv.jailer_path, Path::new("/opt/jailer"));
         assert_eq!(hv.jail_dir, Path::new("/run/jail"));
-        assert_eq!((hv.jail_uid, hv.jail_gid), (4000, 4001));
+        assert_eq!(
+            hv.vm_uid_range,
+            IdRange {
+                first: 4000,
+                last: 4999
+            }
+        );
         for (text, needle) in [
             (
                 "kind = \"skerry-vmm\"\naccel = \"tcg\"\n",
                 "hypervisor.accel: \"tcg\" needs kind",
             ),
-            ("jail_uid = 0\n", "hypervisor.jail_uid: must not be 0"),
+            ("vm_uid_range = \"0-10\"\n", "vm_uid_range"),
             (
                 "console_log_max_kib = 8\n",
                 "hypervisor.console_log_max_kib: must be between 16",
             ),
-            ("jail_gid = 0\n", "hypervisor.jail_gid: must not be 0"),
+            ("vm_uid_range = \"9-8\"\n", "expected \"FIRST-LAST\""),
+            ("jail_uid = 4000\n", "unknown field `jail_uid`"),
             ("jail_dir = \"jail\"\n", "hypervisor.jail_dir"),
             ("kind = \"firecracker\"\n", "unknown variant `firecracker`"),
         ] {

@@ -19,7 +19,10 @@ use crate::{
     agent_client::{AgentConn, AgentError, ExitStatus, Proc},
     bundle::Bundle,
     config::{Config, HypervisorConfig, Isolation, PolicyConfig},
-    hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
+    hypervisor::{
+        identity::{IdLease, IdRange, IdentityError, LEASE_DIR},
+        HypervisorError, Vm, VmExit, VmSpec,
+    },
     mounts::HostMounts,
     net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
@@ -54,6 +57,9 @@ pub enum SandboxError {
     /// Connecting the VM to the pod's network failed.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The VM's own uid could not be leased.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// A directory of the sandbox could not be made.
     #[error("cannot create {path}")]
     Dir {
@@ -96,9 +102,8 @@ pub struct SandboxParams {
     pub console_log_max: u64,
     /// The tenant policy floor the spec must meet.
     pub policy: PolicyConfig,
-    /// Owner (uid, gid) of a pod network's tap: the jail's, so that a jailed
-    /// skerry-vmm may attach to it (QEMU runs as root and may attach to any).
-    pub tap_owner: (u32, u32),
+    /// Host uids (and gids) leased one per VM (`hypervisor.vm_uid_range`).
+    pub vm_uid_range: IdRange,
 }
 
 impl SandboxParams {
@@ -114,7 +119,7 @@ impl SandboxParams {
             boot_attempts: config.hypervisor.boot_attempts,
             console_log_max: config.hypervisor.console_log_max_kib * 1024,
             policy: config.policy.clone(),
-            tap_owner: (config.hypervisor.jail_uid, config.hypervisor.jail_gid),
+            vm_uid_range: config.hypervisor.vm_uid_range,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct Sandbox {
     mounts: Box<dyn HostMounts>,
     /// The VM's NIC in the pod's network namespace.
     net: Option<NetSpec>,
+    /// The VM's own uid, released once its processes are gone.
+    lease: std::sync::Mutex<Option<IdLease>>,
     /// The guest's kernel release, from the agent handshake.
     pub kernel_release: String,
     /// Where the start-up time went.
@@ -277,6 +284,28 @@ impl Sandbox {
                 source,
             })?;
         }
+        // The VM's helpers run as a uid of its own; a runtime without root
+        // cannot switch uids, and they run as the caller.
+        let lease = if nix::unistd::geteuid().is_root() {
+            Some(IdLease::acquire(
+                Path::new(LEASE_DIR),
+                params.vm_uid_range,
+                &paths.run_dir,
+            )?)
+        } else {
+            None
+        };
+        let ids = lease.as_ref().map(IdLease::ids);
+        // Its tap belongs to that uid, which QEMU or skerry-vmm attach as.
+        let tap_owner = ids.map_or_else(
+            || {
+                (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                )
+            },
+            |ids| (ids.uid, ids.gid),
+        );
         // Containers added after virtiofsd started must reach its namespace.
         mounts
             .bind_shared(&paths.shared_dir)
@@ -285,7 +314,7 @@ impl Sandbox {
                 source,
             })?;
         let unshare_dir = |mounts: &dyn HostMounts| unshare_dir(mounts, &paths.shared_dir);
-        let network = match connect_network(id, netns, params.tap_owner).await {
+        let network = match connect_network(id, netns, tap_owner).await {
             Ok(network) => network,
             Err(e) => {
                 unshare_dir(mounts.as_ref());
@@ -306,6 +335,7 @@ impl Sandbox {
             console_log: paths.console_log.clone(),
             console_log_max: params.console_log_max,
             net: nic.clone(),
+            ids,
         };
         let (mut vm, agent, check) = match boot(launcher, &spec, params).await {
             Ok(booted) => booted,
@@ -340,6 +370,7 @@ impl Sandbox {
             shared: std::sync::Mutex::new(HashMap::new()),
             mounts,
             net: nic,
+            lease: std::sync::Mutex::new(lease),
             kernel_release: check.kernel_release,
             timings,
         })
@@ -431,6 +462,8 @@ impl Sandbox {
         if let Err(e) = vm.stop().await {
             warn!(sandbox = %self.id, error = %e, "stopping VM");
         }
+        // Its processes are gone: the uid may serve another VM.
+        drop(self.lease.lock().expect("lease lock").take());
         let shared: Vec<PathBuf> = self
             .shared
             .lock()

@@ -119,6 +119,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
         console_log: run_dir.join("console.log"),
         console_log_max: 1 << 20,
         net: None,
+        ids: None,
         run_dir,
         kernel: image_dir.join("vmlinuz"),
         initrd,

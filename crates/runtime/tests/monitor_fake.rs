@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use skerry_protocol as proto;
 use skerry_runtime::{
     bundle::Bundle,
-    config::PolicyConfig,
+    config::{HypervisorConfig, PolicyConfig},
     control::{self, ControlRequest},
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
     monitor::{self, MonitorOptions},
@@ -445,7 +445,7 @@ fn params(policy: PolicyConfig) -> SandboxParams {
         boot_attempts: 1,
         console_log_max: 1 << 20,
         policy,
-        tap_owner: (10000, 10000),
+        vm_uid_range: HypervisorConfig::default().vm_uid_range,
     }
 }
 

@@ -8,7 +8,9 @@
 //! `console_log.rs` copies to a capped file.
 
 pub mod choice;
+mod confine;
 mod console_log;
+pub mod identity;
 mod process;
 mod qemu;
 mod skerry_vmm;
@@ -23,6 +25,7 @@ pub use console_log::ConsoleLogError;
 
 use crate::config::HypervisorConfig;
 use crate::net::{NetError, NetSpec};
+use identity::VmIds;
 
 /// Longest path a Unix socket address can hold (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -64,6 +67,9 @@ pub struct VmSpec {
     /// in `net.netns` and backs a virtio-net device with MAC `net.mac` by
     /// the tap `net.tap` there.
     pub net: Option<NetSpec>,
+    /// The VM's own host uid/gid (`identity::IdLease`), which its helpers
+    /// run as where they can; `None` when the runtime has no root to switch.
+    pub ids: Option<VmIds>,
 }
 
 impl VmSpec {
@@ -170,6 +176,9 @@ pub enum HypervisorError {
     /// The skerry-vmm backend runs without root.
     #[error("the skerry-vmm backend needs root (the jailer builds a root, a pid namespace and a cgroup per VM)")]
     NotRoot,
+    /// The skerry-vmm backend was given no uid of the VM's own to jail it as.
+    #[error("the skerry-vmm backend needs the VM's own uid (leased from hypervisor.vm_uid_range)")]
+    NoVmIdentity,
     /// A file for the jail root has a base name that is not UTF-8 or that
     /// another file there has.
     #[error("{0} cannot go into the jail root: its base name is not UTF-8 or is taken")]
@@ -196,6 +205,18 @@ pub enum HypervisorError {
     /// A file in the run dir could not be created or removed.
     #[error("cannot prepare {0}")]
     RunDir(PathBuf, #[source] std::io::Error),
+    /// A file a helper running as the VM's uid needs is out of its reach.
+    #[error("{what} {path} is out of reach of VM uid {uid}: it needs {needs} for others (or for that uid/gid)")]
+    VmIdentityDenied {
+        /// What the file is ("guest kernel", "/dev/kvm", ...).
+        what: &'static str,
+        /// The file or the directory above it that denies.
+        path: PathBuf,
+        /// The VM's uid.
+        uid: u32,
+        /// The permission missing.
+        needs: &'static str,
+    },
     /// The pod's network namespace could not be entered.
     #[error(transparent)]
     Net(#[from] NetError),

@@ -43,6 +43,7 @@ pub fn bad_kernel_spec(dir: &Path) -> VmSpec {
         console_log: run_dir.join("console.log"),
         console_log_max: 1 << 20,
         net: None,
+        ids: None,
         run_dir,
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initramfs.img"),
