@@ -1061,3 +1061,103 @@ fn vm_host_cgroup_holds_every_vm_process_and_follows_update_and_delete() {
     assert!(out.status.success(), "{}", stderr(&out));
     w.assert_clean("hc");
 }
+
+/// A line of `/proc/<pid>/status` (`"Uid"` → its value), if the process runs.
+fn proc_status(pid: i32, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// The recorded VM processes of `id`, with their `comm`.
+fn vm_processes(w: &World, id: &str) -> Vec<(i32, String)> {
+    state_json(w, id)["vm_processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// Two VMs created at the same time: QEMU and vhost-device-vsock of each run
+/// as a uid (and gid) of that VM's own, leased under /run/skerry/.uids and
+/// released at delete; QEMU runs with its seccomp sandbox; both sit in a
+/// network namespace that is not the host's (no pod network here);
+/// virtiofsd's sandboxed child runs under seccomp.
+#[test]
+fn vm_each_vm_runs_as_its_own_uid_in_its_own_netns_under_seccomp() {
+    require_vm!();
+    let w = World::new();
+    let ids = ["ida", "idb"];
+    let bundles: Vec<_> = ids
+        .iter()
+        .map(|id| w.bundle(id, &["sleep", "1000"]))
+        .collect();
+    std::thread::scope(|s| {
+        for (id, bundle) in ids.iter().zip(&bundles) {
+            s.spawn(|| w.create(bundle, id));
+        }
+    });
+    let host_netns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let mut uids = Vec::new();
+    for id in ids {
+        let procs = vm_processes(&w, id);
+        let of = |comm: &str| -> Vec<i32> {
+            procs
+                .iter()
+                .filter(|(_, c)| c.starts_with(comm))
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        let (qemu, vsock) = (of("qemu")[0], of("vhost-device-vs")[0]);
+        let uid = proc_status(qemu, "Uid").unwrap();
+        let first: u32 = uid.split_whitespace().next().unwrap().parse().unwrap();
+        assert_ne!(first, 0, "{id}: QEMU runs as root");
+        // real, effective, saved and fs uid; the gid has the same number.
+        assert_eq!(uid, format!("{first}\t{first}\t{first}\t{first}"), "{id}");
+        assert_eq!(proc_status(qemu, "Gid").unwrap(), uid, "{id}");
+        assert_eq!(proc_status(qemu, "Groups").unwrap(), "", "{id}");
+        assert_eq!(proc_status(vsock, "Uid").unwrap(), uid, "{id}: vsock");
+        let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let at = args
+            .iter()
+            .position(|a| a == b"-sandbox")
+            .expect("-sandbox");
+        assert!(args[at + 1].starts_with(b"on,"), "{id}");
+        for pid in [qemu, vsock] {
+            let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+            assert_ne!(netns, host_netns, "{id}: pid {pid} in the host netns");
+        }
+        assert!(
+            of("virtiofsd")
+                .iter()
+                .any(|&p| proc_status(p, "Seccomp").as_deref() == Some("2")),
+            "{id}: no virtiofsd process under seccomp"
+        );
+        assert!(
+            std::path::Path::new(&format!("/run/skerry/.uids/{first}")).exists(),
+            "{id}: uid {first} not leased"
+        );
+        uids.push(first);
+    }
+    assert_ne!(uids[0], uids[1], "two VMs share a uid");
+    for id in ids {
+        let out = w.run(&["delete", "--force", id]);
+        assert!(out.status.success(), "delete {id}: {}", stderr(&out));
+    }
+    for id in ids {
+        w.assert_clean(id);
+    }
+    for uid in uids {
+        assert!(
+            !std::path::Path::new(&format!("/run/skerry/.uids/{uid}")).exists(),
+            "uid {uid} still leased after delete"
+        );
+    }
+}

@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         console_log_max: 1 << 20,
         net: None,
         host_cgroup: None,
+        ids: None,
     };
     let started = Instant::now();
     let mut vm = hypervisor::launch(&HypervisorConfig::default(), &spec).await?;

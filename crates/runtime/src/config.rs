@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hypervisor::identity::IdRange;
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/skerry/config.toml";
 
@@ -157,10 +159,10 @@ pub struct HypervisorConfig {
     /// `jail_dir`: where the jailer builds each VM's root
     /// (`<jail_dir>/skerry-vmm/<jail id>/root`); default "/srv/skerry-jail".
     pub jail_dir: PathBuf,
-    /// `jail_uid`: uid skerry-vmm runs as; default 10000 (not 0).
-    pub jail_uid: u32,
-    /// `jail_gid`: gid skerry-vmm runs as; default 10000 (not 0).
-    pub jail_gid: u32,
+    /// `vm_uid_range`: host uids (and gids of the same numbers) leased one
+    /// per VM, which its QEMU, vsock back end or skerry-vmm run as; default
+    /// "200000-265535".
+    pub vm_uid_range: IdRange,
     /// `host_memory_overhead_mib`: host memory a VM's processes may use
     /// beyond its guest memory (their sandbox cgroup's memory limit); default 256.
     pub host_memory_overhead_mib: u32,
@@ -190,8 +192,10 @@ impl Default for HypervisorConfig {
             vmm_path: PathBuf::from("skerry-vmm"),
             jailer_path: PathBuf::from("jailer"),
             jail_dir: PathBuf::from("/srv/skerry-jail"),
-            jail_uid: 10000,
-            jail_gid: 10000,
+            vm_uid_range: IdRange {
+                first: 200_000,
+                last: 265_535,
+            },
             host_memory_overhead_mib: 256,
             host_cpu_overhead_percent: 50,
             host_pids_max: 1024,
@@ -428,12 +432,6 @@ impl Config {
                 "\"tcg\" needs kind = \"qemu\" or \"auto\" (skerry-vmm runs on KVM only)",
             ));
         }
-        if hv.jail_uid == 0 {
-            return Err(invalid("hypervisor.jail_uid", "must not be 0 (root)"));
-        }
-        if hv.jail_gid == 0 {
-            return Err(invalid("hypervisor.jail_gid", "must not be 0 (root)"));
-        }
         if !hv.jail_dir.is_absolute() {
             return Err(invalid("hypervisor.jail_dir", "must be an absolute path"));
         }
@@ -503,7 +501,7 @@ mod tests {
         let c = Config::parse(
             "[hypervisor]\nkind = \"skerry-vmm\"\nguest_kernel_pvm = true\n\
              vmm_path = \"/opt/skerry-vmm\"\njailer_path = \"/opt/jailer\"\n\
-             jail_dir = \"/run/jail\"\njail_uid = 4000\njail_gid = 4001\n",
+             jail_dir = \"/run/jail\"\nvm_uid_range = \"4000-4999\"\n",
             Path::new("c.toml"),
         )
         .unwrap();
@@ -513,18 +511,25 @@ mod tests {
         assert_eq!(hv.vmm_path, Path::new("/opt/skerry-vmm"));
         assert_eq!(hv.jailer_path, Path::new("/opt/jailer"));
         assert_eq!(hv.jail_dir, Path::new("/run/jail"));
-        assert_eq!((hv.jail_uid, hv.jail_gid), (4000, 4001));
+        assert_eq!(
+            hv.vm_uid_range,
+            IdRange {
+                first: 4000,
+                last: 4999
+            }
+        );
         for (text, needle) in [
             (
                 "kind = \"skerry-vmm\"\naccel = \"tcg\"\n",
                 "hypervisor.accel: \"tcg\" needs kind",
             ),
-            ("jail_uid = 0\n", "hypervisor.jail_uid: must not be 0"),
+            ("vm_uid_range = \"0-10\"\n", "vm_uid_range"),
             (
                 "console_log_max_kib = 8\n",
                 "hypervisor.console_log_max_kib: must be between 16",
             ),
-            ("jail_gid = 0\n", "hypervisor.jail_gid: must not be 0"),
+            ("vm_uid_range = \"9-8\"\n", "expected \"FIRST-LAST\""),
+            ("jail_uid = 4000\n", "unknown field `jail_uid`"),
             ("jail_dir = \"jail\"\n", "hypervisor.jail_dir"),
             ("kind = \"firecracker\"\n", "unknown variant `firecracker`"),
         ] {

@@ -1,7 +1,11 @@
 //! Container operations the CLI performs between monitor lifetimes:
 //! `state`, `start`, `pause`/`resume`, `kill`, `delete`.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use nix::sys::signal::Signal;
 use serde::Serialize;
@@ -10,6 +14,7 @@ use crate::{
     config::Isolation,
     control::{self, ControlError, ControlRequest},
     hooks::{run_hooks, HookKind},
+    hypervisor::identity,
     mounts::{mounted_under, HostMounts, SysMounts},
     net,
     plain::{self, PlainError},
@@ -293,6 +298,10 @@ pub async fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), Lif
     let run_dir = SandboxPaths::new(store, id).run_dir;
     if let Err(e) = crate::hypervisor::remove_leftovers(&run_dir) {
         tracing::warn!(container = id, error = %e, "removing what the VM left");
+    }
+    // A monitor that died left its VM's uid leased.
+    if let Err(e) = identity::release_leftover(Path::new(identity::LEASE_DIR), &run_dir) {
+        tracing::warn!(container = id, error = %e, "releasing the VM's uid");
     }
     match std::fs::remove_dir_all(&run_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -25,7 +25,7 @@ use std::{
 };
 
 use futures_util::TryStreamExt;
-use nix::sched::{setns, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use rtnetlink::{
     packet_route::{
@@ -56,6 +56,9 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+    /// A new network namespace could not be made.
+    #[error("cannot create a network namespace")]
+    NewNetns(#[source] std::io::Error),
     /// A netlink request failed.
     #[error("network namespace {netns}: {what}")]
     Netlink {
@@ -207,9 +210,30 @@ pub(crate) fn run_in_netns<T: Send>(
         source,
     };
     let file = File::open(netns).map_err(enter)?;
+    on_thread_in(
+        || setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter(e.into())),
+        f,
+    )
+}
+
+/// Runs `f` on a thread of its own inside a new, empty network namespace
+/// (only a down `lo`), so that the processes it spawns have no network; the
+/// namespace goes away with the last of them.
+pub(crate) fn run_in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, NetError> {
+    on_thread_in(
+        || unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetError::NewNetns(e.into())),
+        f,
+    )
+}
+
+/// Runs `f` on a new thread once `enter` has moved that thread into a network namespace.
+fn on_thread_in<T: Send>(
+    enter: impl FnOnce() -> Result<(), NetError> + Send,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, NetError> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter(e.into()))?;
+            enter()?;
             Ok(f())
         })
         .join()

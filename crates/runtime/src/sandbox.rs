@@ -22,6 +22,7 @@ use crate::{
     config::{Config, HypervisorConfig, Isolation, PolicyConfig},
     hypervisor::{
         cgroup::{self as host_cgroup, HostCgroup, HostCgroupError, HostOverhead},
+        identity::{IdLease, IdRange, IdentityError, LEASE_DIR},
         HypervisorError, Vm, VmExit, VmSpec,
     },
     mounts::HostMounts,
@@ -58,6 +59,9 @@ pub enum SandboxError {
     /// Connecting the VM to the pod's network failed.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The VM's own uid could not be leased.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// A directory of the sandbox could not be made.
     #[error("cannot create {path}")]
     Dir {
@@ -100,13 +104,12 @@ pub struct SandboxParams {
     pub console_log_max: u64,
     /// The tenant policy floor the spec must meet.
     pub policy: PolicyConfig,
-    /// Owner (uid, gid) of a pod network's tap: the jail's, so that a jailed
-    /// skerry-vmm may attach to it (QEMU runs as root and may attach to any).
-    pub tap_owner: (u32, u32),
     /// What the VM's host processes may use beyond its size.
     pub host_overhead: HostOverhead,
     /// The sandbox's host cgroup (see [`SandboxParams::with_host_cgroup`]).
     pub host_cgroup: Option<HostCgroup>,
+    /// Host uids (and gids) leased one per VM (`hypervisor.vm_uid_range`).
+    pub vm_uid_range: IdRange,
 }
 
 impl SandboxParams {
@@ -122,9 +125,9 @@ impl SandboxParams {
             boot_attempts: config.hypervisor.boot_attempts,
             console_log_max: config.hypervisor.console_log_max_kib * 1024,
             policy: config.policy.clone(),
-            tap_owner: (config.hypervisor.jail_uid, config.hypervisor.jail_gid),
             host_overhead: HostOverhead::from_config(&config.hypervisor),
             host_cgroup: None,
+            vm_uid_range: config.hypervisor.vm_uid_range,
         }
     }
 
@@ -197,6 +200,8 @@ pub struct Sandbox {
     mounts: Box<dyn HostMounts>,
     /// The VM's NIC in the pod's network namespace.
     net: Option<NetSpec>,
+    /// The VM's own uid, released once its processes are gone.
+    lease: std::sync::Mutex<Option<IdLease>>,
     /// The guest's kernel release, from the agent handshake.
     pub kernel_release: String,
     /// Where the start-up time went.
@@ -302,6 +307,28 @@ impl Sandbox {
                 source,
             })?;
         }
+        // The VM's helpers run as a uid of its own; a runtime without root
+        // cannot switch uids, and they run as the caller.
+        let lease = if nix::unistd::geteuid().is_root() {
+            Some(IdLease::acquire(
+                Path::new(LEASE_DIR),
+                params.vm_uid_range,
+                &paths.run_dir,
+            )?)
+        } else {
+            None
+        };
+        let ids = lease.as_ref().map(IdLease::ids);
+        // Its tap belongs to that uid, which QEMU or skerry-vmm attach as.
+        let tap_owner = ids.map_or_else(
+            || {
+                (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                )
+            },
+            |ids| (ids.uid, ids.gid),
+        );
         mounts
             .mount_share(&paths.share_rw, &paths.shared_dir)
             .map_err(|source| ShareError::Mount {
@@ -309,7 +336,7 @@ impl Sandbox {
                 source,
             })?;
         let unshare_dir = |mounts: &dyn HostMounts| unshare_dir(mounts, paths);
-        let network = match connect_network(id, netns, params.tap_owner).await {
+        let network = match connect_network(id, netns, tap_owner).await {
             Ok(network) => network,
             Err(e) => {
                 unshare_dir(mounts.as_ref());
@@ -331,6 +358,7 @@ impl Sandbox {
             console_log_max: params.console_log_max,
             net: nic.clone(),
             host_cgroup: params.host_cgroup.clone(),
+            ids,
         };
         let (mut vm, agent, check) = match boot(launcher, &spec, params).await {
             Ok(booted) => booted,
@@ -365,6 +393,7 @@ impl Sandbox {
             shared: std::sync::Mutex::new(HashMap::new()),
             mounts,
             net: nic,
+            lease: std::sync::Mutex::new(lease),
             kernel_release: check.kernel_release,
             timings,
         })
@@ -462,6 +491,8 @@ impl Sandbox {
         if let Err(e) = vm.stop().await {
             warn!(sandbox = %self.id, error = %e, "stopping VM");
         }
+        // Its processes are gone: the uid may serve another VM.
+        drop(self.lease.lock().expect("lease lock").take());
         let shared: Vec<PathBuf> = self
             .shared
             .lock()

@@ -120,6 +120,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
         console_log_max: 1 << 20,
         net: None,
         host_cgroup: None,
+        ids: None,
         run_dir,
         kernel: image_dir.join("vmlinuz"),
         initrd,

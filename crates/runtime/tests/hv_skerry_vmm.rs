@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use skerry_runtime::config::{HypervisorConfig, HypervisorKind};
+use skerry_runtime::hypervisor::identity::{IdLease, LEASE_DIR};
 use skerry_runtime::hypervisor::{self, choice, find_binary, VmExit, VmSpec};
 
 use common::{assert_no_leftovers, bad_kernel_spec, runtime, short_tempdir, skip};
@@ -139,12 +140,19 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
     std::fs::create_dir(&run_dir).unwrap();
     std::fs::create_dir(&shared_dir).unwrap();
     let token = token();
+    let lease = IdLease::acquire(
+        Path::new(LEASE_DIR),
+        HypervisorConfig::default().vm_uid_range,
+        &run_dir,
+    )
+    .expect("lease a VM uid");
     let spec = VmSpec {
         id: "hv_vmm.test".into(),
         console_log: run_dir.join("console.log"),
         console_log_max: 1 << 20,
         net: None,
         host_cgroup: None,
+        ids: Some(lease.ids()),
         run_dir,
         kernel,
         initrd,

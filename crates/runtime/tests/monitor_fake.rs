@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use skerry_protocol as proto;
 use skerry_runtime::{
     bundle::Bundle,
-    config::PolicyConfig,
+    config::{HypervisorConfig, PolicyConfig},
     control::{self, ControlRequest},
     hypervisor::cgroup::HostOverhead,
     hypervisor::{HypervisorError, Vm, VmExit, VmSpec},
@@ -474,9 +474,9 @@ fn params(policy: PolicyConfig) -> SandboxParams {
         boot_attempts: 1,
         console_log_max: 1 << 20,
         policy,
-        tap_owner: (10000, 10000),
         host_overhead: HostOverhead::from_config(&Default::default()),
         host_cgroup: None,
+        vm_uid_range: HypervisorConfig::default().vm_uid_range,
     }
 }
 

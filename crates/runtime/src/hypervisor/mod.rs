@@ -10,7 +10,9 @@
 
 pub mod cgroup;
 pub mod choice;
+mod confine;
 mod console_log;
+pub mod identity;
 mod process;
 mod qemu;
 mod skerry_vmm;
@@ -26,6 +28,7 @@ pub use console_log::ConsoleLogError;
 
 use crate::config::HypervisorConfig;
 use crate::net::{NetError, NetSpec};
+use identity::VmIds;
 
 /// Longest path a Unix socket address can hold (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -70,6 +73,9 @@ pub struct VmSpec {
     /// The sandbox's host cgroup, which every host process of the VM joins
     /// before the guest runs; `None`: they stay in the caller's.
     pub host_cgroup: Option<HostCgroup>,
+    /// The VM's own host uid/gid (`identity::IdLease`), which its helpers
+    /// run as where they can; `None` when the runtime has no root to switch.
+    pub ids: Option<VmIds>,
 }
 
 impl VmSpec {
@@ -182,6 +188,9 @@ pub enum HypervisorError {
     /// The skerry-vmm backend runs without root.
     #[error("the skerry-vmm backend needs root (the jailer builds a root, a pid namespace and a cgroup per VM)")]
     NotRoot,
+    /// The skerry-vmm backend was given no uid of the VM's own to jail it as.
+    #[error("the skerry-vmm backend needs the VM's own uid (leased from hypervisor.vm_uid_range)")]
+    NoVmIdentity,
     /// A file for the jail root has a base name that is not UTF-8 or that
     /// another file there has.
     #[error("{0} cannot go into the jail root: its base name is not UTF-8 or is taken")]
@@ -208,6 +217,18 @@ pub enum HypervisorError {
     /// A file in the run dir could not be created or removed.
     #[error("cannot prepare {0}")]
     RunDir(PathBuf, #[source] std::io::Error),
+    /// A file a helper running as the VM's uid needs is out of its reach.
+    #[error("{what} {path} is out of reach of VM uid {uid}: it needs {needs} for others (or for that uid/gid)")]
+    VmIdentityDenied {
+        /// What the file is ("guest kernel", "/dev/kvm", ...).
+        what: &'static str,
+        /// The file or the directory above it that denies.
+        path: PathBuf,
+        /// The VM's uid.
+        uid: u32,
+        /// The permission missing.
+        needs: &'static str,
+    },
     /// The pod's network namespace could not be entered.
     #[error(transparent)]
     Net(#[from] NetError),

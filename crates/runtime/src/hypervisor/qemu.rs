@@ -12,10 +12,9 @@ use tokio::process::Command;
 use tokio::task::JoinHandle;
 
 use super::cgroup::{self, VmCgroup};
+use super::confine::{check_access, give_to, make_vm_dir, spawn_confined, Access, Confinement};
 use super::console_log::ConsoleLog;
-use super::process::{
-    resolve, spawn, spawn_with_stdout, start_failed, wait_for_socket, ProcExit, Process,
-};
+use super::process::{resolve, start_failed, wait_for_socket, ProcExit, Process};
 use super::virtiofsd::{pid_file, spawn_virtiofsd, stop_virtiofsd};
 use super::{HypervisorError, Vm, VmExit, VmSpec, GUEST_CID, MAX_SOCKET_PATH};
 use crate::config::HypervisorConfig;
@@ -36,8 +35,16 @@ const MAX_QMP_LINE: usize = 64 * 1024;
 /// did by ~0.4 s (docs/architecture.md, "Memory of an idle pod").
 const TCG_TB_SIZE_MIB: u32 = 40;
 
-/// Names of the files this backend creates in the run dir.
+/// QEMU's seccomp sandbox: no obsolete syscalls, no setuid/setgid or
+/// capability changes, no fork/exec, no scheduler/affinity/rlimit changes.
+const QEMU_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// Names of the files this backend creates in the run dir: virtiofsd's
+/// socket (virtiofsd runs as root), and the VM's own directory for the
+/// sockets that QEMU and vhost-device-vsock (running as the VM's uid) create.
 const FS_SOCK: &str = "fs.sock";
+const VM_DIR: &str = "vm";
 const VSOCK_CTL_SOCK: &str = "vsock-ctl.sock";
 const VSOCK_UDS: &str = "vsock.sock";
 const QMP_SOCK: &str = "qmp.sock";
@@ -46,6 +53,7 @@ const QMP_SOCK: &str = "qmp.sock";
 #[derive(Debug, Clone)]
 struct Sockets {
     fs: PathBuf,
+    vm_dir: PathBuf,
     vsock_ctl: PathBuf,
     vsock_uds: PathBuf,
     qmp: PathBuf,
@@ -53,11 +61,13 @@ struct Sockets {
 
 impl Sockets {
     fn new(run_dir: &Path) -> Result<Self, HypervisorError> {
+        let vm_dir = run_dir.join(VM_DIR);
         let s = Sockets {
             fs: run_dir.join(FS_SOCK),
-            vsock_ctl: run_dir.join(VSOCK_CTL_SOCK),
-            vsock_uds: run_dir.join(VSOCK_UDS),
-            qmp: run_dir.join(QMP_SOCK),
+            vsock_ctl: vm_dir.join(VSOCK_CTL_SOCK),
+            vsock_uds: vm_dir.join(VSOCK_UDS),
+            qmp: vm_dir.join(QMP_SOCK),
+            vm_dir,
         };
         for p in s.all() {
             // The vsock backend appends `_<port>` for guest-initiated connections.
@@ -72,12 +82,18 @@ impl Sockets {
         [&self.fs, &self.vsock_ctl, &self.vsock_uds, &self.qmp]
     }
 
-    /// Removes the sockets and virtiofsd's pid file; missing files are fine.
+    /// Removes the sockets, the VM's directory (with whatever its uid left
+    /// there) and virtiofsd's pid file; missing files are fine.
     fn remove(&self) -> Result<(), HypervisorError> {
         let pid_file = pid_file(&self.fs);
         let mut result = Ok(());
-        for p in self.all().into_iter().chain([pid_file.as_path()]) {
-            match std::fs::remove_file(p) {
+        for p in [&self.fs, &pid_file, &self.vm_dir] {
+            let removed = if p == &self.vm_dir {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+            match removed {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => result = Err(HypervisorError::RunDir(p.to_path_buf(), e)),
@@ -191,6 +207,17 @@ impl QemuVm {
         vsock_bin: &Path,
     ) -> Result<(), HypervisorError> {
         let run = &spec.run_dir;
+        let ids = spec.ids;
+        check_access("run dir", run, ids, Access::Execute)?;
+        check_access("qemu binary", qemu_bin, ids, Access::Execute)?;
+        check_access("vhost-device-vsock binary", vsock_bin, ids, Access::Execute)?;
+        check_access("guest kernel", &spec.kernel, ids, Access::Read)?;
+        check_access("guest initramfs", &spec.initrd, ids, Access::Read)?;
+        if plan.kvm {
+            check_access("KVM device", Path::new("/dev/kvm"), ids, Access::ReadWrite)?;
+        }
+        self.sockets.remove()?;
+        make_vm_dir(&self.sockets.vm_dir, ids)?;
 
         // Each helper joins the host cgroup right after it starts: the
         // back ends serve nothing before QEMU runs the guest, and QEMU starts
@@ -212,9 +239,16 @@ impl QemuVm {
             .arg("--uds-path")
             .arg(&self.sockets.vsock_uds);
         let log = run.join("vsock.log");
-        let vsock = self
-            .vsock
-            .insert(spawn("vhost-device-vsock", vsock_bin, cmd, &log)?);
+        // It needs no network: Unix sockets only.
+        let alone = Confinement { ids, netns: None };
+        let vsock = self.vsock.insert(spawn_confined(
+            alone,
+            "vhost-device-vsock",
+            vsock_bin,
+            cmd,
+            None,
+            &log,
+        )?);
         cgroup::place(self.cgroup.as_ref(), vsock)?;
 
         let deadline = Instant::now() + BACKEND_READY_TIMEOUT;
@@ -225,6 +259,8 @@ impl QemuVm {
             let proc_ = proc_.as_ref().expect("spawned above");
             wait_for_socket(proc_, sock, &log, deadline).await?;
         }
+        // QEMU connects to it as the VM's uid.
+        give_to(&self.sockets.fs, ids)?;
 
         let qemu_log = run.join("qemu.log");
         let (console, console_pipe) = ConsoleLog::create(&spec.console_log, spec.console_log_max)?;
@@ -232,20 +268,20 @@ impl QemuVm {
         let mut cmd = Command::new(qemu_bin);
         cmd.args(qemu_args(plan));
         tracing::debug!(sandbox = %spec.id, args = ?qemu_args(plan), "starting qemu");
-        // QEMU's stdout is the console; its stderr goes to its log.
-        let spawn_qemu = || spawn_with_stdout("qemu", qemu_bin, cmd, console_pipe, &qemu_log);
-        let qemu = match &spec.net {
-            // The tap is only visible in the pod's namespace: QEMU runs there.
-            Some(net) => {
-                let rt = tokio::runtime::Handle::current();
-                crate::net::run_in_netns(&net.netns, || {
-                    let _rt = rt.enter();
-                    spawn_qemu()
-                })??
-            }
-            None => spawn_qemu()?,
+        // QEMU's stdout is the console; its stderr goes to its log. The tap
+        // is only visible in the pod's namespace: QEMU runs there, if any.
+        let conf = Confinement {
+            ids,
+            netns: spec.net.as_ref().map(|n| n.netns.as_path()),
         };
-        let qemu = self.qemu.insert(qemu);
+        let qemu = self.qemu.insert(spawn_confined(
+            conf,
+            "qemu",
+            qemu_bin,
+            cmd,
+            Some(console_pipe),
+            &qemu_log,
+        )?);
         cgroup::place(self.cgroup.as_ref(), qemu)?;
         let reader = qmp_handshake(qemu, &self.sockets.qmp, &qemu_log).await?;
         self.qmp_reader = Some(reader);
@@ -412,6 +448,8 @@ fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
         "-no-reboot".into(),
         // Paused until every process is in the host cgroup (qmp_handshake resumes it).
         "-S".into(),
+        "-sandbox".into(),
+        QEMU_SANDBOX.into(),
         // stdout is the pipe of the capped console log (console_log.rs).
         "-chardev".into(),
         "stdio,id=console,signal=off".into(),
@@ -573,6 +611,10 @@ mod tests {
             "commas escaped"
         );
         assert!(joined.contains("-smp 2"));
+        assert!(joined.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
+        assert!(joined.contains("socket,id=vsock,path=/r,,x/vm/vsock-ctl.sock"));
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[append + 1], "console=ttyS0");
         let mut kvm = plan();

@@ -20,12 +20,10 @@
 //! `delete` removes them even when no `stop` ran.
 
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::unistd::{chown, Gid, Uid};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -33,7 +31,9 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 use super::cgroup::{self, VmCgroup};
+use super::confine::{give_to, make_vm_dir, spawn_confined, Confinement};
 use super::console_log::ConsoleLog;
+use super::identity::VmIds;
 use super::process::{resolve, wait_for_socket, ProcExit, Process};
 use super::virtiofsd::{spawn_virtiofsd, stop_virtiofsd};
 use super::{HypervisorError, Vm, VmExit, VmSpec, GUEST_CID, MAX_SOCKET_PATH};
@@ -125,8 +125,8 @@ struct JailPlan {
     /// Jail id (names the jail directory and the cgroup).
     id: String,
     vmm: PathBuf,
-    uid: u32,
-    gid: u32,
+    /// The VM's own uid/gid, which the VMM runs as.
+    ids: VmIds,
     jail_dir: PathBuf,
     kernel: PathBuf,
     initrd: PathBuf,
@@ -163,6 +163,7 @@ impl JailPlan {
         vmm: PathBuf,
         cgroup: Option<Cgroup>,
     ) -> Result<Self, HypervisorError> {
+        let ids = spec.ids.ok_or(HypervisorError::NoVmIdentity)?;
         let vmm_name = base_name(&vmm)?;
         let kernel_name = base_name(&spec.kernel)?;
         let initrd_name = base_name(&spec.initrd)?;
@@ -186,8 +187,7 @@ impl JailPlan {
         Ok(JailPlan {
             id: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
             vmm,
-            uid: cfg.jail_uid,
-            gid: cfg.jail_gid,
+            ids,
             jail_dir: cfg.jail_dir.clone(),
             kernel: spec.kernel.clone(),
             initrd: spec.initrd.clone(),
@@ -245,9 +245,9 @@ fn jailer_args(p: &JailPlan) -> Vec<OsString> {
         "--exec-file".into(),
         p.vmm.clone().into(),
         "--uid".into(),
-        p.uid.to_string().into(),
+        p.ids.uid.to_string().into(),
         "--gid".into(),
-        p.gid.to_string().into(),
+        p.ids.gid.to_string().into(),
         "--chroot-base-dir".into(),
         p.jail_dir.clone().into(),
         "--new-pid-ns".into(),
@@ -411,16 +411,6 @@ fn run_dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> HypervisorError + 
     move |e| HypervisorError::RunDir(path.to_path_buf(), e)
 }
 
-/// Gives `path` to the jail's uid and gid.
-fn chown_to_jail(path: &Path, plan: &JailPlan) -> Result<(), HypervisorError> {
-    chown(
-        path,
-        Some(Uid::from_raw(plan.uid)),
-        Some(Gid::from_raw(plan.gid)),
-    )
-    .map_err(|e| HypervisorError::RunDir(path.to_path_buf(), e.into()))
-}
-
 /// Removes `path` with `remove`; a missing one is fine.
 fn remove_file_or_dir(
     path: &Path,
@@ -461,10 +451,7 @@ impl SkerryVmm {
         let deadline = Instant::now() + READY_TIMEOUT;
         let record = serde_json::to_vec(&plan.record()).expect("paths serialize");
         std::fs::write(&plan.record_file, record).map_err(run_dir_err(&plan.record_file))?;
-        std::fs::create_dir(&plan.sock_dir).map_err(run_dir_err(&plan.sock_dir))?;
-        std::fs::set_permissions(&plan.sock_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(run_dir_err(&plan.sock_dir))?;
-        chown_to_jail(&plan.sock_dir, plan)?;
+        make_vm_dir(&plan.sock_dir, Some(plan.ids))?;
 
         let fs_sock = plan.host_sock(FS_SOCK);
         let fs_log = spec.run_dir.join("virtiofsd.log");
@@ -477,28 +464,29 @@ impl SkerryVmm {
         cgroup::place(self.cgroup.as_ref(), virtiofsd)?;
         wait_for_socket(virtiofsd, &fs_sock, &fs_log, deadline).await?;
         // The VMM connects to it as the jail's uid.
-        chown_to_jail(&fs_sock, plan)?;
+        give_to(&fs_sock, Some(plan.ids))?;
 
         let (console, console_pipe) = ConsoleLog::create(&spec.console_log, spec.console_log_max)?;
         self.console = Some(console);
         let vmm_log = spec.run_dir.join("vmm.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&vmm_log)
-            .map_err(run_dir_err(&vmm_log))?;
         let mut cmd = Command::new(jailer_bin);
         cmd.args(jailer_args(plan));
         tracing::debug!(sandbox = %spec.id, args = ?jailer_args(plan), "starting the jailer");
-        let jailer = self.jailer.insert(
-            Process::spawn_with("skerry-vmm", cmd, console_pipe, log).map_err(|source| {
-                HypervisorError::Spawn {
-                    what: "jailer",
-                    binary: jailer_bin.to_path_buf(),
-                    source,
-                }
-            })?,
-        );
+        // The jailer drops to the VM's uid itself (`--uid`), and enters the
+        // pod's namespace itself (`--netns`); without one, the new empty one
+        // it starts in is the VMM's.
+        let conf = Confinement {
+            ids: None,
+            netns: None,
+        };
+        let jailer = self.jailer.insert(spawn_confined(
+            conf,
+            "skerry-vmm",
+            jailer_bin,
+            cmd,
+            Some(console_pipe),
+            &vmm_log,
+        )?);
         // The jailer then moves itself into its own cgroup below this one
         // (`--parent-cgroup`) before it execs the VMM.
         cgroup::place(self.cgroup.as_ref(), jailer)?;
@@ -626,6 +614,10 @@ mod tests {
             console_log_max: 1 << 20,
             net: None,
             host_cgroup: None,
+            ids: Some(VmIds {
+                uid: 200_001,
+                gid: 200_001,
+            }),
         }
     }
 
@@ -646,7 +638,7 @@ mod tests {
         let cmdline = spec().kernel_cmdline(None);
         assert!(cmdline.ends_with(" skerry.x=1") && !cmdline.contains("tsc_early_khz"));
         let expected = format!(
-            "--id {id} --exec-file /usr/local/bin/skerry-vmm --uid 10000 --gid 10000 \
+            "--id {id} --exec-file /usr/local/bin/skerry-vmm --uid 200001 --gid 200001 \
              --chroot-base-dir /srv/skerry-jail --new-pid-ns --copy-libs --device /dev/kvm \
              --file /var/lib/skerry/guest/vmlinuz --file /var/lib/skerry/guest/initramfs.img \
              --bind-dir /run/skerry/.v/0123456789abcdef/vm \

@@ -7,7 +7,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::process::Command;
 
-use super::process::{spawn, Process};
+use super::confine::{spawn_confined, Confinement};
+use super::process::Process;
 use super::HypervisorError;
 use crate::state::ProcessId;
 
@@ -16,12 +17,21 @@ const GRACE: Duration = Duration::from_secs(1);
 
 /// Starts virtiofsd sharing `shared_dir` on `socket`, logging to `log`
 /// (callers wait for the socket with `process::wait_for_socket`).
+///
+/// It stays root: it must create and chown files of any owner in a
+/// container's rootfs, which a uid map (`--uid-map`, `--translate-uid`)
+/// covers only for the ids it maps. It confines itself: new mount, pid and
+/// network namespaces with the shared dir as its root (`--sandbox
+/// namespace`), a seccomp allow-list that kills on anything else, and no
+/// `CAP_MKNOD` or `CAP_SETFCAP`, so the guest cannot make device nodes or
+/// file-capability binaries on the host.
 pub(crate) fn spawn_virtiofsd(
     binary: &Path,
     shared_dir: &Path,
     socket: &Path,
     log: &Path,
 ) -> Result<Process, HypervisorError> {
+    let root = nix::unistd::geteuid().is_root();
     let mut cmd = Command::new(binary);
     cmd.arg("--shared-dir")
         .arg(shared_dir)
@@ -29,12 +39,17 @@ pub(crate) fn spawn_virtiofsd(
         .arg(socket)
         // Its own namespaces need root; unprivileged runs use no sandbox.
         .arg("--sandbox")
-        .arg(if nix::unistd::geteuid().is_root() {
-            "namespace"
-        } else {
-            "none"
-        });
-    spawn("virtiofsd", binary, cmd, log)
+        .arg(if root { "namespace" } else { "none" })
+        .arg("--seccomp")
+        .arg("kill");
+    if root {
+        cmd.arg("--modcaps=-mknod:-setfcap");
+    }
+    let conf = Confinement {
+        ids: None,
+        netns: None,
+    };
+    spawn_confined(conf, "virtiofsd", binary, cmd, None, log)
 }
 
 /// Stops virtiofsd after its VMM has gone: it exits by itself once the VMM

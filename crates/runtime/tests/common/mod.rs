@@ -44,6 +44,7 @@ pub fn bad_kernel_spec(dir: &Path) -> VmSpec {
         console_log_max: 1 << 20,
         net: None,
         host_cgroup: None,
+        ids: None,
         run_dir,
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initramfs.img"),
