@@ -1130,9 +1130,20 @@ fn vm_each_vm_runs_as_its_own_uid_in_its_own_netns_under_seccomp() {
             .position(|a| a == b"-sandbox")
             .expect("-sandbox");
         assert!(args[at + 1].starts_with(b"on,"), "{id}");
-        for pid in [qemu, vsock] {
+        // What the guest makes them log is bounded: helper_log_max_kib (16
+        // MiB), for QEMU beside its 256 MiB guest RAM file.
+        let mib = 1024 * 1024;
+        for (pid, fsize) in [(qemu, (16 + 256) * mib), (vsock, 16 * mib)] {
             let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
             assert_ne!(netns, host_netns, "{id}: pid {pid} in the host netns");
+            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+            let line = limits.lines().find(|l| l.starts_with("Max file size"));
+            let fsize = fsize.to_string();
+            assert_eq!(
+                line.map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>()),
+                Some(vec![fsize.as_str(), &fsize, "bytes"]),
+                "{id}: pid {pid}"
+            );
         }
         assert!(
             of("virtiofsd")

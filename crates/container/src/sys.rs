@@ -219,6 +219,29 @@ pub fn set_rlimit(
     check(ret.into(), || format!("setrlimit({resource})")).map(drop)
 }
 
+/// Makes the process `cmd` starts have RLIMIT_FSIZE `max` (soft and hard),
+/// set in the child before it execs (after any uid change: lowering a limit
+/// needs no privilege), so it never runs without it.
+pub fn limit_file_size_on_exec(cmd: &mut std::process::Command, max: u64) {
+    use std::os::unix::process::CommandExt;
+    let lim = libc::rlimit {
+        rlim_cur: max,
+        rlim_max: max,
+    };
+    // SAFETY: between fork and exec the hook only calls setrlimit, which is
+    // async-signal-safe, on a value captured before the fork; it allocates
+    // nothing (an OS error is a plain code).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// Sets the process umask.
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.

@@ -145,6 +145,10 @@ pub struct HypervisorConfig {
     /// (`<root>/<id>/console.log`) holds: the first half of the boot and the
     /// latest output; default 4096.
     pub console_log_max_kib: u64,
+    /// `helper_log_max_kib`: largest log QEMU, skerry-vmm and
+    /// vhost-device-vsock may write (their RLIMIT_FSIZE, beside the guest
+    /// RAM file for the first two); default 16384.
+    pub helper_log_max_kib: u64,
     /// `require_hardware_virtualization`: refuse to boot a VM the host can
     /// only emulate (QEMU's TCG: not a security boundary by QEMU's own
     /// security policy); default false.
@@ -187,6 +191,7 @@ impl Default for HypervisorConfig {
             boot_timeout_secs: 15,
             boot_attempts: 2,
             console_log_max_kib: 4096,
+            helper_log_max_kib: 16 * 1024,
             require_hardware_virtualization: false,
             guest_kernel_pvm: false,
             vmm_path: PathBuf::from("skerry-vmm"),
@@ -399,6 +404,12 @@ impl Config {
                 "must be between 16 and 1048576",
             ));
         }
+        if !(64..=1024 * 1024).contains(&hv.helper_log_max_kib) {
+            return Err(invalid(
+                "hypervisor.helper_log_max_kib",
+                "must be between 64 and 1048576",
+            ));
+        }
         if !(32..=1024 * 1024).contains(&hv.host_memory_overhead_mib) {
             return Err(invalid(
                 "hypervisor.host_memory_overhead_mib",
@@ -529,6 +540,10 @@ mod tests {
                 "hypervisor.console_log_max_kib: must be between 16",
             ),
             ("vm_uid_range = \"9-8\"\n", "expected \"FIRST-LAST\""),
+            (
+                "helper_log_max_kib = 1\n",
+                "hypervisor.helper_log_max_kib: must be between 64",
+            ),
             ("jail_uid = 4000\n", "unknown field `jail_uid`"),
             ("jail_dir = \"jail\"\n", "hypervisor.jail_dir"),
             ("kind = \"firecracker\"\n", "unknown variant `firecracker`"),

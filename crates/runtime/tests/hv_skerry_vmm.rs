@@ -95,6 +95,16 @@ fn token() -> String {
 }
 
 /// A field of /proc/<pid>/status, e.g. "Uid".
+/// A VM uid of the default range, for the VM of `run_dir`.
+fn lease(run_dir: &Path) -> IdLease {
+    IdLease::acquire(
+        Path::new(LEASE_DIR),
+        HypervisorConfig::default().vm_uid_range,
+        run_dir,
+    )
+    .expect("lease a VM uid")
+}
+
 fn status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -140,12 +150,7 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
     std::fs::create_dir(&run_dir).unwrap();
     std::fs::create_dir(&shared_dir).unwrap();
     let token = token();
-    let lease = IdLease::acquire(
-        Path::new(LEASE_DIR),
-        HypervisorConfig::default().vm_uid_range,
-        &run_dir,
-    )
-    .expect("lease a VM uid");
+    let lease = lease(&run_dir);
     let spec = VmSpec {
         id: "hv_vmm.test".into(),
         console_log: run_dir.join("console.log"),
@@ -198,8 +203,24 @@ fn hv_skerry_vmm_boots_in_its_jail_and_stops_clean() {
             .copied()
             .find(|&p| status_field(p, "NSpid").ends_with(" 1"))
             .unwrap_or_else(|| panic!("no process of {pids:?} is PID 1 of a pid namespace"));
-        assert_eq!(status_field(vmm_pid, "Uid"), "10000 10000 10000 10000");
-        assert_eq!(status_field(vmm_pid, "Gid"), "10000 10000 10000 10000");
+        let ids = lease.ids();
+        assert_eq!(
+            status_field(vmm_pid, "Uid"),
+            vec![ids.uid.to_string(); 4].join(" ")
+        );
+        assert_eq!(
+            status_field(vmm_pid, "Gid"),
+            vec![ids.gid.to_string(); 4].join(" ")
+        );
+        // The jailer set its file size limit: helper_log_max_kib (16 MiB)
+        // beside the 256 MiB guest RAM file.
+        let limits = std::fs::read_to_string(format!("/proc/{vmm_pid}/limits")).unwrap();
+        let fsize = limits.lines().find(|l| l.starts_with("Max file size"));
+        let max = ((16 + 256) << 20).to_string();
+        assert_eq!(
+            fsize.map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>()),
+            Some(vec![max.as_str(), &max, "bytes"])
+        );
         let cgroups = std::fs::read_to_string(format!("/proc/{vmm_pid}/cgroup")).unwrap();
         let cgroup_suffix = format!("/skerry/{jail_id}");
         assert!(
@@ -274,7 +295,9 @@ fn hv_skerry_vmm_failed_launch_leaves_nothing() {
         Err(reason) => return skip(&reason),
     };
     let tmp = short_tempdir();
-    let spec = bad_kernel_spec(tmp.path());
+    let mut spec = bad_kernel_spec(tmp.path());
+    let lease = lease(&spec.run_dir);
+    spec.ids = Some(lease.ids());
     let jail_dir = tmp.path().join("jail");
     let cfg = vmm_config(vmm, jailer, &jail_dir);
     runtime().block_on(async {

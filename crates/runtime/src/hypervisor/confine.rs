@@ -1,7 +1,9 @@
 //! Starts every per-VM host helper confined: as the VM's own uid/gid (see
 //! `identity.rs`) where the helper can do without root, and always in a
 //! network namespace of the VM's — the pod's, or a new, empty one — never
-//! the host's. It also hands the VM's identity the few files it must reach.
+//! the host's. Helpers that write no guest data get a file size limit, so
+//! that what a guest makes them log cannot fill the host's disk. It also
+//! hands the VM's identity the few files it must reach.
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,6 +24,15 @@ pub(crate) struct Confinement<'a> {
     pub(crate) ids: Option<VmIds>,
     /// The pod's network namespace to run in; `None`: a new, empty one.
     pub(crate) netns: Option<&'a Path>,
+    /// RLIMIT_FSIZE in bytes (writes beyond it fail, SIGXFSZ ends the
+    /// helper); `None` for virtiofsd, which writes the tenant's files.
+    pub(crate) file_size_max: Option<u64>,
+}
+
+/// The size of a VM's guest RAM file (the memfd the hypervisor shares with
+/// virtiofsd), which its RLIMIT_FSIZE must allow beside its log.
+pub(crate) fn guest_ram_file(memory_mib: u32) -> u64 {
+    u64::from(memory_mib) << 20
 }
 
 /// Spawns `cmd` confined as `conf` says, with stdout and stderr appended to
@@ -37,6 +48,9 @@ pub(crate) fn spawn_confined(
     if let Some(ids) = conf.ids {
         // std drops the supplementary groups before setuid.
         cmd.uid(ids.uid).gid(ids.gid);
+    }
+    if let Some(max) = conf.file_size_max {
+        skerry_container::sys::limit_file_size_on_exec(cmd.as_std_mut(), max);
     }
     let rt = tokio::runtime::Handle::current();
     let run = move || {
@@ -140,6 +154,7 @@ fn permits(path: &Path, ids: VmIds, bits: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hypervisor::process::ProcExit;
 
     const IDS: VmIds = VmIds {
         uid: 3_900_000_500,
@@ -167,5 +182,33 @@ mod tests {
         assert!(msg.contains("3900000500"), "{msg}");
         // Without a VM identity the helper runs as the caller: nothing to check.
         check_access("kernel", &file, None, Access::Read).unwrap();
+    }
+
+    /// A helper that writes past its file size limit is stopped there: its
+    /// log holds at most the limit, and SIGXFSZ ends it.
+    #[tokio::test]
+    async fn a_helper_cannot_grow_its_log_past_the_limit() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a helper's new network namespace needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("helper.log");
+        let mut cmd = Command::new("head");
+        cmd.args(["-c", "1048576", "/dev/zero"]);
+        let conf = Confinement {
+            ids: None,
+            netns: None,
+            file_size_max: Some(64 * 1024),
+        };
+        let helper = spawn_confined(conf, "helper", Path::new("head"), cmd, None, &log).unwrap();
+        let exit = helper
+            .wait_timeout(std::time::Duration::from_secs(10))
+            .await;
+        assert!(
+            matches!(exit, Some(ProcExit::Signal(s)) if s == libc::SIGXFSZ),
+            "{exit:?}"
+        );
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 64 * 1024);
     }
 }

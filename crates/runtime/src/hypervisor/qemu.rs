@@ -12,7 +12,9 @@ use tokio::process::Command;
 use tokio::task::JoinHandle;
 
 use super::cgroup::{self, VmCgroup};
-use super::confine::{check_access, give_to, make_vm_dir, spawn_confined, Access, Confinement};
+use super::confine::{
+    check_access, give_to, guest_ram_file, make_vm_dir, spawn_confined, Access, Confinement,
+};
 use super::console_log::ConsoleLog;
 use super::process::{resolve, start_failed, wait_for_socket, ProcExit, Process};
 use super::virtiofsd::{pid_file, spawn_virtiofsd, stop_virtiofsd};
@@ -114,6 +116,9 @@ struct QemuPlan {
     cmdline: String,
     sockets: Sockets,
     net: Option<NetSpec>,
+    /// Largest log of QEMU and vhost-device-vsock, bytes (their RLIMIT_FSIZE;
+    /// QEMU's also allows for the guest RAM's memfd).
+    log_max: u64,
 }
 
 /// A running QEMU microvm and its device backends.
@@ -156,6 +161,7 @@ pub(crate) async fn launch(
         cmdline,
         sockets: sockets.clone(),
         net: spec.net.clone(),
+        log_max: cfg.helper_log_max_kib * 1024,
     };
 
     let cgroup = spec
@@ -240,7 +246,11 @@ impl QemuVm {
             .arg(&self.sockets.vsock_uds);
         let log = run.join("vsock.log");
         // It needs no network: Unix sockets only.
-        let alone = Confinement { ids, netns: None };
+        let alone = Confinement {
+            ids,
+            netns: None,
+            file_size_max: Some(plan.log_max),
+        };
         let vsock = self.vsock.insert(spawn_confined(
             alone,
             "vhost-device-vsock",
@@ -273,6 +283,7 @@ impl QemuVm {
         let conf = Confinement {
             ids,
             netns: spec.net.as_ref().map(|n| n.netns.as_path()),
+            file_size_max: Some(plan.log_max + guest_ram_file(plan.memory_mib)),
         };
         let qemu = self.qemu.insert(spawn_confined(
             conf,
@@ -348,8 +359,10 @@ async fn qmp_handshake(
         Ok(Ok(())) => {}
         Ok(Err(what)) => {
             // QEMU may be dying; give it a moment so that its log says why.
-            let _ = qemu.wait_timeout(Duration::from_millis(200)).await;
-            return Err(fail(what));
+            return Err(match qemu.wait_timeout(Duration::from_millis(200)).await {
+                Some(exit) => fail(&format!("{what}; qemu {exit}")),
+                None => fail(what),
+            });
         }
         Err(_) => return Err(fail("QMP handshake timed out")),
     }
@@ -587,6 +600,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             sockets: Sockets::new(Path::new("/r,x")).unwrap(),
             net: None,
+            log_max: 1 << 20,
         }
     }
 

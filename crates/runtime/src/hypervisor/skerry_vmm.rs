@@ -31,7 +31,7 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 use super::cgroup::{self, VmCgroup};
-use super::confine::{give_to, make_vm_dir, spawn_confined, Confinement};
+use super::confine::{give_to, guest_ram_file, make_vm_dir, spawn_confined, Confinement};
 use super::console_log::ConsoleLog;
 use super::identity::VmIds;
 use super::process::{resolve, wait_for_socket, ProcExit, Process};
@@ -146,6 +146,8 @@ struct JailPlan {
     memory_mib: u32,
     /// The pod NIC: the VMM runs in its namespace and attaches to its tap.
     net: Option<NetSpec>,
+    /// RLIMIT_FSIZE of the VMM, bytes: its log and the guest RAM's memfd.
+    file_size_max: u64,
 }
 
 /// A file's base name as the VMM is told it (UTF-8).
@@ -204,6 +206,7 @@ impl JailPlan {
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             net: spec.net.clone(),
+            file_size_max: cfg.helper_log_max_kib * 1024 + guest_ram_file(spec.memory_mib),
         })
     }
 
@@ -251,6 +254,8 @@ fn jailer_args(p: &JailPlan) -> Vec<OsString> {
         "--chroot-base-dir".into(),
         p.jail_dir.clone().into(),
         "--new-pid-ns".into(),
+        "--rlimit-fsize".into(),
+        p.file_size_max.to_string().into(),
         "--copy-libs".into(),
         "--device".into(),
         "/dev/kvm".into(),
@@ -475,9 +480,12 @@ impl SkerryVmm {
         // The jailer drops to the VM's uid itself (`--uid`), and enters the
         // pod's namespace itself (`--netns`); without one, the new empty one
         // it starts in is the VMM's.
+        // It sets the VMM's file size limit itself (`--rlimit-fsize`),
+        // after copying the VMM into the jail.
         let conf = Confinement {
             ids: None,
             netns: None,
+            file_size_max: None,
         };
         let jailer = self.jailer.insert(spawn_confined(
             conf,
@@ -639,7 +647,8 @@ mod tests {
         assert!(cmdline.ends_with(" skerry.x=1") && !cmdline.contains("tsc_early_khz"));
         let expected = format!(
             "--id {id} --exec-file /usr/local/bin/skerry-vmm --uid 200001 --gid 200001 \
-             --chroot-base-dir /srv/skerry-jail --new-pid-ns --copy-libs --device /dev/kvm \
+             --chroot-base-dir /srv/skerry-jail --new-pid-ns --rlimit-fsize 285212672 --copy-libs \
+             --device /dev/kvm \
              --file /var/lib/skerry/guest/vmlinuz --file /var/lib/skerry/guest/initramfs.img \
              --bind-dir /run/skerry/.v/0123456789abcdef/vm \
              --cgroup-version v1 --parent-cgroup skerry -- \
@@ -647,9 +656,9 @@ mod tests {
             id = p.id
         );
         let args = strings(jailer_args(&p));
-        assert_eq!(args[..29].join(" "), expected);
+        assert_eq!(args[..31].join(" "), expected);
         assert_eq!(
-            args[29..],
+            args[31..],
             [
                 "--cmdline",
                 &cmdline,
