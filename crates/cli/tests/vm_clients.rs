@@ -547,8 +547,21 @@ fn vm_containerd_runc_shim_runs_a_plain_container_beside_a_vm_one() {
     );
 }
 
-/// Host processes whose command line contains one of `needles` as a word.
+/// Host processes whose command line contains one of `needles` as a word,
+/// once none is left or after 10 s: a shim exits a moment after containerd
+/// deleted its last task.
 fn processes_mentioning(needles: &[&str]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = processes_now_mentioning(needles);
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn processes_now_mentioning(needles: &[&str]) -> Vec<String> {
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {

@@ -242,6 +242,59 @@ pub fn limit_file_size_on_exec(cmd: &mut std::process::Command, max: u64) {
     }
 }
 
+/// Makes the process `cmd` starts get `fd` as its descriptor `target`
+/// (duplicated in the child before it execs, without close-on-exec); the
+/// caller's copy is closed when `cmd` is dropped. No other child inherits it.
+pub fn pass_fd_on_exec(cmd: &mut std::process::Command, fd: OwnedFd, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the hook only calls dup2 (and fcntl, when
+    // the numbers match), which are async-signal-safe, on descriptors the
+    // closure owns or names; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ret = if fd.as_raw_fd() == target {
+                libc::fcntl(target, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd.as_raw_fd(), target)
+            };
+            if ret < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+}
+
+/// Opens `/dev/net/tun` attached to the existing tap `name` of the calling
+/// thread's network namespace (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, as
+/// QEMU opens it), close-on-exec.
+pub fn open_tap(name: &str) -> Result<OwnedFd, SysError> {
+    let path = c"/dev/net/tun";
+    // SAFETY: open reads a valid NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    check(fd.into(), || "open(/dev/net/tun)".into())?;
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= req.ifr_name.len() || name.contains('\0') {
+        return Err(SysError {
+            call: format!("TUNSETIFF({name:?})"),
+            errno: Errno::EINVAL,
+        });
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF reads (and may update) the valid `ifreq`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    check(ret.into(), || format!("TUNSETIFF({name})"))?;
+    Ok(fd)
+}
+
 /// Sets the process umask.
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.

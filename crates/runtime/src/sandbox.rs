@@ -230,17 +230,32 @@ pub struct SandboxPaths {
     pub console_log: PathBuf,
 }
 
+/// Where a root runtime puts the VMs' run directories: outside every state
+/// root, since the directories above one may deny a VM's uid the search its
+/// helpers need (containerd's `/run/containerd` is 0700). Mode 0711: each
+/// VM's uid reaches its own directory and lists none.
+pub const VM_RUN_BASE: &str = "/run/skerry-vm";
+
 impl SandboxPaths {
-    /// The layout of container `id`'s sandbox. The VM's sockets live in a
-    /// short directory of their own (`<root>/.v/<hash of id>`; no id starts
-    /// with a dot): Unix socket
-    /// paths are limited to 107 bytes, and container ids are up to 64.
+    /// The layout of container `id`'s sandbox. The VM's sockets and logs live
+    /// in a short directory of their own: Unix socket paths are limited to
+    /// 107 bytes, and container ids are up to 64. For a root runtime it is
+    /// `VM_RUN_BASE/<hash of root and id>`, else `<root>/.v/<hash of id>`
+    /// (no id starts with a dot).
     pub fn new(store: &StateStore, id: &str) -> Self {
         let dir = store.dir(id);
-        let digest = Sha256::digest(id.as_bytes());
+        let (base, key) = if nix::unistd::geteuid().is_root() {
+            let mut key = store.root().as_os_str().as_encoded_bytes().to_vec();
+            key.push(0);
+            key.extend_from_slice(id.as_bytes());
+            (PathBuf::from(VM_RUN_BASE), key)
+        } else {
+            (store.root().join(".v"), id.as_bytes().to_vec())
+        };
+        let digest = Sha256::digest(&key);
         let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Self {
-            run_dir: store.root().join(".v").join(short),
+            run_dir: base.join(short),
             shared_dir: dir.join("shared"),
             share_rw: dir.join("share-rw"),
             console_log: dir.join("console.log"),
@@ -307,6 +322,17 @@ impl Sandbox {
                 source,
             })?;
         }
+        if let Some(base) = paths
+            .run_dir
+            .parent()
+            .filter(|b| *b == Path::new(VM_RUN_BASE))
+        {
+            std::fs::set_permissions(base, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .map_err(|source| SandboxError::Dir {
+                    path: base.to_path_buf(),
+                    source,
+                })?;
+        }
         // The VM's helpers run as a uid of its own; a runtime without root
         // cannot switch uids, and they run as the caller.
         let lease = if nix::unistd::geteuid().is_root() {
@@ -319,6 +345,22 @@ impl Sandbox {
             None
         };
         let ids = lease.as_ref().map(IdLease::ids);
+        if let Some(ids) = ids {
+            // Only the VM's helpers may search it (for their sockets), and no
+            // other VM's may read its logs.
+            let run_dir = &paths.run_dir;
+            std::os::unix::fs::chown(run_dir, None, Some(ids.gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        run_dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o710),
+                    )
+                })
+                .map_err(|source| SandboxError::Dir {
+                    path: run_dir.clone(),
+                    source,
+                })?;
+        }
         // Its tap belongs to that uid, which QEMU or skerry-vmm attach as.
         let tap_owner = ids.map_or_else(
             || {

@@ -1,7 +1,7 @@
 //! Starts every per-VM host helper confined: as the VM's own uid/gid (see
-//! `identity.rs`) where the helper can do without root, and always in a
-//! network namespace of the VM's — the pod's, or a new, empty one — never
-//! the host's. Helpers that write no guest data get a file size limit, so
+//! `identity.rs`) where the helper can do without root, and always in a new,
+//! empty network namespace, never the host's (a pod's tap reaches QEMU as an
+//! open descriptor; the jailer enters the pod's namespace itself). Helpers that write no guest data get a file size limit, so
 //! that what a guest makes them log cannot fill the host's disk. It also
 //! hands the VM's identity the few files it must reach.
 
@@ -18,12 +18,10 @@ use super::HypervisorError;
 
 /// How one helper is confined.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Confinement<'a> {
+pub(crate) struct Confinement {
     /// The uid/gid it runs as; `None`: as the caller (a helper that needs
     /// root, or a runtime without root, which cannot switch).
     pub(crate) ids: Option<VmIds>,
-    /// The pod's network namespace to run in; `None`: a new, empty one.
-    pub(crate) netns: Option<&'a Path>,
     /// RLIMIT_FSIZE in bytes (writes beyond it fail, SIGXFSZ ends the
     /// helper); `None` for virtiofsd, which writes the tenant's files.
     pub(crate) file_size_max: Option<u64>,
@@ -38,7 +36,7 @@ pub(crate) fn guest_ram_file(memory_mib: u32) -> u64 {
 /// Spawns `cmd` confined as `conf` says, with stdout and stderr appended to
 /// `log`, or stdout to `stdout` when given.
 pub(crate) fn spawn_confined(
-    conf: Confinement<'_>,
+    conf: Confinement,
     what: &'static str,
     binary: &Path,
     mut cmd: Command,
@@ -61,10 +59,7 @@ pub(crate) fn spawn_confined(
         }
     };
     // Processes spawned from a thread inherit that thread's namespace.
-    match conf.netns {
-        Some(netns) => crate::net::run_in_netns(netns, run)?,
-        None => crate::net::run_in_new_netns(run)?,
-    }
+    crate::net::run_in_new_netns(run)?
 }
 
 /// Makes `dir` (which must not exist) a directory of the VM's own, mode
@@ -198,7 +193,6 @@ mod tests {
         cmd.args(["-c", "1048576", "/dev/zero"]);
         let conf = Confinement {
             ids: None,
-            netns: None,
             file_size_max: Some(64 * 1024),
         };
         let helper = spawn_confined(conf, "helper", Path::new("head"), cmd, None, &log).unwrap();

@@ -229,6 +229,15 @@ pub enum HypervisorError {
         /// The permission missing.
         needs: &'static str,
     },
+    /// The pod's tap could not be opened for the hypervisor.
+    #[error("cannot open the pod's tap {tap}")]
+    Tap {
+        /// The tap's name.
+        tap: String,
+        /// The cause.
+        #[source]
+        source: skerry_container::sys::SysError,
+    },
     /// The pod's network namespace could not be entered.
     #[error(transparent)]
     Net(#[from] NetError),

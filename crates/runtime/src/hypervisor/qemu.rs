@@ -39,6 +39,9 @@ const TCG_TB_SIZE_MIB: u32 = 40;
 
 /// QEMU's seccomp sandbox: no obsolete syscalls, no setuid/setgid or
 /// capability changes, no fork/exec, no scheduler/affinity/rlimit changes.
+/// The descriptor number of the pod's tap in QEMU.
+const QEMU_TAP_FD: i32 = 3;
+
 const QEMU_SANDBOX: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
@@ -245,10 +248,8 @@ impl QemuVm {
             .arg("--uds-path")
             .arg(&self.sockets.vsock_uds);
         let log = run.join("vsock.log");
-        // It needs no network: Unix sockets only.
         let alone = Confinement {
             ids,
-            netns: None,
             file_size_max: Some(plan.log_max),
         };
         let vsock = self.vsock.insert(spawn_confined(
@@ -278,11 +279,21 @@ impl QemuVm {
         let mut cmd = Command::new(qemu_bin);
         cmd.args(qemu_args(plan));
         tracing::debug!(sandbox = %spec.id, args = ?qemu_args(plan), "starting qemu");
-        // QEMU's stdout is the console; its stderr goes to its log. The tap
-        // is only visible in the pod's namespace: QEMU runs there, if any.
+        if let Some(net) = &spec.net {
+            // The tap is only visible in the pod's namespace: it is opened
+            // there, by us, and QEMU gets the open descriptor; it needs
+            // neither /dev/net/tun nor the pod's namespace.
+            let tap =
+                crate::net::run_in_netns(&net.netns, || skerry_container::sys::open_tap(&net.tap))?
+                    .map_err(|source| HypervisorError::Tap {
+                        tap: net.tap.clone(),
+                        source,
+                    })?;
+            skerry_container::sys::pass_fd_on_exec(cmd.as_std_mut(), tap, QEMU_TAP_FD);
+        }
+        // QEMU's stdout is the console; its stderr goes to its log.
         let conf = Confinement {
             ids,
-            netns: spec.net.as_ref().map(|n| n.netns.as_path()),
             file_size_max: Some(plan.log_max + guest_ram_file(plan.memory_mib)),
         };
         let qemu = self.qemu.insert(spawn_confined(
@@ -495,10 +506,7 @@ fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
     if let Some(net) = &plan.net {
         args.extend([
             "-netdev".into(),
-            format!(
-                "tap,id=net0,ifname={},script=no,downscript=no",
-                net.tap.replace(',', ",,")
-            ),
+            format!("tap,id=net0,fd={QEMU_TAP_FD}"),
             "-device".into(),
             format!("virtio-net-device,netdev=net0,mac={}", net.mac),
         ]);
@@ -653,7 +661,7 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         assert!(joined.contains(
-            "-netdev tap,id=net0,ifname=tapsk0123456789,script=no,downscript=no \
+            "-netdev tap,id=net0,fd=3 \
              -device virtio-net-device,netdev=net0,mac=02:00:00:aa:bb:cc"
         ));
     }

@@ -484,7 +484,6 @@ impl SkerryVmm {
         // after copying the VMM into the jail.
         let conf = Confinement {
             ids: None,
-            netns: None,
             file_size_max: None,
         };
         let jailer = self.jailer.insert(spawn_confined(

@@ -47,7 +47,6 @@ pub(crate) fn spawn_virtiofsd(
     }
     let conf = Confinement {
         ids: None,
-        netns: None,
         file_size_max: None,
     };
     spawn_confined(conf, "virtiofsd", binary, cmd, None, log)
