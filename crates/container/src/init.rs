@@ -187,7 +187,7 @@ fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Ne
         setup_console(chan, process.user().uid())?;
     }
     let prepared = setup_process(process, seccomp)?;
-    wait_and_exec(chan, prepared, Vec::new())
+    wait_and_exec(chan, prepared)
 }
 
 /// Joins the namespaces `namespaces` (names under /proc/<pid>/ns) of process `target_pid`.
@@ -240,7 +240,7 @@ fn run_exec(
                 setup_console(chan, process.user().uid())?;
             }
             let prepared = setup_process(process, seccomp)?;
-            wait_and_exec(chan, prepared, Vec::new())
+            wait_and_exec(chan, prepared)
         }
     }
 }
@@ -396,13 +396,8 @@ fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Pr
     })
 }
 
-fn wait_and_exec(
-    chan: &mut UnixStream,
-    p: Prepared,
-    warnings: Vec<String>,
-) -> Result<Never, InitError> {
-    channel::send(chan, &SyncMsg::Ready { warnings })
-        .map_err(|e| InitError::Channel(error_chain(&e)))?;
+fn wait_and_exec(chan: &mut UnixStream, p: Prepared) -> Result<Never, InitError> {
+    channel::send(chan, &SyncMsg::Ready).map_err(|e| InitError::Channel(error_chain(&e)))?;
     let mut byte = [0u8; 1];
     match chan.read(&mut byte) {
         Ok(1) => {}
