@@ -596,9 +596,17 @@ fn place(
     Ok(())
 }
 
+/// The file type (`S_IFDIR`, `S_IFCHR`, …) and device number of an open file.
+fn file_type(fd: BorrowedFd<'_>) -> nix::Result<(SFlag, libc::dev_t)> {
+    let s = fstat(fd.as_raw_fd())?;
+    Ok((
+        SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT,
+        s.st_rdev,
+    ))
+}
+
 fn is_dir(fd: BorrowedFd<'_>) -> bool {
-    fstat(fd.as_raw_fd())
-        .is_ok_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+    file_type(fd).is_ok_and(|(t, _)| t == SFlag::S_IFDIR)
 }
 
 /// The `/dev` mounts made where the spec has none: destination, type, source, options.
@@ -778,10 +786,8 @@ fn mask_path(root: BorrowedFd<'_>, p: &str) -> Result<(), InitError> {
     } else {
         let null = step(inroot::open(root, Path::new("/dev/null")), what)?;
         // Only the node made by setup_dev: never a file the container put there.
-        match fstat(null.as_raw_fd()) {
-            Ok(s)
-                if SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
-                    && s.st_rdev == makedev(1, 3) => {}
+        match file_type(null.as_fd()) {
+            Ok((SFlag::S_IFCHR, rdev)) if rdev == makedev(1, 3) => {}
             _ => {
                 return Err(InitError::Step {
                     step: format!("{}: /dev/null is not the null device", what()),
