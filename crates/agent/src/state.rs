@@ -415,17 +415,10 @@ impl Sandbox {
                 .map(|pid| (pid, join))
                 .filter(|(_, names)| !names.is_empty()),
         };
-        let ready = launch::handshake(&mut chan, &config, |_| {}).and_then(|ready| {
-            let stdio = launch::parent_stdio(pipes, ready.console)?;
-            Ok((ready.warnings, stdio))
-        });
+        let ready = launch::handshake(&mut chan, &config, |_| {})
+            .and_then(|ready| launch::parent_stdio(pipes, ready.console));
         match ready {
-            Ok((warnings, stdio)) => {
-                for w in warnings {
-                    warn!(container_id = id, "{w}");
-                }
-                Ok((pid, exit, chan, stdio, flags))
-            }
+            Ok(stdio) => Ok((pid, exit, chan, stdio, flags)),
             Err(e) => {
                 // The child exits by itself after reporting; make sure of it either way.
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

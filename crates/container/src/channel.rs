@@ -75,11 +75,9 @@ pub enum SyncMsg {
     Pid(i32),
     /// The pty master of the process's terminal travels with this frame (`SCM_RIGHTS`).
     Console,
-    /// Setup done; waiting for the start byte. Carries non-fatal warnings.
-    Ready {
-        /// Things that were skipped or degraded.
-        warnings: Vec<String>,
-    },
+    /// Setup done; waiting for the start byte. (Nothing is skipped or degraded: a step
+    /// that cannot be done is an [`SyncMsg::Error`].)
+    Ready,
     /// Setup or exec failed; the child exits non-zero.
     Error(String),
 }
@@ -208,19 +206,10 @@ mod tests {
     fn frames_round_trip() {
         let mut buf = Vec::new();
         send(&mut buf, &SyncMsg::Pid(42)).unwrap();
-        send(
-            &mut buf,
-            &SyncMsg::Ready {
-                warnings: vec!["w".into()],
-            },
-        )
-        .unwrap();
+        send(&mut buf, &SyncMsg::Ready).unwrap();
         let mut r = &buf[..];
         assert_eq!(recv::<SyncMsg>(&mut r).unwrap(), Some(SyncMsg::Pid(42)));
-        assert!(matches!(
-            recv::<SyncMsg>(&mut r).unwrap(),
-            Some(SyncMsg::Ready { .. })
-        ));
+        assert_eq!(recv::<SyncMsg>(&mut r).unwrap(), Some(SyncMsg::Ready));
         assert_eq!(recv::<SyncMsg>(&mut r).unwrap(), None);
     }
 
@@ -246,7 +235,7 @@ mod tests {
         let (r, w) = nix::unistd::pipe().unwrap();
         send(&mut &a, &SyncMsg::Pid(7)).unwrap();
         send_with_fd(&a, &SyncMsg::Console, r.as_fd()).unwrap();
-        send(&mut &a, &SyncMsg::Ready { warnings: vec![] }).unwrap();
+        send(&mut &a, &SyncMsg::Ready).unwrap();
         drop(a);
         let (m, fds) = recv_with_fds::<SyncMsg>(&b).unwrap().unwrap();
         assert_eq!((m, fds.len()), (SyncMsg::Pid(7), 0));
@@ -260,7 +249,7 @@ mod tests {
             1
         );
         let (m, fds) = recv_with_fds::<SyncMsg>(&b).unwrap().unwrap();
-        assert!(matches!(m, SyncMsg::Ready { .. }) && fds.is_empty());
+        assert!(m == SyncMsg::Ready && fds.is_empty());
         assert!(recv_with_fds::<SyncMsg>(&b).unwrap().is_none());
     }
 }

@@ -2,27 +2,32 @@
 //!
 //! Runs single-threaded in a freshly exec'd binary, so ordinary Rust code is fine here.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, open, AtFlags, FcntlArg, FdFlag, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{signal, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::sys::stat::{fstat, makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, chroot, dup2, fchown, setgroups, setsid, Gid, Uid};
-use oci_spec::runtime::{LinuxDeviceType, LinuxSeccomp, Process, Spec};
+use nix::sys::stat::{fstat, makedev, mknodat, Mode, SFlag};
+use nix::unistd::{
+    chdir, dup2, fchdir, fchown, fchownat, setgroups, setsid, symlinkat, unlinkat, Gid, Uid,
+    UnlinkatFlags,
+};
+use oci_spec::runtime::{LinuxDeviceType, LinuxSeccomp, Mount, Process, Spec};
+use rustix::fs::OFlags;
 
 use crate::channel::{self, InitConfig, SyncMsg, INIT_FD_ENV};
-use crate::mounts::{parse_mount_options, propagation_flags};
+use crate::inroot::{self, Kind};
+use crate::mounts::{parse_mount_options, propagation_flags, MountOptions};
 use crate::security::{self, SecurityError};
-use crate::spec::{self, ResolveError, SpecError};
-use crate::sys::{self, Forked, SysError};
+use crate::spec::{self, SpecError};
+use crate::sys::{self, Forked, MountSetattr, SysError};
 
 /// Container setup inside the child failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,15 +53,6 @@ pub enum InitError {
     /// The spec or process is unusable.
     #[error(transparent)]
     Spec(#[from] SpecError),
-    /// A path could not be resolved inside the rootfs.
-    #[error("resolving {path:?} in the rootfs")]
-    Resolve {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: ResolveError,
-    },
     /// A raw system call failed.
     #[error(transparent)]
     Sys(#[from] SysError),
@@ -177,8 +173,7 @@ enum Never {}
 fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Never, InitError> {
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     security::check_seccomp(seccomp)?;
-    let mut warnings = Vec::new();
-    setup_rootfs(spec, rootfs, &mut warnings)?;
+    setup_rootfs(spec, rootfs)?;
     if let Some(h) = spec.hostname() {
         step(nix::unistd::sethostname(h), || {
             format!("hostname: sethostname({h:?})")
@@ -192,7 +187,7 @@ fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Ne
         setup_console(chan, process.user().uid())?;
     }
     let prepared = setup_process(process, seccomp)?;
-    wait_and_exec(chan, prepared, warnings)
+    wait_and_exec(chan, prepared)
 }
 
 /// Joins the namespaces `namespaces` (names under /proc/<pid>/ns) of process `target_pid`.
@@ -245,7 +240,7 @@ fn run_exec(
                 setup_console(chan, process.user().uid())?;
             }
             let prepared = setup_process(process, seccomp)?;
-            wait_and_exec(chan, prepared, Vec::new())
+            wait_and_exec(chan, prepared)
         }
     }
 }
@@ -401,13 +396,8 @@ fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Pr
     })
 }
 
-fn wait_and_exec(
-    chan: &mut UnixStream,
-    p: Prepared,
-    warnings: Vec<String>,
-) -> Result<Never, InitError> {
-    channel::send(chan, &SyncMsg::Ready { warnings })
-        .map_err(|e| InitError::Channel(error_chain(&e)))?;
+fn wait_and_exec(chan: &mut UnixStream, p: Prepared) -> Result<Never, InitError> {
+    channel::send(chan, &SyncMsg::Ready).map_err(|e| InitError::Channel(error_chain(&e)))?;
     let mut byte = [0u8; 1];
     match chan.read(&mut byte) {
         Ok(1) => {}
@@ -428,7 +418,7 @@ fn wait_and_exec(
     })
 }
 
-fn setup_rootfs(spec: &Spec, rootfs: &Path, warnings: &mut Vec<String>) -> Result<(), InitError> {
+fn setup_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), InitError> {
     let linux = spec.linux().as_ref();
     let prop = linux
         .and_then(|l| l.rootfs_propagation().as_deref())
@@ -454,6 +444,7 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, warnings: &mut Vec<String>) -> Resul
         ),
         || format!("bind-mounting rootfs {rootfs:?} onto itself"),
     )?;
+    let root = open_dir(rootfs)?;
     let shared = rootfs.parent().unwrap_or(Path::new("/"));
     let mut seen = Vec::new();
     for (i, m) in spec
@@ -463,79 +454,17 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, warnings: &mut Vec<String>) -> Resul
         .iter()
         .enumerate()
     {
-        let dest = resolve(rootfs, m.destination())?;
         seen.push(m.destination().clone());
-        let typ = m.typ().as_deref().unwrap_or("none");
-        let opts = parse_mount_options(m.options().as_deref().unwrap_or_default());
-        let field = format!("mounts[{i}] ({:?})", m.destination());
-        if opts.bind || typ == "bind" {
-            let src = m.source().as_ref().ok_or(SpecError::Missing {
-                field: "mounts[].source",
-            })?;
-            let src = if src.is_absolute() {
-                src.clone()
-            } else {
-                shared.join(src)
-            };
-            let meta = io(std::fs::metadata(&src), || {
-                format!("{field}: source {src:?}")
-            })?;
-            make_mountpoint(&dest, meta.is_dir(), &field)?;
-            let mut flags = MsFlags::MS_BIND;
-            if opts.recursive {
-                flags |= MsFlags::MS_REC;
-            }
-            step(
-                mount(Some(&src), &dest, None::<&str>, flags, None::<&str>),
-                || format!("{field}: bind {src:?}"),
-            )?;
-            if !opts.flags.is_empty() {
-                let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | opts.flags;
-                step(
-                    mount(None::<&str>, &dest, None::<&str>, flags, None::<&str>),
-                    || format!("{field}: remounting bind with {:?}", opts.flags),
-                )?;
-            }
-        } else if typ == "cgroup" || typ == "cgroup2" {
-            make_mountpoint(&dest, true, &field)?;
-            if let Err(e) = mount(
-                Some("cgroup2"),
-                &dest,
-                Some("cgroup2"),
-                opts.flags,
-                None::<&str>,
-            ) {
-                warnings.push(format!("{field}: cgroup2 mount failed ({e}), skipped"));
-            }
-        } else {
-            make_mountpoint(&dest, true, &field)?;
-            let source = m
-                .source()
-                .as_ref()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| typ.to_string());
-            let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-            step(
-                mount(Some(source.as_str()), &dest, Some(typ), opts.flags, data),
-                || format!("{field}: mounting {typ}"),
-            )?;
-        }
-        if !opts.propagation.is_empty() {
-            step(
-                mount(
-                    None::<&str>,
-                    &dest,
-                    None::<&str>,
-                    opts.propagation,
-                    None::<&str>,
-                ),
-                || format!("{field}: propagation"),
-            )?;
-        }
+        mount_entry(
+            root.as_fd(),
+            shared,
+            m,
+            &format!("mounts[{i}] ({:?})", m.destination()),
+        )?;
     }
     let has = |p: &str| seen.iter().any(|s| s == Path::new(p));
-    setup_dev(spec, rootfs, &has)?;
-    enter_root(rootfs, warnings)?;
+    setup_dev(spec, root.as_fd(), &has)?;
+    enter_root(root.as_fd())?;
     if spec
         .root()
         .as_ref()
@@ -567,58 +496,165 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, warnings: &mut Vec<String>) -> Resul
                 format!("linux.sysctl[{k}]: writing {path}")
             })?;
         }
+        // `root` now names `/`: the masks are resolved and mounted under it as well.
         for p in l.masked_paths().as_deref().unwrap_or_default() {
-            mask_path(p, warnings);
+            mask_path(root.as_fd(), p)?;
         }
         for p in l.readonly_paths().as_deref().unwrap_or_default() {
-            readonly_path(p, warnings);
+            readonly_path(root.as_fd(), p)?;
         }
     }
     Ok(())
 }
 
-fn resolve(rootfs: &Path, inner: &Path) -> Result<PathBuf, InitError> {
-    spec::resolve_in_root(rootfs, inner).map_err(|source| InitError::Resolve {
-        path: inner.to_path_buf(),
-        source,
+/// An `O_PATH` fd of a directory the agent chose (the rootfs, or `/` after pivot_root).
+fn open_dir(path: &Path) -> Result<OwnedFd, InitError> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::open(path, flags, rustix::fs::Mode::empty()).map_err(|e| InitError::Step {
+        step: format!("opening {path:?}"),
+        source: Errno::from_raw(e.raw_os_error()),
     })
 }
 
-fn make_mountpoint(dest: &Path, dir: bool, field: &str) -> Result<(), InitError> {
-    if dir {
-        io(std::fs::create_dir_all(dest), || {
-            format!("{field}: creating mountpoint {dest:?}")
-        })
+/// Mounts one `mounts[]` entry on its destination, resolved inside the root `root`.
+fn mount_entry(
+    root: BorrowedFd<'_>,
+    shared: &Path,
+    m: &Mount,
+    field: &str,
+) -> Result<(), InitError> {
+    let typ = m.typ().as_deref().unwrap_or("none");
+    let opts = parse_mount_options(m.options().as_deref().unwrap_or_default());
+    if opts.bind || typ == "bind" {
+        let src = m.source().as_ref().ok_or(SpecError::Missing {
+            field: "mounts[].source",
+        })?;
+        // Relative sources are under the shared directory; absolute ones stay as given.
+        let src = shared.join(src);
+        let tree = step(
+            inroot::clone_tree(rustix::fs::CWD, &src, opts.recursive),
+            || format!("{field}: bind {src:?}"),
+        )?;
+        let kind = if is_dir(tree.as_fd()) {
+            Kind::Dir
+        } else {
+            Kind::File
+        };
+        place(root, tree.as_fd(), m.destination(), kind, &opts, field)
     } else {
-        if let Some(parent) = dest.parent() {
-            io(std::fs::create_dir_all(parent), || {
-                format!("{field}: creating {parent:?}")
-            })?;
-        }
-        if !dest.exists() {
-            io(std::fs::File::create(dest).map(drop), || {
-                format!("{field}: creating mountpoint {dest:?}")
-            })?;
-        }
-        Ok(())
+        // A cgroup v1 request gets the guest's only hierarchy, cgroup2, without v1 data.
+        let (fstype, opts) = match typ {
+            "cgroup" | "cgroup2" => (
+                "cgroup2",
+                MountOptions {
+                    data: String::new(),
+                    ..opts
+                },
+            ),
+            _ => (typ, opts),
+        };
+        let source = m
+            .source()
+            .as_ref()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| typ.to_string());
+        let tree = step(inroot::new_fs(fstype, &source, &opts), || {
+            format!("{field}: mounting {typ}")
+        })?;
+        place(root, tree.as_fd(), m.destination(), Kind::Dir, &opts, field)
     }
 }
 
-fn setup_dev(spec: &Spec, rootfs: &Path, has: &dyn Fn(&str) -> bool) -> Result<(), InitError> {
-    let dev = rootfs.join("dev");
-    if !has("/dev") {
-        make_mountpoint(&dev, true, "/dev")?;
+/// Sets the attributes of `opts` on the detached mount `tree`, attaches it on `dest`
+/// inside `root` (created as `kind` if missing), then sets its propagation.
+fn place(
+    root: BorrowedFd<'_>,
+    tree: BorrowedFd<'_>,
+    dest: &Path,
+    kind: Kind,
+    opts: &MountOptions,
+    field: &str,
+) -> Result<(), InitError> {
+    let attrs = opts.attributes();
+    if attrs != MountSetattr::default() {
+        step(sys::mount_setattr(tree, attrs).map_err(|e| e.errno), || {
+            format!("{field}: setting {:?}", opts.flags)
+        })?;
+    }
+    let dest_fd = step(inroot::open_or_create(root, dest, kind), || {
+        format!("{field}: opening {dest:?} in the rootfs")
+    })?;
+    step(inroot::attach(tree, dest_fd.as_fd()), || {
+        format!("{field}: attaching the mount on {dest:?}")
+    })?;
+    if let Some(change) = opts.propagation_change() {
         step(
-            mount(
-                Some("tmpfs"),
-                &dev,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-                Some("mode=755,size=65536k"),
-            ),
-            || "mounting tmpfs on /dev".into(),
+            sys::mount_setattr(tree, change).map_err(|e| e.errno),
+            || format!("{field}: propagation {:?}", opts.propagation),
         )?;
     }
+    Ok(())
+}
+
+/// The file type (`S_IFDIR`, `S_IFCHR`, …) and device number of an open file.
+fn file_type(fd: BorrowedFd<'_>) -> nix::Result<(SFlag, libc::dev_t)> {
+    let s = fstat(fd.as_raw_fd())?;
+    Ok((
+        SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT,
+        s.st_rdev,
+    ))
+}
+
+fn is_dir(fd: BorrowedFd<'_>) -> bool {
+    file_type(fd).is_ok_and(|(t, _)| t == SFlag::S_IFDIR)
+}
+
+/// The `/dev` mounts made where the spec has none: destination, type, source, options.
+const DEV_MOUNTS: [(&str, &str, &str, &[&str]); 3] = [
+    (
+        "/dev",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "strictatime", "mode=755", "size=65536k"],
+    ),
+    (
+        "/dev/pts",
+        "devpts",
+        "devpts",
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ],
+    ),
+    (
+        "/dev/shm",
+        "tmpfs",
+        "shm",
+        &["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"],
+    ),
+];
+
+fn setup_dev(
+    spec: &Spec,
+    root: BorrowedFd<'_>,
+    has: &dyn Fn(&str) -> bool,
+) -> Result<(), InitError> {
+    for (dest, typ, source, options) in DEV_MOUNTS {
+        if has(dest) {
+            continue;
+        }
+        let opts = parse_mount_options(&options.iter().map(|o| o.to_string()).collect::<Vec<_>>());
+        let tree = step(inroot::new_fs(typ, source, &opts), || {
+            format!("mounting {typ} on {dest}")
+        })?;
+        place(root, tree.as_fd(), Path::new(dest), Kind::Dir, &opts, dest)?;
+    }
+    let dev = step(inroot::open(root, Path::new("/dev")), || {
+        "opening /dev in the rootfs".into()
+    })?;
     let defaults: [(&str, u64, u64); 6] = [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -629,7 +665,7 @@ fn setup_dev(spec: &Spec, rootfs: &Path, has: &dyn Fn(&str) -> bool) -> Result<(
     ];
     let old = nix::sys::stat::umask(Mode::empty());
     for (name, major, minor) in defaults {
-        make_node(&dev.join(name), SFlag::S_IFCHR, 0o666, major, minor)?;
+        make_node(dev.as_fd(), name, SFlag::S_IFCHR, 0o666, major, minor)?;
     }
     let devices = spec
         .linux()
@@ -649,49 +685,34 @@ fn setup_dev(spec: &Spec, rootfs: &Path, has: &dyn Fn(&str) -> bool) -> Result<(
                 .into())
             }
         };
-        let path = resolve(rootfs, d.path())?;
-        if let Some(parent) = path.parent() {
-            io(std::fs::create_dir_all(parent), || {
-                format!("linux.devices[{i}]: {parent:?}")
-            })?;
-        }
+        let path = d.path();
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(SpecError::Invalid {
+                field: format!("linux.devices[{i}].path"),
+                reason: format!("{path:?} names no file"),
+            }
+            .into());
+        };
+        let dir = step(inroot::open_or_create(root, parent, Kind::Dir), || {
+            format!("linux.devices[{i}]: opening {parent:?} in the rootfs")
+        })?;
         let (major, minor) = (d.major() as u64, d.minor() as u64);
-        make_node(&path, kind, d.file_mode().unwrap_or(0o666), major, minor)?;
+        let mode = d.file_mode().unwrap_or(0o666);
+        make_node(dir.as_fd(), name, kind, mode, major, minor)?;
         let uid = d.uid().map(Uid::from_raw);
         let gid = d.gid().map(Gid::from_raw);
-        step(nix::unistd::chown(&path, uid, gid), || {
-            format!("linux.devices[{i}]: chown {path:?}")
-        })?;
+        step(
+            fchownat(
+                Some(dir.as_raw_fd()),
+                name,
+                uid,
+                gid,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ),
+            || format!("linux.devices[{i}]: chown {path:?}"),
+        )?;
     }
     nix::sys::stat::umask(old);
-    if !has("/dev/pts") {
-        let pts = dev.join("pts");
-        make_mountpoint(&pts, true, "/dev/pts")?;
-        step(
-            mount(
-                Some("devpts"),
-                &pts,
-                Some("devpts"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-                Some("newinstance,ptmxmode=0666,mode=0620"),
-            ),
-            || "mounting devpts on /dev/pts".into(),
-        )?;
-    }
-    if !has("/dev/shm") {
-        let shm = dev.join("shm");
-        make_mountpoint(&shm, true, "/dev/shm")?;
-        step(
-            mount(
-                Some("shm"),
-                &shm,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("mode=1777,size=65536k"),
-            ),
-            || "mounting tmpfs on /dev/shm".into(),
-        )?;
-    }
     let links = [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -700,99 +721,110 @@ fn setup_dev(spec: &Spec, rootfs: &Path, has: &dyn Fn(&str) -> bool) -> Result<(
         ("stderr", "/proc/self/fd/2"),
     ];
     for (name, target) in links {
-        let p = dev.join(name);
-        let _ = std::fs::remove_file(&p);
-        io(symlink(target, &p), || format!("/dev/{name} -> {target}"))?;
+        let _ = unlinkat(Some(dev.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir);
+        step(symlinkat(target, Some(dev.as_raw_fd()), name), || {
+            format!("/dev/{name} -> {target}")
+        })?;
     }
     Ok(())
 }
 
-fn make_node(path: &Path, kind: SFlag, mode: u32, major: u64, minor: u64) -> Result<(), InitError> {
-    let _ = std::fs::remove_file(path);
+/// Makes device node `name` in the directory `dir`, replacing what was there.
+fn make_node(
+    dir: BorrowedFd<'_>,
+    name: &(impl AsRef<OsStr> + ?Sized),
+    kind: SFlag,
+    mode: u32,
+    major: u64,
+    minor: u64,
+) -> Result<(), InitError> {
+    let name = Path::new(name.as_ref());
+    let _ = unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir);
     let perm = Mode::from_bits_truncate(mode & 0o7777);
-    step(mknod(path, kind, perm, makedev(major, minor)), || {
-        format!("mknod {path:?} ({major}:{minor})")
-    })
+    step(
+        mknodat(
+            Some(dir.as_raw_fd()),
+            name,
+            kind,
+            perm,
+            makedev(major, minor),
+        ),
+        || format!("mknod {name:?} ({major}:{minor})"),
+    )
 }
 
-fn enter_root(rootfs: &Path, warnings: &mut Vec<String>) -> Result<(), InitError> {
-    step(chdir(rootfs), || format!("chdir({rootfs:?})"))?;
-    match sys::pivot_root(c".", c".") {
-        Ok(()) => {
-            step(umount2(".", MntFlags::MNT_DETACH), || {
-                "detaching the old root".into()
-            })?;
-        }
-        Err(e) if e.errno == Errno::EINVAL => {
-            // The current root is the initramfs (rootfs), which cannot be pivoted away.
-            warnings.push("pivot_root refused (initramfs root); used MS_MOVE + chroot".into());
-            step(
-                mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>),
-                || "moving rootfs to /".into(),
-            )?;
-            step(chroot("."), || "chroot(.)".into())?;
-        }
-        Err(e) => return Err(e.into()),
-    }
+/// Makes `root` the root of the mount namespace (pivot_root; no chroot fallback, which
+/// would leave the old root reachable) and detaches the old one.
+fn enter_root(root: BorrowedFd<'_>) -> Result<(), InitError> {
+    step(fchdir(root.as_raw_fd()), || "chdir to the rootfs".into())?;
+    sys::pivot_root(c".", c".").map_err(|e| InitError::Step {
+        step: format!("entering the rootfs: {}", e.call),
+        source: e.errno,
+    })?;
+    step(umount2(".", MntFlags::MNT_DETACH), || {
+        "detaching the old root".into()
+    })?;
     step(chdir("/"), || "chdir(/)".into())
 }
 
-fn mask_path(p: &str, warnings: &mut Vec<String>) {
-    let path = Path::new(p);
-    let r = match std::fs::metadata(path) {
-        Err(_) => return,
-        Ok(m) if m.is_dir() => mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            None::<&str>,
-        ),
-        Ok(_) => mount(
-            Some("/dev/null"),
-            path,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        ),
+/// Masks `p` as runc does: a directory with a read-only tmpfs, anything else with a bind
+/// of `/dev/null`. A path that does not exist is skipped; any other failure is an error.
+fn mask_path(root: BorrowedFd<'_>, p: &str) -> Result<(), InitError> {
+    let what = || format!("linux.maskedPaths: {p}");
+    let target = match inroot::open(root, Path::new(p)) {
+        Err(Errno::ENOENT) => return Ok(()),
+        other => step(other, what)?,
     };
-    if let Err(e) = r {
-        warnings.push(format!("linux.maskedPaths: {p}: {e}"));
-    }
+    let tree = if is_dir(target.as_fd()) {
+        let ro = parse_mount_options(&["ro".to_string()]);
+        let tree = step(inroot::new_fs("tmpfs", "tmpfs", &ro), what)?;
+        step(
+            sys::mount_setattr(tree.as_fd(), ro.attributes()).map_err(|e| e.errno),
+            what,
+        )?;
+        tree
+    } else {
+        let null = step(inroot::open(root, Path::new("/dev/null")), what)?;
+        // Only the node made by setup_dev: never a file the container put there.
+        match file_type(null.as_fd()) {
+            Ok((SFlag::S_IFCHR, rdev)) if rdev == makedev(1, 3) => {}
+            _ => {
+                return Err(InitError::Step {
+                    step: format!("{}: /dev/null is not the null device", what()),
+                    source: Errno::EINVAL,
+                })
+            }
+        }
+        step(inroot::clone_tree(null.as_fd(), Path::new(""), false), what)?
+    };
+    step(inroot::attach(tree.as_fd(), target.as_fd()), what)
 }
 
-fn readonly_path(p: &str, warnings: &mut Vec<String>) {
-    let path = Path::new(p);
-    if !path.exists() {
-        return;
-    }
-    let r = mount(
-        Some(path),
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .and_then(|()| {
-        mount(
-            None::<&str>,
-            path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-    });
-    if let Err(e) = r {
-        warnings.push(format!("linux.readonlyPaths: {p}: {e}"));
-    }
+/// Makes `p` (and every mount below it) read-only with a bind of itself. A path that
+/// does not exist is skipped; any other failure is an error.
+fn readonly_path(root: BorrowedFd<'_>, p: &str) -> Result<(), InitError> {
+    let what = || format!("linux.readonlyPaths: {p}");
+    let target = match inroot::open(root, Path::new(p)) {
+        Err(Errno::ENOENT) => return Ok(()),
+        other => step(other, what)?,
+    };
+    let tree = step(
+        inroot::clone_tree(target.as_fd(), Path::new(""), true),
+        what,
+    )?;
+    step(
+        sys::mount_setattr_recursive(tree.as_fd(), sys::mount_attr::RDONLY).map_err(|e| e.errno),
+        what,
+    )?;
+    step(inroot::attach(tree.as_fd(), target.as_fd()), what)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{symlink, FileTypeExt};
 
     use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, ForkResult};
+    use nix::unistd::{chroot, fork, ForkResult};
 
     use super::*;
 
@@ -826,17 +858,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&rootfs);
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
         std::fs::write(rootfs.join("etc/marker"), b"inside").unwrap();
-        let spec: Spec = serde_json::from_str(
-            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":true},
-            "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
-                      {"destination":"/tmp","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=1777"]}],
-            "linux":{"maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"]}}"#,
-        )
+        let volume = tempfile::tempdir().unwrap();
+        std::fs::write(volume.path().join("file"), b"vol").unwrap();
+        let spec: Spec = serde_json::from_str(&format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs","readonly":true}},
+            "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
+                      {{"destination":"/tmp","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=1777"]}},
+                      {{"destination":"/data","type":"bind","source":"{vol}","options":["rbind","ro"]}},
+                      {{"destination":"/etc/hosts","type":"bind","source":"{vol}/file","options":["bind"]}}],
+            "linux":{{"maskedPaths":["/proc/timer_list","/proc/acpi","/nonexistent"],
+                      "readonlyPaths":["/proc/sys","/nonexistent"]}}}}"#,
+            vol = volume.path().display()
+        ))
         .unwrap();
         let (parent_end, child_end) = UnixStream::pair().unwrap();
         let code = in_child_mount_ns(|| {
-            let mut warnings = Vec::new();
-            if let Err(e) = setup_rootfs(&spec, &rootfs, &mut warnings) {
+            if let Err(e) = setup_rootfs(&spec, &rootfs) {
                 eprintln!("setup failed: {}", error_chain(&e));
                 return 1;
             }
@@ -848,6 +885,15 @@ mod tests {
             }
             let checks = [
                 std::fs::read("/etc/marker").ok().as_deref() == Some(b"inside".as_slice()),
+                // Bind mounts of a directory (read-only) and of a file.
+                std::fs::read("/data/file").is_ok_and(|f| f == b"vol"),
+                std::fs::write("/data/new", b"x").is_err(),
+                std::fs::read("/etc/hosts").is_ok_and(|f| f == b"vol"),
+                // Masks: a file shows as empty, a directory as an empty read-only tmpfs.
+                std::fs::read("/proc/timer_list").is_ok_and(|f| f.is_empty()),
+                nix::sys::statfs::statfs("/proc/acpi")
+                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC),
+                std::fs::write("/proc/sys/kernel/hostname", b"x").is_err(),
                 std::fs::metadata("/dev/null").is_ok_and(|m| m.file_type().is_char_device()),
                 std::fs::read_link("/dev/ptmx").is_ok_and(|l| l == Path::new("pts/ptmx")),
                 Path::new("/dev/pts/ptmx").exists(),
@@ -879,5 +925,196 @@ mod tests {
         assert_eq!(msg, SyncMsg::Console);
         let master = crate::launch::validate_console(fds).unwrap();
         assert_eq!(sys::pty_number(master.as_fd()).unwrap(), 0);
+    }
+
+    fn setup_in_child(spec: &Spec, rootfs: &Path, checks: impl FnOnce() -> Vec<bool>) -> i32 {
+        in_child_mount_ns(|| {
+            if let Err(e) = setup_rootfs(spec, rootfs) {
+                eprintln!("setup failed: {}", error_chain(&e));
+                return 1;
+            }
+            match checks().iter().position(|ok| !ok) {
+                None => 0,
+                Some(i) => 10 + i as i32,
+            }
+        })
+    }
+
+    fn is_root() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("skipped: needs root (mount namespaces, mknod, pivot_root)");
+        }
+        root
+    }
+
+    /// Entries of a directory, as names.
+    fn entries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn mount_destinations_that_are_symlinks_out_of_the_rootfs_stay_inside() {
+        if !is_root() {
+            return;
+        }
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir(&rootfs).unwrap();
+        // Absolute links to a host directory, and a dangling chain of `..` out of the root.
+        symlink(outside.path(), rootfs.join("dev")).unwrap();
+        symlink(outside.path(), rootfs.join("vol")).unwrap();
+        let up = format!("../../../../../../../..{}/new", outside.path().display());
+        symlink(&up, rootfs.join("up")).unwrap();
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "mounts":[{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]},
+                      {"destination":"/vol","type":"tmpfs","source":"tmpfs"},
+                      {"destination":"/up/x","type":"tmpfs","source":"tmpfs"}]}"#,
+        )
+        .unwrap();
+        let code = setup_in_child(&spec, &rootfs, || {
+            vec![
+                std::fs::metadata("/dev/null").is_ok_and(|m| m.file_type().is_char_device()),
+                std::fs::write("/vol/f", b"x").is_ok(),
+                std::fs::write("/up/x/f", b"x").is_ok(),
+                // Both links were followed as if the rootfs were `/`: to the same place.
+                std::fs::read("/vol/new/x/f").is_ok_and(|f| f == b"x"),
+            ]
+        });
+        assert_eq!(
+            code,
+            0,
+            "setup (1) or check {} failed (see stderr)",
+            code - 10
+        );
+        assert_eq!(
+            entries(outside.path()),
+            Vec::<String>::new(),
+            "host dir touched"
+        );
+    }
+
+    #[test]
+    fn mount_destinations_survive_a_racing_symlink_swap() {
+        if !is_root() {
+            return;
+        }
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        // A volume another container shares: it swaps a directory with a link out of the root.
+        std::fs::create_dir_all(rootfs.join("shared/vol")).unwrap();
+        symlink(outside.path(), rootfs.join("shared/link")).unwrap();
+        let mounts: Vec<String> = (0..64)
+            .map(|i| {
+                format!(r#"{{"destination":"/shared/vol/m{i}","type":"tmpfs","source":"tmpfs"}}"#)
+            })
+            .collect();
+        let spec: Spec = serde_json::from_str(&format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"mounts":[{}]}}"#,
+            mounts.join(",")
+        ))
+        .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, shared) = (stop.clone(), rootfs.join("shared"));
+            std::thread::spawn(move || {
+                let (a, b) = (shared.join("vol"), shared.join("link"));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = nix::fcntl::renameat2(
+                        None,
+                        &a,
+                        None,
+                        &b,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    );
+                }
+            })
+        };
+        // Setup may fail (the volume changed under it); it must not reach out of the root.
+        for _ in 0..32 {
+            let _ = setup_in_child(&spec, &rootfs, Vec::new);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(
+            entries(outside.path()),
+            Vec::<String>::new(),
+            "host dir touched"
+        );
+    }
+
+    #[test]
+    fn failed_masking_fails_the_create() {
+        if !is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        // ELOOP is a real failure (runc fails the create); only a missing path is skipped.
+        symlink("loop", rootfs.join("etc/loop")).unwrap();
+        for field in ["maskedPaths", "readonlyPaths"] {
+            let spec: Spec = serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "linux":{{"{field}":["/nonexistent","/etc/loop"]}}}}"#
+            ))
+            .unwrap();
+            let code = in_child_mount_ns(|| match setup_rootfs(&spec, &rootfs) {
+                Ok(()) => 1,
+                Err(e) => {
+                    let e = error_chain(&e);
+                    if e.contains(&format!("linux.{field}")) && e.contains("/etc/loop") {
+                        0
+                    } else {
+                        eprintln!("unexpected error: {e}");
+                        2
+                    }
+                }
+            });
+            assert_eq!(code, 0, "{field}: setup succeeded (1) or wrong error (2)");
+        }
+    }
+
+    #[test]
+    fn pivot_root_failure_is_an_error_not_a_chroot() {
+        if !is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_path_buf();
+        std::fs::create_dir_all(base.join("rootfs")).unwrap();
+        let code = in_child_mount_ns(|| {
+            let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+            let rootfs = base.join("rootfs");
+            let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+            if mount(None::<&str>, "/", None::<&str>, private, None::<&str>).is_err()
+                || mount(Some(&rootfs), &rootfs, None::<&str>, bind, None::<&str>).is_err()
+                // A root that is not a mount point: pivot_root fails with EINVAL.
+                || chroot(&base).is_err()
+            {
+                return 3;
+            }
+            let Ok(root) = open_dir(Path::new("/rootfs")) else {
+                return 3;
+            };
+            match enter_root(root.as_fd()) {
+                Ok(()) => 1,
+                Err(e) if error_chain(&e).contains("pivot_root") => 0,
+                Err(e) => {
+                    eprintln!("unexpected error: {}", error_chain(&e));
+                    2
+                }
+            }
+        });
+        assert_eq!(
+            code, 0,
+            "entered the root (1), wrong error (2) or test setup failed (3)"
+        );
     }
 }

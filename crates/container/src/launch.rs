@@ -202,8 +202,6 @@ impl Prepared {
 /// What the child reported by `Ready`.
 #[derive(Debug)]
 pub struct Ready {
-    /// Things that were skipped or degraded.
-    pub warnings: Vec<String>,
     /// The pty master the child allocated in the container's devpts (terminal only).
     pub console: Option<OwnedFd>,
 }
@@ -252,11 +250,11 @@ pub fn handshake(
             }
             _ if !fds.is_empty() => return Err(LaunchError::Protocol),
             SyncMsg::Pid(pid) => on_pid(pid),
-            SyncMsg::Ready { warnings } => {
+            SyncMsg::Ready => {
                 if terminal && console.is_none() {
                     return Err(LaunchError::BadConsole("missing before ready".into()));
                 }
-                return Ok(Ready { warnings, console });
+                return Ok(Ready { console });
             }
         }
     }

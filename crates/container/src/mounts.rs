@@ -2,12 +2,14 @@
 
 use nix::mount::MsFlags;
 
+use crate::sys::{mount_attr, MountSetattr};
+
 /// Mount options of one OCI mount, split the way mount(2) wants them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     /// Flags for the mount (or bind remount).
     pub flags: MsFlags,
-    /// Propagation flags applied in a separate mount(2) call.
+    /// Propagation flags (the last given) applied once the mount is attached.
     pub propagation: MsFlags,
     /// Filesystem-specific options passed as `data`.
     pub data: String,
@@ -62,7 +64,7 @@ pub fn parse_mount_options(options: &[String]) -> MountOptions {
             }
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
-                out.propagation |= propagation_flags(opt).unwrap_or(MsFlags::empty());
+                out.propagation = propagation_flags(opt).unwrap_or(MsFlags::empty());
                 continue;
             }
             other => {
@@ -78,6 +80,63 @@ pub fn parse_mount_options(options: &[String]) -> MountOptions {
     }
     out.data = data.join(",");
     out
+}
+
+impl MountOptions {
+    /// The per-mount attributes these options set (`ro`, `nosuid`, `noatime`, …).
+    pub fn attributes(&self) -> MountSetattr {
+        let f = self.flags;
+        let mut change = MountSetattr::default();
+        for (flag, attr) in [
+            (MsFlags::MS_RDONLY, mount_attr::RDONLY),
+            (MsFlags::MS_NOSUID, mount_attr::NOSUID),
+            (MsFlags::MS_NODEV, mount_attr::NODEV),
+            (MsFlags::MS_NOEXEC, mount_attr::NOEXEC),
+            (MsFlags::MS_NODIRATIME, mount_attr::NODIRATIME),
+        ] {
+            if f.contains(flag) {
+                change.set |= attr;
+            }
+        }
+        let atime = if f.contains(MsFlags::MS_NOATIME) {
+            Some(mount_attr::NOATIME)
+        } else if f.contains(MsFlags::MS_STRICTATIME) {
+            Some(mount_attr::STRICTATIME)
+        } else if f.contains(MsFlags::MS_RELATIME) {
+            Some(mount_attr::RELATIME)
+        } else {
+            None
+        };
+        if let Some(atime) = atime {
+            change.set |= atime;
+            change.clear |= mount_attr::ATIME;
+        }
+        change
+    }
+
+    /// The superblock flags of a new filesystem, as fsconfig(2) keys.
+    pub fn superblock_flags(&self) -> Vec<&'static str> {
+        [
+            (MsFlags::MS_RDONLY, "ro"),
+            (MsFlags::MS_SYNCHRONOUS, "sync"),
+            (MsFlags::MS_DIRSYNC, "dirsync"),
+            (MsFlags::MS_MANDLOCK, "mand"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| self.flags.contains(*flag))
+        .map(|(_, key)| key)
+        .collect()
+    }
+
+    /// The propagation change asked for, if any.
+    pub fn propagation_change(&self) -> Option<MountSetattr> {
+        let kind = self.propagation - MsFlags::MS_REC;
+        (!kind.is_empty()).then(|| MountSetattr {
+            propagation: kind.bits(),
+            recursive: self.propagation.contains(MsFlags::MS_REC),
+            ..MountSetattr::default()
+        })
+    }
 }
 
 /// Propagation flags for `private`, `rslave`, … (also used for `linux.rootfsPropagation`).
@@ -133,5 +192,30 @@ mod tests {
         assert_eq!(opts(&["ro", "rw"]).flags, MsFlags::empty());
         assert_eq!(opts(&["noexec", "exec", "nodev"]).flags, MsFlags::MS_NODEV);
         assert_eq!(propagation_flags("bogus"), None);
+        assert_eq!(
+            opts(&["rshared", "private"]).propagation,
+            MsFlags::MS_PRIVATE
+        );
+    }
+
+    #[test]
+    fn flags_map_to_mount_attributes_and_superblock_keys() {
+        let o = opts(&["ro", "nosuid", "nodev", "noexec", "noatime", "sync"]);
+        let a = o.attributes();
+        assert_eq!(
+            a.set,
+            mount_attr::RDONLY
+                | mount_attr::NOSUID
+                | mount_attr::NODEV
+                | mount_attr::NOEXEC
+                | mount_attr::NOATIME
+        );
+        assert_eq!(a.clear, mount_attr::ATIME);
+        assert_eq!(o.superblock_flags(), ["ro", "sync"]);
+        assert_eq!(opts(&["rw"]).attributes(), MountSetattr::default());
+        assert_eq!(opts(&["rw"]).propagation_change(), None);
+        let p = opts(&["rslave"]).propagation_change().unwrap();
+        assert_eq!(p.propagation, MsFlags::MS_SLAVE.bits());
+        assert!(p.recursive);
     }
 }

@@ -412,11 +412,35 @@ pub mod mount_attr {
     pub const NOSUID: u64 = 0x2;
     /// No device files.
     pub const NODEV: u64 = 0x4;
+    /// No program execution.
+    pub const NOEXEC: u64 = 0x8;
+    /// The access-time mode bits (one of the three below), cleared to set another.
+    pub const ATIME: u64 = 0x70;
+    /// Access times updated relative to modification times (the default).
+    pub const RELATIME: u64 = 0x0;
+    /// No access time updates.
+    pub const NOATIME: u64 = 0x10;
+    /// Access times always updated.
+    pub const STRICTATIME: u64 = 0x20;
+    /// No directory access time updates.
+    pub const NODIRATIME: u64 = 0x80;
 }
 
-/// Sets `attr_set` ([`mount_attr`] bits) on mount `tree` (an `open_tree`
-/// fd, attached or not) and on every mount below it.
-pub fn mount_setattr_recursive(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), SysError> {
+/// A change of mount attributes for [`mount_setattr`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountSetattr {
+    /// [`mount_attr`] bits to set.
+    pub set: u64,
+    /// [`mount_attr`] bits to clear.
+    pub clear: u64,
+    /// One of `MS_PRIVATE`, `MS_SHARED`, `MS_SLAVE`, `MS_UNBINDABLE`, or 0.
+    pub propagation: u64,
+    /// Apply to every mount below as well.
+    pub recursive: bool,
+}
+
+/// mount_setattr(2) on mount `tree` (an `open_tree` or `fsmount` fd, attached or not).
+pub fn mount_setattr(tree: BorrowedFd<'_>, change: MountSetattr) -> Result<(), SysError> {
     /// `struct mount_attr` (linux/mount.h).
     #[repr(C)]
     struct MountAttr {
@@ -427,11 +451,12 @@ pub fn mount_setattr_recursive(tree: BorrowedFd<'_>, attr_set: u64) -> Result<()
     }
     const AT_RECURSIVE: libc::c_int = 0x8000;
     let attr = MountAttr {
-        attr_set,
-        attr_clr: 0,
-        propagation: 0,
+        attr_set: change.set,
+        attr_clr: change.clear,
+        propagation: change.propagation,
         userns_fd: 0,
     };
+    let flags = libc::AT_EMPTY_PATH | if change.recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `tree` is a live fd, the path is an empty C string, and `attr`
     // is a `struct mount_attr` of the size passed that outlives the call.
     let ret = unsafe {
@@ -439,10 +464,23 @@ pub fn mount_setattr_recursive(tree: BorrowedFd<'_>, attr_set: u64) -> Result<()
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | AT_RECURSIVE,
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
-    check(ret, || format!("mount_setattr({attr_set:#x})")).map(drop)
+    check(ret, || format!("mount_setattr({change:?})")).map(drop)
+}
+
+/// Sets `attr_set` ([`mount_attr`] bits) on mount `tree` (an `open_tree`
+/// fd, attached or not) and on every mount below it.
+pub fn mount_setattr_recursive(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), SysError> {
+    mount_setattr(
+        tree,
+        MountSetattr {
+            set: attr_set,
+            recursive: true,
+            ..MountSetattr::default()
+        },
+    )
 }
