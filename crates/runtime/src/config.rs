@@ -176,6 +176,37 @@ pub struct HypervisorConfig {
     /// `host_pids_max`: most tasks (processes and threads) of a VM's host
     /// processes together; default 1024.
     pub host_pids_max: u32,
+    /// `net_rate_limit_mib_per_sec`: most MiB per second the pod NIC moves in
+    /// each direction (token bucket, one second of burst); 0 (default) =
+    /// unlimited. skerry-vmm only.
+    pub net_rate_limit_mib_per_sec: u32,
+    /// `vsock_rate_limit_mib_per_sec`: most MiB per second of vsock payload
+    /// (the agent channel, stdio, exec) in each direction; 0 (default) =
+    /// unlimited. skerry-vmm only.
+    pub vsock_rate_limit_mib_per_sec: u32,
+}
+
+/// Highest rate limit accepted, in MiB/s (beyond any NIC).
+pub const MAX_RATE_LIMIT_MIB: u32 = 1024 * 1024;
+
+impl HypervisorConfig {
+    /// The `*_rate_limit_mib_per_sec` keys that are set (QEMU cannot apply them).
+    pub fn rate_limits_set(&self) -> Vec<&'static str> {
+        [
+            (
+                "net_rate_limit_mib_per_sec",
+                self.net_rate_limit_mib_per_sec,
+            ),
+            (
+                "vsock_rate_limit_mib_per_sec",
+                self.vsock_rate_limit_mib_per_sec,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, _)| k)
+        .collect()
+    }
 }
 
 impl Default for HypervisorConfig {
@@ -204,6 +235,8 @@ impl Default for HypervisorConfig {
             host_memory_overhead_mib: 256,
             host_cpu_overhead_percent: 50,
             host_pids_max: 1024,
+            net_rate_limit_mib_per_sec: 0,
+            vsock_rate_limit_mib_per_sec: 0,
         }
     }
 }
@@ -428,6 +461,27 @@ impl Config {
                 "must be between 64 and 1000000",
             ));
         }
+        for (field, value) in [
+            (
+                "hypervisor.net_rate_limit_mib_per_sec",
+                hv.net_rate_limit_mib_per_sec,
+            ),
+            (
+                "hypervisor.vsock_rate_limit_mib_per_sec",
+                hv.vsock_rate_limit_mib_per_sec,
+            ),
+        ] {
+            if value > MAX_RATE_LIMIT_MIB {
+                return Err(invalid(field, "must be between 0 and 1048576"));
+            }
+            if value > 0 && hv.kind == HypervisorKind::Qemu {
+                return Err(invalid(
+                    field,
+                    "needs kind = \"skerry-vmm\" or \"auto\" (QEMU has no virtio-net or \
+                     vsock rate limiter)",
+                ));
+            }
+        }
         if !(1..=64).contains(&self.pod.overhead_vcpus) {
             return Err(invalid("pod.overhead_vcpus", "must be between 1 and 64"));
         }
@@ -512,12 +566,22 @@ mod tests {
         let c = Config::parse(
             "[hypervisor]\nkind = \"skerry-vmm\"\nguest_kernel_pvm = true\n\
              vmm_path = \"/opt/skerry-vmm\"\njailer_path = \"/opt/jailer\"\n\
-             jail_dir = \"/run/jail\"\nvm_uid_range = \"4000-4999\"\n",
+             jail_dir = \"/run/jail\"\nvm_uid_range = \"4000-4999\"\n\
+             net_rate_limit_mib_per_sec = 100\nvsock_rate_limit_mib_per_sec = 0\n",
             Path::new("c.toml"),
         )
         .unwrap();
         let hv = &c.hypervisor;
         assert_eq!(hv.kind, HypervisorKind::SkerryVmm);
+        assert_eq!(
+            (
+                hv.net_rate_limit_mib_per_sec,
+                hv.vsock_rate_limit_mib_per_sec
+            ),
+            (100, 0)
+        );
+        assert_eq!(hv.rate_limits_set(), ["net_rate_limit_mib_per_sec"]);
+        assert!(HypervisorConfig::default().rate_limits_set().is_empty());
         assert!(hv.guest_kernel_pvm);
         assert_eq!(hv.vmm_path, Path::new("/opt/skerry-vmm"));
         assert_eq!(hv.jailer_path, Path::new("/opt/jailer"));
@@ -547,6 +611,15 @@ mod tests {
             ("jail_uid = 4000\n", "unknown field `jail_uid`"),
             ("jail_dir = \"jail\"\n", "hypervisor.jail_dir"),
             ("kind = \"firecracker\"\n", "unknown variant `firecracker`"),
+            (
+                "net_rate_limit_mib_per_sec = 2000000\n",
+                "hypervisor.net_rate_limit_mib_per_sec: must be between 0",
+            ),
+            (
+                "kind = \"qemu\"\nvsock_rate_limit_mib_per_sec = 10\n",
+                "hypervisor.vsock_rate_limit_mib_per_sec: needs kind = \"skerry-vmm\"",
+            ),
+            ("net_rate_limit_mib_per_sec = -1\n", "expected u32"),
         ] {
             let err = Config::parse(&format!("[hypervisor]\n{text}"), Path::new("c.toml"))
                 .unwrap_err()

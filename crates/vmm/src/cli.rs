@@ -18,6 +18,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::boot::{BootProtocolChoice, BootSource};
 use crate::devices::virtio::net::MacAddr;
+use crate::devices::virtio::rate_limiter::{RateLimit, RateLimits};
 use crate::vmm::{FsConfig, NetConfig, VmConfig};
 
 /// What the command line asks for.
@@ -66,6 +67,13 @@ struct Args {
     /// guest connections to port P reach `<path>_P`.
     #[arg(long, requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// Limit host → guest vsock payload: BYTES_PER_SEC[,BURST_BYTES[,PKTS_PER_SEC[,BURST_PKTS]]]
+    /// (bytes may end in K, M or G; 0 = unlimited; a burst of 0 = one second's worth).
+    #[arg(long, value_name = "LIMIT", requires = "vsock_cid")]
+    vsock_rx_rate_limit: Option<RateLimit>,
+    /// Limit guest → host vsock payload (as --vsock-rx-rate-limit).
+    #[arg(long, value_name = "LIMIT", requires = "vsock_cid")]
+    vsock_tx_rate_limit: Option<RateLimit>,
     /// Add a virtio-net device on this host tap (created if missing; IFF_TAP | IFF_NO_PI |
     /// IFF_VNET_HDR, no offloads).
     #[arg(long, value_name = "NAME")]
@@ -73,6 +81,13 @@ struct Args {
     /// MAC address of the --net-tap device (default: random, locally administered).
     #[arg(long, value_name = "MAC", requires = "net_tap")]
     net_mac: Option<MacAddr>,
+    /// Limit tap → guest frames: BYTES_PER_SEC[,BURST_BYTES[,FRAMES_PER_SEC[,BURST_FRAMES]]]
+    /// (bytes may end in K, M or G; 0 = unlimited; a burst of 0 = one second's worth).
+    #[arg(long, value_name = "LIMIT", requires = "net_tap")]
+    net_rx_rate_limit: Option<RateLimit>,
+    /// Limit guest → tap frames (as --net-rx-rate-limit).
+    #[arg(long, value_name = "LIMIT", requires = "net_tap")]
+    net_tx_rate_limit: Option<RateLimit>,
     /// Add a virtio-fs device served by the vhost-user back end (virtiofsd) listening here.
     #[arg(long, value_name = "PATH", requires = "fs_tag")]
     fs_socket: Option<PathBuf>,
@@ -261,10 +276,18 @@ fn command(args: Args) -> Command {
         acpi: !args.no_acpi,
         api_sock: args.api_sock,
         vsock: args.vsock_cid.zip(args.vsock_uds),
+        vsock_limits: RateLimits {
+            rx: args.vsock_rx_rate_limit.unwrap_or_default(),
+            tx: args.vsock_tx_rate_limit.unwrap_or_default(),
+        },
         block: args.block.map(|p| (p, args.block_read_only)),
         net: args.net_tap.map(|tap| NetConfig {
             tap,
             mac: args.net_mac,
+            limits: RateLimits {
+                rx: args.net_rx_rate_limit.unwrap_or_default(),
+                tx: args.net_tx_rate_limit.unwrap_or_default(),
+            },
         }),
         fs: args
             .fs_socket
@@ -323,6 +346,14 @@ mod tests {
             "tap0",
             "--net-mac",
             "02:00:00:aa:bb:cc",
+            "--net-rx-rate-limit",
+            "1M",
+            "--net-tx-rate-limit",
+            "64K,128K,1000,10",
+            "--vsock-rx-rate-limit",
+            "2M,0",
+            "--vsock-tx-rate-limit",
+            "0,0,500",
             "--fs-socket",
             "fs.sock",
             "--fs-tag",
@@ -344,7 +375,32 @@ mod tests {
             Some(NetConfig {
                 tap: "tap0".into(),
                 mac: Some(MacAddr([2, 0, 0, 0xaa, 0xbb, 0xcc])),
+                limits: RateLimits {
+                    rx: RateLimit {
+                        bytes_per_sec: 1 << 20,
+                        ..RateLimit::default()
+                    },
+                    tx: RateLimit {
+                        bytes_per_sec: 64 << 10,
+                        burst_bytes: 128 << 10,
+                        ops_per_sec: 1000,
+                        burst_ops: 10,
+                    },
+                },
             })
+        );
+        assert_eq!(
+            c.vsock_limits,
+            RateLimits {
+                rx: RateLimit {
+                    bytes_per_sec: 2 << 20,
+                    ..RateLimit::default()
+                },
+                tx: RateLimit {
+                    ops_per_sec: 500,
+                    ..RateLimit::default()
+                },
+            }
         );
         assert_eq!(
             c.fs,
@@ -371,6 +427,9 @@ vsock-uds = "v.sock"
 api-sock = "api.sock"
 net-tap = "tap0"
 net-mac = "02:00:00:aa:bb:cc"
+net-rx-rate-limit = "1M"
+net-tx-rate-limit = 65536
+vsock-tx-rate-limit = "64K,0,100"
 fs-socket = "fs.sock"
 fs-tag = "shared"
 no-acpi = true
@@ -403,6 +462,9 @@ no-seccomp = true
                 "--api-sock=api.sock",
                 "--net-tap=tap0",
                 "--net-mac=02:00:00:aa:bb:cc",
+                "--net-rx-rate-limit=1M",
+                "--net-tx-rate-limit=65536",
+                "--vsock-tx-rate-limit=64K,0,100",
                 "--fs-socket=fs.sock",
                 "--fs-tag=shared",
                 "--no-acpi",
@@ -538,10 +600,39 @@ no-seccomp = true
                 "01:00:00:00:00:01",
             ],
             &["--kernel", "k", "--boot-protocol", "efi"],
+            &["--kernel", "k", "--net-tx-rate-limit", "1M"],
+            &["--kernel", "k", "--vsock-rx-rate-limit", "1M"],
             &["--kernel", "k", "--bogus"],
         ] {
             let e = parse(std::iter::once("skerry-vmm").chain(bad.iter().copied())).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_rate_limits_are_one_line_errors_naming_the_flag() {
+        for (flag, value) in [
+            ("--net-rx-rate-limit", "fast"),
+            ("--net-tx-rate-limit", "1,2,3,4,5"),
+            ("--vsock-rx-rate-limit", "-1"),
+            ("--vsock-tx-rate-limit", "99999999999999999999"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let args = [
+                "skerry-vmm",
+                "--kernel=k",
+                "--net-tap=t",
+                "--vsock-cid=3",
+                "--vsock-uds=v",
+                &arg,
+            ];
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{flag} {value}: {e}");
+            let msg = first_line(&e);
+            assert!(
+                msg.contains(flag) && msg.contains("BYTES_PER_SEC"),
+                "{flag} {value}: {msg}"
+            );
         }
     }
 

@@ -22,6 +22,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError, REPLY_TIMEOUT};
 use crate::devices::virtio::net::{MacAddr, Net, NetError};
+use crate::devices::virtio::rate_limiter::RateLimits;
 use crate::devices::virtio::rng::{GetRandom, Rng, RngError};
 use crate::devices::virtio::transport::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::transport::{MmioInterrupt, MmioTransport, MmioTransportError};
@@ -115,6 +116,8 @@ pub struct VmConfig {
     pub block: Option<(std::path::PathBuf, bool)>,
     /// Add a virtio-vsock device: guest CID and host Unix socket path (hybrid vsock).
     pub vsock: Option<(u64, std::path::PathBuf)>,
+    /// Rate limits of the virtio-vsock device (default: none).
+    pub vsock_limits: RateLimits,
     /// Add a virtio-net device on a host tap.
     pub net: Option<NetConfig>,
     /// Add a virtio-fs device served by a vhost-user back end (virtiofsd).
@@ -137,6 +140,8 @@ pub struct NetConfig {
     pub tap: String,
     /// Guest MAC address; `None` = random, locally administered.
     pub mac: Option<MacAddr>,
+    /// Rate limits (default: none).
+    pub limits: RateLimits,
 }
 
 /// Highest vCPU count we accept.
@@ -277,11 +282,15 @@ pub fn run_vm(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<VmExi
         virtio.push(Arc::new(Mutex::new(block)));
     }
     if let Some((cid, uds)) = &config.vsock {
-        let vsock = Vsock::new(*cid, uds).map_err(VmmError::Vsock)?;
+        let vsock = Vsock::new(*cid, uds)
+            .and_then(|v| v.with_rate_limits(config.vsock_limits))
+            .map_err(VmmError::Vsock)?;
         virtio.push(Arc::new(Mutex::new(vsock)));
     }
     if let Some(net) = &config.net {
-        let net = Net::with_tap(&net.tap, net.mac).map_err(VmmError::Net)?;
+        let net = Net::with_tap(&net.tap, net.mac)
+            .and_then(|n| n.with_rate_limits(net.limits))
+            .map_err(VmmError::Net)?;
         virtio.push(Arc::new(Mutex::new(net)));
     }
     let mut vhost_sockets = Vec::new();
@@ -543,6 +552,9 @@ pub fn seccomp_filter(vhost_sockets: Option<&[RawFd]>) -> Result<ThreadFilter, S
         allow("recvfrom", libc::SYS_recvfrom),
         allow("sendto", libc::SYS_sendto),
         allow("shutdown", libc::SYS_shutdown),
+        // Rate limiters: arm their timers; read the clock if the vDSO cannot.
+        allow("timerfd_settime", libc::SYS_timerfd_settime),
+        allow("clock_gettime", libc::SYS_clock_gettime),
         // Debug builds only: std checks that an fd being closed is open.
         #[cfg(debug_assertions)]
         allow("fcntl", libc::SYS_fcntl),

@@ -127,10 +127,17 @@ impl BackendChoice {
     }
 
     /// Refuses software emulation when `cfg` requires hardware
-    /// virtualisation.
+    /// virtualisation, and QEMU when `cfg` sets rate limits (which only
+    /// skerry-vmm applies).
     pub fn allowed_by(&self, cfg: &HypervisorConfig) -> Result<(), super::HypervisorError> {
         if cfg.require_hardware_virtualization && !self.hardware_isolated() {
             return Err(super::HypervisorError::SoftwareEmulation(self.summary()));
+        }
+        if let (Backend::Qemu { .. }, Some(key)) = (self.backend, cfg.rate_limits_set().first()) {
+            return Err(super::HypervisorError::RateLimitUnsupported {
+                key,
+                choice: self.summary(),
+            });
         }
         Ok(())
     }
@@ -342,5 +349,25 @@ mod tests {
         let native = choose_backend(&required, KvmKind::Native);
         assert!(native.hardware_isolated());
         native.allowed_by(&required).unwrap();
+    }
+
+    #[test]
+    fn rate_limits_refuse_qemu_when_auto_picks_it() {
+        let limited = HypervisorConfig {
+            vsock_rate_limit_mib_per_sec: 5,
+            ..HypervisorConfig::default()
+        };
+        choose_backend(&limited, KvmKind::Native)
+            .allowed_by(&limited)
+            .unwrap();
+        let err = choose_backend(&limited, KvmKind::None)
+            .allowed_by(&limited)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("hypervisor.vsock_rate_limit_mib_per_sec needs skerry-vmm")
+                && err.contains("on qemu with TCG: no usable KVM"),
+            "{err}"
+        );
     }
 }

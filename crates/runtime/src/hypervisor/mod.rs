@@ -182,6 +182,15 @@ pub enum HypervisorError {
          software emulation ({0}), which is not a hardware isolation boundary"
     )]
     SoftwareEmulation(String),
+    /// Rate limits are set but the VM would run on QEMU, which has no
+    /// virtio-net or vsock rate limiter.
+    #[error("hypervisor.{key} needs skerry-vmm, but this VM would run on {choice} (QEMU has no virtio-net or vsock rate limiter; set it to 0 or make skerry-vmm usable)")]
+    RateLimitUnsupported {
+        /// The config key that is set.
+        key: &'static str,
+        /// The backend chosen, and why.
+        choice: String,
+    },
     /// KVM is needed (by the named backend) but cannot be used.
     #[error("{0} needs KVM, but /dev/kvm is not usable")]
     KvmUnavailable(choice::Backend),

@@ -148,6 +148,10 @@ struct JailPlan {
     net: Option<NetSpec>,
     /// RLIMIT_FSIZE of the VMM, bytes: its log and the guest RAM's memfd.
     file_size_max: u64,
+    /// Rate limit of the NIC, each direction, in MiB/s (0 = none).
+    net_rate_limit_mib: u32,
+    /// Rate limit of the vsock, each direction, in MiB/s (0 = none).
+    vsock_rate_limit_mib: u32,
 }
 
 /// A file's base name as the VMM is told it (UTF-8).
@@ -207,6 +211,8 @@ impl JailPlan {
             memory_mib: spec.memory_mib,
             net: spec.net.clone(),
             file_size_max: cfg.helper_log_max_kib * 1024 + guest_ram_file(spec.memory_mib),
+            net_rate_limit_mib: cfg.net_rate_limit_mib_per_sec,
+            vsock_rate_limit_mib: cfg.vsock_rate_limit_mib_per_sec,
         })
     }
 
@@ -313,6 +319,13 @@ fn jailer_args(p: &JailPlan) -> Vec<OsString> {
         "--fs-tag".into(),
         skerry_protocol::SHARED_FS_TAG.into(),
     ];
+    // Each direction gets the limit, with one second's worth of burst.
+    let limit = |device: &str, mib: u32| {
+        ["rx", "tx"].map(|dir| [format!("--{device}-{dir}-rate-limit"), format!("{mib}M")])
+    };
+    if p.vsock_rate_limit_mib > 0 {
+        vmm.extend(limit("vsock", p.vsock_rate_limit_mib).concat());
+    }
     if let Some(net) = &p.net {
         vmm.extend([
             "--net-tap".into(),
@@ -320,6 +333,9 @@ fn jailer_args(p: &JailPlan) -> Vec<OsString> {
             "--net-mac".into(),
             net.mac.clone(),
         ]);
+        if p.net_rate_limit_mib > 0 {
+            vmm.extend(limit("net", p.net_rate_limit_mib).concat());
+        }
     }
     args.push("--".into());
     args.extend(vmm.into_iter().map(OsString::from));
@@ -700,6 +716,52 @@ mod tests {
         let none = plan(None);
         assert_eq!(none.cgroup_dir(), None);
         assert!(!strings(jailer_args(&none)).contains(&"--cgroup-version".to_string()));
+        assert!(!strings(jailer_args(&none)).join(" ").contains("rate-limit"));
+    }
+
+    #[test]
+    fn rate_limits_reach_the_vmm_for_each_direction() {
+        let cfg = HypervisorConfig {
+            net_rate_limit_mib_per_sec: 100,
+            vsock_rate_limit_mib_per_sec: 8,
+            ..HypervisorConfig::default()
+        };
+        let with_net = VmSpec {
+            net: Some(NetSpec {
+                netns: "/var/run/netns/pod".into(),
+                tap: "tapsk0123456789".into(),
+                mac: "02:00:00:aa:bb:cc".into(),
+            }),
+            ..spec()
+        };
+        let p = JailPlan::new(&cfg, &with_net, "/x/skerry-vmm".into(), None).unwrap();
+        let args = strings(jailer_args(&p));
+        let at = args.iter().position(|a| a == "--fs-tag").unwrap() + 2;
+        assert_eq!(
+            args[at..],
+            [
+                "--vsock-rx-rate-limit",
+                "8M",
+                "--vsock-tx-rate-limit",
+                "8M",
+                "--net-tap",
+                "tapsk0123456789",
+                "--net-mac",
+                "02:00:00:aa:bb:cc",
+                "--net-rx-rate-limit",
+                "100M",
+                "--net-tx-rate-limit",
+                "100M",
+            ]
+        );
+        // Without a NIC there is no net limit to pass (the VMM would refuse it).
+        let p = JailPlan::new(&cfg, &spec(), "/x/skerry-vmm".into(), None).unwrap();
+        let args = strings(jailer_args(&p)).join(" ");
+        assert!(
+            args.ends_with("--vsock-rx-rate-limit 8M --vsock-tx-rate-limit 8M"),
+            "{args}"
+        );
+        assert!(!args.contains("--net-"), "{args}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod block;
 pub mod fs;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 #[cfg(test)]
 pub mod testutil;
@@ -209,9 +210,16 @@ pub trait VirtioDevice: Send {
     }
     /// Handles readiness of [`VirtioDevice::backend_fd`].
     fn process_backend(&mut self) {}
+    /// Timer fds (of its [`rate_limiter::RateLimiter`]s) the VMM loop must watch.
+    fn timer_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Handles readiness of any of [`VirtioDevice::timer_fds`].
+    fn process_timer(&mut self) {}
 }
 
 const BACKEND_EVENT: u32 = u32::MAX;
+const TIMER_EVENT: u32 = u32::MAX - 1;
 
 /// Runs a device's queue handling on the VMM thread's event loop.
 pub struct VirtioEventHandler(pub Arc<Mutex<dyn VirtioDevice>>);
@@ -219,15 +227,17 @@ pub struct VirtioEventHandler(pub Arc<Mutex<dyn VirtioDevice>>);
 impl MutEventSubscriber for VirtioEventHandler {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let mut dev = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if events.data() == BACKEND_EVENT {
-            dev.process_backend();
-            return;
-        }
-        let index = events.data() as usize;
-        if let Some(evt) = dev.queue_events().get(index) {
-            // Draining a non-blocking eventfd; EAGAIN just means a spurious wake-up.
-            let _ = evt.read();
-            dev.process_queue(index);
+        match events.data() {
+            BACKEND_EVENT => dev.process_backend(),
+            TIMER_EVENT => dev.process_timer(),
+            index => {
+                let index = index as usize;
+                if let Some(evt) = dev.queue_events().get(index) {
+                    // Draining a non-blocking eventfd; EAGAIN just means a spurious wake-up.
+                    let _ = evt.read();
+                    dev.process_queue(index);
+                }
+            }
         }
     }
 
@@ -250,6 +260,11 @@ impl MutEventSubscriber for VirtioEventHandler {
                 dev.backend_events(),
             )) {
                 log::error!("cannot watch the device back end: {e}");
+            }
+        }
+        for fd in dev.timer_fds() {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, TIMER_EVENT, EventSet::IN)) {
+                log::error!("cannot watch a rate limiter timer: {e}");
             }
         }
     }

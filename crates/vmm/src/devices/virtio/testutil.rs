@@ -41,6 +41,24 @@ impl VirtioInterrupt for RecordingInterrupt {
     }
 }
 
+/// Waits up to `ms` milliseconds for any of `fds` to be readable (as the VMM loop's epoll
+/// does); returns whether one is.
+pub fn wait_readable(fds: &[std::os::fd::RawFd], ms: i32) -> bool {
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let epoll = Epoll::new().unwrap();
+    for fd in fds {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(EventSet::IN, *fd as u64),
+            )
+            .unwrap();
+    }
+    let mut events = [EpollEvent::default(); 4];
+    epoll.wait(ms, &mut events).unwrap() > 0
+}
+
 /// A raw split descriptor.
 pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))

@@ -5,6 +5,9 @@
 //! The tap fd is watched edge-triggered: a readable edge (or the driver adding RX buffers)
 //! makes the device read frames until the tap is empty or the guest has no buffers left; when
 //! it stops for its per-call bound instead, it notifies its own RX queue so the loop comes back.
+//!
+//! Each direction may have a [`RateLimiter`]: while it is dry the device leaves the guest's
+//! TX chains in the ring and the host's frames in the tap, and its timer brings the loop back.
 
 pub mod tap;
 
@@ -20,6 +23,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::rate_limiter::{self, RateLimiter, RateLimits};
 use super::rng::{EntropySource, GetRandom};
 use super::{ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
@@ -52,6 +56,9 @@ pub enum NetError {
     /// No random MAC address could be drawn.
     #[error("cannot draw a random MAC address")]
     Random(#[source] std::io::Error),
+    /// A rate limiter's timer could not be created.
+    #[error("cannot create a net rate limiter timer")]
+    RateLimiter(#[source] std::io::Error),
 }
 
 /// A unicast Ethernet address, written `AA:BB:CC:DD:EE:FF`.
@@ -124,6 +131,10 @@ pub struct NetMetrics {
     pub failed_requests: u64,
     /// Times the device had to ask for a reset (broken rings).
     pub resets_requested: u64,
+    /// Times the RX rate limit started holding host frames back.
+    pub rx_throttled: u64,
+    /// Times the TX rate limit started holding guest frames back.
+    pub tx_throttled: u64,
 }
 
 /// The virtio-net device.
@@ -134,6 +145,8 @@ pub struct Net {
     acked: u64,
     active: Option<ActiveQueues>,
     buf: Vec<u8>,
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
     /// Counters.
     pub metrics: NetMetrics,
 }
@@ -173,8 +186,18 @@ impl Net {
             acked: 0,
             active: None,
             buf: vec![0; VNET_HDR_LEN + MAX_FRAME],
+            rx_limiter: None,
+            tx_limiter: None,
             metrics: NetMetrics::default(),
         })
+    }
+
+    /// The device with `limits` on its RX (tap → guest) and TX (guest → tap) bytes and frames
+    /// (before it is registered on the event loop, which then watches the limiters' timers).
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Result<Self, NetError> {
+        self.rx_limiter = RateLimiter::new(limits.rx).map_err(NetError::RateLimiter)?;
+        self.tx_limiter = RateLimiter::new(limits.tx).map_err(NetError::RateLimiter)?;
+        Ok(self)
     }
 
     /// A device on the tap `name` (see [`Tap::open`]) with address `mac` (default: random,
@@ -192,10 +215,15 @@ impl Net {
     fn process_tx(&mut self, a: &mut ActiveQueues) -> bool {
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
+            // Throttled: the chains stay in the ring until the limiter's timer fires.
+            if !rate_limiter::admit(&mut self.tx_limiter, &mut self.metrics.tx_throttled) {
+                break;
+            }
             let Some(chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken) else {
                 break;
             };
             let head = chain.head_index();
+            let mut sent = 0;
             match buffers(&a.mem, chain, false, VNET_HDR_LEN + MAX_FRAME) {
                 Some((bufs, total)) if total >= VNET_HDR_LEN + MIN_FRAME => {
                     let pkt = &mut self.buf[..total];
@@ -212,8 +240,9 @@ impl Net {
                         // One write is one frame: all or nothing.
                         match self.tap.write(pkt) {
                             Ok(n) if n == total => {
+                                sent = (total - VNET_HDR_LEN) as u64;
                                 self.metrics.tx_frames += 1;
-                                self.metrics.tx_bytes += (total - VNET_HDR_LEN) as u64;
+                                self.metrics.tx_bytes += sent;
                             }
                             _ => self.metrics.tx_dropped += 1,
                         }
@@ -223,6 +252,7 @@ impl Net {
                 }
                 _ => self.metrics.failed_requests += 1,
             }
+            rate_limiter::charge(&mut self.tx_limiter, sent);
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
                 a.broken = true;
                 break;
@@ -236,6 +266,10 @@ impl Net {
     fn process_rx(&mut self, a: &mut ActiveQueues) -> bool {
         let mut used = false;
         for _ in 0..a.queues[RX].size() {
+            // Throttled: frames wait in the tap until the limiter's timer fires.
+            if !rate_limiter::admit(&mut self.rx_limiter, &mut self.metrics.rx_throttled) {
+                return used;
+            }
             // No buffers (the driver's next RX notification brings us back), or a broken ring.
             let Some(chain) = super::next_chain(&mut a.queues[RX], &a.mem, &mut a.broken) else {
                 return used;
@@ -269,6 +303,7 @@ impl Net {
                 // Too big for this buffer (the driver sized it for a 1500-byte MTU): drop the
                 // frame, keep the chain for the next one.
                 self.metrics.rx_dropped += 1;
+                rate_limiter::charge(&mut self.rx_limiter, 0);
                 a.queues[RX].go_to_previous_position();
                 continue;
             }
@@ -292,6 +327,8 @@ impl Net {
                 self.metrics.failed_requests += 1;
                 0
             };
+            let delivered = u64::from(written).saturating_sub(VNET_HDR_LEN as u64);
+            rate_limiter::charge(&mut self.rx_limiter, delivered);
             if a.queues[RX].add_used(&a.mem, head, written).is_err() {
                 a.broken = true;
                 return used;
@@ -371,6 +408,24 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self) {
         self.run(false);
+    }
+
+    fn timer_fds(&self) -> Vec<RawFd> {
+        [&self.rx_limiter, &self.tx_limiter]
+            .into_iter()
+            .flatten()
+            .map(RateLimiter::fd)
+            .collect()
+    }
+
+    fn process_timer(&mut self) {
+        for l in [&mut self.rx_limiter, &mut self.tx_limiter]
+            .into_iter()
+            .flatten()
+        {
+            l.timer_fired();
+        }
+        self.run(true);
     }
 }
 

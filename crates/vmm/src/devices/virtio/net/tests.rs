@@ -13,8 +13,11 @@ use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::devices::virtio::rate_limiter::{RateLimit, RateLimits};
 use crate::devices::virtio::testutil::host::{bind_packet, ifreq, packet_socket, set_up};
-use crate::devices::virtio::testutil::{desc, RecordingInterrupt, Rings, F_NEXT, F_WRITE};
+use crate::devices::virtio::testutil::{
+    desc, wait_readable, RecordingInterrupt, Rings, F_NEXT, F_WRITE,
+};
 
 const QSIZE: u16 = 16;
 const MEM: usize = 4 << 20;
@@ -36,8 +39,15 @@ struct H {
 }
 
 fn harness(tap: File) -> H {
+    harness_limited(tap, RateLimits::default())
+}
+
+fn harness_limited(tap: File, limits: RateLimits) -> H {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-    let mut dev = Net::new(tap, MAC).unwrap();
+    let mut dev = Net::new(tap, MAC)
+        .unwrap()
+        .with_rate_limits(limits)
+        .unwrap();
     dev.set_acked_features(VIRTIO_F_VERSION_1 | F_MAC);
     let (rx, rxq) = Rings::at(RXQ, QSIZE);
     let (tx, txq) = Rings::at(TXQ, QSIZE);
@@ -57,11 +67,18 @@ fn harness(tap: File) -> H {
 
 /// The device on one end of a datagram socket pair; the test holds the other ("the tap").
 fn socket_harness() -> (H, UnixDatagram) {
+    socket_harness_limited(RateLimits::default())
+}
+
+fn socket_harness_limited(limits: RateLimits) -> (H, UnixDatagram) {
     let (dev_end, host) = UnixDatagram::pair().unwrap();
     dev_end.set_nonblocking(true).unwrap();
     host.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    (harness(File::from(OwnedFd::from(dev_end))), host)
+    (
+        harness_limited(File::from(OwnedFd::from(dev_end)), limits),
+        host,
+    )
 }
 
 /// A 12-byte zero header (no offloads) followed by an Ethernet frame carrying `payload`.
@@ -84,7 +101,7 @@ impl H {
 
     /// Sends `pkt` as header + frame descriptors (the Linux driver's layout).
     fn send(&mut self, pkt: &[u8]) {
-        let addr = BUFS + 0x10_0000 + u64::from(self.tx_next) * 0x1_0000;
+        let addr = BUFS + 0x10_0000 + u64::from(self.tx_next % QSIZE) * 0x1_0000;
         self.mem.write_slice(pkt, GuestAddress(addr)).unwrap();
         let n = self.tx_next;
         self.tx_chain(&[
@@ -465,4 +482,146 @@ fn rx_from_a_real_tap_lands_in_a_guest_buffer() {
         unsafe { libc::poll(&mut pfd, 1, 100) };
         h.dev.process_backend();
     }
+}
+
+/// Rate of the limited tests' buckets (bytes/s) and their burst.
+const RATE: u64 = 256 << 10;
+const BURST: u64 = 32 << 10;
+
+fn limit(bytes_per_sec: u64, burst_bytes: u64) -> RateLimit {
+    RateLimit {
+        bytes_per_sec,
+        burst_bytes,
+        ..RateLimit::default()
+    }
+}
+
+/// The guest keeps its TX ring full of `pkt` (notifying for each chain it adds) and the host
+/// drains the tap, until `done(bytes the host got, time)`. The device runs only on those
+/// notifications and, as in the VMM loop, when a limiter's timer is readable. Returns the
+/// bytes and the time taken.
+fn flood_tx(
+    h: &mut H,
+    host: &UnixDatagram,
+    pkt: &[u8],
+    done: impl Fn(u64, Duration) -> bool,
+) -> (u64, Duration) {
+    host.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut got = 0u64;
+    let mut queued = 0u16;
+    let mut buf = vec![0u8; 4096];
+    while !done(got, start.elapsed()) {
+        assert!(start.elapsed() < Duration::from_secs(5), "stalled at {got}");
+        // Two descriptors a chain: at most QSIZE / 2 chains in flight (and no more per turn
+        // than the host's datagram queue holds).
+        let in_flight = queued.wrapping_sub(h.tx.used_idx(&h.mem));
+        for _ in in_flight..QSIZE / 2 {
+            h.send(pkt);
+            queued = queued.wrapping_add(1);
+        }
+        while let Ok(n) = host.recv(&mut buf) {
+            got += (n - VNET_HDR_LEN) as u64;
+        }
+        if wait_readable(&h.dev.timer_fds(), 1) {
+            h.dev.process_timer();
+        }
+    }
+    (got, start.elapsed())
+}
+
+#[test]
+fn a_guest_flooding_tx_is_held_to_the_rate_and_loses_nothing() {
+    let (mut h, host) = socket_harness_limited(RateLimits {
+        tx: limit(RATE, BURST),
+        ..RateLimits::default()
+    });
+    assert_eq!(h.dev.timer_fds().len(), 1);
+    let pkt = packet(&[0x5a; 1000]);
+    let frame = (pkt.len() - VNET_HDR_LEN) as u64;
+    let (got, took) = flood_tx(&mut h, &host, &pkt, |_, t| t >= Duration::from_millis(500));
+    let allowed = BURST + (RATE as f64 * took.as_secs_f64()) as u64 + frame;
+    assert!(
+        got <= allowed,
+        "{got} bytes in {took:?}, at most {allowed} allowed"
+    );
+    assert!(
+        got >= allowed / 2,
+        "{got} bytes in {took:?}: the device did not resume"
+    );
+    // Held back, not dropped: every chain the device took reached the host; the rest wait.
+    let m = h.dev.metrics;
+    assert!(m.tx_throttled > 0);
+    assert_eq!((m.tx_dropped, m.failed_requests), (0, 0));
+    assert_eq!(m.tx_bytes, got);
+    assert_eq!(u64::from(h.tx.used_idx(&h.mem)), m.tx_frames);
+    assert!(
+        h.tx_next / 2 > h.tx.used_idx(&h.mem),
+        "no chains left waiting"
+    );
+    assert!(!h.irq.needs_reset.load(Ordering::SeqCst));
+}
+
+#[test]
+fn sending_1_mib_takes_the_time_the_bucket_allows() {
+    // 2 MiB/s with a 256 KiB burst: the last 768 KiB take 375 ms.
+    let (mut h, host) = socket_harness_limited(RateLimits {
+        tx: limit(2 << 20, 256 << 10),
+        ..RateLimits::default()
+    });
+    let pkt = packet(&[0xa5; 1400]);
+    let (got, took) = flood_tx(&mut h, &host, &pkt, |got, _| got >= 1 << 20);
+    assert!(got < (1 << 20) + 2 * 1414);
+    assert!(
+        took >= Duration::from_millis(360) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn without_a_limit_the_same_flood_is_not_throttled() {
+    let (mut h, host) = socket_harness();
+    assert!(h.dev.timer_fds().is_empty());
+    let pkt = packet(&[0x5a; 1000]);
+    let (got, took) = flood_tx(&mut h, &host, &pkt, |_, t| t >= Duration::from_millis(200));
+    let limited = BURST + (RATE as f64 * took.as_secs_f64()) as u64 + 1014;
+    assert!(got > 2 * limited, "{got} bytes in {took:?}");
+    assert_eq!(h.dev.metrics.tx_throttled, 0);
+    assert_eq!(h.dev.metrics.tx_bytes, got);
+}
+
+#[test]
+fn rx_from_a_flooding_host_is_held_to_the_rate() {
+    let (mut h, host) = socket_harness_limited(RateLimits {
+        rx: limit(RATE, BURST),
+        ..RateLimits::default()
+    });
+    host.set_nonblocking(true).unwrap();
+    let pkt = packet(&[0x3c; 1000]);
+    h.give_rx(QSIZE);
+    let start = Instant::now();
+    let mut returned = 0u16;
+    while start.elapsed() < Duration::from_millis(500) {
+        // The host sends until its queue is full; each send is a readable edge of the tap.
+        while host.send(&pkt).is_ok() {}
+        h.dev.process_backend();
+        // The guest hands back the buffers it got.
+        let used = h.rx.used_idx(&h.mem);
+        h.give_rx(used.wrapping_sub(returned));
+        returned = used;
+        if wait_readable(&h.dev.timer_fds(), 1) {
+            h.dev.process_timer();
+        }
+    }
+    let took = start.elapsed();
+    let m = h.dev.metrics;
+    let allowed = BURST + (RATE as f64 * took.as_secs_f64()) as u64 + 1014;
+    assert!(m.rx_bytes <= allowed, "{} bytes in {took:?}", m.rx_bytes);
+    assert!(
+        m.rx_bytes >= allowed / 2,
+        "{} bytes in {took:?}",
+        m.rx_bytes
+    );
+    assert!(m.rx_throttled > 0);
+    assert_eq!((m.rx_dropped, m.failed_requests), (0, 0));
 }

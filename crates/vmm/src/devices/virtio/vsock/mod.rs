@@ -1,5 +1,11 @@
 //! virtio-vsock with the hybrid Unix-socket back end ([`muxer`]). Queues: 0 = RX (device →
 //! guest), 1 = TX (guest → device), 2 = events (unused: no transport reset events yet).
+//!
+//! Each direction may have a [`RateLimiter`]. A dry TX limiter leaves the guest's packets in
+//! the ring (its control packets too: they share it); a dry RX limiter leaves host data in the
+//! host sockets, but control packets (connection set-up, credit updates, resets) still go out
+//! uncharged, so a limit in one direction never stalls the other. The limiter's timer brings
+//! the loop back.
 
 pub mod muxer;
 
@@ -12,7 +18,8 @@ use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use self::muxer::{Hdr, Muxer, MuxerError};
+use self::muxer::{Hdr, Muxer, MuxerError, OP_RW};
+use super::rate_limiter::{self, RateLimiter, RateLimits};
 use super::{ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 /// Device type of a vsock device.
@@ -36,6 +43,9 @@ pub enum VsockError {
     /// The host back end.
     #[error("vsock back end")]
     Muxer(#[from] MuxerError),
+    /// A rate limiter's timer could not be created.
+    #[error("cannot create a vsock rate limiter timer")]
+    RateLimiter(#[source] std::io::Error),
 }
 
 /// The virtio-vsock device.
@@ -45,8 +55,14 @@ pub struct Vsock {
     acked: u64,
     muxer: Muxer,
     active: Option<ActiveQueues>,
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
     /// Guest packets that could not be parsed.
     pub bad_packets: u64,
+    /// Times the RX rate limit started holding host data back.
+    pub rx_throttled: u64,
+    /// Times the TX rate limit started holding guest packets back.
+    pub tx_throttled: u64,
 }
 
 impl Vsock {
@@ -62,8 +78,21 @@ impl Vsock {
             acked: 0,
             muxer: Muxer::new(cid, uds)?,
             active: None,
+            rx_limiter: None,
+            tx_limiter: None,
             bad_packets: 0,
+            rx_throttled: 0,
+            tx_throttled: 0,
         })
+    }
+
+    /// The device with `limits` on its RX (host → guest) and TX (guest → host) payload bytes
+    /// and packets (before it is registered on the event loop, which then watches the
+    /// limiters' timers).
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Result<Self, VsockError> {
+        self.rx_limiter = RateLimiter::new(limits.rx).map_err(VsockError::RateLimiter)?;
+        self.tx_limiter = RateLimiter::new(limits.tx).map_err(VsockError::RateLimiter)?;
+        Ok(self)
     }
 
     /// The back end's counters.
@@ -77,6 +106,9 @@ impl Vsock {
         };
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
+            if !rate_limiter::admit(&mut self.tx_limiter, &mut self.tx_throttled) {
+                break;
+            }
             let Some(mut chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken)
             else {
                 break;
@@ -103,8 +135,12 @@ impl Vsock {
                         }
                     }
                     self.muxer.guest_packet(&h, &data);
+                    rate_limiter::charge(&mut self.tx_limiter, data.len() as u64);
                 }
-                Err(_) => self.bad_packets += 1,
+                Err(_) => {
+                    self.bad_packets += 1;
+                    rate_limiter::charge(&mut self.tx_limiter, 0);
+                }
             }
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
                 a.broken = true;
@@ -121,6 +157,12 @@ impl Vsock {
         };
         let mut used = false;
         while self.muxer.has_control() || self.muxer.has_readable() {
+            // Throttled, only control packets go (the muxer hands them out first).
+            if !rate_limiter::admit(&mut self.rx_limiter, &mut self.rx_throttled)
+                && !self.muxer.has_control()
+            {
+                break;
+            }
             let Some(mut chain) = super::next_chain(&mut a.queues[RX], &a.mem, &mut a.broken)
             else {
                 break;
@@ -155,6 +197,9 @@ impl Vsock {
                 .set_len(data.len() as u32);
             if let Some(s) = pkt.data_slice() {
                 s.copy_from(&data[..]);
+            }
+            if h.op == OP_RW {
+                rate_limiter::charge(&mut self.rx_limiter, data.len() as u64);
             }
             let len = (PKT_HEADER_SIZE + data.len()) as u32;
             if a.queues[RX].add_used(&a.mem, head, len).is_err() {
@@ -226,6 +271,24 @@ impl VirtioDevice for Vsock {
     fn process_backend(&mut self) {
         self.muxer.process_host_events();
         self.run(false);
+    }
+
+    fn timer_fds(&self) -> Vec<RawFd> {
+        [&self.rx_limiter, &self.tx_limiter]
+            .into_iter()
+            .flatten()
+            .map(RateLimiter::fd)
+            .collect()
+    }
+
+    fn process_timer(&mut self) {
+        for l in [&mut self.rx_limiter, &mut self.tx_limiter]
+            .into_iter()
+            .flatten()
+        {
+            l.timer_fired();
+        }
+        self.run(true);
     }
 }
 

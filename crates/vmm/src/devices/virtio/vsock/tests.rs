@@ -13,7 +13,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::muxer::*;
 use super::*;
-use crate::devices::virtio::testutil::{desc, RecordingInterrupt, F_NEXT, F_WRITE};
+use crate::devices::virtio::rate_limiter::{RateLimit, RateLimits};
+use crate::devices::virtio::testutil::{desc, wait_readable, RecordingInterrupt, F_NEXT, F_WRITE};
 
 const CID: u64 = 42;
 const QSIZE: u16 = 256;
@@ -115,10 +116,17 @@ fn add_chain(
 }
 
 fn harness() -> H {
+    harness_limited(RateLimits::default())
+}
+
+fn harness_limited(limits: RateLimits) -> H {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
-    let mut dev = Vsock::new(CID, &uds).unwrap();
+    let mut dev = Vsock::new(CID, &uds)
+        .unwrap()
+        .with_rate_limits(limits)
+        .unwrap();
     dev.set_acked_features(VIRTIO_F_VERSION_1);
     let mut rings = Vec::new();
     let queues: Vec<Queue> = [RXQ, TXQ, EVQ]
@@ -520,4 +528,181 @@ fn config_space_holds_the_guest_cid() {
         Vsock::new(2, &h.uds.with_extension("x")),
         Err(VsockError::Cid(2))
     ));
+}
+
+const RATE: u64 = 128 << 10;
+const BURST: u64 = 16 << 10;
+
+fn limit() -> RateLimit {
+    RateLimit {
+        bytes_per_sec: RATE,
+        burst_bytes: BURST,
+        ..RateLimit::default()
+    }
+}
+
+/// Connects guest port 1 to a host listener on port `port`; returns the host's end and where
+/// the guest's credit ends.
+fn connect(h: &mut H, port: u32) -> (UnixStream, UnixListener, u32) {
+    h.give_rx(32);
+    let listener = UnixListener::bind(format!("{}_{port}", h.uds.display())).unwrap();
+    h.send(hdr(OP_REQUEST, 1, port), &[]);
+    let (peer, _) = listener.accept().unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let got = h.take_rx();
+    let resp = got[0].0;
+    assert_eq!(resp.op, OP_RESPONSE);
+    h.give_rx(1);
+    (peer, listener, resp.fwd_cnt.wrapping_add(resp.buf_alloc))
+}
+
+/// The guest sends 4 KiB data packets on its connection as fast as its credit allows (at
+/// most 16 in the ring), the host peer reads everything, for `window`. The device runs on
+/// the guest's notifications, the host's readiness and, as in the VMM loop, its limiters'
+/// timers. Returns the bytes the host read and the time taken.
+fn flood_vsock_tx(h: &mut H, window: Duration) -> (u64, Duration) {
+    let (mut peer, _listener, mut credit_end) = connect(h, 70);
+    let chunk = vec![0x77u8; 4096];
+    let (mut sent, mut got) = (0u32, 0u64);
+    let mut queued: u16 = h.mem.read_obj(h.tx.used.unchecked_add(2)).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let start = std::time::Instant::now();
+    while start.elapsed() < window {
+        let used: u16 = h.mem.read_obj(h.tx.used.unchecked_add(2)).unwrap();
+        for _ in queued.wrapping_sub(used)..16 {
+            if credit_end.wrapping_sub(sent) < chunk.len() as u32 {
+                break;
+            }
+            h.send(hdr(OP_RW, 1, 70), &chunk);
+            sent = sent.wrapping_add(chunk.len() as u32);
+            queued = queued.wrapping_add(1);
+        }
+        while let Ok(n) = peer.read(&mut buf) {
+            assert!(n > 0, "the host side was closed");
+            got += n as u64;
+        }
+        h.dev.process_backend();
+        let rx = h.take_rx();
+        for (x, _) in &rx {
+            assert_ne!(x.op, OP_RST, "{x:?}");
+            credit_end = x.fwd_cnt.wrapping_add(x.buf_alloc);
+        }
+        h.give_rx(rx.len() as u16);
+        if wait_readable(&h.dev.timer_fds(), 1) {
+            h.dev.process_timer();
+        }
+    }
+    let took = start.elapsed();
+    // What the device wrote before the end, the host reads now.
+    while let Ok(n) = peer.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    (got, took)
+}
+
+#[test]
+fn a_guest_flooding_vsock_tx_is_held_to_the_rate() {
+    let mut h = harness_limited(RateLimits {
+        tx: limit(),
+        ..RateLimits::default()
+    });
+    assert_eq!(h.dev.timer_fds().len(), 1);
+    let (got, took) = flood_vsock_tx(&mut h, Duration::from_millis(500));
+    // The burst, the refill, and the packet that went into debt (and one of clock slack).
+    let allowed = BURST + (RATE as f64 * took.as_secs_f64()) as u64 + 2 * 4096;
+    assert!(
+        got <= allowed,
+        "{got} bytes in {took:?}, at most {allowed} allowed"
+    );
+    assert!(
+        got >= allowed / 2,
+        "{got} bytes in {took:?}: the device did not resume"
+    );
+    assert!(h.dev.tx_throttled > 0);
+    // Everything the device took reached the host; nothing was rejected.
+    let m = h.dev.metrics();
+    assert_eq!(
+        (m.tx_bytes, m.buffered_bytes, m.rejected_packets),
+        (got, 0, 0)
+    );
+    assert_eq!(h.dev.bad_packets, 0);
+}
+
+#[test]
+fn without_a_limit_the_same_vsock_flood_is_not_throttled() {
+    let mut h = harness();
+    assert!(h.dev.timer_fds().is_empty());
+    let (got, took) = flood_vsock_tx(&mut h, Duration::from_millis(200));
+    let limited = BURST + (RATE as f64 * took.as_secs_f64()) as u64 + 4096;
+    assert!(got > 2 * limited, "{got} bytes in {took:?}");
+    assert_eq!(h.dev.tx_throttled, 0);
+}
+
+#[test]
+fn host_data_is_held_to_the_rx_rate_but_control_packets_still_pass() {
+    let mut h = harness_limited(RateLimits {
+        rx: limit(),
+        ..RateLimits::default()
+    });
+    let (mut peer, _listener, _) = connect(&mut h, 71);
+    let chunk = vec![0x42u8; 16 << 10];
+    let (mut got, mut read_by_guest) = (0u64, 0u32);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(500) {
+        // The host writes as much as its socket takes.
+        while peer.write(&chunk).is_ok() {}
+        h.dev.process_backend();
+        h.dev.process_queue(0);
+        let rx = h.take_rx();
+        h.give_rx(rx.len() as u16);
+        for (x, data) in &rx {
+            assert_eq!(x.op, OP_RW, "{x:?}");
+            got += data.len() as u64;
+            read_by_guest = read_by_guest.wrapping_add(data.len() as u32);
+        }
+        // The guest reads what it got and says so, keeping its credit open.
+        if !rx.is_empty() {
+            let mut upd = hdr(OP_CREDIT_UPDATE, 1, 71);
+            upd.fwd_cnt = read_by_guest;
+            h.send(upd, &[]);
+        }
+        if wait_readable(&h.dev.timer_fds(), 1) {
+            h.dev.process_timer();
+        }
+    }
+    let took = start.elapsed();
+    let allowed = BURST + (RATE as f64 * took.as_secs_f64()) as u64 + 64 * 1024;
+    assert!(
+        got <= allowed,
+        "{got} bytes in {took:?}, at most {allowed} allowed"
+    );
+    assert!(got >= (BURST + RATE / 2) / 2, "{got} bytes in {took:?}");
+    assert!(h.dev.rx_throttled > 0);
+    assert_eq!(h.dev.metrics().rx_bytes, got);
+    // Throttled now (the host keeps writing), yet a new connection is answered at once.
+    let mut throttled = false;
+    for _ in 0..100 {
+        while peer.write(&chunk).is_ok() {}
+        h.dev.process_backend();
+        h.take_rx();
+        h.give_rx(4);
+        if h.dev.rx_limiter.as_ref().is_some_and(|l| l.is_blocked()) {
+            throttled = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(throttled);
+    let other = UnixListener::bind(format!("{}_72", h.uds.display())).unwrap();
+    h.send(hdr(OP_REQUEST, 2, 72), &[]);
+    let _conn = other.accept().unwrap();
+    let rx = h.take_rx();
+    assert!(
+        rx.iter()
+            .any(|(x, _)| x.op == OP_RESPONSE && x.dst_port == 2),
+        "{rx:?}"
+    );
 }
