@@ -360,6 +360,8 @@ impl World {
     /// virtiofsd, vsock back end), but not containerd itself.
     pub fn processes(&self) -> Vec<String> {
         let needle = self.tmp.path().to_string_lossy().to_string();
+        let name = self.tmp.path().file_name().unwrap().to_string_lossy();
+        let cgroup_needle = format!("-{name}/");
         let skip = [std::process::id(), self.containerd.id()];
         let mut found = vec![];
         for entry in fs::read_dir("/proc").unwrap().flatten() {
@@ -370,8 +372,11 @@ impl World {
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            // A VM's helpers name only their run dir (under /run/skerry-vm):
+            // they are this world's by the host cgroup (`/<namespace>/<id>`).
+            let cgroup = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
             if !skip.contains(&pid)
-                && cmdline.contains(&needle)
+                && (cmdline.contains(&needle) || cgroup.contains(&cgroup_needle))
                 && !cmdline.contains("/usr/bin/ctr")
             {
                 found.push(format!("{pid}: {cmdline}"));
