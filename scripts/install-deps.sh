@@ -14,7 +14,13 @@ apt-get install -y -qq \
     libseccomp-dev libcap-ng-dev pkg-config gcc libc6-dev >/dev/null
 echo "install-deps: apt packages ready"
 
-# Back ends QEMU runs beside each sandbox VM.
-cargo install --locked --quiet virtiofsd vhost-device-vsock
+# Back ends QEMU runs beside each sandbox VM. vhost-device-vsock runs as the
+# VM's own uid, which cannot search root's ~/.cargo/bin: it goes to
+# /usr/local/bin, and an older copy in ~/.cargo/bin (first in PATH) goes away.
+cargo install --locked --quiet virtiofsd
+cargo install --locked --quiet --root /usr/local vhost-device-vsock
+if [[ -e $HOME/.cargo/bin/vhost-device-vsock ]]; then
+    cargo uninstall --quiet vhost-device-vsock
+fi
 command -v cargo-nextest >/dev/null || cargo install --locked --quiet cargo-nextest
 echo "install-deps: virtiofsd, vhost-device-vsock, cargo-nextest ready"

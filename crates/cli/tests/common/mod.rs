@@ -150,7 +150,7 @@ impl World {
             .unwrap();
         let root = tmp.path().join("r");
         let config = tmp.path().join("config.toml");
-        fs::write(&config, config::skerry_config(image, tmp.path())).unwrap();
+        fs::write(&config, config::skerry_config(image)).unwrap();
         Self {
             tmp,
             root,

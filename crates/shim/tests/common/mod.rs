@@ -142,7 +142,7 @@ impl World {
         )
         .unwrap();
         let config = dir.join("skerry.toml");
-        fs::write(&config, config::skerry_config(&image_dir(), dir) + extra).unwrap();
+        fs::write(&config, config::skerry_config(&image_dir()) + extra).unwrap();
         let (ctd_config, socket) = containerd::write_config(dir);
         let containerd = start_containerd(dir, &ctd_config);
         let w = Self {
