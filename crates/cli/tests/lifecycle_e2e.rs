@@ -1062,6 +1062,62 @@ fn vm_host_cgroup_holds_every_vm_process_and_follows_update_and_delete() {
     w.assert_clean("hc");
 }
 
+/// A guest that floods its share and spawns many tasks does it inside its
+/// host cgroup: virtiofsd's writes for the guest (400 MiB into a volume) are
+/// charged to the sandbox's cgroup, whose peak stays at its memory limit
+/// (guest RAM + overhead), and its tasks stay under pids.max, however many
+/// processes the guest runs.
+#[test]
+fn vm_a_flooding_guest_stays_within_its_host_cgroup() {
+    require_vm!();
+    let w = World::new();
+    let volume = w.tmp.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let script = "dd if=/dev/zero of=/vol/big bs=1M count=400 2>/dev/null; \
+                  for j in 1 2 3 4 5 6 7 8; do cat /vol/big > /dev/null & done; wait; \
+                  i=0; while [ $i -lt 300 ]; do sleep 600 & i=$((i+1)); done; \
+                  touch /tmp/ready; exec sleep 1000";
+    let dir = w.bundle("fl", &["sh", "-c", script]);
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"destination": "/vol", "type": "bind",
+                                 "source": volume, "options": ["rbind", "rw"]}));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    w.create(&dir, "fl");
+    assert!(w.run(&["start", "fl"]).status.success());
+    wait_ready(&w, &dir);
+    assert_eq!(
+        std::fs::metadata(volume.join("big")).unwrap().len(),
+        400 << 20,
+        "the guest's write reached the volume"
+    );
+    let path = w.cgroup_path("fl");
+    let limit: u64 = host_cgroup_file("memory", "memory.limit_in_bytes", "memory.max", &path)
+        .parse()
+        .unwrap();
+    let peak: u64 = host_cgroup_file("memory", "memory.max_usage_in_bytes", "memory.peak", &path)
+        .parse()
+        .unwrap();
+    assert_eq!(limit, 512 << 20);
+    assert!(peak <= limit, "peak {peak} over the limit {limit}");
+    // virtiofsd's page cache for the guest's 400 MiB is charged here: the
+    // cgroup filled up to its limit, beyond what the guest's RAM alone holds.
+    assert!(peak > 300 << 20, "peak {peak}: virtiofsd's work is not charged to the VM");
+    let tasks: u64 = host_cgroup_file("pids", "pids.current", "pids.current", &path)
+        .parse()
+        .unwrap();
+    let max: u64 = host_cgroup_file("pids", "pids.max", "pids.max", &path)
+        .parse()
+        .unwrap();
+    assert!(tasks <= max && tasks < 300, "{tasks} host tasks (max {max})");
+    assert!(w.run(&["delete", "--force", "fl"]).status.success());
+    w.assert_clean("fl");
+}
+
 /// A line of `/proc/<pid>/status` (`"Uid"` → its value), if the process runs.
 fn proc_status(pid: i32, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
