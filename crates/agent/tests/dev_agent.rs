@@ -1,6 +1,9 @@
 //! Runs the real agent binary in development mode (Unix socket, no VM) and drives it over
 //! ttrpc with busybox containers. Needs root and /bin/busybox; skips otherwise.
 
+#[path = "../../../tests/support/skip.rs"]
+mod skip_rule;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -98,7 +101,7 @@ async fn read_all(c: &pb::AgentClient, id: &str, exec: &str) -> Vec<u8> {
 #[tokio::test(flavor = "current_thread")]
 async fn containers_run_in_a_development_agent() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
-        eprintln!("skipped: needs root and /bin/busybox");
+        skip_rule::skip("needs root and /bin/busybox");
         return;
     }
     let dir = std::env::temp_dir().join(format!("skerry-dev-agent-{}", std::process::id()));

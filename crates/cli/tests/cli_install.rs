@@ -1,6 +1,9 @@
 //! `deploy/install.sh`: puts the binaries, a guest image and the config in
 //! place under a staging root, says what it changed, and is idempotent.
 
+#[path = "../../../tests/support/skip.rs"]
+mod skip_rule;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -50,7 +53,7 @@ fn install_puts_everything_in_place_once() {
     let bin_dir = match built_binaries() {
         Ok(dir) => dir,
         Err(reason) => {
-            eprintln!("SKIPPED: {reason}");
+            skip_rule::skip(&reason);
             return;
         }
     };

@@ -85,13 +85,14 @@ int main(int argc, char **argv) {
 /// Skips the calling test when gcc cannot build a static helper here.
 macro_rules! require_gcc {
     () => {
-        if Command::new("gcc").arg("--version").output().is_err() {
-            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("probe test cannot run: gcc not installed");
-            }
-            eprintln!("SKIPPED: gcc not installed (the probes need a static helper)");
-            return;
-        }
+        skip_if!(
+            Command::new("gcc")
+                .arg("--version")
+                .output()
+                .is_err()
+                .then(|| "gcc not installed (the probes need a static helper)"),
+            "probe test"
+        );
     };
 }
 

@@ -820,6 +820,10 @@ fn readonly_path(root: BorrowedFd<'_>, p: &str) -> Result<(), InitError> {
 }
 
 #[cfg(test)]
+#[path = "../../../tests/support/skip.rs"]
+mod skip_rule;
+
+#[cfg(test)]
 mod tests {
     use std::os::unix::fs::{symlink, FileTypeExt};
 
@@ -851,7 +855,7 @@ mod tests {
     #[test]
     fn rootfs_setup_pivots_and_populates_dev() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (mount namespaces, mknod, pivot_root)");
+            skip_rule::skip("needs root (mount namespaces, mknod, pivot_root)");
             return;
         }
         let rootfs = std::env::temp_dir().join(format!("skerry-init-test-{}", std::process::id()));
@@ -943,7 +947,7 @@ mod tests {
     fn is_root() -> bool {
         let root = nix::unistd::geteuid().is_root();
         if !root {
-            eprintln!("skipped: needs root (mount namespaces, mknod, pivot_root)");
+            skip_rule::skip("needs root (mount namespaces, mknod, pivot_root)");
         }
         root
     }

@@ -6,17 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[path = "../../../tests/support/skip.rs"]
+mod skip_rule;
+
 fn require(cond: Result<(), String>) -> bool {
-    match cond {
-        Ok(()) => true,
-        Err(reason) => {
-            if std::env::var("SKERRY_E2E_REQUIRED").as_deref() == Ok("1") {
-                panic!("required test cannot run: {reason}");
-            }
-            println!("SKIPPED: {reason}");
-            false
-        }
-    }
+    cond.map_err(|reason| skip_rule::skip(&reason)).is_ok()
 }
 
 fn root() -> Result<(), String> {

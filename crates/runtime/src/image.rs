@@ -944,7 +944,7 @@ mod tests {
         {
             Ok(out) => out,
             Err(_) => {
-                eprintln!("skipping: cpio not installed");
+                crate::skip_rule::skip("cpio not installed");
                 return;
             }
         };

@@ -2,6 +2,10 @@
 //! hypervisor backends, guest image and host checks.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+#[path = "../../../tests/support/skip.rs"]
+mod skip_rule;
+
 pub mod agent_client;
 pub mod bundle;
 pub mod check;

@@ -6,6 +6,10 @@
 //! [`seccomp`] (per-thread filters), [`vmm`] (VM assembly and the event loop), [`api`]
 //! (control API thread; filter only so far), [`exit`] (how a VM ended → exit status), [`control`] (pause/resume hand-shake).
 
+#[cfg(test)]
+#[path = "../../../tests/support/skip.rs"]
+mod skip_rule;
+
 pub mod acpi;
 pub mod api;
 pub mod arch;

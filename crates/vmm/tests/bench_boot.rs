@@ -79,7 +79,7 @@ fn bench_start_to_first_serial_byte_and_rss() {
         .output()
         .is_ok();
     if !qemu {
-        println!("SKIPPED: qemu-system-x86_64 not found, no comparison");
+        common::skip_rule::skip("qemu-system-x86_64 not found, no comparison");
         return;
     }
     let theirs: Vec<(Duration, u64)> = (0..runs)

@@ -6,6 +6,10 @@
 mod config;
 #[path = "../../../../tests/support/containerd.rs"]
 pub mod containerd;
+#[path = "../../../../tests/support/guest.rs"]
+pub mod guest;
+#[path = "../../../../tests/support/skip.rs"]
+pub mod skip;
 
 use std::{
     fs,
@@ -91,10 +95,7 @@ pub fn plain_skip_reason() -> Option<String> {
 macro_rules! skip_if {
     ($reason:expr, $what:literal) => {
         if let Some(reason) = $reason {
-            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("{} cannot run: {reason}", $what);
-            }
-            eprintln!("SKIPPED: {reason}");
+            $crate::common::skip::skip(&format!("{}: {reason}", $what));
             return;
         }
     };

@@ -184,7 +184,7 @@ mod tests {
     #[tokio::test]
     async fn a_helper_cannot_grow_its_log_past_the_limit() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: a helper's new network namespace needs root");
+            crate::skip_rule::skip("a helper's new network namespace needs root");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -6,14 +6,9 @@ use std::path::{Path, PathBuf};
 
 use skerry_runtime::hypervisor::VmSpec;
 
-/// Prints why the test is skipped; under `SKERRY_E2E_REQUIRED=1` (set by
-/// scripts/test.sh) a skip is a failure.
-pub fn skip(reason: &str) {
-    if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-        panic!("VM test cannot run: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
+#[path = "../../../../tests/support/skip.rs"]
+mod skip_rule;
+pub use skip_rule::skip;
 
 /// A two-thread tokio runtime for one test.
 pub fn runtime() -> tokio::runtime::Runtime {

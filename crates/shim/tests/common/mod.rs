@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 mod config;
 #[path = "../../../../tests/support/containerd.rs"]
 mod containerd;
+#[path = "../../../../tests/support/guest.rs"]
+pub mod guest;
+#[path = "../../../../tests/support/skip.rs"]
+pub mod skip;
 
 pub const RUNTIME: &str = "io.containerd.skerry.v2";
 pub const IMAGE: &str = "localhost/bb:latest";
@@ -84,20 +88,15 @@ macro_rules! require_host {
 /// Skips a terminal test where `script` (bsdutils) is missing.
 macro_rules! require_script {
     () => {
-        if !Path::new("/usr/bin/script").exists() {
-            eprintln!("SKIPPED: /usr/bin/script (bsdutils) is needed for a terminal");
-            return;
-        }
+        require!((!Path::new("/usr/bin/script").exists())
+            .then(|| "/usr/bin/script (bsdutils) is needed for a terminal"))
     };
 }
 
 macro_rules! require {
     ($reason:expr) => {
         if let Some(reason) = $reason {
-            if std::env::var_os("SKERRY_E2E_REQUIRED").is_some() {
-                panic!("VM test cannot run: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
+            $crate::common::skip::skip(&reason);
             return;
         }
     };

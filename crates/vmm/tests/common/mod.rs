@@ -13,17 +13,11 @@ use std::time::{Duration, Instant};
 /// Returns false (after printing `SKIPPED: reason`) when the test cannot run here; panics
 /// instead when `SKERRY_E2E_REQUIRED=1`.
 pub fn require(cond: Result<(), String>) -> bool {
-    match cond {
-        Ok(()) => true,
-        Err(reason) => {
-            if std::env::var("SKERRY_E2E_REQUIRED").as_deref() == Ok("1") {
-                panic!("required test cannot run: {reason}");
-            }
-            println!("SKIPPED: {reason}");
-            false
-        }
-    }
+    cond.map_err(|reason| skip_rule::skip(&reason)).is_ok()
 }
+
+#[path = "../../../../tests/support/skip.rs"]
+pub mod skip_rule;
 
 /// Whether /dev/kvm can be opened read-write and answers KVM_GET_API_VERSION.
 pub fn kvm_usable() -> Result<(), String> {

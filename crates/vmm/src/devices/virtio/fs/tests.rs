@@ -27,7 +27,7 @@ fn daemon() -> Option<Virtiofsd> {
     let bin = match virtiofsd() {
         Ok(bin) => bin,
         Err(reason) => {
-            println!("SKIPPED: {reason}");
+            crate::skip_rule::skip(&reason);
             return None;
         }
     };

@@ -405,7 +405,7 @@ fn tap_test_setup(name: &str) -> Option<HostSide> {
     match host_side(name) {
         Ok(s) => Some(s),
         Err(reason) => {
-            println!("SKIPPED: {reason}");
+            crate::skip_rule::skip(&reason);
             None
         }
     }
