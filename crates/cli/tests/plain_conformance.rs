@@ -747,8 +747,45 @@ fn mounts() {
             unchanged,
             "touch /x 2>&1; awk '$5 == \"/\" {print $6}' /proc/self/mountinfo",
         ),
+        // CRI's recursive forms (libcontainer knows only the plain ones).
+        case(
+            "rootfs-rslave",
+            |s, _| s["linux"]["rootfsPropagation"] = "rslave".into(),
+            ROOT_PROPAGATION,
+        ),
+        Case {
+            name: "rootfs-shared",
+            edit: |s, _| s["linux"]["rootfsPropagation"] = "shared".into(),
+            script: ROOT_PROPAGATION,
+            known: Some(SHARED_ROOT),
+        },
+        Case {
+            name: "rootfs-rshared",
+            edit: |s, _| s["linux"]["rootfsPropagation"] = "rshared".into(),
+            script: ROOT_PROPAGATION,
+            known: Some(SHARED_ROOT),
+        },
+        case(
+            "rootfs-rprivate",
+            |s, _| s["linux"]["rootfsPropagation"] = "rprivate".into(),
+            ROOT_PROPAGATION,
+        ),
     ]);
 }
+
+/// libcontainer's container `/` with a shared rootfs propagation is shared
+/// (a peer of the host mount, as the spec asks); runc's shows no peer group.
+const SHARED_ROOT: Known = Known {
+    reason: "libcontainer leaves the container's / shared for (r)shared; runc's has no peer group",
+    runc: &["root"],
+    skerry: &["shared root"],
+};
+
+/// The propagation of the container's `/` (its mountinfo optional fields
+/// without their peer group numbers: `shared`, `master`, or none).
+const ROOT_PROPAGATION: &str = "awk '$5 == \"/\" {for (i = 7; $i != \"-\"; i++) \
+                                {sub(/:.*/, \"\", $i); printf \"%s \", $i}; print \"root\"}' \
+                                /proc/self/mountinfo";
 
 #[test]
 fn masked_and_readonly_paths() {

@@ -192,6 +192,52 @@ fn lc_error<'a>(
     }
 }
 
+/// The bundle directory libcontainer creates the container from: the
+/// bundle itself, or, when `linux.rootfsPropagation` is one of the recursive
+/// forms runc and CRI use (`rshared`, `rslave`, `rprivate`, `runbindable`),
+/// which libcontainer 0.7 does not know, a copy of its config.json in the
+/// container's state dir with the plain form and an absolute root
+/// (libcontainer's remount of `/` is recursive either way).
+fn libcontainer_bundle(
+    store: &StateStore,
+    id: &str,
+    bundle: &Bundle,
+) -> Result<PathBuf, PlainError> {
+    let Some(linux) = bundle.spec.linux() else {
+        return Ok(bundle.dir.clone());
+    };
+    let Some(plain) = linux
+        .rootfs_propagation()
+        .as_deref()
+        .and_then(|p| p.strip_prefix('r'))
+        .filter(|p| ["shared", "slave", "private", "unbindable"].contains(p))
+    else {
+        return Ok(bundle.dir.clone());
+    };
+    let dir = store.dir(id).join("bundle");
+    let io = |path: &Path, source| PlainError::Io {
+        id: id.into(),
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::create_dir(&dir).map_err(|e| io(&dir, e))?;
+    let mut spec = bundle.spec.clone();
+    let mut linux = linux.clone();
+    linux.set_rootfs_propagation(Some(plain.to_string()));
+    spec.set_linux(Some(linux));
+    if let Some(mut root) = spec.root().clone() {
+        root.set_path(bundle.rootfs.clone());
+        spec.set_root(Some(root));
+    }
+    let config = dir.join("config.json");
+    spec.save(&config).map_err(|source| PlainError::Spec {
+        id: id.into(),
+        path: config,
+        source,
+    })?;
+    Ok(dir)
+}
+
 fn lc_root(store: &StateStore, id: &str) -> PathBuf {
     store.dir(id).join(LIBCONTAINER_DIR)
 }
@@ -339,7 +385,7 @@ fn create_in(
         opts.preserve_fds,
         stdio,
     )?
-    .as_init(&bundle.dir)
+    .as_init(libcontainer_bundle(store, id, bundle)?)
     .with_systemd(false)
     .with_detach(opts.detached)
     .with_no_pivot(opts.no_pivot)
