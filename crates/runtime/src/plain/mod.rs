@@ -37,6 +37,7 @@ use skerry_container::{cgroup_file, security::SecurityError};
 use skerry_protocol::StatsContainerResponse;
 
 mod exec;
+mod setup;
 
 use crate::{
     bundle::Bundle,
@@ -377,7 +378,7 @@ fn create_in(
         path: root.clone(),
         source,
     })?;
-    let container = builder(
+    let init = builder(
         store,
         id,
         opts.pid_file.as_deref(),
@@ -388,9 +389,8 @@ fn create_in(
     .as_init(libcontainer_bundle(store, id, bundle)?)
     .with_systemd(false)
     .with_detach(opts.detached)
-    .with_no_pivot(opts.no_pivot)
-    .build()
-    .map_err(lc_error(id, "create"))?;
+    .with_no_pivot(opts.no_pivot);
+    let container = setup::build(|| init.build()).map_err(lc_error(id, "create"))?;
     let pid =
         container
             .pid()
@@ -573,11 +573,11 @@ pub fn exec_with_stdio(
         )
         .map(|b| b.with_executor(plan.executor))
         .and_then(|b| {
-            b.as_tenant()
+            let tenant = b
+                .as_tenant()
                 .with_detach(opts.detached)
-                .with_process(Some(&file))
-                .build()
-                .map_err(lc_error(id, "exec"))
+                .with_process(Some(&file));
+            setup::build(|| tenant.build()).map_err(lc_error(id, "exec"))
         });
         let _ = fs::remove_file(&file);
         pid
