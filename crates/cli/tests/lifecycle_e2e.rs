@@ -1120,6 +1120,27 @@ fn vm_a_flooding_guest_stays_within_its_host_cgroup() {
     w.assert_clean("fl");
 }
 
+/// A container with CAP_NET_ADMIN makes a bridge in its VM, as it can
+/// under runc (the guest image carries the bridge module; CRI's "adding
+/// capability NET_ADMIN" test runs `brctl addbr`).
+#[test]
+fn vm_a_net_admin_container_makes_a_bridge() {
+    require_vm!();
+    let w = World::new();
+    let dir = w.bundle(
+        "br",
+        &[
+            "sh",
+            "-c",
+            "brctl addbr br0 && ip link show br0 | grep -o 'br0: <[A-Z,]*>'",
+        ],
+    );
+    let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "br"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(stdout(&out), "br0: <BROADCAST,MULTICAST>\n");
+    w.assert_clean("br");
+}
+
 /// A line of `/proc/<pid>/status` (`"Uid"` → its value), if the process runs.
 fn proc_status(pid: i32, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

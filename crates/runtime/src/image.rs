@@ -29,6 +29,10 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_net",
     "virtio_balloon",
+    // Containers with NET_ADMIN make bridges (`ip link add type bridge`,
+    // `brctl addbr`), as they can under runc; the guest cannot load modules
+    // on demand.
+    "bridge",
 ];
 
 /// Debian's meta package that depends on the current cloud kernel.
@@ -975,6 +979,9 @@ kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio_balloon.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/net/llc/llc.ko:
+kernel/net/802/stp.ko: kernel/net/llc/llc.ko
+kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
 ";
 
     #[test]
@@ -1002,7 +1009,10 @@ kernel/drivers/virtio/virtio_balloon.ko: kernel/drivers/virtio/virtio.ko kernel/
                 "failover",
                 "net_failover",
                 "virtio_net",
-                "virtio_balloon"
+                "virtio_balloon",
+                "llc",
+                "stp",
+                "bridge"
             ]
         );
         // Every module comes after everything it depends on.

@@ -55,6 +55,8 @@ const APPLETS: &[&str] = &[
     "chmod",
     "readlink",
     "mknod",
+    "brctl",
+    "ip",
 ];
 
 /// Why the VM tests cannot run here, if they cannot.
