@@ -4,11 +4,19 @@
 //! sizes, exit status range) before the runtime acts on it, and every string it
 //! carries passes through [`guest_text`] here, before anything logs or shows it.
 
-use std::time::Duration;
+use std::{
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
 
 use skerry_protocol as proto;
-use tokio::net::UnixStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::UnixStream,
+};
 use ttrpc::context::{self, Context};
+use ttrpc::proto::{MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX};
 
 use crate::guest_text::guest_text;
 
@@ -98,6 +106,123 @@ impl<'a> Proc<'a> {
     }
 }
 
+/// The agent's stream, failing the connection at the header of a reply
+/// frame longer than ttrpc accepts. ttrpc itself reads and discards the
+/// whole declared length (up to 4 GiB a frame, at the agent's pace) before
+/// failing the call: a hostile agent would hold the call to its timeout and
+/// keep the host reading what it throws away.
+struct FrameLimit<S> {
+    inner: S,
+    /// The current frame's header: read from the agent up to `header_read`,
+    /// handed to ttrpc up to `header_given`.
+    header: [u8; MESSAGE_HEADER_LENGTH],
+    header_read: usize,
+    header_given: usize,
+    /// Bytes of the current frame's payload still to come.
+    payload_left: usize,
+}
+
+impl<S> FrameLimit<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            header: [0; MESSAGE_HEADER_LENGTH],
+            header_read: 0,
+            header_given: 0,
+            payload_left: 0,
+        }
+    }
+
+    fn declared_len(&self) -> usize {
+        u32::from_be_bytes([
+            self.header[0],
+            self.header[1],
+            self.header[2],
+            self.header[3],
+        ]) as usize
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FrameLimit<S> {
+    /// Reads no further than the end of the current header or payload, and
+    /// hands a header over only once it is whole and checked.
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if this.payload_left > 0 {
+            let want = buf.remaining().min(this.payload_left);
+            let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+            let n = part.filled().len();
+            this.payload_left -= n;
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        while this.header_read < MESSAGE_HEADER_LENGTH {
+            let mut part = ReadBuf::new(&mut this.header[this.header_read..]);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+            let n = part.filled().len();
+            if n == 0 {
+                // End of stream (ttrpc reports a short header as such).
+                return Poll::Ready(Ok(()));
+            }
+            this.header_read += n;
+        }
+        let len = this.declared_len();
+        if len > MESSAGE_LENGTH_MAX {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes exceeds the {MESSAGE_LENGTH_MAX} byte limit"),
+            )));
+        }
+        let n = buf
+            .remaining()
+            .min(MESSAGE_HEADER_LENGTH - this.header_given);
+        buf.put_slice(&this.header[this.header_given..this.header_given + n]);
+        this.header_given += n;
+        if this.header_given == MESSAGE_HEADER_LENGTH {
+            (this.header_read, this.header_given, this.payload_left) = (0, 0, len);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameLimit<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// A connected agent.
 #[derive(Clone)]
 pub struct AgentConn {
@@ -121,7 +246,7 @@ fn untimed() -> Context {
 impl AgentConn {
     /// Wraps a connected stream.
     pub fn new(stream: UnixStream) -> Self {
-        let socket = ttrpc::asynchronous::transport::Socket::new(stream);
+        let socket = ttrpc::asynchronous::transport::Socket::new(FrameLimit::new(stream));
         let client = ttrpc::asynchronous::Client::new(socket);
         Self {
             client: proto::AgentClient::new(client),
@@ -433,6 +558,43 @@ impl AgentConn {
 mod tests {
     use super::*;
     use crate::guest_text::GUEST_TEXT_MAX;
+
+    /// Frames pass through whole, read in pieces of any size; a header
+    /// declaring more than ttrpc accepts fails the read before any of it.
+    #[tokio::test]
+    async fn frames_pass_and_an_oversized_header_fails_the_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut wire = Vec::new();
+        for (len, id) in [(3u32, 1u32), (0, 3), (MESSAGE_LENGTH_MAX as u32, 5)] {
+            wire.extend_from_slice(&len.to_be_bytes());
+            wire.extend_from_slice(&id.to_be_bytes());
+            wire.extend_from_slice(&[2, 0]);
+            wire.extend((0..len).map(|i| i as u8));
+        }
+        let good = wire.len();
+        wire.extend_from_slice(&(MESSAGE_LENGTH_MAX as u32 + 1).to_be_bytes());
+        wire.extend_from_slice(&[0, 0, 0, 7, 2, 0, 0xaa]);
+        let (mut agent, host) = tokio::io::duplex(4096);
+        let writer = tokio::spawn({
+            let wire = wire.clone();
+            async move { agent.write_all(&wire).await }
+        });
+        let mut host = FrameLimit::new(host);
+        let mut seen = Vec::new();
+        let mut piece = [0u8; 7];
+        let err = loop {
+            match host.read(&mut piece).await {
+                Ok(0) => panic!("end of stream"),
+                Ok(n) => seen.extend_from_slice(&piece[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(seen, wire[..good]);
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("4194305 bytes"), "{err}");
+        drop(host);
+        let _ = writer.await;
+    }
 
     #[test]
     fn a_hostile_error_status_is_escaped_and_bounded() {

@@ -351,15 +351,138 @@ impl HostMounts for RecordingMounts {
     }
 }
 
+/// How the agent's end of the wire misbehaves when the host calls
+/// CreateContainer (in ways a ttrpc server cannot be made to).
+#[derive(Clone, Copy, Debug)]
+enum WireFault {
+    /// A header declaring a 1 GiB reply, then bytes at a steady pace.
+    Oversized,
+    /// A frame of sane length whose payload is not a ttrpc Response.
+    Garbage,
+    /// A well-formed Response whose payload is not a CreateContainerResponse.
+    WrongMessage,
+    /// A frame of a message type that does not exist.
+    UnknownType,
+    /// A well-formed reply on a stream the host never opened.
+    WrongStream,
+    /// Reads the request and hangs up.
+    Hangup,
+    /// A 4 MiB reply (the most ttrpc takes), one byte a second.
+    Trickle,
+}
+
+/// What the wire fault saw of the host.
+#[derive(Default)]
+struct WireLog {
+    /// Bytes of a hostile reply the host took (socket buffers included).
+    taken: std::sync::atomic::AtomicUsize,
+    /// The host closed its connection (or the fault did).
+    closed: watch::Sender<bool>,
+}
+
+/// Sits between the runtime and the fake agent, forwarding frames until
+/// CreateContainer, which it answers with `fault` itself.
+async fn wire_proxy(host: UnixStream, agent: PathBuf, fault: WireFault, log: Arc<WireLog>) {
+    use ttrpc::proto::{Codec, GenMessage, MessageHeader, Request, Response};
+    let (mut host_r, host_w) = host.into_split();
+    let host_w = Arc::new(Mutex::new(host_w));
+    let (mut agent_r, mut agent_w) = UnixStream::connect(&agent).await.unwrap().into_split();
+    let replies = tokio::spawn({
+        let host_w = Arc::clone(&host_w);
+        async move {
+            while let Ok(msg) = GenMessage::read_from(&mut agent_r).await {
+                if msg.write_to(&mut *host_w.lock().await).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    // Until the host hangs up (or the fault does).
+    while let Ok(msg) = GenMessage::read_from(&mut host_r).await {
+        let req = Request::decode(&msg.payload).unwrap();
+        if req.method != "CreateContainer" {
+            msg.write_to(&mut agent_w).await.unwrap();
+            continue;
+        }
+        let id = msg.header.stream_id;
+        let frame = |header: MessageHeader, payload: Vec<u8>| GenMessage { header, payload };
+        let mut w = host_w.lock().await;
+        let sent = match fault {
+            WireFault::Hangup => break,
+            WireFault::Garbage => {
+                frame(MessageHeader::new_response(id, 64), vec![0xff; 64])
+                    .write_to(&mut *w)
+                    .await
+            }
+            WireFault::WrongMessage | WireFault::WrongStream => {
+                let (id, payload) = match fault {
+                    // The host only opens odd streams.
+                    WireFault::WrongStream => {
+                        let resp = proto::CreateContainerResponse {
+                            pid: 7,
+                            ..Default::default()
+                        };
+                        (id + 1, Codec::encode(&resp).unwrap())
+                    }
+                    _ => (id, vec![0xff; 16]),
+                };
+                let resp = Response {
+                    payload,
+                    ..Default::default()
+                };
+                let bytes = Codec::encode(&resp).unwrap();
+                frame(MessageHeader::new_response(id, bytes.len() as u32), bytes)
+                    .write_to(&mut *w)
+                    .await
+            }
+            WireFault::UnknownType => {
+                let mut header = MessageHeader::new_response(id, 0);
+                header.type_ = 0x7f;
+                frame(header, vec![]).write_to(&mut *w).await
+            }
+            WireFault::Oversized | WireFault::Trickle => {
+                let (len, chunk, pace) = match fault {
+                    WireFault::Oversized => (1 << 30, 64 << 10, Duration::from_millis(10)),
+                    _ => (4 << 20, 1, Duration::from_secs(1)),
+                };
+                let header: Vec<u8> = MessageHeader::new_response(id, len).into();
+                // The header, then zeros, `chunk` bytes a `pace`, until the
+                // host stops reading and hangs up.
+                let mut bytes = header.into_iter().chain(std::iter::repeat(0));
+                loop {
+                    let piece: Vec<u8> = bytes.by_ref().take(chunk).collect();
+                    if w.write_all(&piece).await.is_err() {
+                        break;
+                    }
+                    log.taken
+                        .fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(pace).await;
+                }
+                break;
+            }
+        };
+        sent.unwrap();
+    }
+    replies.abort();
+    log.closed.send_replace(true);
+}
+
 struct Harness {
     _tmp: tempfile::TempDir,
     store: StateStore,
     bundle: PathBuf,
     launcher: FakeLauncher,
     mounts: RecordingMounts,
+    /// Set when the guest's end of the wire is a [`wire_proxy`].
+    wire: Option<Arc<WireLog>>,
 }
 
 async fn harness(args: &[&str]) -> Harness {
+    harness_with_wire(args, None).await
+}
+
+/// A harness whose agent connection passes through [`wire_proxy`] with `fault`.
+async fn harness_with_wire(args: &[&str], fault: Option<WireFault>) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = tmp.path().join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
@@ -400,6 +523,22 @@ async fn harness(args: &[&str]) -> Harness {
     server.start().await.unwrap();
     // Keep the server alive for the whole test.
     std::mem::forget(server);
+    let (agent_socket, wire) = match fault {
+        None => (agent_socket, None),
+        Some(fault) => {
+            let wire_socket = tmp.path().join("wire.sock");
+            let listener = tokio::net::UnixListener::bind(&wire_socket).unwrap();
+            let log = Arc::new(WireLog::default());
+            let proxy_log = Arc::clone(&log);
+            tokio::spawn(async move {
+                while let Ok((host, _)) = listener.accept().await {
+                    let log = Arc::clone(&proxy_log);
+                    tokio::spawn(wire_proxy(host, agent_socket.clone(), fault, log));
+                }
+            });
+            (wire_socket, Some(log))
+        }
+    };
     Harness {
         store: StateStore::new(tmp.path().join("root")),
         bundle,
@@ -408,6 +547,7 @@ async fn harness(args: &[&str]) -> Harness {
             vm_down,
         },
         mounts: RecordingMounts::default(),
+        wire,
         _tmp: tmp,
     }
 }
@@ -688,4 +828,102 @@ async fn one_sandbox_holds_several_containers_and_undoes_each_share() {
             format!("unmount {}", paths.share_rw.display()),
         ]
     );
+}
+
+/// Creates a container whose agent answers CreateContainer with `fault`:
+/// create fails within `within` with an error naming the call and `cause`,
+/// the monitor exits 1, no state is left, and the host lets go of the
+/// connection. (Where the connection is gone, DestroySandbox cannot power
+/// the guest off: 5 s of the time is the shutdown grace before the kill.)
+async fn create_fails_through(fault: WireFault, within: Duration, cause: &str) -> Arc<WireLog> {
+    let h = harness_with_wire(&["echo", "hi"], Some(fault)).await;
+    let id = format!("{fault:?}").to_lowercase();
+    let started = std::time::Instant::now();
+    let r = start_monitor(&h, &id).await;
+    let elapsed = started.elapsed();
+    assert!(
+        r.ready.starts_with("agent CreateContainer: "),
+        "{fault:?}: {}",
+        r.ready
+    );
+    assert!(r.ready.contains(cause), "{fault:?}: {}", r.ready);
+    assert!(r.ready.len() < 1024, "{fault:?}: {} bytes", r.ready.len());
+    assert!(
+        elapsed < within,
+        "{fault:?}: create failed after {elapsed:?}"
+    );
+    assert_eq!(r.monitor.await.unwrap(), 1);
+    assert!(!h.store.dir(&id).exists(), "state dir left behind");
+    let log = h.wire.unwrap();
+    let mut closed = log.closed.subscribe();
+    tokio::time::timeout(Duration::from_secs(5), closed.wait_for(|c| *c))
+        .await
+        .unwrap_or_else(|_| panic!("{fault:?}: the host kept the agent connection"))
+        .unwrap();
+    log
+}
+
+/// A reply declaring 1 GiB fails the call at its header: the host neither
+/// allocates nor reads (and discards) what the header declares.
+#[tokio::test]
+async fn an_oversized_reply_fails_the_call_at_its_header() {
+    let log = create_fails_through(
+        WireFault::Oversized,
+        Duration::from_secs(15),
+        "exceeds the 4194304 byte limit",
+    )
+    .await;
+    let taken = log.taken.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(taken < 16 << 20, "the host took {taken} bytes of the reply");
+}
+
+/// Bytes that are no ttrpc Response, a Response that holds no
+/// CreateContainerResponse, a frame of no known type: each fails the call
+/// at once.
+#[tokio::test]
+async fn a_malformed_reply_fails_the_call_at_once() {
+    for (fault, cause) in [
+        (WireFault::Garbage, "Unpack response error"),
+        (WireFault::WrongMessage, "Unpack get error"),
+        (WireFault::UnknownType, "malformed packet"),
+    ] {
+        create_fails_through(fault, Duration::from_secs(10), cause).await;
+    }
+}
+
+/// An agent hanging up mid-call fails the call when the close is seen, not
+/// at the call's timeout.
+#[tokio::test]
+async fn an_agent_hanging_up_mid_call_fails_it_at_once() {
+    create_fails_through(
+        WireFault::Hangup,
+        Duration::from_secs(15),
+        "connection failed",
+    )
+    .await;
+}
+
+/// A reply on a stream the host never opened is ignored; the call's timeout
+/// ends it.
+#[tokio::test]
+async fn a_reply_on_a_foreign_stream_leaves_the_call_to_its_timeout() {
+    create_fails_through(
+        WireFault::WrongStream,
+        Duration::from_secs(45),
+        "deadline elapsed",
+    )
+    .await;
+}
+
+/// A 4 MiB reply at one byte a second: the call's timeout ends it.
+#[tokio::test]
+async fn a_trickling_agent_is_cut_off_by_the_call_timeout() {
+    let log = create_fails_through(
+        WireFault::Trickle,
+        Duration::from_secs(45),
+        "deadline elapsed",
+    )
+    .await;
+    let taken = log.taken.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(taken < 64, "{taken} bytes in 30 s");
 }
