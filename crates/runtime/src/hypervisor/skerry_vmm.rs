@@ -644,6 +644,18 @@ mod tests {
         }
     }
 
+    /// [`spec`] with a pod NIC.
+    fn spec_with_net() -> VmSpec {
+        VmSpec {
+            net: Some(NetSpec {
+                netns: "/var/run/netns/pod".into(),
+                tap: "tapsk0123456789".into(),
+                mac: "02:00:00:aa:bb:cc".into(),
+            }),
+            ..spec()
+        }
+    }
+
     fn plan(cgroup: Option<Cgroup>) -> JailPlan {
         let cfg = HypervisorConfig::default();
         JailPlan::new(&cfg, &spec(), "/usr/local/bin/skerry-vmm".into(), cgroup).unwrap()
@@ -726,14 +738,7 @@ mod tests {
             vsock_rate_limit_mib_per_sec: 8,
             ..HypervisorConfig::default()
         };
-        let with_net = VmSpec {
-            net: Some(NetSpec {
-                netns: "/var/run/netns/pod".into(),
-                tap: "tapsk0123456789".into(),
-                mac: "02:00:00:aa:bb:cc".into(),
-            }),
-            ..spec()
-        };
+        let with_net = spec_with_net();
         let p = JailPlan::new(&cfg, &with_net, "/x/skerry-vmm".into(), None).unwrap();
         let args = strings(jailer_args(&p));
         let at = args.iter().position(|a| a == "--fs-tag").unwrap() + 2;
@@ -792,14 +797,7 @@ mod tests {
     #[test]
     fn a_pod_nic_puts_the_vmm_in_the_pod_netns_on_its_tap() {
         let cfg = HypervisorConfig::default();
-        let with_net = VmSpec {
-            net: Some(NetSpec {
-                netns: "/var/run/netns/pod".into(),
-                tap: "tapsk0123456789".into(),
-                mac: "02:00:00:aa:bb:cc".into(),
-            }),
-            ..spec()
-        };
+        let with_net = spec_with_net();
         let p = JailPlan::new(&cfg, &with_net, "/x/skerry-vmm".into(), None).unwrap();
         let args = strings(jailer_args(&p)).join(" ");
         let (jail, vmm) = args.split_once(" -- ").unwrap();

@@ -267,6 +267,41 @@ impl RateLimiter {
     }
 }
 
+/// A device's limiters, one per direction (none: unlimited).
+#[derive(Default)]
+pub struct Limiters {
+    /// Host → guest.
+    pub rx: Option<RateLimiter>,
+    /// Guest → host.
+    pub tx: Option<RateLimiter>,
+}
+
+impl Limiters {
+    /// Limiters for `limits` (none for an unlimited direction).
+    pub fn new(limits: RateLimits) -> std::io::Result<Self> {
+        Ok(Self {
+            rx: RateLimiter::new(limits.rx)?,
+            tx: RateLimiter::new(limits.tx)?,
+        })
+    }
+
+    /// The timer fds of the limiters there are, for the event loop.
+    pub fn timer_fds(&self) -> Vec<RawFd> {
+        [&self.rx, &self.tx]
+            .into_iter()
+            .flatten()
+            .map(RateLimiter::fd)
+            .collect()
+    }
+
+    /// Lets every limiter see that its timer fired.
+    pub fn timer_fired(&mut self) {
+        for l in [&mut self.rx, &mut self.tx].into_iter().flatten() {
+            l.timer_fired();
+        }
+    }
+}
+
 /// Whether `limiter` (none: unlimited) admits one more request; adds one to `throttled`
 /// each time it starts holding the device back.
 pub fn admit(limiter: &mut Option<RateLimiter>, throttled: &mut u64) -> bool {

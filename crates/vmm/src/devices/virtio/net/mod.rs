@@ -6,7 +6,7 @@
 //! makes the device read frames until the tap is empty or the guest has no buffers left; when
 //! it stops for its per-call bound instead, it notifies its own RX queue so the loop comes back.
 //!
-//! Each direction may have a [`RateLimiter`]: while it is dry the device leaves the guest's
+//! Each direction may have a [`RateLimiter`](super::rate_limiter::RateLimiter): while it is dry the device leaves the guest's
 //! TX chains in the ring and the host's frames in the tap, and its timer brings the loop back.
 
 pub mod tap;
@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::rate_limiter::{self, RateLimiter, RateLimits};
+use super::rate_limiter::{self, Limiters, RateLimits};
 use super::rng::{EntropySource, GetRandom};
 use super::{ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
@@ -145,8 +145,7 @@ pub struct Net {
     acked: u64,
     active: Option<ActiveQueues>,
     buf: Vec<u8>,
-    rx_limiter: Option<RateLimiter>,
-    tx_limiter: Option<RateLimiter>,
+    limiters: Limiters,
     /// Counters.
     pub metrics: NetMetrics,
 }
@@ -186,8 +185,7 @@ impl Net {
             acked: 0,
             active: None,
             buf: vec![0; VNET_HDR_LEN + MAX_FRAME],
-            rx_limiter: None,
-            tx_limiter: None,
+            limiters: Limiters::default(),
             metrics: NetMetrics::default(),
         })
     }
@@ -195,8 +193,7 @@ impl Net {
     /// The device with `limits` on its RX (tap → guest) and TX (guest → tap) bytes and frames
     /// (before it is registered on the event loop, which then watches the limiters' timers).
     pub fn with_rate_limits(mut self, limits: RateLimits) -> Result<Self, NetError> {
-        self.rx_limiter = RateLimiter::new(limits.rx).map_err(NetError::RateLimiter)?;
-        self.tx_limiter = RateLimiter::new(limits.tx).map_err(NetError::RateLimiter)?;
+        self.limiters = Limiters::new(limits).map_err(NetError::RateLimiter)?;
         Ok(self)
     }
 
@@ -216,7 +213,7 @@ impl Net {
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
             // Throttled: the chains stay in the ring until the limiter's timer fires.
-            if !rate_limiter::admit(&mut self.tx_limiter, &mut self.metrics.tx_throttled) {
+            if !rate_limiter::admit(&mut self.limiters.tx, &mut self.metrics.tx_throttled) {
                 break;
             }
             let Some(chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken) else {
@@ -252,7 +249,7 @@ impl Net {
                 }
                 _ => self.metrics.failed_requests += 1,
             }
-            rate_limiter::charge(&mut self.tx_limiter, sent);
+            rate_limiter::charge(&mut self.limiters.tx, sent);
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
                 a.broken = true;
                 break;
@@ -267,7 +264,7 @@ impl Net {
         let mut used = false;
         for _ in 0..a.queues[RX].size() {
             // Throttled: frames wait in the tap until the limiter's timer fires.
-            if !rate_limiter::admit(&mut self.rx_limiter, &mut self.metrics.rx_throttled) {
+            if !rate_limiter::admit(&mut self.limiters.rx, &mut self.metrics.rx_throttled) {
                 return used;
             }
             // No buffers (the driver's next RX notification brings us back), or a broken ring.
@@ -303,7 +300,7 @@ impl Net {
                 // Too big for this buffer (the driver sized it for a 1500-byte MTU): drop the
                 // frame, keep the chain for the next one.
                 self.metrics.rx_dropped += 1;
-                rate_limiter::charge(&mut self.rx_limiter, 0);
+                rate_limiter::charge(&mut self.limiters.rx, 0);
                 a.queues[RX].go_to_previous_position();
                 continue;
             }
@@ -328,7 +325,7 @@ impl Net {
                 0
             };
             let delivered = u64::from(written).saturating_sub(VNET_HDR_LEN as u64);
-            rate_limiter::charge(&mut self.rx_limiter, delivered);
+            rate_limiter::charge(&mut self.limiters.rx, delivered);
             if a.queues[RX].add_used(&a.mem, head, written).is_err() {
                 a.broken = true;
                 return used;
@@ -411,20 +408,11 @@ impl VirtioDevice for Net {
     }
 
     fn timer_fds(&self) -> Vec<RawFd> {
-        [&self.rx_limiter, &self.tx_limiter]
-            .into_iter()
-            .flatten()
-            .map(RateLimiter::fd)
-            .collect()
+        self.limiters.timer_fds()
     }
 
     fn process_timer(&mut self) {
-        for l in [&mut self.rx_limiter, &mut self.tx_limiter]
-            .into_iter()
-            .flatten()
-        {
-            l.timer_fired();
-        }
+        self.limiters.timer_fired();
         self.run(true);
     }
 }

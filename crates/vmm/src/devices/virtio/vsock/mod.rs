@@ -1,7 +1,7 @@
 //! virtio-vsock with the hybrid Unix-socket back end ([`muxer`]). Queues: 0 = RX (device →
 //! guest), 1 = TX (guest → device), 2 = events (unused: no transport reset events yet).
 //!
-//! Each direction may have a [`RateLimiter`]. A dry TX limiter leaves the guest's packets in
+//! Each direction may have a [`RateLimiter`](super::rate_limiter::RateLimiter). A dry TX limiter leaves the guest's packets in
 //! the ring (its control packets too: they share it); a dry RX limiter leaves host data in the
 //! host sockets, but control packets (connection set-up, credit updates, resets) still go out
 //! uncharged, so a limit in one direction never stalls the other. The limiter's timer brings
@@ -19,7 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::muxer::{Hdr, Muxer, MuxerError, OP_RW};
-use super::rate_limiter::{self, RateLimiter, RateLimits};
+use super::rate_limiter::{self, Limiters, RateLimits};
 use super::{ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 /// Device type of a vsock device.
@@ -55,8 +55,7 @@ pub struct Vsock {
     acked: u64,
     muxer: Muxer,
     active: Option<ActiveQueues>,
-    rx_limiter: Option<RateLimiter>,
-    tx_limiter: Option<RateLimiter>,
+    limiters: Limiters,
     /// Guest packets that could not be parsed.
     pub bad_packets: u64,
     /// Times the RX rate limit started holding host data back.
@@ -78,8 +77,7 @@ impl Vsock {
             acked: 0,
             muxer: Muxer::new(cid, uds)?,
             active: None,
-            rx_limiter: None,
-            tx_limiter: None,
+            limiters: Limiters::default(),
             bad_packets: 0,
             rx_throttled: 0,
             tx_throttled: 0,
@@ -90,8 +88,7 @@ impl Vsock {
     /// and packets (before it is registered on the event loop, which then watches the
     /// limiters' timers).
     pub fn with_rate_limits(mut self, limits: RateLimits) -> Result<Self, VsockError> {
-        self.rx_limiter = RateLimiter::new(limits.rx).map_err(VsockError::RateLimiter)?;
-        self.tx_limiter = RateLimiter::new(limits.tx).map_err(VsockError::RateLimiter)?;
+        self.limiters = Limiters::new(limits).map_err(VsockError::RateLimiter)?;
         Ok(self)
     }
 
@@ -106,7 +103,7 @@ impl Vsock {
         };
         let mut used = false;
         for _ in 0..a.queues[TX].size() {
-            if !rate_limiter::admit(&mut self.tx_limiter, &mut self.tx_throttled) {
+            if !rate_limiter::admit(&mut self.limiters.tx, &mut self.tx_throttled) {
                 break;
             }
             let Some(mut chain) = super::next_chain(&mut a.queues[TX], &a.mem, &mut a.broken)
@@ -135,11 +132,11 @@ impl Vsock {
                         }
                     }
                     self.muxer.guest_packet(&h, &data);
-                    rate_limiter::charge(&mut self.tx_limiter, data.len() as u64);
+                    rate_limiter::charge(&mut self.limiters.tx, data.len() as u64);
                 }
                 Err(_) => {
                     self.bad_packets += 1;
-                    rate_limiter::charge(&mut self.tx_limiter, 0);
+                    rate_limiter::charge(&mut self.limiters.tx, 0);
                 }
             }
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
@@ -158,7 +155,7 @@ impl Vsock {
         let mut used = false;
         while self.muxer.has_control() || self.muxer.has_readable() {
             // Throttled, only control packets go (the muxer hands them out first).
-            if !rate_limiter::admit(&mut self.rx_limiter, &mut self.rx_throttled)
+            if !rate_limiter::admit(&mut self.limiters.rx, &mut self.rx_throttled)
                 && !self.muxer.has_control()
             {
                 break;
@@ -199,7 +196,7 @@ impl Vsock {
                 s.copy_from(&data[..]);
             }
             if h.op == OP_RW {
-                rate_limiter::charge(&mut self.rx_limiter, data.len() as u64);
+                rate_limiter::charge(&mut self.limiters.rx, data.len() as u64);
             }
             let len = (PKT_HEADER_SIZE + data.len()) as u32;
             if a.queues[RX].add_used(&a.mem, head, len).is_err() {
@@ -274,20 +271,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn timer_fds(&self) -> Vec<RawFd> {
-        [&self.rx_limiter, &self.tx_limiter]
-            .into_iter()
-            .flatten()
-            .map(RateLimiter::fd)
-            .collect()
+        self.limiters.timer_fds()
     }
 
     fn process_timer(&mut self) {
-        for l in [&mut self.rx_limiter, &mut self.tx_limiter]
-            .into_iter()
-            .flatten()
-        {
-            l.timer_fired();
-        }
+        self.limiters.timer_fired();
         self.run(true);
     }
 }

@@ -689,7 +689,7 @@ fn host_data_is_held_to_the_rx_rate_but_control_packets_still_pass() {
         h.dev.process_backend();
         h.take_rx();
         h.give_rx(4);
-        if h.dev.rx_limiter.as_ref().is_some_and(|l| l.is_blocked()) {
+        if h.dev.limiters.rx.as_ref().is_some_and(|l| l.is_blocked()) {
             throttled = true;
             break;
         }
