@@ -26,4 +26,5 @@ pub mod policy;
 pub mod relay;
 pub mod sandbox;
 pub mod share;
+mod stalled_boots;
 pub mod state;

@@ -29,6 +29,7 @@ use crate::{
     net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
     share::{self, ShareError},
+    stalled_boots,
     state::{ProcessId, StateStore},
 };
 
@@ -613,6 +614,13 @@ async fn boot(
             Err(e) => {
                 if let Err(stop) = vm.stop().await {
                     warn!(sandbox = %spec.id, error = %stop, "stopping VM after failed boot");
+                }
+                if matches!(e, SandboxError::AgentTimeout(..)) {
+                    if let Some(kept) =
+                        stalled_boots::keep(&spec.console_log, &spec.run_dir, &spec.id, attempt)
+                    {
+                        warn!(sandbox = %spec.id, attempt, console = %kept.display(), "boot stalled; its console is kept");
+                    }
                 }
                 if attempt >= params.boot_attempts || !matches!(e, SandboxError::AgentTimeout(..)) {
                     return Err(e);
