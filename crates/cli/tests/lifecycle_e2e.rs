@@ -1106,14 +1106,20 @@ fn vm_a_flooding_guest_stays_within_its_host_cgroup() {
     assert!(peak <= limit, "peak {peak} over the limit {limit}");
     // virtiofsd's page cache for the guest's 400 MiB is charged here: the
     // cgroup filled up to its limit, beyond what the guest's RAM alone holds.
-    assert!(peak > 300 << 20, "peak {peak}: virtiofsd's work is not charged to the VM");
+    assert!(
+        peak > 300 << 20,
+        "peak {peak}: virtiofsd's work is not charged to the VM"
+    );
     let tasks: u64 = host_cgroup_file("pids", "pids.current", "pids.current", &path)
         .parse()
         .unwrap();
     let max: u64 = host_cgroup_file("pids", "pids.max", "pids.max", &path)
         .parse()
         .unwrap();
-    assert!(tasks <= max && tasks < 300, "{tasks} host tasks (max {max})");
+    assert!(
+        tasks <= max && tasks < 300,
+        "{tasks} host tasks (max {max})"
+    );
     assert!(w.run(&["delete", "--force", "fl"]).status.success());
     w.assert_clean("fl");
 }
