@@ -924,6 +924,13 @@ fn vm_rootfs_propagation() {
     );
 }
 
+/// Sets `linux.namespaces`' `typ` entry to join `path`.
+fn join(s: &mut Value, typ: &str, path: &str) {
+    let namespaces = s["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|n| n["type"] != typ);
+    namespaces.push(json!({"type": typ, "path": path}));
+}
+
 /// Removes `linux.namespaces`' `typ` entry.
 fn without_namespace(s: &mut Value, typ: &str) {
     s["linux"]["namespaces"]
@@ -940,6 +947,110 @@ fn without_network(s: &mut Value) {
         .as_array_mut()
         .unwrap()
         .retain(|m| m["type"] != "sysfs" && m["type"] != "cgroup");
+}
+
+/// A VM's refusal of a spec runc runs: what runc's container prints, and
+/// skerry's failed create.
+const fn refused(reason: &'static str) -> Option<Known> {
+    Some(Known {
+        reason,
+        runc: &["ok", "exit 0"],
+        skerry: &["exit 1"],
+    })
+}
+
+/// What a VM does with `linux.namespaces` a VM cannot give, and the error
+/// line of each refusal (checked before any VM boots).
+fn vm_namespace_cases() -> Vec<(Case, Option<&'static str>)> {
+    let host = "a VM cannot share the host's namespace: refused at create";
+    vec![
+        // A path of another type than its entry: both refuse.
+        (
+            case(
+                "namespace-path-ipc-as-cgroup",
+                |s, _| join(s, "cgroup", "/proc/self/ns/ipc"),
+                "echo ok",
+            ),
+            Some(
+                "linux.namespaces[5].path /proc/self/ns/ipc: the namespace is of type \"ipc\", \
+                 not \"cgroup\"",
+            ),
+        ),
+        (
+            case(
+                "namespace-path-ipc-as-uts",
+                |s, _| join(s, "uts", "/proc/self/ns/ipc"),
+                "echo ok",
+            ),
+            Some("the namespace is of type \"ipc\", not \"uts\""),
+        ),
+        (
+            Case {
+                name: "no-pid-namespace",
+                edit: |s, _| without_namespace(s, "pid"),
+                script: "echo ok",
+                known: refused(host),
+            },
+            Some(
+                "linux.namespaces: no \"pid\" namespace: the host's pid namespace cannot be \
+                 shared with a VM",
+            ),
+        ),
+        (
+            Case {
+                name: "no-ipc-namespace",
+                edit: |s, _| without_namespace(s, "ipc"),
+                script: "echo ok",
+                known: refused(host),
+            },
+            Some("no \"ipc\" namespace: the host's ipc namespace cannot be shared"),
+        ),
+        // CRI's hostNetwork: a pod's spec without a network namespace.
+        (
+            Case {
+                name: "cri-sandbox-host-network",
+                edit: |s, _| {
+                    without_network(s);
+                    s["annotations"] = json!({"io.kubernetes.cri.container-type": "sandbox"});
+                },
+                script: "echo ok",
+                known: refused(host),
+            },
+            Some(
+                "no \"network\" namespace in a Kubernetes pod (annotation \
+                 io.kubernetes.cri.container-type)",
+            ),
+        ),
+        // Outside a pod the container keeps the guest's network namespace
+        // (the VM has no NIC).
+        (
+            case("no-network-namespace", |s, _| without_network(s), "echo ok"),
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn vm_namespaces_a_vm_cannot_give() {
+    require_vm!();
+    require_runc!();
+    let w = World::new();
+    let (cases, errors): (Vec<Case>, Vec<_>) = vm_namespace_cases().into_iter().unzip();
+    check_in(&w, &cases);
+    for (case, error) in cases.iter().zip(errors) {
+        let Some(error) = error else { continue };
+        // The bundle `check_in` ran.
+        let dir = w.tmp.path().join(format!("{}-skerry", case.name));
+        let id = format!("{}-again", case.name);
+        let out = Skerry.run(&w, &["create", "--bundle", dir.to_str().unwrap(), &id]);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && err.contains(error) && err.lines().count() == 1,
+            "{}: want one line with {error:?}, got:\n{err}",
+            case.name
+        );
+        w.assert_clean(&id);
+    }
 }
 
 /// `NAME=LINK` of each namespace of process `pid`.

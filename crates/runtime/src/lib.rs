@@ -23,3 +23,4 @@ pub mod relay;
 pub mod sandbox;
 pub mod share;
 pub mod state;
+pub mod vm_namespaces;
