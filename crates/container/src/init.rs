@@ -1152,6 +1152,61 @@ mod tests {
         }
     }
 
+    /// A rootfs inside a shared mount, with `rootfsPropagation` shared, sets up (pivot_root
+    /// refused it with EINVAL) and ends with a shared `/`; an unknown value is refused.
+    #[test]
+    fn shared_rootfs_propagation_pivots_and_applies_to_the_new_root() {
+        if !is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let spec = |propagation: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}}],
+                "linux":{{"rootfsPropagation":"{propagation}"}}}}"#
+            ))
+            .unwrap()
+        };
+        let code = in_child_mount_ns(|| {
+            let shared = MsFlags::MS_SHARED;
+            let set_up = mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .and_then(|()| mount(None::<&str>, dir.path(), None::<&str>, shared, None::<&str>));
+            if set_up.is_err() || std::fs::create_dir(&rootfs).is_err() {
+                return 2;
+            }
+            if let Err(e) = setup_rootfs(&spec("shared"), &rootfs) {
+                eprintln!("setup failed: {}", error_chain(&e));
+                return 1;
+            }
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let root = info.lines().find(|l| l.split(' ').nth(4) == Some("/"));
+            match root {
+                Some(l) if l.contains(" shared:") => 0,
+                other => {
+                    eprintln!("/ is not shared: {other:?}");
+                    3
+                }
+            }
+        });
+        assert_eq!(
+            code, 0,
+            "tmpfs set-up (2), setup_rootfs (1) or propagation (3) failed"
+        );
+        let code = in_child_mount_ns(|| match setup_rootfs(&spec("sideways"), &rootfs) {
+            Err(e) if error_chain(&e).contains("linux.rootfsPropagation") => 0,
+            _ => 1,
+        });
+        assert_eq!(code, 0, "an unknown rootfsPropagation was not refused");
+    }
+
     #[test]
     fn pivot_root_failure_is_an_error_not_a_chroot() {
         if !is_root() {
