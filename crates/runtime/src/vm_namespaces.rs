@@ -16,13 +16,19 @@
 //! unless the spec joins a pod network.
 
 use std::{
-    fs::File,
-    os::fd::AsFd,
+    fs::{File, OpenOptions},
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::OpenOptionsExt,
+    },
     path::{Path, PathBuf},
 };
 
+use nix::{
+    errno::Errno,
+    sys::statfs::{fstatfs, NSFS_MAGIC},
+};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use skerry_container::sys::SysError;
 
 use crate::policy::{joined_path, namespaces};
 
@@ -55,9 +61,9 @@ pub enum VmNamespaceError {
         index: usize,
         /// Its path.
         path: PathBuf,
-        /// The failed type query.
+        /// Why it is none.
         #[source]
-        source: SysError,
+        source: Errno,
     },
     /// A namespace path of another type than its entry's.
     #[error(
@@ -141,24 +147,37 @@ fn cri_annotation(spec: &Spec) -> Option<&'static str> {
         .find(|k| annotations.contains_key(*k))
 }
 
-/// Refuses `path` unless it is a namespace of type `expected`.
+/// Refuses `path` unless it is a namespace of type `expected`. The path is the
+/// tenant's: it is opened `O_PATH` (no device opened, no FIFO waited on) and only a
+/// file on nsfs is opened for reading, through the fd.
 fn check_path(
     index: usize,
     path: &Path,
     expected: LinuxNamespaceType,
 ) -> Result<(), VmNamespaceError> {
-    let file = File::open(path).map_err(|source| VmNamespaceError::Open {
+    let open_error = |source| VmNamespaceError::Open {
         index,
         path: path.to_path_buf(),
         source,
-    })?;
-    let flag = skerry_container::sys::namespace_type(file.as_fd()).map_err(|source| {
-        VmNamespaceError::NotNamespace {
-            index,
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
+    };
+    let not_namespace = |source| VmNamespaceError::NotNamespace {
+        index,
+        path: path.to_path_buf(),
+        source,
+    };
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(open_error)?;
+    match fstatfs(&handle) {
+        Ok(fs) if fs.filesystem_type() == NSFS_MAGIC => {}
+        Ok(_) => return Err(not_namespace(Errno::ENOTTY)),
+        Err(errno) => return Err(not_namespace(errno)),
+    }
+    let file = File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(open_error)?;
+    let flag =
+        skerry_container::sys::namespace_type(file.as_fd()).map_err(|e| not_namespace(e.errno))?;
     match type_of_flag(flag) {
         Some(t) if t == expected => Ok(()),
         found => Err(VmNamespaceError::WrongType {
@@ -241,5 +260,10 @@ mod tests {
             err("uts", "/proc/self/status").ends_with("/proc/self/status: not a namespace file")
         );
         assert!(err("uts", "/nonexistent").starts_with("linux.namespaces[2].path /nonexistent"));
+        // Neither opened for reading nor waited on.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(err("uts", fifo.to_str().unwrap()).ends_with("fifo: not a namespace file"));
     }
 }
