@@ -11,9 +11,9 @@
 //! A spec without a `pid` or `ipc` entry asks to share the host's, which a
 //! VM cannot. A missing `network` entry means the host's network only in a
 //! Kubernetes pod (CRI's `hostNetwork`, told by its container-type
-//! annotation); elsewhere (the CLI's, Podman's `--network none`-like specs)
-//! the container keeps the guest's network namespace, which has no NIC
-//! unless the spec joins a pod network.
+//! annotation); elsewhere (the CLI's test bundles, hand-written specs) the
+//! container keeps the guest's network namespace, which has no NIC unless
+//! the spec joins a pod network.
 
 use std::{
     fs::{File, OpenOptions},
