@@ -40,6 +40,7 @@ fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle, Is
     if isolation == Isolation::Container {
         return Ok((config, bundle, isolation));
     }
+    skerry_runtime::vm_namespaces::check(&bundle.spec)?;
     if opts.preserve_fds > 0 {
         bail!(
             "--preserve-fds {}: host file descriptors cannot be passed into a VM",

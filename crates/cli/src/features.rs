@@ -35,6 +35,14 @@ pub const AGENT_CONFINEMENT_ANNOTATION: (&str, &str) =
 pub const GUEST_FILTER_ANNOTATION: (&str, &str) =
     ("io.skerry.vm.container.denied", "AF_VSOCK,io_uring");
 
+/// The host namespaces a container in a VM cannot share, refused at create
+/// (crates/runtime/src/vm_namespaces.rs): pid and ipc when the spec has no
+/// entry for them, network when a Kubernetes pod's spec has none.
+pub const HOST_NAMESPACES_ANNOTATION: (&str, &str) = (
+    "io.skerry.vm.host-namespaces.refused",
+    "pid,ipc,network(kubernetes-pod)",
+);
+
 /// Mount options the guest agent maps to mount(2) flags or propagation
 /// (crates/container/src/mounts.rs); anything else is passed to the
 /// filesystem as data.
@@ -144,6 +152,10 @@ pub fn features() -> anyhow::Result<Features> {
                 GUEST_FILTER_ANNOTATION.0.to_string(),
                 GUEST_FILTER_ANNOTATION.1.to_string(),
             ),
+            (
+                HOST_NAMESPACES_ANNOTATION.0.to_string(),
+                HOST_NAMESPACES_ANNOTATION.1.to_string(),
+            ),
         ]))
         .build()?;
     Ok(features)
@@ -236,7 +248,11 @@ mod tests {
             annotations.get(VERSION_ANNOTATION).map(String::as_str),
             Some(env!("CARGO_PKG_VERSION"))
         );
-        for (key, value) in [AGENT_CONFINEMENT_ANNOTATION, GUEST_FILTER_ANNOTATION] {
+        for (key, value) in [
+            AGENT_CONFINEMENT_ANNOTATION,
+            GUEST_FILTER_ANNOTATION,
+            HOST_NAMESPACES_ANNOTATION,
+        ] {
             assert_eq!(annotations.get(key).map(String::as_str), Some(value));
         }
     }

@@ -821,7 +821,7 @@ fn masked_and_readonly_paths() {
 }
 
 #[test]
-fn sysctls_and_oom_score() {
+fn sysctls() {
     require_runc!();
     check(&[
         case(
@@ -846,25 +846,29 @@ fn sysctls_and_oom_score() {
         case(
             "sysctl-net-without-netns",
             |s, _| {
-                s["linux"]["namespaces"]
-                    .as_array_mut()
-                    .unwrap()
-                    .retain(|n| n["type"] != "network");
-                s["mounts"]
-                    .as_array_mut()
-                    .unwrap()
-                    .retain(|m| m["type"] != "sysfs" && m["type"] != "cgroup");
+                without_network(s);
                 s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "0"});
             },
             "cat /proc/sys/net/ipv4/ip_forward",
         ),
-        // Lowering it needs CAP_SYS_RESOURCE, which root lacks on this host
-        // (host notes): then both refuse.
-        case(
-            "oom-score-adj-negative",
-            |s, _| s["process"]["oomScoreAdj"] = (-500).into(),
-            "cat /proc/self/oom_score_adj",
-        ),
+    ]);
+}
+
+/// `process.oomScoreAdj`. Lowering it needs CAP_SYS_RESOURCE, which root
+/// lacks on this host (host notes): then runc refuses; in a VM (`vm`) the
+/// guest's root has it.
+fn oom_score_cases(vm: bool) -> Vec<Case> {
+    vec![
+        Case {
+            name: "oom-score-adj-negative",
+            edit: |s, _| s["process"]["oomScoreAdj"] = (-500).into(),
+            script: "cat /proc/self/oom_score_adj",
+            known: vm.then_some(Known {
+                reason: "the guest's root may lower oom_score_adj; this host's root may not",
+                runc: &["exit 1"],
+                skerry: &["-500", "exit 0"],
+            }),
+        },
         case(
             "oom-score-adj",
             |s, _| s["process"]["oomScoreAdj"] = 500.into(),
@@ -875,7 +879,215 @@ fn sysctls_and_oom_score() {
             unchanged,
             "cat /proc/self/oom_score_adj",
         ),
-    ]);
+    ]
+}
+
+#[test]
+fn oom_score() {
+    require_runc!();
+    check(&oom_score_cases(false));
+}
+
+/// The same in a VM: the container's init in the guest writes it.
+#[test]
+fn vm_oom_score() {
+    require_vm!();
+    require_runc!();
+    check_in(&World::new(), &oom_score_cases(true));
+}
+
+/// Prints the propagation of the container's `/` (its mountinfo optional
+/// fields without their peer group numbers).
+const ROOT_PROPAGATION: &str = r#"awk '$5 == "/" { o = "root:"; for (i = 7; $i != "-"; i++) { f = $i; sub(/:[0-9]+$/, "", f); o = o " " f } print o }' /proc/self/mountinfo"#;
+
+/// Why skerry's `/` has the propagation asked for and runc's may not.
+const AFTER_PIVOT: &str = "skerry applies rootfsPropagation to the new / after pivot_root, as \
+     newer runc does; runc 1.1.5 leaves the rootfs's bind private";
+
+/// `linux.rootfsPropagation` in a VM: the rootfs's mount is made private
+/// before pivot_root and the propagation applied to the new `/` after it
+/// (shared made create fail with EINVAL).
+#[test]
+fn vm_rootfs_propagation() {
+    require_vm!();
+    require_runc!();
+    let propagation = |name, edit, known| Case {
+        name,
+        edit,
+        script: ROOT_PROPAGATION,
+        known,
+    };
+    let shared = || {
+        Some(Known {
+            reason: AFTER_PIVOT,
+            runc: &["root:"],
+            skerry: &["root: shared"],
+        })
+    };
+    check_in(
+        &World::new(),
+        &[
+            propagation(
+                "rootfs-shared",
+                |s, _| s["linux"]["rootfsPropagation"] = "shared".into(),
+                shared(),
+            ),
+            propagation(
+                "rootfs-rshared",
+                |s, _| s["linux"]["rootfsPropagation"] = "rshared".into(),
+                shared(),
+            ),
+            propagation(
+                "rootfs-rslave",
+                |s, _| s["linux"]["rootfsPropagation"] = "rslave".into(),
+                None,
+            ),
+            propagation(
+                "rootfs-private",
+                |s, _| s["linux"]["rootfsPropagation"] = "private".into(),
+                None,
+            ),
+            propagation(
+                "rootfs-unbindable",
+                |s, _| s["linux"]["rootfsPropagation"] = "unbindable".into(),
+                Some(Known {
+                    reason: "runc cannot bind the rootfs inside an unbindable / (EINVAL); \
+                             skerry makes the rootfs's mount private first",
+                    runc: &["exit 1"],
+                    skerry: &["root: unbindable", "exit 0"],
+                }),
+            ),
+        ],
+    );
+}
+
+/// Sets `linux.namespaces`' `typ` entry to join `path`.
+fn join(s: &mut Value, typ: &str, path: &str) {
+    let namespaces = s["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|n| n["type"] != typ);
+    namespaces.push(json!({"type": typ, "path": path}));
+}
+
+/// Removes `linux.namespaces`' `typ` entry.
+fn without_namespace(s: &mut Value, typ: &str) {
+    s["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != typ);
+}
+
+/// Removes the network namespace, and the mounts that need one (sysfs,
+/// cgroup: runc cannot mount them without it).
+fn without_network(s: &mut Value) {
+    without_namespace(s, "network");
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "sysfs" && m["type"] != "cgroup");
+}
+
+/// A VM's refusal of a spec runc runs: what runc's container prints, and
+/// skerry's failed create.
+const fn refused(reason: &'static str) -> Option<Known> {
+    Some(Known {
+        reason,
+        runc: &["ok", "exit 0"],
+        skerry: &["exit 1"],
+    })
+}
+
+/// What a VM does with `linux.namespaces` a VM cannot give, and the error
+/// line of each refusal (checked before any VM boots).
+fn vm_namespace_cases() -> Vec<(Case, Option<&'static str>)> {
+    let host = "a VM cannot share the host's namespace: refused at create";
+    vec![
+        // A path of another type than its entry: both refuse.
+        (
+            case(
+                "namespace-path-ipc-as-cgroup",
+                |s, _| join(s, "cgroup", "/proc/self/ns/ipc"),
+                "echo ok",
+            ),
+            Some(
+                "linux.namespaces[5].path /proc/self/ns/ipc: the namespace is of type \"ipc\", \
+                 not \"cgroup\"",
+            ),
+        ),
+        (
+            case(
+                "namespace-path-ipc-as-uts",
+                |s, _| join(s, "uts", "/proc/self/ns/ipc"),
+                "echo ok",
+            ),
+            Some("the namespace is of type \"ipc\", not \"uts\""),
+        ),
+        (
+            Case {
+                name: "no-pid-namespace",
+                edit: |s, _| without_namespace(s, "pid"),
+                script: "echo ok",
+                known: refused(host),
+            },
+            Some(
+                "linux.namespaces: no \"pid\" namespace: the host's pid namespace cannot be \
+                 shared with a VM",
+            ),
+        ),
+        (
+            Case {
+                name: "no-ipc-namespace",
+                edit: |s, _| without_namespace(s, "ipc"),
+                script: "echo ok",
+                known: refused(host),
+            },
+            Some("no \"ipc\" namespace: the host's ipc namespace cannot be shared"),
+        ),
+        // CRI's hostNetwork: a pod's spec without a network namespace.
+        (
+            Case {
+                name: "cri-sandbox-host-network",
+                edit: |s, _| {
+                    without_network(s);
+                    s["annotations"] = json!({"io.kubernetes.cri.container-type": "sandbox"});
+                },
+                script: "echo ok",
+                known: refused(host),
+            },
+            Some(
+                "no \"network\" namespace in a Kubernetes pod (annotation \
+                 io.kubernetes.cri.container-type)",
+            ),
+        ),
+        // Outside a pod the container keeps the guest's network namespace
+        // (the VM has no NIC).
+        (
+            case("no-network-namespace", |s, _| without_network(s), "echo ok"),
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn vm_namespaces_a_vm_cannot_give() {
+    require_vm!();
+    require_runc!();
+    let w = World::new();
+    let (cases, errors): (Vec<Case>, Vec<_>) = vm_namespace_cases().into_iter().unzip();
+    check_in(&w, &cases);
+    for (case, error) in cases.iter().zip(errors) {
+        let Some(error) = error else { continue };
+        // The bundle `check_in` ran.
+        let dir = w.tmp.path().join(format!("{}-skerry", case.name));
+        let id = format!("{}-again", case.name);
+        let out = Skerry.run(&w, &["create", "--bundle", dir.to_str().unwrap(), &id]);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && err.contains(error) && err.lines().count() == 1,
+            "{}: want one line with {error:?}, got:\n{err}",
+            case.name
+        );
+        w.assert_clean(&id);
+    }
 }
 
 /// `NAME=LINK` of each namespace of process `pid`.

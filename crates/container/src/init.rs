@@ -339,6 +339,13 @@ fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Pr
             })?;
         }
     }
+    // While the process may still lower it (CAP_SYS_RESOURCE), as runc does.
+    if let Some(score) = process.oom_score_adj() {
+        io(
+            std::fs::write("/proc/self/oom_score_adj", score.to_string()),
+            || format!("process.oomScoreAdj: writing {score} to /proc/self/oom_score_adj"),
+        )?;
+    }
     let user = process.user();
     if let Some(mask) = user.umask() {
         sys::set_umask(mask);
@@ -420,20 +427,15 @@ fn wait_and_exec(chan: &mut UnixStream, p: Prepared) -> Result<Never, InitError>
 
 fn setup_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), InitError> {
     let linux = spec.linux().as_ref();
-    let prop = linux
-        .and_then(|l| l.rootfs_propagation().as_deref())
-        .and_then(propagation_flags)
-        .unwrap_or(MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+    let requested = rootfs_propagation(spec)?;
+    let prop = requested.unwrap_or(MsFlags::MS_PRIVATE | MsFlags::MS_REC);
     step(
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | prop,
-            None::<&str>,
-        ),
-        || "making / private".into(),
+        mount(None::<&str>, "/", None::<&str>, prop, None::<&str>),
+        || format!("linux.rootfsPropagation: setting {prop:?} on /"),
     )?;
+    // As runc does: the mount holding the rootfs must not be shared, or the bind below
+    // would be shared too and pivot_root refuses a shared mount (EINVAL).
+    make_mount_private(rootfs)?;
     step(
         mount(
             Some(rootfs),
@@ -465,6 +467,14 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), InitError> {
     let has = |p: &str| seen.iter().any(|s| s == Path::new(p));
     setup_dev(spec, root.as_fd(), &has)?;
     enter_root(root.as_fd())?;
+    // Applied to the new `/` only now, as runc does: before pivot_root it would reach the
+    // agent's mounts. Private needs nothing more (the rootfs's mount was made private).
+    if let Some(p) = requested.filter(|p| !p.contains(MsFlags::MS_PRIVATE)) {
+        step(
+            mount(None::<&str>, "/", None::<&str>, p, None::<&str>),
+            || format!("linux.rootfsPropagation: setting {p:?} on the new /"),
+        )?;
+    }
     if spec
         .root()
         .as_ref()
@@ -505,6 +515,56 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), InitError> {
         }
     }
     Ok(())
+}
+
+/// The propagation `linux.rootfsPropagation` asks for, if it is set.
+fn rootfs_propagation(spec: &Spec) -> Result<Option<MsFlags>, InitError> {
+    let Some(name) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    else {
+        return Ok(None);
+    };
+    match propagation_flags(name) {
+        Some(flags) => Ok(Some(flags)),
+        None => Err(SpecError::Invalid {
+            field: "linux.rootfsPropagation".into(),
+            reason: format!("{name:?} is not a propagation type"),
+        }
+        .into()),
+    }
+}
+
+/// Makes the mount that holds `path` (its nearest ancestor that is a mount's root) private.
+fn make_mount_private(path: &Path) -> Result<(), InitError> {
+    let mount_point = path
+        .ancestors()
+        .find(|p| is_mount_root(p))
+        .unwrap_or(Path::new("/"));
+    step(
+        mount(
+            None::<&str>,
+            mount_point,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || format!("making {mount_point:?}, the mount holding the rootfs, private"),
+    )
+}
+
+/// Whether `path` is the root of a mount (statx's STATX_ATTR_MOUNT_ROOT).
+fn is_mount_root(path: &Path) -> bool {
+    use rustix::fs::{statx, AtFlags as StatxAt, StatxAttributes, StatxFlags, CWD};
+    let root = StatxAttributes::MOUNT_ROOT;
+    statx(
+        CWD,
+        path,
+        StatxAt::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )
+    .is_ok_and(|st| st.stx_attributes_mask.contains(root) && st.stx_attributes.contains(root))
 }
 
 /// An `O_PATH` fd of a directory the agent chose (the rootfs, or `/` after pivot_root).
@@ -761,6 +821,17 @@ fn enter_root(root: BorrowedFd<'_>) -> Result<(), InitError> {
         step: format!("entering the rootfs: {}", e.call),
         source: e.errno,
     })?;
+    // As runc does: the old root's unmount must not propagate to its peers.
+    step(
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || "making the old root a slave".into(),
+    )?;
     step(umount2(".", MntFlags::MNT_DETACH), || {
         "detaching the old root".into()
     })?;
@@ -1083,6 +1154,61 @@ mod tests {
             });
             assert_eq!(code, 0, "{field}: setup succeeded (1) or wrong error (2)");
         }
+    }
+
+    /// A rootfs inside a shared mount, with `rootfsPropagation` shared, sets up (pivot_root
+    /// refused it with EINVAL) and ends with a shared `/`; an unknown value is refused.
+    #[test]
+    fn shared_rootfs_propagation_pivots_and_applies_to_the_new_root() {
+        if !is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let spec = |propagation: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}}],
+                "linux":{{"rootfsPropagation":"{propagation}"}}}}"#
+            ))
+            .unwrap()
+        };
+        let code = in_child_mount_ns(|| {
+            let shared = MsFlags::MS_SHARED;
+            let set_up = mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .and_then(|()| mount(None::<&str>, dir.path(), None::<&str>, shared, None::<&str>));
+            if set_up.is_err() || std::fs::create_dir(&rootfs).is_err() {
+                return 2;
+            }
+            if let Err(e) = setup_rootfs(&spec("shared"), &rootfs) {
+                eprintln!("setup failed: {}", error_chain(&e));
+                return 1;
+            }
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let root = info.lines().find(|l| l.split(' ').nth(4) == Some("/"));
+            match root {
+                Some(l) if l.contains(" shared:") => 0,
+                other => {
+                    eprintln!("/ is not shared: {other:?}");
+                    3
+                }
+            }
+        });
+        assert_eq!(
+            code, 0,
+            "tmpfs set-up (2), setup_rootfs (1) or propagation (3) failed"
+        );
+        let code = in_child_mount_ns(|| match setup_rootfs(&spec("sideways"), &rootfs) {
+            Err(e) if error_chain(&e).contains("linux.rootfsPropagation") => 0,
+            _ => 1,
+        });
+        assert_eq!(code, 0, "an unknown rootfsPropagation was not refused");
     }
 
     #[test]

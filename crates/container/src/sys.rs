@@ -129,6 +129,14 @@ pub fn pty_unlock(fd: BorrowedFd<'_>) -> Result<(), SysError> {
     check(ret.into(), || "ioctl(TIOCSPTLCK)".into()).map(drop)
 }
 
+/// The type of the namespace `fd` refers to, as its `CLONE_NEW*` flag (the `NS_GET_NSTYPE`
+/// ioctl). Fails with `ENOTTY` when `fd` is not a namespace file.
+pub fn namespace_type(fd: BorrowedFd<'_>) -> Result<libc::c_int, SysError> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and passes no memory.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    check(ret.into(), || "ioctl(NS_GET_NSTYPE)".into()).map(|t| t as libc::c_int)
+}
+
 /// Most fds one `SCM_RIGHTS` message can carry (the kernel's `SCM_MAX_FD`); receiving with
 /// room for this many means control data is never truncated, so no fd can leak unseen.
 const SCM_MAX_FD: usize = 253;

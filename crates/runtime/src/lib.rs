@@ -28,3 +28,4 @@ pub mod sandbox;
 pub mod share;
 mod stalled_boots;
 pub mod state;
+pub mod vm_namespaces;

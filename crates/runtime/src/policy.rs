@@ -231,7 +231,8 @@ fn capability_sets(caps: &LinuxCapabilities) -> [(&'static str, Vec<Capability>)
     ]
 }
 
-fn namespaces(spec: &Spec) -> &[LinuxNamespace] {
+/// The spec's `linux.namespaces` entries.
+pub(crate) fn namespaces(spec: &Spec) -> &[LinuxNamespace] {
     spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_deref())
@@ -239,7 +240,7 @@ fn namespaces(spec: &Spec) -> &[LinuxNamespace] {
 }
 
 /// The path a namespace entry joins, if any (an empty path means "create").
-fn joined_path(ns: &LinuxNamespace) -> Option<&Path> {
+pub(crate) fn joined_path(ns: &LinuxNamespace) -> Option<&Path> {
     ns.path().as_deref().filter(|p| !p.as_os_str().is_empty())
 }
 

@@ -31,6 +31,7 @@ use crate::{
     share::{self, ShareError},
     stalled_boots,
     state::{ProcessId, StateStore},
+    vm_namespaces::{self, VmNamespaceError},
 };
 
 /// Pause between attempts to reach the booting agent.
@@ -54,6 +55,9 @@ pub enum SandboxError {
     /// The spec breaks the tenant policy floor.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The spec asks for namespaces a VM cannot give.
+    #[error(transparent)]
+    Namespaces(#[from] VmNamespaceError),
     /// Sharing host paths with the guest failed.
     #[error(transparent)]
     Shared(#[from] ShareError),
@@ -282,6 +286,7 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         // Checked before anything starts, and again by `add_container`.
         policy::check(&params.policy, &bundle.spec, Isolation::Vm)?;
+        vm_namespaces::check(&bundle.spec)?;
         let started = Instant::now();
         let hostname = hostname(bundle, id);
         let netns = net::netns_path(&bundle.spec);
@@ -449,6 +454,7 @@ impl Sandbox {
         // Checked here too, on the very spec the guest gets, not only by
         // the CLI: config.json may change between the two.
         policy::check(&self.policy, &bundle.spec, Isolation::Vm)?;
+        vm_namespaces::check(&bundle.spec)?;
         let shared = share::share(bundle, id, &self.paths, self.mounts.as_ref())?;
         // A pod's other containers share its sandbox container's IPC and UTS
         // namespaces (the sandbox container's id is the sandbox's).

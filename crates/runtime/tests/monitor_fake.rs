@@ -508,6 +508,7 @@ async fn harness_with_wire(args: &[&str], fault: Option<WireFault>) -> Harness {
         "root": {"path": "rootfs"},
         "process": {"cwd": "/", "args": args, "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}},
         "annotations": {"org.example/a": "b"},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}]},
     });
     std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
     let agent_socket = tmp.path().join("agent.sock");

@@ -40,6 +40,7 @@ use skerry_runtime::{
     policy,
     relay::{Relay, RelayOptions},
     state::{self, ContainerState, StateStore, Status},
+    vm_namespaces,
 };
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -233,6 +234,11 @@ impl Prepared {
                     .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
                 policy::check(&config.policy, &bundle.spec, isolation)
                     .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+                // What a VM cannot give, before the pod's VM boots.
+                if isolation == Isolation::Vm {
+                    vm_namespaces::check(&bundle.spec)
+                        .map_err(|e| TaskError::InvalidArgument(error_chain(&e)))?;
+                }
                 Ok((bundle, isolation))
             });
         let (bundle, isolation) = match loaded {

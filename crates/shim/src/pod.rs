@@ -14,18 +14,15 @@ use skerry_runtime::{
     mounts::SysMounts,
     sandbox::{ConfiguredLauncher, RecordingLauncher, Sandbox, SandboxParams, SandboxPaths},
     state::{self, StateStore},
+    vm_namespaces::{CRIO_TYPE, CRI_TYPE},
 };
 use tokio::sync::{watch, Notify};
 use tracing::{error, info};
 
 use crate::error::TaskError;
 
-/// containerd CRI: "sandbox" or "container".
-const CRI_TYPE: &str = "io.kubernetes.cri.container-type";
 /// containerd CRI: the pod sandbox's id.
 const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-/// CRI-O: "sandbox" or "container".
-const CRIO_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
 /// CRI-O: the pod sandbox's id.
 const CRIO_SANDBOX_ID: &str = "io.kubernetes.cri-o.SandboxID";
 /// The pod's CPU limit: CFS quota and period (µs), and memory limit (bytes).

@@ -446,3 +446,32 @@ fn vm_shim_vm_and_container_isolation_side_by_side() {
     w.delete_all(&["v1", "h1"]);
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// CRI's hostNetwork (a pod sandbox without a network namespace: `ctr run
+/// --net-host` with the CRI annotations) is refused at create with one line
+/// naming the field, before a VM boots.
+#[test]
+fn vm_shim_refuses_a_pod_on_the_host_network() {
+    require_vm!();
+    let w = World::new();
+    let mut flags = pod_annotations("hn", true);
+    flags.push("--net-host".into());
+    let mut args: Vec<&str> = vec!["run", "-d", "--runtime", RUNTIME];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend([IMAGE, "hn", "sleep", "1000"]);
+    let out = w.run(&args);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "linux.namespaces: no \"network\" namespace in a Kubernetes pod (annotation \
+             io.kubernetes.cri.container-type): the host's network namespace cannot be shared \
+             with a VM"
+        ),
+        "{said}\n{}",
+        w.log()
+    );
+    assert!(w.qemu_pids().is_empty(), "a VM was started");
+    w.ok(&["containers", "rm", "hn"]);
+    w.assert_clean();
+}
