@@ -47,8 +47,8 @@ pub enum SandboxError {
     #[error("cannot start the sandbox VM")]
     Launch(#[source] HypervisorError),
     /// The agent did not answer in time.
-    #[error("guest agent did not answer within {0:?} (guest console: {1})")]
-    AgentTimeout(Duration, PathBuf),
+    #[error("guest agent did not answer within {0:?}; last: {2} (guest console: {1})")]
+    AgentTimeout(Duration, PathBuf, String),
     /// An agent call failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -648,23 +648,38 @@ async fn connect_agent(
     console: &Path,
 ) -> Result<(AgentConn, skerry_protocol::CheckResponse), SandboxError> {
     let deadline = Instant::now() + timeout;
+    // Why the latest attempt failed, for the error and the debug log.
+    let mut last = String::from("no attempt finished");
     loop {
         let attempt = async {
-            let stream = vm.connect(skerry_protocol::AGENT_VSOCK_PORT).await.ok()?;
+            let stream = match vm.connect(skerry_protocol::AGENT_VSOCK_PORT).await {
+                Ok(stream) => stream,
+                Err(e) => return Err(format!("connect: {e}")),
+            };
             let agent = AgentConn::new(stream);
             match tokio::time::timeout(Duration::from_secs(2), agent.check()).await {
-                Ok(Ok(check)) => Some(Ok((agent, check))),
-                Ok(Err(e @ AgentError::InvalidReply { .. })) => Some(Err(e)),
-                _ => None,
+                Ok(Ok(check)) => Ok(Ok((agent, check))),
+                Ok(Err(e @ AgentError::InvalidReply { .. })) => Ok(Err(e)),
+                Ok(Err(e)) => Err(format!("check: {e}")),
+                Err(_) => Err("check: no answer within 2s".into()),
             }
         };
         // One attempt may not outlive the deadline (a CONNECT can wait 10 s).
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if let Ok(Some(result)) = tokio::time::timeout(remaining, attempt).await {
-            return result.map_err(SandboxError::from);
+        match tokio::time::timeout(remaining, attempt).await {
+            Ok(Ok(result)) => return result.map_err(SandboxError::from),
+            Ok(Err(why)) => {
+                tracing::debug!(error = %why, "guest agent not reached yet");
+                last = why;
+            }
+            Err(_) => {}
         }
         if Instant::now() >= deadline {
-            return Err(SandboxError::AgentTimeout(timeout, console.to_path_buf()));
+            return Err(SandboxError::AgentTimeout(
+                timeout,
+                console.to_path_buf(),
+                last,
+            ));
         }
         tokio::time::sleep(AGENT_POLL).await;
     }
