@@ -614,7 +614,17 @@ async fn boot(
 ) -> Result<(Box<dyn Vm>, AgentConn, skerry_protocol::CheckResponse), SandboxError> {
     let mut attempt = 1;
     loop {
-        let mut vm = launcher.launch(spec).await.map_err(SandboxError::Launch)?;
+        let mut vm = match launcher.launch(spec).await {
+            Ok(vm) => vm,
+            // A helper that died as it started (seen rarely under load: its
+            // pid was gone before it joined the host cgroup) gets another boot.
+            Err(e) if attempt < params.boot_attempts => {
+                warn!(sandbox = %spec.id, attempt, error = %e, "VM did not start; starting it again");
+                attempt += 1;
+                continue;
+            }
+            Err(e) => return Err(SandboxError::Launch(e)),
+        };
         match connect_agent(vm.as_ref(), params.boot_timeout, &spec.console_log).await {
             Ok((agent, check)) => return Ok((vm, agent, check)),
             Err(e) => {
