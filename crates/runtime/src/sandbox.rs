@@ -617,8 +617,10 @@ async fn boot(
         let mut vm = match launcher.launch(spec).await {
             Ok(vm) => vm,
             // A helper that died as it started (seen rarely under load: its
-            // pid was gone before it joined the host cgroup) gets another boot.
-            Err(e) if attempt < params.boot_attempts => {
+            // pid was gone before it joined the host cgroup) gets another
+            // boot; other launch failures (a missing kernel, a refused
+            // accelerator) would only fail again.
+            Err(e @ HypervisorError::HostCgroup(_)) if attempt < params.boot_attempts => {
                 warn!(sandbox = %spec.id, attempt, error = %e, "VM did not start; starting it again");
                 attempt += 1;
                 continue;

@@ -59,6 +59,19 @@ pub fn wait_readable(fds: &[std::os::fd::RawFd], ms: i32) -> bool {
     epoll.wait(ms, &mut events).unwrap() > 0
 }
 
+/// Asserts that a device let `got` bytes through in `took` under a limit
+/// that allows `allowed`, and at least half of it (it resumed when refilled).
+pub fn assert_held_to_rate(got: u64, allowed: u64, took: std::time::Duration) {
+    assert!(
+        got <= allowed,
+        "{got} bytes in {took:?}, at most {allowed} allowed"
+    );
+    assert!(
+        got >= allowed / 2,
+        "{got} bytes in {took:?}: the device did not resume"
+    );
+}
+
 /// A raw split descriptor.
 pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
