@@ -67,6 +67,42 @@ impl Virtiofsd {
         }
         d
     }
+
+    /// Stops the daemon (SIGSTOP) and waits (at most 10 s) until every one of its threads is
+    /// stopped: `kill` returns before a thread already running on another CPU has noticed,
+    /// and such a thread could still answer a request sent right after.
+    pub fn freeze(&self) {
+        let pid = self.child.id();
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(Instant::now() < deadline, "virtiofsd never stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets a frozen daemon run again.
+    pub fn thaw(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/<pid>/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                let state = s.rsplit_once(") ")?.1.chars().next()?;
+                Some(state == 'T')
+            })
+            .unwrap_or(false)
+    })
 }
 
 impl Drop for Virtiofsd {

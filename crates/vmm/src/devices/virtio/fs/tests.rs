@@ -258,8 +258,7 @@ fn back_end_that_freezes_makes_the_start_fail_in_bounded_time() {
         return;
     };
     let dev = Fs::new(&d.socket, "t", Duration::from_millis(500), false).unwrap();
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGSTOP) }, 0);
+    d.freeze();
     let start = Instant::now();
     let h = activate(dev).unwrap();
     assert!(h.irq.needs_reset.load(std::sync::atomic::Ordering::SeqCst));
@@ -268,8 +267,8 @@ fn back_end_that_freezes_makes_the_start_fail_in_bounded_time() {
         "{:?}",
         start.elapsed()
     );
-    // SAFETY: as above; lets the daemon be killed and reaped on drop.
-    unsafe { libc::kill(d.child.id() as i32, libc::SIGCONT) };
+    // Lets the daemon be killed and reaped on drop.
+    d.thaw();
 }
 
 #[test]
