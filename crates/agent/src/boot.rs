@@ -282,6 +282,27 @@ pub fn power_off() -> ! {
     std::process::exit(1)
 }
 
+/// Tells the host that the API is up: a connection to the host's
+/// [`skerry_protocol::AGENT_READY_VSOCK_PORT`], closed at once. The host
+/// connects to the agent only after it (see that constant). A failure is
+/// logged; the host's boot timeout then decides.
+pub fn announce_ready() {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    use std::os::fd::AsRawFd;
+    let port = skerry_protocol::AGENT_READY_VSOCK_PORT;
+    let announced = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| connect(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_HOST, port)));
+    match announced {
+        Ok(()) => info!(port, "announced to the host"),
+        Err(e) => error!(port, error = %e, "cannot announce to the host"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::has_word;

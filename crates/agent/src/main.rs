@@ -80,6 +80,9 @@ async fn serve(opts: Options, guest: bool, launcher: confine::Launcher) -> anyho
         .register_service(services);
     server.start().await.context("starting the ttrpc server")?;
     info!(listen = %opts.listen, "agent API ready");
+    if guest {
+        tokio::task::spawn_blocking(boot::announce_ready);
+    }
     std::future::pending::<()>().await;
     Ok(())
 }

@@ -43,6 +43,13 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Guest vsock port the agent serves the API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// Host vsock port the agent connects to (and at once closes) once its API is up.
+/// With QEMU the host connects to the agent only after this: vhost-device-vsock
+/// loses its vring worker thread, and with it every later connection, when a host
+/// connection arrives between the guest driver's set-up of the device and the
+/// rings being ready.
+pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
+
 /// Largest payload one `ReadStdout`/`ReadStderr` reply carries.
 pub const MAX_READ_LEN: u32 = 256 * 1024;
 

@@ -1,8 +1,9 @@
 //! The guest console of every boot whose agent never answered, kept where an
 //! operator can read it after the sandbox is gone (a pod whose boots all
 //! stalled is deleted, and its state dir with it): `stalled-boots/` beside
-//! the VMs' run dirs, root-only, holding the latest [`KEPT`] consoles, each
-//! no larger than the console log's own cap.
+//! the VMs' run dirs, root-only, holding the latest [`KEPT`] boots, each the
+//! console (no larger than the console log's own cap) followed by the tail
+//! of every helper log in the run dir (QEMU, vsock back end, virtiofsd, VMM).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,10 @@ use std::path::{Path, PathBuf};
 const KEPT: usize = 16;
 /// The directory's name, beside the VMs' run directories.
 const DIR: &str = "stalled-boots";
+/// The helper logs of a run dir appended to a kept console.
+const HELPER_LOGS: [&str; 4] = ["qemu.log", "vsock.log", "virtiofsd.log", "vmm.log"];
+/// How much of each helper log's end is kept, bytes.
+const HELPER_TAIL: u64 = 64 << 10;
 
 /// Copies `console` (the stalled boot of sandbox `id`, run dir `run_dir`)
 /// into the stalled-boots directory and drops the oldest beyond [`KEPT`];
@@ -26,6 +31,7 @@ pub(crate) fn keep(console: &Path, run_dir: &Path, id: &str, attempt: u32) -> Op
             .as_millis();
         let copy = dir.join(format!("{millis:015}-{id}-{attempt}.log"));
         std::fs::copy(console, &copy)?;
+        append_helper_logs(run_dir, &copy)?;
         let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)?
             .flatten()
             .map(|e| e.path())
@@ -44,6 +50,23 @@ pub(crate) fn keep(console: &Path, run_dir: &Path, id: &str, attempt: u32) -> Op
             None
         }
     }
+}
+
+/// Appends the last [`HELPER_TAIL`] bytes of each helper log in `run_dir` to `copy`,
+/// each under a `==> name <==` line.
+fn append_helper_logs(run_dir: &Path, copy: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut out = std::fs::OpenOptions::new().append(true).open(copy)?;
+    for name in HELPER_LOGS {
+        let Ok(mut log) = std::fs::File::open(run_dir.join(name)) else {
+            continue;
+        };
+        let len = log.metadata()?.len();
+        log.seek(SeekFrom::Start(len.saturating_sub(HELPER_TAIL)))?;
+        writeln!(out, "\n==> {name} <==")?;
+        std::io::copy(&mut log.take(HELPER_TAIL), &mut out)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -72,6 +95,20 @@ mod tests {
         assert_eq!(left, copies[3..], "the latest {KEPT}, oldest dropped");
         let last = std::fs::read_to_string(left.last().unwrap()).unwrap();
         assert_eq!(last, format!("boot {}\n", KEPT + 3));
+        // The helpers' logs follow the console, each cut to its tail.
+        std::fs::write(run_dir.join("vsock.log"), "vsock says\n").unwrap();
+        let big = "x".repeat(HELPER_TAIL as usize) + "qemu's last words\n";
+        std::fs::write(run_dir.join("qemu.log"), &big).unwrap();
+        let kept = keep(&console, &run_dir, "pod", 99).unwrap();
+        let text = std::fs::read_to_string(kept).unwrap();
+        let tail = &big[big.len() - HELPER_TAIL as usize..];
+        assert_eq!(
+            text,
+            format!(
+                "boot {}\n\n==> qemu.log <==\n{tail}\n==> vsock.log <==\nvsock says\n",
+                KEPT + 3
+            )
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&dir).unwrap().permissions(),
         );

@@ -61,6 +61,9 @@ struct Sockets {
     vm_dir: PathBuf,
     vsock_ctl: PathBuf,
     vsock_uds: PathBuf,
+    /// Where the guest's announcement arrives (a guest-initiated connection to
+    /// [`skerry_protocol::AGENT_READY_VSOCK_PORT`]).
+    agent_ready: PathBuf,
     qmp: PathBuf,
 }
 
@@ -71,6 +74,10 @@ impl Sockets {
             fs: run_dir.join(FS_SOCK),
             vsock_ctl: vm_dir.join(VSOCK_CTL_SOCK),
             vsock_uds: vm_dir.join(VSOCK_UDS),
+            agent_ready: vm_dir.join(format!(
+                "{VSOCK_UDS}_{}",
+                skerry_protocol::AGENT_READY_VSOCK_PORT
+            )),
             qmp: vm_dir.join(QMP_SOCK),
             vm_dir,
         };
@@ -137,6 +144,8 @@ pub(crate) struct QemuVm {
     shutdown_reason: Option<String>,
     exit: Option<VmExit>,
     stopped: bool,
+    /// Listens for the agent's announcement until it came; `None` after.
+    agent_ready: tokio::sync::Mutex<Option<tokio::net::UnixListener>>,
 }
 
 /// Boots the VM (with KVM or TCG); on failure stops whatever was started.
@@ -184,6 +193,7 @@ pub(crate) async fn launch(
         shutdown_reason: None,
         exit: None,
         stopped: false,
+        agent_ready: tokio::sync::Mutex::new(None),
     };
     match vm
         .start(spec, &plan, &qemu_bin, &virtiofsd_bin, &vsock_bin)
@@ -207,6 +217,28 @@ pub(crate) async fn launch(
 }
 
 impl QemuVm {
+    /// Resolves once the agent has announced that its API is up (at once after
+    /// the first time). A host connection while the guest driver sets up the
+    /// device kills vhost-device-vsock's vring worker for good (see
+    /// [`skerry_protocol::AGENT_READY_VSOCK_PORT`]); after the announcement the
+    /// rings are ready. Cancel-safe: a caller's timeout leaves the listener in
+    /// place. A guest that announces early only breaks its own back end.
+    async fn agent_announced(&self) {
+        let mut ready = self.agent_ready.lock().await;
+        let Some(listener) = ready.as_ref() else {
+            return;
+        };
+        match listener.accept().await {
+            Ok(_) => tracing::debug!(sandbox = %self.id, "agent announced its API"),
+            // The listener is unusable; connecting (and the caller's deadline) decides.
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, error = %e, "waiting for the agent's announcement")
+            }
+        }
+        *ready = None;
+        let _ = std::fs::remove_file(&self.sockets.agent_ready);
+    }
+
     async fn start(
         &mut self,
         spec: &VmSpec,
@@ -227,6 +259,12 @@ impl QemuVm {
         }
         self.sockets.remove()?;
         make_vm_dir(&self.sockets.vm_dir, ids)?;
+        // The vsock back end (the VM's uid) connects here for the guest.
+        let ready = &self.sockets.agent_ready;
+        let listener = tokio::net::UnixListener::bind(ready)
+            .map_err(|e| HypervisorError::RunDir(ready.clone(), e))?;
+        give_to(ready, ids)?;
+        *self.agent_ready.get_mut() = Some(listener);
 
         // Each helper joins the host cgroup right after it starts: the
         // back ends serve nothing before QEMU runs the guest, and QEMU starts
@@ -533,6 +571,7 @@ impl Vm for QemuVm {
             Some(q) if q.exited().is_none() && !self.stopped => {}
             _ => return Err(HypervisorError::NotRunning(self.id.clone())),
         }
+        self.agent_announced().await;
         super::connect_hybrid_vsock(&self.sockets.vsock_uds, port).await
     }
 
