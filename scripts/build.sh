@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds skerry: the host binaries (PROFILE=release|debug, default release),
 # the static guest agent, and the guest image (kernel + initramfs) into
-# $SKERRY_IMAGE_DIR (default: target/guest).
+# $SKERRY_IMAGE_DIR (default: target/guest). The kernel is Debian's cloud
+# kernel, or with SKERRY_KERNEL=skerry our own (scripts/build-kernel.sh,
+# cached outside the tree).
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
@@ -19,4 +21,10 @@ CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" \
     LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
     cargo build --release -p skerry-agent --target x86_64-unknown-linux-gnu
 agent=target/x86_64-unknown-linux-gnu/release/skerry-agent
-"target/$profile/skerry" image build --agent "$agent" --output "$image_dir"
+kernel=()
+case ${SKERRY_KERNEL:-debian} in
+debian) ;;
+skerry) kernel=(--kernel skerry --kernel-dir "$(scripts/build-kernel.sh)") ;;
+*) echo "build.sh: SKERRY_KERNEL must be debian or skerry" >&2; exit 2 ;;
+esac
+"target/$profile/skerry" image build --agent "$agent" --output "$image_dir" "${kernel[@]}"

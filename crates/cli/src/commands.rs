@@ -2,15 +2,16 @@
 
 use std::{path::PathBuf, str::FromStr};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 use skerry_runtime::{
     config::{Config, DEFAULT_CONFIG_PATH},
+    image::KernelSource,
     lifecycle,
     state::{validate_id, StateStore},
 };
 
-use crate::{container_cmd, exec_cmd, logging, Cli, Command, ImageCommand};
+use crate::{container_cmd, exec_cmd, logging, Cli, Command, ImageCommand, KernelKind};
 
 /// Runs the command line; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
@@ -159,9 +160,17 @@ fn image(cli: &Cli, command: &ImageCommand) -> anyhow::Result<i32> {
     let ImageCommand::Build {
         output,
         agent,
+        kernel,
         kernel_deb,
+        kernel_dir,
         force,
     } = command;
+    let kernel = match (kernel, kernel_dir) {
+        (KernelKind::Debian, None) => KernelSource::Debian(kernel_deb.clone()),
+        (KernelKind::Skerry, Some(dir)) => KernelSource::Skerry(dir.clone()),
+        (KernelKind::Debian, Some(_)) => bail!("--kernel-dir needs --kernel skerry"),
+        (KernelKind::Skerry, None) => bail!("--kernel skerry needs --kernel-dir"),
+    };
     let config = load_config(cli)?;
     let agent = match agent {
         Some(a) => a.clone(),
@@ -172,7 +181,7 @@ fn image(cli: &Cli, command: &ImageCommand) -> anyhow::Result<i32> {
     let opts = skerry_runtime::image::BuildOptions {
         output_dir: output.clone().unwrap_or(config.guest.image_dir.clone()),
         agent,
-        kernel_deb: kernel_deb.clone(),
+        kernel,
         force: *force,
     };
     let report = skerry_runtime::image::build(&opts)?;

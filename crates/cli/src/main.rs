@@ -251,7 +251,8 @@ pub struct ExecArgs {
 /// `skerry image` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the guest kernel + initramfs from Debian's cloud kernel package.
+    /// Build the guest kernel + initramfs from Debian's cloud kernel package,
+    /// or around skerry's own kernel (`--kernel skerry`).
     Build {
         /// Output directory (default: guest.image_dir of the config).
         #[arg(long)]
@@ -259,13 +260,29 @@ pub enum ImageCommand {
         /// The static skerry-agent binary (default: next to this executable).
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Which kernel: Debian's cloud kernel and its modules, or skerry's
+        /// own (everything built in; needs --kernel-dir).
+        #[arg(long, value_enum, default_value_t = KernelKind::Debian)]
+        kernel: KernelKind,
         /// A linux-image-*-cloud-amd64 .deb to use instead of downloading one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kernel_dir")]
         kernel_deb: Option<PathBuf>,
+        /// The directory scripts/build-kernel.sh printed (bzImage, kernel.json).
+        #[arg(long, required_if_eq("kernel", "skerry"))]
+        kernel_dir: Option<PathBuf>,
         /// Rebuild even if the image is up to date.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The kernel `skerry image build` puts in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelKind {
+    /// Debian's linux-image-cloud-amd64 with its virtio modules.
+    Debian,
+    /// skerry's hardened, module-less kernel from scripts/build-kernel.sh.
+    Skerry,
 }
 
 fn main() {

@@ -89,7 +89,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     let report = image::build(&BuildOptions {
         output_dir: image_dir.clone(),
         agent: agent.to_path_buf(),
-        kernel_deb: Some(deb),
+        kernel: image::KernelSource::Debian(Some(deb)),
         force: false,
     })
     .expect("image build");
@@ -98,7 +98,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     let again = image::build(&BuildOptions {
         output_dir: image_dir.clone(),
         agent: agent.to_path_buf(),
-        kernel_deb: kernel_deb(),
+        kernel: image::KernelSource::Debian(kernel_deb()),
         force: false,
     })
     .unwrap();
