@@ -165,11 +165,13 @@ fn image(cli: &Cli, command: &ImageCommand) -> anyhow::Result<i32> {
         kernel_dir,
         force,
     } = command;
-    let kernel = match (kernel, kernel_dir) {
-        (KernelKind::Debian, None) => KernelSource::Debian(kernel_deb.clone()),
-        (KernelKind::Skerry, Some(dir)) => KernelSource::Skerry(dir.clone()),
-        (KernelKind::Debian, Some(_)) => bail!("--kernel-dir needs --kernel skerry"),
-        (KernelKind::Skerry, None) => bail!("--kernel skerry needs --kernel-dir"),
+    let kernel = match (kernel, kernel_deb, kernel_dir) {
+        (Some(KernelKind::Debian), _, Some(_)) => bail!("--kernel-dir needs --kernel skerry"),
+        (Some(KernelKind::Skerry), Some(_), _) => bail!("--kernel-deb needs --kernel debian"),
+        (Some(KernelKind::Debian), deb, None) | (None, deb @ Some(_), None) => {
+            KernelSource::Debian(deb.clone())
+        }
+        (Some(KernelKind::Skerry) | None, _, dir) => KernelSource::Skerry(dir.clone()),
     };
     let config = load_config(cli)?;
     let agent = match agent {

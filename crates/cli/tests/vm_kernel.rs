@@ -108,7 +108,10 @@ fn kernel_dir() -> Result<PathBuf, String> {
     Ok(PathBuf::from(stdout(&out).trim()))
 }
 
-/// A guest image around the skerry kernel in the world's temp dir, or why it cannot be built.
+/// A guest image in the world's temp dir built by `skerry image build` with
+/// no kernel option (skerry's kernel is the default), or why it cannot be
+/// built. The build script and fragment compiled into `skerry` must find the
+/// build of the repository's (same cache key): nothing is rebuilt.
 fn skerry_image(tmp: &Path) -> Result<PathBuf, String> {
     if let Some(reason) = common::vm_skip_reason() {
         return Err(reason);
@@ -120,15 +123,26 @@ fn skerry_image(tmp: &Path) -> Result<PathBuf, String> {
     }
     let image = tmp.join("img");
     let out = Command::new(env!("CARGO_BIN_EXE_skerry"))
-        .args(["image", "build", "--kernel", "skerry", "--kernel-dir"])
-        .arg(&kernel)
-        .arg("--agent")
+        .args(["image", "build", "--agent"])
         .arg(&agent)
         .arg("--output")
         .arg(&image)
         .output()
         .unwrap();
     assert!(out.status.success(), "image build: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("build-kernel: cached build {}", kernel.display())),
+        "the default build did not reuse {}: {}",
+        kernel.display(),
+        stderr(&out)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(image.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["kernel_build_key"].as_str(),
+        kernel.file_name().and_then(|n| n.to_str()),
+        "{manifest}"
+    );
     Ok(image)
 }
 
@@ -150,8 +164,9 @@ fn skerry_world() -> Option<(World, tempfile::TempDir)> {
 }
 
 /// A container in a VM on the skerry kernel sees that kernel: its release
-/// (from the build's kernel.json) in /proc/version, and an image manifest
-/// naming the source package, the config and no modules.
+/// (from the build's kernel.json) in /proc/version, an image manifest
+/// naming the source package, the config and no modules, and `skerry check`
+/// names that kernel.
 #[test]
 fn vm_boots_the_skerry_kernel() {
     let Some((w, image_tmp)) = skerry_world() else {
@@ -179,6 +194,23 @@ fn vm_boots_the_skerry_kernel() {
         "{text}"
     );
     w.assert_clean("ver");
+
+    // `skerry check` says which kernel the configured image has.
+    let out = w.run(&["check"]);
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("guest image"))
+        .unwrap_or_else(|| panic!("no guest image row in:\n{text}"));
+    let sha = manifest["kernel_config_sha256"].as_str().unwrap();
+    assert!(
+        row.contains(&format!(
+            "kernel {release}: skerry's own, from linux-source {}, config sha256 {}, no modules",
+            manifest["kernel_package_version"].as_str().unwrap(),
+            &sha[..16]
+        )),
+        "{row}"
+    );
 }
 
 /// Root of the guest with every capability and no seccomp filter still

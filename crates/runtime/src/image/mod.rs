@@ -1,5 +1,6 @@
-//! `skerry image build`: the guest kernel and initramfs, from Debian's cloud
-//! kernel package or from skerry's own kernel (`scripts/build-kernel.sh`).
+//! `skerry image build`: the guest kernel and initramfs, around skerry's own
+//! kernel (the default: `scripts/build-kernel.sh`, see [`skerry_kernel`]) or
+//! Debian's cloud kernel package and its modules.
 //!
 //! The initramfs is an uncompressed newc cpio (nothing to inflate under TCG)
 //! holding the agent as `/init`, the kernel modules the virtio devices need
@@ -21,28 +22,51 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 
-/// Modules the guest loads, by name; dependencies are added in load order.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "virtio_console",
-    "vsock",
-    "vmw_vsock_virtio_transport",
-    "virtiofs",
-    "fuse",
-    "virtio_blk",
-    "virtio_net",
-    "virtio_balloon",
+mod skerry_kernel;
+
+pub use skerry_kernel::{
+    build_skerry_kernel, read_skerry_kernel, SkerryKernelInfo, CONFIG_FRAGMENT,
+    SKERRY_KERNEL_CONFIG, SKERRY_KERNEL_INFO,
+};
+
+/// A kernel feature the guest needs: a module Debian's kernel loads at boot,
+/// built into skerry's kernel (which has no module support).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestModule {
+    /// The module's name in Debian's kernel; its dependencies are added in load order.
+    pub name: &'static str,
+    /// The Kconfig option (without `CONFIG_`) that must be `y` in skerry's kernel.
+    pub option: &'static str,
+}
+
+const fn module(name: &'static str, option: &'static str) -> GuestModule {
+    GuestModule { name, option }
+}
+
+/// What the guest kernel must provide, as Debian module and skerry Kconfig option.
+pub const GUEST_MODULES: &[GuestModule] = &[
+    module("virtio_mmio", "VIRTIO_MMIO"),
+    module("virtio_console", "VIRTIO_CONSOLE"),
+    module("vsock", "VSOCKETS"),
+    module("vmw_vsock_virtio_transport", "VIRTIO_VSOCKETS"),
+    module("virtiofs", "VIRTIO_FS"),
+    module("fuse", "FUSE_FS"),
+    module("virtio_blk", "VIRTIO_BLK"),
+    module("virtio_net", "VIRTIO_NET"),
+    module("virtio_balloon", "VIRTIO_BALLOON"),
     // Containers with NET_ADMIN make bridges (`ip link add type bridge`,
     // `brctl addbr`), as they can under runc; the guest cannot load modules
     // on demand.
-    "bridge",
+    module("bridge", "BRIDGE"),
 ];
+
+/// The names of [`GUEST_MODULES`].
+fn guest_module_names() -> Vec<&'static str> {
+    GUEST_MODULES.iter().map(|m| m.name).collect()
+}
 
 /// Debian's meta package that depends on the current cloud kernel.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
-
-/// The file `scripts/build-kernel.sh` writes next to its `bzImage`.
-pub const SKERRY_KERNEL_INFO: &str = "kernel.json";
 
 /// Name of the manifest written next to the image.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -112,6 +136,22 @@ pub enum ImageError {
     /// A skerry kernel's `kernel.json` does not parse.
     #[error("cannot parse {0}")]
     BadKernelInfo(PathBuf, #[source] serde_json::Error),
+    /// A skerry kernel lacks something the guest needs.
+    #[error("skerry kernel {dir} does not build in {module} (CONFIG_{option}=y in guest/kernel/skerry.config)")]
+    KernelLacks {
+        /// The kernel build directory.
+        dir: PathBuf,
+        /// The Debian module name of what is missing.
+        module: &'static str,
+        /// Its Kconfig option.
+        option: &'static str,
+    },
+    /// The kernel build script failed (its output went to stderr).
+    #[error("building skerry's guest kernel failed ({0}); its output is above")]
+    KernelBuild(std::process::ExitStatus),
+    /// The kernel build script printed no build directory.
+    #[error("the kernel build printed no build directory: {0:?}")]
+    KernelBuildOutput(String),
 }
 
 /// Which kernel the image boots.
@@ -121,23 +161,9 @@ pub enum KernelSource {
     /// meta package), or `None` to download it with apt.
     Debian(Option<PathBuf>),
     /// skerry's own kernel, everything built in: a directory written by
-    /// `scripts/build-kernel.sh` (`bzImage` and `kernel.json`).
-    Skerry(PathBuf),
-}
-
-/// `kernel.json` of a skerry kernel build.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct SkerryKernelInfo {
-    /// `make kernelrelease`, e.g. "6.1.192-skerry".
-    pub release: String,
-    /// Debian source package, e.g. "linux-source-6.1".
-    pub source_package: String,
-    /// Its version, e.g. "6.1.192-3".
-    pub source_version: String,
-    /// SHA-256 of guest/kernel/skerry.config (hex).
-    pub config_sha256: String,
-    /// The cache key: hash of source version, config fragment and build script.
-    pub build_key: String,
+    /// `scripts/build-kernel.sh` (`bzImage`, `config` and `kernel.json`), or `None` to
+    /// build it (or find it in the cache) with the script compiled into this binary.
+    Skerry(Option<PathBuf>),
 }
 
 /// Where a manifest's kernel came from.
@@ -170,7 +196,7 @@ impl BuildOptions {
         BuildOptions {
             output_dir: config.guest.image_dir.clone(),
             agent,
-            kernel: KernelSource::Debian(None),
+            kernel: KernelSource::Skerry(None),
             force: false,
         }
     }
@@ -207,6 +233,24 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Which kernel the image has, for people: release, origin, source and config.
+    pub fn kernel_summary(&self) -> String {
+        match self.kernel_origin {
+            KernelOrigin::Skerry => format!(
+                "kernel {}: skerry's own, from linux-source {}, config sha256 {}, no modules",
+                self.kernel_version,
+                self.kernel_package_version,
+                self.kernel_config_sha256.get(..16).unwrap_or("?")
+            ),
+            KernelOrigin::Debian => format!(
+                "kernel {}: Debian's cloud kernel, package {}, {} modules",
+                self.kernel_version,
+                self.kernel_package_version,
+                self.module_files.len()
+            ),
+        }
+    }
+
     /// True when `self` (on disk) describes what `wanted` asks for and the files match.
     fn satisfies(&self, wanted: &Manifest, dir: &Path) -> bool {
         let size = |name: &str| std::fs::metadata(dir.join(name)).ok().map(|m| m.len());
@@ -250,11 +294,9 @@ impl fmt::Display for BuildReport {
         if self.up_to_date {
             writeln!(
                 f,
-                "guest image in {} is up to date (kernel {}, {:?} package {})",
+                "guest image in {} is up to date ({})",
                 self.output_dir.display(),
-                m.kernel_version,
-                m.kernel_origin,
-                m.kernel_package_version
+                m.kernel_summary()
             )?;
             return Ok(());
         }
@@ -340,18 +382,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
                 })?;
             manifest.kernel_version = release.clone();
             manifest.kernel_package_version = control.get("Version").cloned().unwrap_or_default();
-            manifest.modules = GUEST_MODULES.iter().map(|m| m.to_string()).collect();
+            manifest.modules = guest_module_names().iter().map(|m| m.to_string()).collect();
             (deb.clone(), ResolvedKernel::Debian { deb, release })
         }
         KernelSource::Skerry(dir) => {
-            let info = read_skerry_kernel(dir)?;
+            let dir = match dir {
+                Some(dir) => dir.clone(),
+                None => build_skerry_kernel()?,
+            };
+            let info = read_skerry_kernel(&dir)?;
             manifest.kernel_version = info.release;
             manifest.kernel_package_version = info.source_version;
             manifest.kernel_origin = KernelOrigin::Skerry;
             manifest.kernel_config_sha256 = info.config_sha256;
             manifest.kernel_build_key = info.build_key;
             let bzimage = dir.join("bzImage");
-            (dir.clone(), ResolvedKernel::Skerry { bzimage })
+            (dir, ResolvedKernel::Skerry { bzimage })
         }
     };
     if !opts.force {
@@ -467,7 +513,7 @@ fn debian_kernel(
     }
     let mut index = ModuleIndex::load(&modules_dir)?;
     let mut modules = Vec::new();
-    for rel in index.load_order(GUEST_MODULES)? {
+    for rel in index.load_order(&guest_module_names())? {
         let data = read_module(&modules_dir.join(&rel))?;
         modules.push((
             format!("lib/modules/{release}/{}", strip_compression(&rel)),
@@ -477,16 +523,6 @@ fn debian_kernel(
     let vmlinuz =
         std::fs::read(&vmlinuz_src).map_err(|e| ImageError::Io(vmlinuz_src.clone(), e))?;
     Ok((vmlinuz, modules))
-}
-
-/// Reads `kernel.json` of a skerry kernel build directory and checks its `bzImage` is there.
-pub fn read_skerry_kernel(dir: &Path) -> Result<SkerryKernelInfo, ImageError> {
-    let info_path = dir.join(SKERRY_KERNEL_INFO);
-    let text = std::fs::read(&info_path)
-        .map_err(|e| ImageError::NotASkerryKernel(dir.to_path_buf(), e))?;
-    std::fs::metadata(dir.join("bzImage"))
-        .map_err(|e| ImageError::NotASkerryKernel(dir.to_path_buf(), e))?;
-    serde_json::from_slice(&text).map_err(|e| ImageError::BadKernelInfo(info_path, e))
 }
 
 /// A directory removed on drop.
@@ -1119,7 +1155,7 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
     fn modules_dep_gives_dependency_order() {
         let mut index = ModuleIndex::from_modules_dep(MODULES_DEP, "kernel/lib/crc32c.ko\n");
         let order: Vec<String> = index
-            .load_order(GUEST_MODULES)
+            .load_order(&guest_module_names())
             .unwrap()
             .iter()
             .map(|p| module_name(p))
@@ -1266,6 +1302,7 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
         let kdir = dir.join(format!("kernel-{build_key}"));
         std::fs::create_dir_all(&kdir).unwrap();
         std::fs::write(kdir.join("bzImage"), b"bzImage!").unwrap();
+        std::fs::write(kdir.join(SKERRY_KERNEL_CONFIG), CONFIG_FRAGMENT).unwrap();
         let info = serde_json::json!({
             "release": "6.1.192-skerry",
             "source_package": "linux-source-6.1",
@@ -1286,7 +1323,7 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
         let opts = BuildOptions {
             output_dir: dir.path().join("img"),
             agent,
-            kernel: KernelSource::Skerry(skerry_kernel_dir(dir.path(), "k1")),
+            kernel: KernelSource::Skerry(Some(skerry_kernel_dir(dir.path(), "k1"))),
             force: false,
         };
         let report = build(&opts).unwrap();
@@ -1313,18 +1350,63 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
 
         assert!(build(&opts).unwrap().up_to_date);
         let rebuilt = BuildOptions {
-            kernel: KernelSource::Skerry(skerry_kernel_dir(dir.path(), "k2")),
+            kernel: KernelSource::Skerry(Some(skerry_kernel_dir(dir.path(), "k2"))),
             ..opts.clone()
         };
         assert!(!build(&rebuilt).unwrap().up_to_date, "another kernel build");
         let missing = BuildOptions {
-            kernel: KernelSource::Skerry(dir.path().join("nope")),
-            ..opts
+            kernel: KernelSource::Skerry(Some(dir.path().join("nope"))),
+            ..opts.clone()
         };
         assert!(matches!(
             build(&missing),
             Err(ImageError::NotASkerryKernel(..))
         ));
+        // A kernel without bridge (a guest module) built in is refused.
+        let kdir = skerry_kernel_dir(dir.path(), "k3");
+        let config = CONFIG_FRAGMENT.replace("CONFIG_BRIDGE=y\n", "");
+        std::fs::write(kdir.join(SKERRY_KERNEL_CONFIG), config).unwrap();
+        let lacking = BuildOptions {
+            kernel: KernelSource::Skerry(Some(kdir)),
+            force: true,
+            ..opts
+        };
+        let err = build(&lacking).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::KernelLacks {
+                    module: "bridge",
+                    option: "BRIDGE",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kernel_summary_names_the_origin() {
+        let debian = Manifest {
+            module_files: vec!["/a.ko".into(), "/b.ko".into()],
+            ..manifest()
+        };
+        assert_eq!(
+            debian.kernel_summary(),
+            "kernel 6.1.0-56-cloud-amd64: Debian's cloud kernel, package 6.1.192-2, 2 modules"
+        );
+        let skerry = Manifest {
+            kernel_version: "6.1.192-skerry".into(),
+            kernel_package_version: "6.1.192-3".into(),
+            kernel_origin: KernelOrigin::Skerry,
+            kernel_config_sha256: "911e8596391aa31313a4".into(),
+            ..manifest()
+        };
+        assert_eq!(
+            skerry.kernel_summary(),
+            "kernel 6.1.192-skerry: skerry's own, from linux-source 6.1.192-3, \
+             config sha256 911e8596391aa313, no modules"
+        );
     }
 
     #[test]
