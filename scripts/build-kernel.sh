@@ -9,6 +9,7 @@
 # survive the merge. SKERRY_KERNEL_JOBS (default 2) sets make's -j.
 # With --cached it only prints the directory of an existing build (exit 3 if
 # there is none): the tests use it to find the kernel without building one.
+# Concurrent builds of one key are serialised (flock on <key>.lock).
 set -euo pipefail
 
 cached_only=false
@@ -41,6 +42,17 @@ fi
 if $cached_only; then
     echo "build-kernel: no build for key $key in $cache (run scripts/build-kernel.sh)" >&2
     exit 3
+fi
+
+# One build of a key at a time (CI and a developer share the cache on one
+# machine): a second caller waits, then takes the first one's build.
+mkdir -p "$cache"
+exec 9>"$cache/$key.lock"
+flock 9
+if [[ -f $out/kernel.json ]]; then
+    echo "build-kernel: cached build $out (made while waiting for the lock)" >&2
+    echo "$out"
+    exit 0
 fi
 
 # The source tree (~1 GB) stays after a failure, so that a rerun (same key)
