@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds skerry: the host binaries (PROFILE=release|debug, default release),
 # the static guest agent, and the guest image (kernel + initramfs) into
-# $SKERRY_IMAGE_DIR (default: target/guest).
+# $SKERRY_IMAGE_DIR (default: target/guest). The kernel is our own
+# (scripts/build-kernel.sh: built once per source version, config fragment and
+# script, ~5 min on 2 cores, cached in ~/.cache/skerry-kernel outside the tree),
+# or with SKERRY_KERNEL=debian Debian's cloud kernel and its modules.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
@@ -19,4 +22,12 @@ CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" \
     LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
     cargo build --release -p skerry-agent --target x86_64-unknown-linux-gnu
 agent=target/x86_64-unknown-linux-gnu/release/skerry-agent
-"target/$profile/skerry" image build --agent "$agent" --output "$image_dir"
+case ${SKERRY_KERNEL:-skerry} in
+skerry)
+    kernel_dir=$(scripts/build-kernel.sh)
+    kernel=(--kernel skerry --kernel-dir "$kernel_dir")
+    ;;
+debian) kernel=(--kernel debian) ;;
+*) echo "build.sh: SKERRY_KERNEL must be debian or skerry" >&2; exit 2 ;;
+esac
+"target/$profile/skerry" image build --agent "$agent" --output "$image_dir" "${kernel[@]}"

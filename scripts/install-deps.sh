@@ -2,7 +2,8 @@
 # Installs what skerry needs on a Debian 12 host: QEMU, iproute2 (pod taps), busybox (test and demo
 # bundles), the vhost-user back ends (virtiofsd, vhost-device-vsock) and
 # cargo-nextest; libseccomp-dev for container mode (libcontainer), gcc and
-# libc6-dev for the static probe helper of crates/cli/tests/plain_probes.rs.
+# libc6-dev for the static probe helper of crates/cli/tests/plain_probes.rs;
+# linux-source-6.1 and the kernel build tools for scripts/build-kernel.sh.
 # Idempotent: cargo install skips what is already there.
 set -euo pipefail
 
@@ -11,7 +12,8 @@ apt-get update -qq
 apt-get install -y -qq \
     qemu-system-x86 busybox-static cpio ca-certificates bsdutils iproute2 \
     podman containerd runc crun hyperfine \
-    libseccomp-dev libcap-ng-dev pkg-config gcc libc6-dev >/dev/null
+    libseccomp-dev libcap-ng-dev pkg-config gcc libc6-dev \
+    linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils >/dev/null
 echo "install-deps: apt packages ready"
 
 # Back ends QEMU runs beside each sandbox VM. vhost-device-vsock runs as the

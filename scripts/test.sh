@@ -7,7 +7,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
-PROFILE=debug scripts/build.sh
+PROFILE=debug scripts/build.sh # the guest image around our kernel, built or from its cache
+# hv_qemu.rs also boots Debian's cloud kernel with its modules: an image
+# built with --kernel debian leaves the package in target/guest-debian/cache.
+target/debug/skerry image build --kernel debian --output target/guest-debian \
+    --agent target/x86_64-unknown-linux-gnu/release/skerry-agent
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 scripts/fuzz.sh # fuzz the VMM: virtio queues, MMIO transport, command line (20 s per target)

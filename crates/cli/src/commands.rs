@@ -2,15 +2,16 @@
 
 use std::{path::PathBuf, str::FromStr};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 use skerry_runtime::{
     config::{Config, DEFAULT_CONFIG_PATH},
+    image::KernelSource,
     lifecycle,
     state::{validate_id, StateStore},
 };
 
-use crate::{container_cmd, exec_cmd, logging, Cli, Command, ImageCommand};
+use crate::{container_cmd, exec_cmd, logging, Cli, Command, ImageCommand, KernelKind};
 
 /// Runs the command line; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
@@ -159,9 +160,19 @@ fn image(cli: &Cli, command: &ImageCommand) -> anyhow::Result<i32> {
     let ImageCommand::Build {
         output,
         agent,
+        kernel,
         kernel_deb,
+        kernel_dir,
         force,
     } = command;
+    let kernel = match (kernel, kernel_deb, kernel_dir) {
+        (Some(KernelKind::Debian), _, Some(_)) => bail!("--kernel-dir needs --kernel skerry"),
+        (Some(KernelKind::Skerry), Some(_), _) => bail!("--kernel-deb needs --kernel debian"),
+        (Some(KernelKind::Debian), deb, None) | (None, deb @ Some(_), None) => {
+            KernelSource::Debian(deb.clone())
+        }
+        (Some(KernelKind::Skerry) | None, _, dir) => KernelSource::Skerry(dir.clone()),
+    };
     let config = load_config(cli)?;
     let agent = match agent {
         Some(a) => a.clone(),
@@ -172,7 +183,7 @@ fn image(cli: &Cli, command: &ImageCommand) -> anyhow::Result<i32> {
     let opts = skerry_runtime::image::BuildOptions {
         output_dir: output.clone().unwrap_or(config.guest.image_dir.clone()),
         agent,
-        kernel_deb: kernel_deb.clone(),
+        kernel,
         force: *force,
     };
     let report = skerry_runtime::image::build(&opts)?;

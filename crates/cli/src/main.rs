@@ -251,7 +251,8 @@ pub struct ExecArgs {
 /// `skerry image` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the guest kernel + initramfs from Debian's cloud kernel package.
+    /// Build the guest kernel + initramfs: around skerry's own hardened kernel
+    /// (the default), or Debian's cloud kernel and its modules (`--kernel debian`).
     Build {
         /// Output directory (default: guest.image_dir of the config).
         #[arg(long)]
@@ -259,13 +260,31 @@ pub enum ImageCommand {
         /// The static skerry-agent binary (default: next to this executable).
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Which kernel: skerry's own (everything built in, no modules; built
+        /// or taken from ~/.cache/skerry-kernel) or Debian's cloud kernel. Default:
+        /// debian with --kernel-deb, else skerry.
+        #[arg(long, value_enum)]
+        kernel: Option<KernelKind>,
         /// A linux-image-*-cloud-amd64 .deb to use instead of downloading one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kernel_dir")]
         kernel_deb: Option<PathBuf>,
+        /// A skerry kernel build (the directory scripts/build-kernel.sh
+        /// printed) to use instead of building or finding one.
+        #[arg(long)]
+        kernel_dir: Option<PathBuf>,
         /// Rebuild even if the image is up to date.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The kernel `skerry image build` puts in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelKind {
+    /// Debian's linux-image-cloud-amd64 with its virtio modules.
+    Debian,
+    /// skerry's hardened, module-less kernel (scripts/build-kernel.sh).
+    Skerry,
 }
 
 fn main() {

@@ -1121,8 +1121,8 @@ fn vm_a_flooding_guest_stays_within_its_host_cgroup() {
 }
 
 /// A container with CAP_NET_ADMIN makes a bridge in its VM, as it can
-/// under runc (the guest image carries the bridge module; CRI's "adding
-/// capability NET_ADMIN" test runs `brctl addbr`).
+/// under runc (skerry's guest kernel has bridge built in, Debian's loads the
+/// module at boot; CRI's "adding capability NET_ADMIN" test runs `brctl addbr`).
 #[test]
 fn vm_a_net_admin_container_makes_a_bridge() {
     require_vm!();

@@ -249,7 +249,7 @@ pub fn run(config: &Config) -> CheckReport {
         .collect();
     if missing.is_empty() {
         let version = crate::image::read_manifest(&guest.image_dir)
-            .map(|m| format!("kernel {}", m.kernel_version))
+            .map(|m| m.kernel_summary())
             .unwrap_or_else(|| "no manifest.json".to_string());
         report.push(
             "guest image",

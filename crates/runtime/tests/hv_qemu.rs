@@ -4,9 +4,11 @@
 //!
 //! Skips (with the reason printed) when not root, when QEMU, virtiofsd or
 //! vhost-device-vsock are missing, or when no kernel .deb / agent binary is
-//! available. The kernel package comes from `SKERRY_KERNEL_DEB`, else the first
-//! `linux-image-*-cloud-amd64_*.deb` in target/guest/cache (left there by
-//! scripts/build.sh) or /tmp/kpkg.
+//! available. These guests boot Debian's cloud kernel (the one with modules):
+//! the package comes from `SKERRY_KERNEL_DEB`, else the first
+//! `linux-image-*-cloud-amd64_*.deb` in target/guest-debian/cache (left there
+//! by scripts/test.sh, which builds a `--kernel debian` image),
+//! target/guest/cache or /tmp/kpkg.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -47,18 +49,22 @@ fn kernel_deb() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SKERRY_KERNEL_DEB") {
         return Some(PathBuf::from(p));
     }
-    // scripts/build.sh leaves the package it used in the image cache.
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest/cache");
-    let mut debs: Vec<PathBuf> = [cache.as_path(), Path::new("/tmp/kpkg")]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            n.starts_with("linux-image-") && n.contains("-cloud-amd64_") && n.ends_with(".deb")
-        })
-        .collect();
+    // `skerry image build --kernel debian` leaves the package it used in the image's cache.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let mut debs: Vec<PathBuf> = [
+        target.join("guest-debian/cache"),
+        target.join("guest/cache"),
+        PathBuf::from("/tmp/kpkg"),
+    ]
+    .iter()
+    .filter_map(|d| std::fs::read_dir(d).ok())
+    .flatten()
+    .filter_map(|e| e.ok().map(|e| e.path()))
+    .filter(|p| {
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        n.starts_with("linux-image-") && n.contains("-cloud-amd64_") && n.ends_with(".deb")
+    })
+    .collect();
     debs.sort();
     debs.into_iter().next()
 }
@@ -78,7 +84,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     let deb = match kernel_deb() {
         Some(d) if d.is_file() => d,
         _ => {
-            skip("no kernel .deb (set SKERRY_KERNEL_DEB or put one in /tmp/kpkg)");
+            skip("no Debian kernel .deb (scripts/test.sh builds a --kernel debian image into target/guest-debian; or set SKERRY_KERNEL_DEB)");
             return None;
         }
     };
@@ -89,7 +95,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     let report = image::build(&BuildOptions {
         output_dir: image_dir.clone(),
         agent: agent.to_path_buf(),
-        kernel_deb: Some(deb),
+        kernel: image::KernelSource::Debian(Some(deb)),
         force: false,
     })
     .expect("image build");
@@ -98,7 +104,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
     let again = image::build(&BuildOptions {
         output_dir: image_dir.clone(),
         agent: agent.to_path_buf(),
-        kernel_deb: kernel_deb(),
+        kernel: image::KernelSource::Debian(kernel_deb()),
         force: false,
     })
     .unwrap();

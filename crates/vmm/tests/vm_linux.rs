@@ -1,4 +1,4 @@
-//! Early Linux boot: Debian's cloud kernel must print exactly our command line and an e820
+//! Early Linux boot: the guest image's kernel (skerry's or Debian's) must print exactly our command line and an e820
 //! map matching the configured memory. Under PVM a stock kernel cannot finish booting, so the
 //! VM is killed as soon as those lines are out.
 
@@ -102,7 +102,7 @@ fn boot(protocol: &str) {
     );
 }
 
-/// PVH entry (the Debian kernel has the PVH ELF note).
+/// PVH entry (both kernels have the PVH ELF note: `CONFIG_PVH`).
 #[test]
 fn vm_linux_pvh_prints_cmdline_and_e820() {
     boot("auto");

@@ -1,4 +1,4 @@
-//! Finds the Debian test kernel and extracts its ELF `vmlinux` from the bzImage (the
+//! Finds the guest image's kernel (`SKERRY_TEST_IMAGE_DIR`) and extracts its ELF `vmlinux` from the bzImage (the
 //! `extract-vmlinux` logic: the setup header says where the compressed payload is).
 
 use std::path::{Path, PathBuf};

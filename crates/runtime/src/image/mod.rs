@@ -1,10 +1,14 @@
-//! `skerry image build`: the guest kernel and initramfs, from Debian's kernel package.
+//! `skerry image build`: the guest kernel and initramfs, around skerry's own
+//! kernel (the default: `scripts/build-kernel.sh`, see [`skerry_kernel`]) or
+//! Debian's cloud kernel package and its modules.
 //!
 //! The initramfs is an uncompressed newc cpio (nothing to inflate under TCG)
 //! holding the agent as `/init`, the kernel modules the virtio devices need
 //! (uncompressed, at their `/lib/modules/<version>/…` paths), the list
 //! `/lib/modules/load-order` (absolute paths in dependency order, one per
 //! line: the contract with the agent) and empty `/proc /sys /dev /run /tmp`.
+//! skerry's kernel has everything built in and no module support: its list
+//! is empty, so the agent loads nothing.
 //! The kernel's built-in initramfs already provides `/dev/console`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -18,22 +22,48 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 
-/// Modules the guest loads, by name; dependencies are added in load order.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "virtio_console",
-    "vsock",
-    "vmw_vsock_virtio_transport",
-    "virtiofs",
-    "fuse",
-    "virtio_blk",
-    "virtio_net",
-    "virtio_balloon",
+mod skerry_kernel;
+
+pub use skerry_kernel::{
+    build_skerry_kernel, read_skerry_kernel, SkerryKernelInfo, CONFIG_FRAGMENT,
+    SKERRY_KERNEL_CONFIG, SKERRY_KERNEL_INFO,
+};
+
+/// A kernel feature the guest needs: a module Debian's kernel loads at boot,
+/// built into skerry's kernel (which has no module support).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestModule {
+    /// The module's name in Debian's kernel; its dependencies are added in load order.
+    pub name: &'static str,
+    /// The Kconfig option (without `CONFIG_`) that must be `y` in skerry's kernel.
+    pub option: &'static str,
+}
+
+const fn module(name: &'static str, option: &'static str) -> GuestModule {
+    GuestModule { name, option }
+}
+
+/// What the guest kernel must provide, as Debian module and skerry Kconfig option.
+pub const GUEST_MODULES: &[GuestModule] = &[
+    module("virtio_mmio", "VIRTIO_MMIO"),
+    module("virtio_console", "VIRTIO_CONSOLE"),
+    module("vsock", "VSOCKETS"),
+    module("vmw_vsock_virtio_transport", "VIRTIO_VSOCKETS"),
+    module("virtiofs", "VIRTIO_FS"),
+    module("fuse", "FUSE_FS"),
+    module("virtio_blk", "VIRTIO_BLK"),
+    module("virtio_net", "VIRTIO_NET"),
+    module("virtio_balloon", "VIRTIO_BALLOON"),
     // Containers with NET_ADMIN make bridges (`ip link add type bridge`,
     // `brctl addbr`), as they can under runc; the guest cannot load modules
     // on demand.
-    "bridge",
+    module("bridge", "BRIDGE"),
 ];
+
+/// The names of [`GUEST_MODULES`].
+fn guest_module_names() -> Vec<&'static str> {
+    GUEST_MODULES.iter().map(|m| m.name).collect()
+}
 
 /// Debian's meta package that depends on the current cloud kernel.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -100,6 +130,51 @@ pub enum ImageError {
     /// The manifest could not be written.
     #[error("cannot encode {0}")]
     Manifest(PathBuf, #[source] serde_json::Error),
+    /// A skerry kernel directory lacks its build description or kernel.
+    #[error("{0} is not a skerry kernel build (run scripts/build-kernel.sh)")]
+    NotASkerryKernel(PathBuf, #[source] std::io::Error),
+    /// A skerry kernel's `kernel.json` does not parse.
+    #[error("cannot parse {0}")]
+    BadKernelInfo(PathBuf, #[source] serde_json::Error),
+    /// A skerry kernel lacks something the guest needs.
+    #[error("skerry kernel {dir} does not build in {module} (CONFIG_{option}=y in guest/kernel/skerry.config)")]
+    KernelLacks {
+        /// The kernel build directory.
+        dir: PathBuf,
+        /// The Debian module name of what is missing.
+        module: &'static str,
+        /// Its Kconfig option.
+        option: &'static str,
+    },
+    /// The kernel build script failed (its output went to stderr).
+    #[error("building skerry's guest kernel failed ({0}); its output is above")]
+    KernelBuild(std::process::ExitStatus),
+    /// The kernel build script printed no build directory.
+    #[error("the kernel build printed no build directory: {0:?}")]
+    KernelBuildOutput(String),
+}
+
+/// Which kernel the image boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// Debian's cloud kernel with the virtio modules it needs: this .deb (versioned or the
+    /// meta package), or `None` to download it with apt.
+    Debian(Option<PathBuf>),
+    /// skerry's own kernel, everything built in: a directory written by
+    /// `scripts/build-kernel.sh` (`bzImage`, `config` and `kernel.json`), or `None` to
+    /// build it (or find it in the cache) with the script compiled into this binary.
+    Skerry(Option<PathBuf>),
+}
+
+/// Where a manifest's kernel came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelOrigin {
+    /// Debian's `linux-image-*-cloud-amd64` package.
+    #[default]
+    Debian,
+    /// Built from Debian's `linux-source` with guest/kernel/skerry.config.
+    Skerry,
 }
 
 /// What `build` should do.
@@ -109,8 +184,8 @@ pub struct BuildOptions {
     pub output_dir: PathBuf,
     /// The static agent binary that becomes `/init`.
     pub agent: PathBuf,
-    /// A linux-image .deb (versioned or the meta package); `None` downloads with apt.
-    pub kernel_deb: Option<PathBuf>,
+    /// The kernel to boot.
+    pub kernel: KernelSource,
     /// Rebuild even when up to date.
     pub force: bool,
 }
@@ -121,7 +196,7 @@ impl BuildOptions {
         BuildOptions {
             output_dir: config.guest.image_dir.clone(),
             agent,
-            kernel_deb: None,
+            kernel: KernelSource::Skerry(None),
             force: false,
         }
     }
@@ -134,8 +209,17 @@ pub struct Manifest {
     pub format: u32,
     /// Kernel release, e.g. "6.1.0-56-cloud-amd64".
     pub kernel_version: String,
-    /// Debian package version, e.g. "6.1.192-2".
+    /// Debian package version, e.g. "6.1.192-2" (of linux-source for a skerry kernel).
     pub kernel_package_version: String,
+    /// Where the kernel came from.
+    #[serde(default)]
+    pub kernel_origin: KernelOrigin,
+    /// SHA-256 of the config fragment of a skerry kernel (empty for Debian's).
+    #[serde(default)]
+    pub kernel_config_sha256: String,
+    /// Build key of a skerry kernel (empty for Debian's): see `scripts/build-kernel.sh`.
+    #[serde(default)]
+    pub kernel_build_key: String,
     /// SHA-256 of the agent binary (hex).
     pub agent_sha256: String,
     /// Requested module names.
@@ -149,12 +233,33 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Which kernel the image has, for people: release, origin, source and config.
+    pub fn kernel_summary(&self) -> String {
+        match self.kernel_origin {
+            KernelOrigin::Skerry => format!(
+                "kernel {}: skerry's own, from linux-source {}, config sha256 {}, no modules",
+                self.kernel_version,
+                self.kernel_package_version,
+                self.kernel_config_sha256.get(..16).unwrap_or("?")
+            ),
+            KernelOrigin::Debian => format!(
+                "kernel {}: Debian's cloud kernel, package {}, {} modules",
+                self.kernel_version,
+                self.kernel_package_version,
+                self.module_files.len()
+            ),
+        }
+    }
+
     /// True when `self` (on disk) describes what `wanted` asks for and the files match.
     fn satisfies(&self, wanted: &Manifest, dir: &Path) -> bool {
         let size = |name: &str| std::fs::metadata(dir.join(name)).ok().map(|m| m.len());
         self.format == wanted.format
             && self.kernel_version == wanted.kernel_version
             && self.kernel_package_version == wanted.kernel_package_version
+            && self.kernel_origin == wanted.kernel_origin
+            && self.kernel_config_sha256 == wanted.kernel_config_sha256
+            && self.kernel_build_key == wanted.kernel_build_key
             && self.agent_sha256 == wanted.agent_sha256
             && self.modules == wanted.modules
             && size("vmlinuz") == Some(self.vmlinuz_bytes)
@@ -175,8 +280,8 @@ pub struct BuildReport {
     pub up_to_date: bool,
     /// Output directory.
     pub output_dir: PathBuf,
-    /// The kernel package used.
-    pub kernel_deb: PathBuf,
+    /// The kernel package (or skerry kernel directory) used.
+    pub kernel_from: PathBuf,
     /// The manifest of the image now in place.
     pub manifest: Manifest,
     /// Files written with their sizes (empty when up to date).
@@ -189,10 +294,9 @@ impl fmt::Display for BuildReport {
         if self.up_to_date {
             writeln!(
                 f,
-                "guest image in {} is up to date (kernel {}, package {})",
+                "guest image in {} is up to date ({})",
                 self.output_dir.display(),
-                m.kernel_version,
-                m.kernel_package_version
+                m.kernel_summary()
             )?;
             return Ok(());
         }
@@ -200,13 +304,20 @@ impl fmt::Display for BuildReport {
             f,
             "built guest image in {} from {}",
             self.output_dir.display(),
-            self.kernel_deb.display()
+            self.kernel_from.display()
         )?;
         writeln!(
             f,
-            "  kernel  {} (package {})",
-            m.kernel_version, m.kernel_package_version
+            "  kernel  {} ({:?}, package {})",
+            m.kernel_version, m.kernel_origin, m.kernel_package_version
         )?;
+        if !m.kernel_config_sha256.is_empty() {
+            writeln!(
+                f,
+                "  config  sha256 {}",
+                m.kernel_config_sha256.get(..16).unwrap_or("")
+            )?;
+        }
         writeln!(
             f,
             "  agent   sha256 {}",
@@ -230,6 +341,14 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// The kernel an image build resolved to, before anything is extracted.
+enum ResolvedKernel {
+    /// A versioned Debian kernel package and its release.
+    Debian { deb: PathBuf, release: String },
+    /// A skerry kernel's `bzImage`.
+    Skerry { bzimage: PathBuf },
+}
+
 /// Builds (or confirms up to date) the guest kernel and initramfs.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
     let out = &opts.output_dir;
@@ -237,37 +356,49 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         return Err(ImageError::AgentNotFound(opts.agent.clone()));
     }
     std::fs::create_dir_all(out).map_err(|e| ImageError::Io(out.clone(), e))?;
-    let cache = out.join("cache");
-    let deb = match &opts.kernel_deb {
-        Some(deb) => {
-            if !deb.is_file() {
-                return Err(ImageError::DebNotFound(deb.clone()));
-            }
-            resolve_versioned_deb(deb, &cache)?
-        }
-        None => {
-            std::fs::create_dir_all(&cache).map_err(|e| ImageError::Io(cache.clone(), e))?;
-            let meta = apt_download(KERNEL_META_PACKAGE, &cache)?;
-            resolve_versioned_deb(&meta, &cache)?
-        }
-    };
-    let control = deb_fields(&deb, &["Package", "Version"])?;
-    let package = control.get("Package").cloned().unwrap_or_default();
-    let kernel_version =
-        kernel_version_of(&package).ok_or_else(|| ImageError::NotAKernelPackage {
-            deb: deb.clone(),
-            reason: format!("package name {package:?}"),
-        })?;
     let agent = std::fs::read(&opts.agent).map_err(|e| ImageError::Io(opts.agent.clone(), e))?;
     let mut manifest = Manifest {
         format: FORMAT,
-        kernel_version: kernel_version.clone(),
-        kernel_package_version: control.get("Version").cloned().unwrap_or_default(),
+        kernel_version: String::new(),
+        kernel_package_version: String::new(),
+        kernel_origin: KernelOrigin::Debian,
+        kernel_config_sha256: String::new(),
+        kernel_build_key: String::new(),
         agent_sha256: hex(&Sha256::digest(&agent)),
-        modules: GUEST_MODULES.iter().map(|m| m.to_string()).collect(),
+        modules: Vec::new(),
         module_files: Vec::new(),
         vmlinuz_bytes: 0,
         initramfs_bytes: 0,
+    };
+    let (kernel_from, kernel) = match &opts.kernel {
+        KernelSource::Debian(deb) => {
+            let deb = debian_package(deb.as_deref(), &out.join("cache"))?;
+            let control = deb_fields(&deb, &["Package", "Version"])?;
+            let package = control.get("Package").cloned().unwrap_or_default();
+            let release =
+                kernel_version_of(&package).ok_or_else(|| ImageError::NotAKernelPackage {
+                    deb: deb.clone(),
+                    reason: format!("package name {package:?}"),
+                })?;
+            manifest.kernel_version = release.clone();
+            manifest.kernel_package_version = control.get("Version").cloned().unwrap_or_default();
+            manifest.modules = guest_module_names().iter().map(|m| m.to_string()).collect();
+            (deb.clone(), ResolvedKernel::Debian { deb, release })
+        }
+        KernelSource::Skerry(dir) => {
+            let dir = match dir {
+                Some(dir) => dir.clone(),
+                None => build_skerry_kernel()?,
+            };
+            let info = read_skerry_kernel(&dir)?;
+            manifest.kernel_version = info.release;
+            manifest.kernel_package_version = info.source_version;
+            manifest.kernel_origin = KernelOrigin::Skerry;
+            manifest.kernel_config_sha256 = info.config_sha256;
+            manifest.kernel_build_key = info.build_key;
+            let bzimage = dir.join("bzImage");
+            (dir, ResolvedKernel::Skerry { bzimage })
+        }
     };
     if !opts.force {
         if let Some(existing) = read_manifest(out) {
@@ -275,7 +406,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
                 return Ok(BuildReport {
                     up_to_date: true,
                     output_dir: out.clone(),
-                    kernel_deb: deb,
+                    kernel_from,
                     manifest: existing,
                     files: Vec::new(),
                 });
@@ -283,29 +414,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         }
     }
 
-    let extract = TempDir::new(out.join(format!(".extract-{}", std::process::id())))?;
-    run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extract.0))?;
-    let vmlinuz_src = extract.0.join(format!("boot/vmlinuz-{kernel_version}"));
-    if !vmlinuz_src.is_file() {
-        return Err(ImageError::MissingInPackage {
-            deb,
-            missing: format!("/boot/vmlinuz-{kernel_version}"),
-        });
-    }
-    let modules_dir = extract.0.join(format!("lib/modules/{kernel_version}"));
-    if !modules_dir.is_dir() {
-        return Err(ImageError::MissingInPackage {
-            deb,
-            missing: format!("/lib/modules/{kernel_version}"),
-        });
-    }
-    let mut index = ModuleIndex::load(&modules_dir)?;
-    let order = index.load_order(GUEST_MODULES)?;
+    let (vmlinuz, modules) = match kernel {
+        ResolvedKernel::Debian { deb, release } => debian_kernel(&deb, &release, out)?,
+        ResolvedKernel::Skerry { bzimage } => {
+            let vmlinuz =
+                std::fs::read(&bzimage).map_err(|e| ImageError::Io(bzimage.clone(), e))?;
+            (vmlinuz, Vec::new())
+        }
+    };
 
     // initramfs
+    let initramfs_path = out.join("initramfs.img");
+    let cpio_err = |e| ImageError::Io(initramfs_path.clone(), e);
     let mut cpio = CpioWriter::new(Vec::with_capacity(agent.len() + (4 << 20)));
-    cpio.file("init", 0o755, &agent)
-        .map_err(|e| ImageError::Io(out.join("initramfs.img"), e))?;
+    cpio.file("init", 0o755, &agent).map_err(cpio_err)?;
     for (dir, mode) in [
         ("proc", 0o755),
         ("sys", 0o755),
@@ -313,29 +435,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         ("run", 0o755),
         ("tmp", 0o1777),
     ] {
-        cpio.dir(dir, mode)
-            .map_err(|e| ImageError::Io(out.join("initramfs.img"), e))?;
+        cpio.dir(dir, mode).map_err(cpio_err)?;
     }
     let mut load_order = String::new();
-    for rel in &order {
-        let src = modules_dir.join(rel);
-        let data = read_module(&src)?;
-        let guest_rel = format!("lib/modules/{kernel_version}/{}", strip_compression(rel));
-        cpio.file(&guest_rel, 0o644, &data)
-            .map_err(|e| ImageError::Io(out.join("initramfs.img"), e))?;
+    for (guest_rel, data) in &modules {
+        cpio.file(guest_rel, 0o644, data).map_err(cpio_err)?;
         load_order.push('/');
-        load_order.push_str(&guest_rel);
+        load_order.push_str(guest_rel);
         load_order.push('\n');
         manifest.module_files.push(format!("/{guest_rel}"));
     }
     cpio.file("lib/modules/load-order", 0o644, load_order.as_bytes())
-        .map_err(|e| ImageError::Io(out.join("initramfs.img"), e))?;
-    let initramfs = cpio
-        .finish()
-        .map_err(|e| ImageError::Io(out.join("initramfs.img"), e))?;
+        .map_err(cpio_err)?;
+    let initramfs = cpio.finish().map_err(cpio_err)?;
 
-    let vmlinuz =
-        std::fs::read(&vmlinuz_src).map_err(|e| ImageError::Io(vmlinuz_src.clone(), e))?;
     manifest.vmlinuz_bytes = vmlinuz.len() as u64;
     manifest.initramfs_bytes = initramfs.len() as u64;
     let mut files = Vec::new();
@@ -352,10 +465,64 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
     Ok(BuildReport {
         up_to_date: false,
         output_dir: out.clone(),
-        kernel_deb: deb,
+        kernel_from,
         manifest,
         files,
     })
+}
+
+/// The versioned Debian kernel package to use: `deb` (or what a meta package names), else
+/// downloaded into `cache`.
+fn debian_package(deb: Option<&Path>, cache: &Path) -> Result<PathBuf, ImageError> {
+    match deb {
+        Some(deb) => {
+            if !deb.is_file() {
+                return Err(ImageError::DebNotFound(deb.to_path_buf()));
+            }
+            resolve_versioned_deb(deb, cache)
+        }
+        None => {
+            std::fs::create_dir_all(cache).map_err(|e| ImageError::Io(cache.to_path_buf(), e))?;
+            let meta = apt_download(KERNEL_META_PACKAGE, cache)?;
+            resolve_versioned_deb(&meta, cache)
+        }
+    }
+}
+
+/// Extracts `deb` (kernel `release`) and returns its vmlinuz and the guest modules in load
+/// order, as (guest path relative to `/`, uncompressed contents).
+#[allow(clippy::type_complexity)]
+fn debian_kernel(
+    deb: &Path,
+    release: &str,
+    out: &Path,
+) -> Result<(Vec<u8>, Vec<(String, Vec<u8>)>), ImageError> {
+    let extract = TempDir::new(out.join(format!(".extract-{}", std::process::id())))?;
+    run_tool(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&extract.0))?;
+    let missing = |missing: String| ImageError::MissingInPackage {
+        deb: deb.to_path_buf(),
+        missing,
+    };
+    let vmlinuz_src = extract.0.join(format!("boot/vmlinuz-{release}"));
+    if !vmlinuz_src.is_file() {
+        return Err(missing(format!("/boot/vmlinuz-{release}")));
+    }
+    let modules_dir = extract.0.join(format!("lib/modules/{release}"));
+    if !modules_dir.is_dir() {
+        return Err(missing(format!("/lib/modules/{release}")));
+    }
+    let mut index = ModuleIndex::load(&modules_dir)?;
+    let mut modules = Vec::new();
+    for rel in index.load_order(&guest_module_names())? {
+        let data = read_module(&modules_dir.join(&rel))?;
+        modules.push((
+            format!("lib/modules/{release}/{}", strip_compression(&rel)),
+            data,
+        ));
+    }
+    let vmlinuz =
+        std::fs::read(&vmlinuz_src).map_err(|e| ImageError::Io(vmlinuz_src.clone(), e))?;
+    Ok((vmlinuz, modules))
 }
 
 /// A directory removed on drop.
@@ -988,7 +1155,7 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
     fn modules_dep_gives_dependency_order() {
         let mut index = ModuleIndex::from_modules_dep(MODULES_DEP, "kernel/lib/crc32c.ko\n");
         let order: Vec<String> = index
-            .load_order(GUEST_MODULES)
+            .load_order(&guest_module_names())
             .unwrap()
             .iter()
             .map(|p| module_name(p))
@@ -1119,12 +1286,127 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
             format: FORMAT,
             kernel_version: "6.1.0-56-cloud-amd64".into(),
             kernel_package_version: "6.1.192-2".into(),
+            kernel_origin: KernelOrigin::Debian,
+            kernel_config_sha256: String::new(),
+            kernel_build_key: String::new(),
             agent_sha256: "ab".into(),
             modules: vec!["fuse".into()],
             module_files: vec![],
             vmlinuz_bytes: 3,
             initramfs_bytes: 4,
         }
+    }
+
+    /// A fake `scripts/build-kernel.sh` output directory.
+    fn skerry_kernel_dir(dir: &Path, build_key: &str) -> PathBuf {
+        let kdir = dir.join(format!("kernel-{build_key}"));
+        std::fs::create_dir_all(&kdir).unwrap();
+        std::fs::write(kdir.join("bzImage"), b"bzImage!").unwrap();
+        std::fs::write(kdir.join(SKERRY_KERNEL_CONFIG), CONFIG_FRAGMENT).unwrap();
+        let info = serde_json::json!({
+            "release": "6.1.192-skerry",
+            "source_package": "linux-source-6.1",
+            "source_version": "6.1.192-3",
+            "config_sha256": "c0".repeat(32),
+            "build_key": build_key,
+            "build_seconds": 300,
+        });
+        std::fs::write(kdir.join(SKERRY_KERNEL_INFO), info.to_string()).unwrap();
+        kdir
+    }
+
+    #[test]
+    fn skerry_kernel_image_has_no_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"#!agent").unwrap();
+        let opts = BuildOptions {
+            output_dir: dir.path().join("img"),
+            agent,
+            kernel: KernelSource::Skerry(Some(skerry_kernel_dir(dir.path(), "k1"))),
+            force: false,
+        };
+        let report = build(&opts).unwrap();
+        assert!(!report.up_to_date);
+        let m = &report.manifest;
+        assert_eq!(m.kernel_origin, KernelOrigin::Skerry);
+        assert_eq!(m.kernel_version, "6.1.192-skerry");
+        assert_eq!(m.kernel_package_version, "6.1.192-3");
+        assert_eq!(m.kernel_config_sha256, "c0".repeat(32));
+        assert!(m.modules.is_empty() && m.module_files.is_empty());
+        assert_eq!(
+            std::fs::read(opts.output_dir.join("vmlinuz")).unwrap(),
+            b"bzImage!"
+        );
+        let initramfs = std::fs::read(opts.output_dir.join("initramfs.img")).unwrap();
+        let entries = parse_newc(&initramfs);
+        let load_order = entries
+            .iter()
+            .find(|e| e.0 == "lib/modules/load-order")
+            .unwrap();
+        assert!(load_order.2.is_empty(), "the agent loads no module");
+        assert!(!entries.iter().any(|e| e.0.ends_with(".ko")));
+        assert_eq!(read_manifest(&opts.output_dir).as_ref(), Some(m));
+
+        assert!(build(&opts).unwrap().up_to_date);
+        let rebuilt = BuildOptions {
+            kernel: KernelSource::Skerry(Some(skerry_kernel_dir(dir.path(), "k2"))),
+            ..opts.clone()
+        };
+        assert!(!build(&rebuilt).unwrap().up_to_date, "another kernel build");
+        let missing = BuildOptions {
+            kernel: KernelSource::Skerry(Some(dir.path().join("nope"))),
+            ..opts.clone()
+        };
+        assert!(matches!(
+            build(&missing),
+            Err(ImageError::NotASkerryKernel(..))
+        ));
+        // A kernel without bridge (a guest module) built in is refused.
+        let kdir = skerry_kernel_dir(dir.path(), "k3");
+        let config = CONFIG_FRAGMENT.replace("CONFIG_BRIDGE=y\n", "");
+        std::fs::write(kdir.join(SKERRY_KERNEL_CONFIG), config).unwrap();
+        let lacking = BuildOptions {
+            kernel: KernelSource::Skerry(Some(kdir)),
+            force: true,
+            ..opts
+        };
+        let err = build(&lacking).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::KernelLacks {
+                    module: "bridge",
+                    option: "BRIDGE",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kernel_summary_names_the_origin() {
+        let debian = Manifest {
+            module_files: vec!["/a.ko".into(), "/b.ko".into()],
+            ..manifest()
+        };
+        assert_eq!(
+            debian.kernel_summary(),
+            "kernel 6.1.0-56-cloud-amd64: Debian's cloud kernel, package 6.1.192-2, 2 modules"
+        );
+        let skerry = Manifest {
+            kernel_version: "6.1.192-skerry".into(),
+            kernel_package_version: "6.1.192-3".into(),
+            kernel_origin: KernelOrigin::Skerry,
+            kernel_config_sha256: "911e8596391aa31313a4".into(),
+            ..manifest()
+        };
+        assert_eq!(
+            skerry.kernel_summary(),
+            "kernel 6.1.192-skerry: skerry's own, from linux-source 6.1.192-3, \
+             config sha256 911e8596391aa313, no modules"
+        );
     }
 
     #[test]
