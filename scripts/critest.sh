@@ -121,6 +121,8 @@ BRIDGE=skc${T##*.}           # CNI bridge of this run (<= 15 characters)
 BRIDGE=${BRIDGE:0:15}
 REG_PID="" CTD_PID="" CTD_SOCK=""
 NAT_BEFORE=$(iptables -t nat -S 2>/dev/null || true)
+# The CRI's pods get cgroups under /k8s.io (cgroupfs): its parent stays behind.
+CG_BEFORE=$(ls -d /sys/fs/cgroup/k8s.io /sys/fs/cgroup/*/k8s.io 2>/dev/null || true)
 
 ctr_() { ctr --address "$CTD_SOCK" --namespace k8s.io "$@"; }
 crictl_() { "$CRICTL" --runtime-endpoint "unix://$CTD_SOCK" --image-endpoint "unix://$CTD_SOCK" --timeout 330s "$@"; }
@@ -185,6 +187,10 @@ cleanup() {
             eval "iptables -t nat $rule"
         done
         iptables -t nat -F "$chain" && iptables -t nat -X "$chain"
+    done
+    local cg
+    for cg in /sys/fs/cgroup/k8s.io /sys/fs/cgroup/*/k8s.io; do
+        [[ -d $cg ]] && ! grep -qx "$cg" <<<"$CG_BEFORE" && rmdir "$cg" 2>/dev/null
     done
     rm -rf "$T"
     exit $rc
