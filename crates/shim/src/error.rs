@@ -7,7 +7,7 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use skerry_runtime::{
     agent_client::AgentError, bundle::BundleError, config::ConfigError,
     hypervisor::HostCgroupError, lifecycle::LifecycleError, monitor::error_chain,
-    plain::PlainError, sandbox::SandboxError, state::StateError,
+    plain::PlainError, sandbox::SandboxError, state::StateError, state::Status,
 };
 
 /// Failure of a Task request.
@@ -81,12 +81,15 @@ impl TaskError {
     fn code(&self) -> Code {
         match self {
             // A container-mode init that has just exited (before the shim
-            // saw it): containerd takes NotFound as "already gone".
+            // saw it, or after its state says stopped): containerd takes
+            // NotFound as "already gone", as runc's shim answers.
             TaskError::NotFound(_)
             | TaskError::Plain(PlainError::NotRunning { .. })
-            | TaskError::Cleanup(LifecycleError::Plain(PlainError::NotRunning { .. })) => {
-                Code::NOT_FOUND
-            }
+            | TaskError::Cleanup(LifecycleError::Plain(PlainError::NotRunning { .. }))
+            | TaskError::Cleanup(LifecycleError::WrongStatus {
+                status: Status::Stopped,
+                ..
+            }) => Code::NOT_FOUND,
             TaskError::InvalidArgument(_)
             | TaskError::Bundle(_)
             | TaskError::Stdio { .. }
@@ -170,6 +173,21 @@ mod tests {
         assert_eq!(
             code_of(TaskError::Cleanup(LifecycleError::Plain(exited()))),
             Code::NOT_FOUND
+        );
+        // Killing an init whose state already says stopped (critest's attach
+        // and HostNetwork specs leaked pods when this was Unknown).
+        let stopped = |status| LifecycleError::WrongStatus {
+            id: "c1".into(),
+            status,
+            message: "cannot signal a container that is not running",
+        };
+        assert_eq!(
+            code_of(TaskError::Cleanup(stopped(Status::Stopped))),
+            Code::NOT_FOUND
+        );
+        assert_eq!(
+            code_of(TaskError::Cleanup(stopped(Status::Creating))),
+            Code::INTERNAL
         );
     }
 
