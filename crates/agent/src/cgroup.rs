@@ -144,6 +144,17 @@ impl Cgroups {
         write(&self.dir(id).join("cgroup.procs"), pid)
     }
 
+    /// The pids in the cgroup of container `id`.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>, CgroupError> {
+        let path = self.dir(id).join("cgroup.procs");
+        let procs =
+            std::fs::read_to_string(&path).map_err(|source| CgroupError::Io { path, source })?;
+        Ok(procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+
     /// Removes the (empty) cgroup of container `id`; a failure is logged.
     pub fn remove(&self, id: &str) {
         let dir = self.dir(id);
@@ -172,9 +183,10 @@ impl Cgroups {
             pids_current: number(&read("pids.current")?),
             pids_limit: number(&read("pids.max")?),
             oom_kills: keyed(&memory_events, "oom_kill"),
-            pids: read("cgroup.procs")?
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
+            pids: self
+                .pids(id)?
+                .into_iter()
+                .filter_map(|p| u32::try_from(p).ok())
                 .collect(),
             ..Default::default()
         })

@@ -391,7 +391,10 @@ impl Sandbox {
             id: id.to_string(),
             source,
         };
-        let prepared = launch::prepare(terminal, flags).map_err(setup)?;
+        let mut prepared = launch::prepare(terminal, flags).map_err(setup)?;
+        if let (true, Some(pod)) = (namespaces.join_pid, pod_init) {
+            prepared.in_pid_namespace_of(pod).map_err(setup)?;
+        }
         if let Some(cgroups) = &self.cgroups {
             let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
             cgroups
@@ -564,7 +567,13 @@ impl Sandbox {
         }
         if all {
             let c = self.container(id)?;
-            for pid in processes_in_pid_ns_of(c.init.pid) {
+            // The container's cgroup holds exactly its processes; its pid namespace may
+            // be the pod's (shared with the sandbox and the other containers).
+            let pids = match self.cgroups.as_ref().map(|g| g.pids(id)) {
+                Some(Ok(pids)) => pids,
+                _ => processes_in_pid_ns_of(c.init.pid),
+            };
+            for pid in pids {
                 let _ = kill(Pid::from_raw(pid), signal);
             }
         }

@@ -49,6 +49,15 @@ pub enum LaunchError {
     /// The terminal the child sent is unusable.
     #[error("container init process sent a bad terminal: {0}")]
     BadConsole(String),
+    /// The pod's pid namespace could not be opened, entered or left.
+    #[error("{what} the pod's pid namespace")]
+    PidNamespace {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The parent's ends of a process's stdio.
@@ -78,6 +87,8 @@ pub struct Prepared {
     parent_chan: UnixStream,
     /// The parent's pipe ends; `None` with a terminal (the child sends the pty master).
     pipes: Option<ParentStdio>,
+    /// The pid namespace the child is cloned into, if not a new or the caller's one.
+    pid_ns: Option<OwnedFd>,
 }
 
 // SAFETY: the raw pointers point into the CStrings owned by the same struct (heap data that
@@ -164,6 +175,7 @@ pub fn prepare(terminal: bool, flags: CloneFlags) -> Result<Prepared, LaunchErro
         child_chan,
         parent_chan,
         pipes,
+        pid_ns: None,
     })
 }
 
@@ -172,9 +184,47 @@ fn io_to_nix(e: std::io::Error) -> nix::Error {
 }
 
 impl Prepared {
+    /// Makes the child be cloned into the pid namespace of process `pid` (the pod sandbox
+    /// container's init) instead of a new one.
+    pub fn in_pid_namespace_of(&mut self, pid: i32) -> Result<(), LaunchError> {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/pid")).map_err(|source| {
+            LaunchError::PidNamespace {
+                what: "opening",
+                source,
+            }
+        })?;
+        self.flags.remove(CloneFlags::CLONE_NEWPID);
+        self.pid_ns = Some(ns.into());
+        Ok(())
+    }
+
     /// Clones the child (which re-execs as `init`); returns its pid. Keep this call short:
-    /// callers hold their reaper lock around it.
+    /// callers hold their reaper lock around it. With [`Prepared::in_pid_namespace_of`]
+    /// the calling thread's namespace for children is that one around the clone and
+    /// its own again after.
     pub fn clone_child(&self) -> Result<i32, LaunchError> {
+        let Some(pod) = &self.pid_ns else {
+            return self.clone_here();
+        };
+        let ns_err = |what| {
+            move |e: nix::Error| LaunchError::PidNamespace {
+                what,
+                source: e.into(),
+            }
+        };
+        let own = std::fs::File::open("/proc/self/ns/pid").map_err(|source| {
+            LaunchError::PidNamespace {
+                what: "opening the agent's own pid namespace to return from",
+                source,
+            }
+        })?;
+        nix::sched::setns(pod, CloneFlags::CLONE_NEWPID).map_err(ns_err("entering"))?;
+        let cloned = self.clone_here();
+        nix::sched::setns(&own, CloneFlags::CLONE_NEWPID).map_err(ns_err("leaving"))?;
+        cloned
+    }
+
+    fn clone_here(&self) -> Result<i32, LaunchError> {
         let stdio: [RawFd; 3] = [
             self.child_stdio[0].as_raw_fd(),
             self.child_stdio[1].as_raw_fd(),
@@ -301,19 +351,23 @@ pub struct ContainerNamespaces {
     pub flags: CloneFlags,
     /// Names (under /proc/<pid>/ns) of the pod sandbox container's namespaces to join.
     pub join: Vec<String>,
+    /// The pod sandbox container's pid namespace is the container's: the clone must
+    /// happen in it (a process cannot enter a pid namespace itself, only its children).
+    pub join_pid: bool,
     /// Namespaces that were ignored, and why.
     pub warnings: Vec<String>,
 }
 
 /// The namespaces of a new container. With `in_pod` (the container joins a pod whose
-/// sandbox container runs in this guest), the IPC and UTS namespaces the spec joins by a
-/// host path (CRI's `/proc/<pause pid>/ns/...`) are the sandbox container's.
+/// sandbox container runs in this guest), the IPC, UTS and pid namespaces the spec joins
+/// by a host path (CRI's `/proc/<pause pid>/ns/...`) are the sandbox container's.
 pub fn container_namespaces(spec: &Spec, in_pod: bool) -> ContainerNamespaces {
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
     let mut join = Vec::new();
+    let mut join_pid = false;
     let mut warnings = Vec::new();
     let namespaces = spec
         .linux()
@@ -331,11 +385,16 @@ pub fn container_namespaces(spec: &Spec, in_pod: bool) -> ContainerNamespaces {
         let shared = match t {
             LinuxNamespaceType::Ipc => Some((CloneFlags::CLONE_NEWIPC, "ipc")),
             LinuxNamespaceType::Uts => Some((CloneFlags::CLONE_NEWUTS, "uts")),
+            LinuxNamespaceType::Pid => Some((CloneFlags::CLONE_NEWPID, "pid")),
             _ => None,
         };
         if let (Some((flag, name)), Some(_), true) = (shared, ns.path(), in_pod) {
             flags.remove(flag);
-            join.push(name.to_string());
+            if flag == CloneFlags::CLONE_NEWPID {
+                join_pid = true;
+            } else {
+                join.push(name.to_string());
+            }
             continue;
         }
         if let Some(path) = ns.path() {
@@ -359,6 +418,7 @@ pub fn container_namespaces(spec: &Spec, in_pod: bool) -> ContainerNamespaces {
     ContainerNamespaces {
         flags,
         join,
+        join_pid,
         warnings,
     }
 }
@@ -413,9 +473,10 @@ mod tests {
         let ContainerNamespaces {
             flags,
             join,
+            join_pid,
             warnings,
         } = container_namespaces(&spec, false);
-        assert!(join.is_empty(), "not in a pod: {join:?}");
+        assert!(join.is_empty() && !join_pid, "not in a pod: {join:?}");
         assert!(flags.contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID));
         assert!(flags.contains(CloneFlags::CLONE_NEWNET));
         assert!(!flags.contains(CloneFlags::CLONE_NEWUSER));
@@ -439,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_container_joins_the_sandbox_ipc_and_uts_it_names_by_path() {
+    fn a_pod_container_joins_the_sandbox_ipc_uts_and_pid_it_names_by_path() {
         let spec: Spec = serde_json::from_str(
             r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"mount"},
             {"type":"ipc","path":"/proc/7/ns/ipc"},{"type":"uts","path":"/proc/7/ns/uts"},
@@ -451,10 +512,12 @@ mod tests {
         assert!(!ns
             .flags
             .intersects(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS));
-        assert!(ns.flags.contains(CloneFlags::CLONE_NEWPID));
-        assert_eq!(ns.warnings.len(), 1, "pid by path: {:?}", ns.warnings);
+        // The pod's pid namespace (CRI's PodPID, the default) is entered by the clone.
+        assert!(ns.join_pid && !ns.flags.contains(CloneFlags::CLONE_NEWPID));
+        assert!(ns.warnings.is_empty(), "{:?}", ns.warnings);
         let alone = container_namespaces(&spec, false);
-        assert!(alone.join.is_empty());
+        assert!(alone.join.is_empty() && !alone.join_pid);
+        assert!(alone.flags.contains(CloneFlags::CLONE_NEWPID));
         assert!(alone
             .flags
             .contains(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS));
@@ -464,6 +527,9 @@ mod tests {
         )
         .unwrap();
         let own = container_namespaces(&own, true);
-        assert!(own.join.is_empty(), "no path: own namespaces");
+        assert!(
+            own.join.is_empty() && !own.join_pid,
+            "no path: own namespaces"
+        );
     }
 }

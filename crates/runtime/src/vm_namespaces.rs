@@ -4,7 +4,7 @@
 //!
 //! A namespace `path` names a namespace of the host, which a VM cannot join:
 //! the guest agent takes a network path as the pod's network (where the
-//! runtime puts the VM's tap) and the ipc and uts paths of a pod's container
+//! runtime puts the VM's tap) and the ipc, uts and pid paths of a pod's container
 //! as its sandbox container's, and ignores the others. Each path must still
 //! be a namespace of its entry's type, as the runtime spec requires.
 //!

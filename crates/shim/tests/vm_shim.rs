@@ -218,10 +218,10 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
         "CAP_SYS_ADMIN".into(),
     ]);
     w.run_detached(&sandbox, "p1", &["sleep", "1000"]);
-    // As CRI does: c2 joins the sandbox's IPC and UTS namespaces by host path.
+    // As CRI does: c2 joins the sandbox's IPC, UTS and pid namespaces by host path.
     let p1 = w.task_pid("p1");
     let mut member = pod_annotations("p1", false);
-    for ns in ["ipc", "uts"] {
+    for ns in ["ipc", "uts", "pid"] {
         member.extend(["--with-ns".into(), format!("{ns}:/proc/{p1}/ns/{ns}")]);
     }
     w.run_detached(&member, "c2", &["sleep", "1000"]);
@@ -229,8 +229,9 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
     let (b1, b2) = (boot_id("p1"), boot_id("c2"));
     assert!(!b1.trim().is_empty());
     assert_eq!(b1, b2, "the pod's containers run in different kernels");
-    // ... and share the sandbox's IPC and UTS namespaces, so its hostname.
-    for ns in ["ipc", "uts"] {
+    // ... and share the sandbox's IPC, UTS and pid namespaces, so its hostname
+    // and its processes (CRI's PodPID, the default: p1's init is pid 1 for c2).
+    for ns in ["ipc", "uts", "pid"] {
         let link = format!("/proc/self/ns/{ns}");
         let (n1, n2) = (
             w.exec("p1", &["readlink", &link]),
@@ -239,6 +240,10 @@ fn vm_shim_pod_shares_one_vm_and_dies_together() {
         assert!(n1.starts_with(&format!("{ns}:[")), "{n1}");
         assert_eq!(n1, n2, "c2 did not join p1's {ns} namespace\n{}", w.log());
     }
+    assert_eq!(
+        w.exec("c2", &["cat", "/proc/1/cmdline"]),
+        "sleep\u{0}1000\u{0}"
+    );
     // The guest applies each container's capabilities: p1 has CAP_SYS_ADMIN,
     // c2 has ctr's defaults, without it, so c2 may not set the shared hostname
     // (as runc would refuse).
