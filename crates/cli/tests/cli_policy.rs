@@ -50,53 +50,6 @@ fn with_policy(w: World, policy: &str) -> World {
     w
 }
 
-/// Every capability, as Docker's `--privileged` grants on a current kernel.
-fn every_capability() -> Value {
-    json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_DAC_READ_SEARCH",
-        "CAP_FOWNER",
-        "CAP_FSETID",
-        "CAP_KILL",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETPCAP",
-        "CAP_LINUX_IMMUTABLE",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_NET_BROADCAST",
-        "CAP_NET_ADMIN",
-        "CAP_NET_RAW",
-        "CAP_IPC_LOCK",
-        "CAP_IPC_OWNER",
-        "CAP_SYS_MODULE",
-        "CAP_SYS_RAWIO",
-        "CAP_SYS_CHROOT",
-        "CAP_SYS_PTRACE",
-        "CAP_SYS_PACCT",
-        "CAP_SYS_ADMIN",
-        "CAP_SYS_BOOT",
-        "CAP_SYS_NICE",
-        "CAP_SYS_RESOURCE",
-        "CAP_SYS_TIME",
-        "CAP_SYS_TTY_CONFIG",
-        "CAP_MKNOD",
-        "CAP_LEASE",
-        "CAP_AUDIT_WRITE",
-        "CAP_AUDIT_CONTROL",
-        "CAP_SETFCAP",
-        "CAP_MAC_OVERRIDE",
-        "CAP_MAC_ADMIN",
-        "CAP_SYSLOG",
-        "CAP_WAKE_ALARM",
-        "CAP_BLOCK_SUSPEND",
-        "CAP_AUDIT_READ",
-        "CAP_PERFMON",
-        "CAP_BPF",
-        "CAP_CHECKPOINT_RESTORE"
-    ])
-}
-
 fn caps(names: &[&str]) -> Value {
     json!({"bounding": names, "effective": names, "permitted": names})
 }
@@ -120,9 +73,9 @@ fn breaking_specs(w: &World) -> Vec<(String, &'static str)> {
         (
             bundle(w, "privileged", |s| {
                 s["process"]["capabilities"] = json!({
-                    "bounding": every_capability(),
-                    "effective": every_capability(),
-                    "permitted": every_capability(),
+                    "bounding": json!(common::ALL_CAPS),
+                    "effective": json!(common::ALL_CAPS),
+                    "permitted": json!(common::ALL_CAPS),
                 })
             }),
             "skerry: policy: process.capabilities.bounding: holds every capability \

@@ -457,10 +457,7 @@ fn exec_runs_inside_the_container(w: &World) {
 
     // A paused container can still be killed.
     assert!(w.run(&["pause", "ex"]).status.success());
-    assert!(w.run(&["kill", "ex", "KILL"]).status.success());
-    let out = w.run(&["delete", "--force", "ex"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    w.assert_clean("ex");
+    w.kill_delete_and_assert_clean("ex");
 }
 
 both_isolations!(
@@ -1052,10 +1049,7 @@ fn vm_host_cgroup_holds_every_vm_process_and_follows_update_and_delete() {
     assert!(out.status.success(), "update: {}", stderr(&out));
     assert_eq!(memory(), ((64 + 256) * mib).to_string());
 
-    assert!(w.run(&["kill", "hc", "KILL"]).status.success());
-    let out = w.run(&["delete", "--force", "hc"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    w.assert_clean("hc");
+    w.kill_delete_and_assert_clean("hc");
 }
 
 /// A guest that floods its share and spawns many tasks does it inside its

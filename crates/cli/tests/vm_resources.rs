@@ -150,10 +150,7 @@ fn vm_guest_cgroups_hold_every_resource_of_the_spec_and_of_update() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("blockIO.weight"), "{}", stderr(&out));
 
-    assert!(w.run(&["kill", "rs", "KILL"]).status.success());
-    let out = w.run(&["delete", "--force", "rs"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    w.assert_clean("rs");
+    w.kill_delete_and_assert_clean("rs");
 }
 
 /// A `unified` file the guest's cgroups do not have fails the create (it was

@@ -340,6 +340,14 @@ impl World {
         );
     }
 
+    /// `kill ID KILL`, `delete --force ID`, then [`World::assert_clean`].
+    pub fn kill_delete_and_assert_clean(&self, id: &str) {
+        assert!(self.run(&["kill", id, "KILL"]).status.success());
+        let out = self.run(&["delete", "--force", id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        self.assert_clean(id);
+    }
+
     /// The skerry log and the guest consoles, for failure messages.
     pub fn log(&self) -> String {
         let mut text = fs::read_to_string(self.tmp.path().join("skerry.log")).unwrap_or_default();
@@ -353,6 +361,52 @@ impl World {
         text
     }
 }
+
+/// Every capability, as Docker's `--privileged` grants on a current kernel (in a VM the
+/// container stands in for root of the guest).
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
 
 /// A minimal OCI spec (the shape `runc spec` writes) running `args`.
 pub fn spec(args: &[&str]) -> serde_json::Value {
