@@ -106,7 +106,7 @@ fn exit_statuses_come_back(w: &World) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_ready(w, &bundle);
+    w.wait_ready(&bundle);
     let out = w.run(&["kill", "e137", "KILL"]);
     assert!(out.status.success(), "kill: {}", stderr(&out));
     let out = run.wait_with_output().unwrap();
@@ -118,22 +118,6 @@ fn exit_statuses_come_back(w: &World) {
         w.log()
     );
     w.assert_clean("e137");
-}
-
-/// Waits until the container has created /tmp/ready in its rootfs (which
-/// the host sees through the bundle): its program is past start-up.
-fn wait_ready(w: &World, bundle: &std::path::Path) {
-    let marker = bundle.join("rootfs/tmp/ready");
-    // Room for a rebooted stalled guest (boot_attempts in the test config).
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "container never got ready\n{}",
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn status_of(w: &World, id: &str) -> serde_json::Value {
@@ -204,7 +188,7 @@ fn lifecycle_create_start_kill_delete_leaves_nothing(w: &World) {
     assert!(stderr(&out).contains("not stopped"), "{}", stderr(&out));
 
     // SIGTERM reaches a pid-namespace init only once it has a handler.
-    wait_ready(w, &bundle);
+    w.wait_ready(&bundle);
     let out = w.run(&["kill", "lc", "TERM"]);
     assert!(out.status.success(), "kill: {}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -310,7 +294,7 @@ fn start_sleeper(w: &World, id: &str) -> std::path::PathBuf {
     w.create(&bundle, id);
     let out = w.run(&["start", id]);
     assert!(out.status.success(), "start: {}", stderr(&out));
-    wait_ready(w, &bundle);
+    w.wait_ready(&bundle);
     bundle
 }
 
@@ -819,7 +803,7 @@ fn vm_killing_qemu_ends_the_container_and_delete_cleans_up() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_ready(&w, &bundle);
+    w.wait_ready(&bundle);
     let monitor = status_of(&w, "kq")["pid"].as_i64().unwrap() as i32;
     let qemu = qemu_pid(&w, "kq");
     nix::sys::signal::kill(
@@ -976,7 +960,7 @@ fn vm_host_cgroup_holds_every_vm_process_and_follows_update_and_delete() {
     let bundle = w.bundle("hc", &["sh", "-c", "touch /tmp/ready; exec sleep 1000"]);
     w.create(&bundle, "hc");
     assert!(w.run(&["start", "hc"]).status.success());
-    wait_ready(&w, &bundle);
+    w.wait_ready(&bundle);
     let path = w.cgroup_path("hc");
     let state = state_json(&w, "hc");
     let vm = vm_pids(&state);
@@ -1079,7 +1063,7 @@ fn vm_a_flooding_guest_stays_within_its_host_cgroup() {
     std::fs::write(&path, spec.to_string()).unwrap();
     w.create(&dir, "fl");
     assert!(w.run(&["start", "fl"]).status.success());
-    wait_ready(&w, &dir);
+    w.wait_ready(&dir);
     assert_eq!(
         std::fs::metadata(volume.join("big")).unwrap().len(),
         400 << 20,

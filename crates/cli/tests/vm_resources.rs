@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::time::{Duration, Instant};
 
 use common::{stderr, stdout, World};
 
@@ -94,16 +93,7 @@ fn vm_guest_cgroups_hold_every_resource_of_the_spec_and_of_update() {
     fs::write(&path, spec.to_string()).unwrap();
     w.create(&bundle, "rs");
     assert!(w.run(&["start", "rs"]).status.success());
-    let marker = bundle.join("rootfs/tmp/ready");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "container never got ready\n{}",
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    w.wait_ready(&bundle);
 
     // 1024 shares (cgroup v1's default) are cgroup v2's default weight; OCI's
     // swap is memory + swap, cgroup v2's swap alone; blockIO weight 500 of

@@ -340,6 +340,22 @@ impl World {
         );
     }
 
+    /// Waits until the container has created /tmp/ready in its rootfs
+    /// (which the host sees through the bundle): its program is past start-up.
+    pub fn wait_ready(&self, bundle: &Path) {
+        let marker = bundle.join("rootfs/tmp/ready");
+        // Room for a rebooted stalled guest (boot_attempts in the test config).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while !marker.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "container never got ready\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// `kill ID KILL`, `delete --force ID`, then [`World::assert_clean`].
     pub fn kill_delete_and_assert_clean(&self, id: &str) {
         assert!(self.run(&["kill", id, "KILL"]).status.success());
