@@ -567,11 +567,21 @@ impl Sandbox {
         }
         if all {
             let c = self.container(id)?;
-            // The container's cgroup holds exactly its processes; its pid namespace may
-            // be the pod's (shared with the sandbox and the other containers).
-            let pids = match self.cgroups.as_ref().map(|g| g.pids(id)) {
-                Some(Ok(pids)) => pids,
-                _ => processes_in_pid_ns_of(c.init.pid),
+            // The container's cgroup holds exactly its processes. Its pid namespace
+            // may be the pod's (shared with the sandbox and the other containers), so
+            // it names them only when the container has its own.
+            let own_pid_ns = c.clone_flags.contains(CloneFlags::CLONE_NEWPID);
+            let pids = match (&self.cgroups, own_pid_ns) {
+                (Some(cgroups), _) => cgroups
+                    .pids(id)
+                    .map_err(|source| cgroup_failed(id, source))?,
+                (None, true) => processes_in_pid_ns_of(c.init.pid),
+                (None, false) => {
+                    return Err(AgentError::WrongState(format!(
+                        "container {id} shares the pod's pid namespace and this agent has \
+                         no cgroups to tell its processes apart"
+                    )))
+                }
             };
             for pid in pids {
                 let _ = kill(Pid::from_raw(pid), signal);
