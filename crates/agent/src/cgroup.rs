@@ -29,6 +29,9 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    /// A cgroup file could not be written (the cause names the file and value).
+    #[error("cgroup file")]
+    Write(#[source] libcgroups::common::WrappedIoError),
     /// `linux.resources` could not be applied (the cause names the file and value).
     #[error("linux.resources")]
     Apply(#[source] V2ManagerError),
@@ -193,16 +196,10 @@ impl Cgroups {
     }
 }
 
-/// Writes `value` into the existing cgroup file `path` (never creates one).
+/// Writes `value` into the existing cgroup file `path` (never creates one), as
+/// libcgroups writes the other limits.
 fn write(path: &Path, value: impl ToString) -> Result<(), CgroupError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, value.to_string().as_bytes()))
-        .map_err(|source| CgroupError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    libcgroups::common::write_cgroup_file(path, value).map_err(CgroupError::Write)
 }
 
 /// Whether `key` names a controller's file in the cgroup itself: no path, and not one
