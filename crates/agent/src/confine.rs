@@ -1,9 +1,6 @@
 //! The agent confines itself once the guest is set up: every thread that
-//! serves the API runs with `no_new_privs` and a seccomp filter that denies
-//! what a compromised agent would reach for first (kernel modules, kexec,
-//! BPF, ptrace and cross-process memory, keyrings, perf, userfaultfd, file
-//! handles, swap, the clock, io_uring, and reboot other than the poweroff it
-//! performs).
+//! serves the API runs with `no_new_privs`, a seccomp allow-list of the
+//! system calls the agent still makes, and bounded resource limits.
 //!
 //! Seccomp filters and `no_new_privs` are per thread and inherited by what a
 //! thread forks, so containers must not be forked by a confined thread: they
@@ -14,10 +11,19 @@
 //! memory, so this raises the bar for a compromised agent thread rather than
 //! walls it off (a separate launcher process would; see docs/architecture.md).
 //!
-//! The filter is a deny list, not an allow list: after boot the agent still
-//! mounts (the share), configures the network over netlink, manages cgroups
-//! and sends signals, and an allow list missing one rarely used call would
-//! break a container in the field; what it denies, no agent path needs.
+//! The filter is an allow list ([`ALLOWED`]): file and socket I/O, memory,
+//! threads, signals, the mounts, netlink and cgroup writes of container
+//! set-up, and `reboot` only as the power-off the agent performs. Kernel
+//! modules, kexec, BPF, ptrace, keyrings, perf, io_uring, the clock, swap and
+//! everything else fail with EPERM. A denied call is trapped and logged on
+//! the console with its number before it returns EPERM, so a call missing
+//! from the list shows up in the field as one line, not as a silent failure.
+//!
+//! Resource limits are per process, so the agent's own ([`AGENT_RLIMITS`]: no
+//! core dumps, no locked memory, a bounded number of open files) would be
+//! every container's too; the agent hands the values it booted with to
+//! [`skerry_container::launch::set_child_rlimits`], and every cloned child
+//! gets them back before it runs any container code.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -40,70 +46,324 @@ pub enum ConfineError {
     /// The kernel refused the filter (or no_new_privs).
     #[error("installing the agent's seccomp filter")]
     Apply(#[source] seccompiler::Error),
+    /// The handler that logs denied calls could not be installed.
+    #[error("installing the SIGSYS handler that logs denied calls")]
+    Handler(#[source] std::io::Error),
+    /// A resource limit could not be read or set.
+    #[error("setting the agent's {0}")]
+    Rlimit(&'static str, #[source] std::io::Error),
     /// The launcher thread could not be started.
     #[error("starting the launcher thread")]
     Launcher(#[source] std::io::Error),
 }
 
-/// The syscalls the agent's threads may not make.
-const DENIED: &[(&str, i64)] = &[
-    ("init_module", libc::SYS_init_module),
-    ("finit_module", libc::SYS_finit_module),
-    ("delete_module", libc::SYS_delete_module),
-    ("kexec_load", libc::SYS_kexec_load),
-    ("kexec_file_load", libc::SYS_kexec_file_load),
-    ("bpf", libc::SYS_bpf),
-    ("ptrace", libc::SYS_ptrace),
-    ("process_vm_readv", libc::SYS_process_vm_readv),
-    ("process_vm_writev", libc::SYS_process_vm_writev),
-    ("keyctl", libc::SYS_keyctl),
-    ("add_key", libc::SYS_add_key),
-    ("request_key", libc::SYS_request_key),
-    ("perf_event_open", libc::SYS_perf_event_open),
-    ("userfaultfd", libc::SYS_userfaultfd),
-    ("open_by_handle_at", libc::SYS_open_by_handle_at),
-    ("swapon", libc::SYS_swapon),
-    ("swapoff", libc::SYS_swapoff),
-    ("acct", libc::SYS_acct),
-    ("iopl", libc::SYS_iopl),
-    ("ioperm", libc::SYS_ioperm),
-    ("settimeofday", libc::SYS_settimeofday),
-    ("clock_settime", libc::SYS_clock_settime),
-    ("clock_adjtime", libc::SYS_clock_adjtime),
-    ("adjtimex", libc::SYS_adjtimex),
-    ("io_uring_setup", libc::SYS_io_uring_setup),
-    ("io_uring_enter", libc::SYS_io_uring_enter),
-    ("io_uring_register", libc::SYS_io_uring_register),
+/// The system calls the agent's threads may make, whatever their arguments.
+const ALLOWED: &[i64] = &[
+    // Memory.
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    // Threads (tokio's workers, the blocking pool) and their synchronisation.
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_futex,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    // Identity and time.
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_getppid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_uname,
+    libc::SYS_sysinfo,
+    libc::SYS_getrandom,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_getres,
+    libc::SYS_gettimeofday,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    // Signals, and the containers' processes.
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_kill,
+    libc::SYS_tgkill,
+    libc::SYS_tkill,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    // File descriptors and files (state, cgroups, /proc, the share's rootfs).
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_open,
+    libc::SYS_openat,
+    libc::SYS_close,
+    libc::SYS_close_range,
+    libc::SYS_fstat,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_lseek,
+    libc::SYS_fcntl,
+    libc::SYS_ioctl,
+    libc::SYS_dup,
+    libc::SYS_dup2,
+    libc::SYS_dup3,
+    libc::SYS_pipe,
+    libc::SYS_pipe2,
+    libc::SYS_getdents64,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_getcwd,
+    libc::SYS_chdir,
+    libc::SYS_fchdir,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rmdir,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_symlink,
+    libc::SYS_symlinkat,
+    libc::SYS_chmod,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_chown,
+    libc::SYS_fchown,
+    libc::SYS_fchownat,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_sync,
+    libc::SYS_flock,
+    // Readiness.
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    // Sockets: the API (vsock), stdio channels (unix), netlink.
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_connect,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    // The sandbox: hostname and the share.
+    libc::SYS_sethostname,
+    libc::SYS_mount,
+    libc::SYS_umount2,
 ];
 
-/// The agent's filter: everything allowed but [`DENIED`] and a `reboot`
-/// that is not a power-off, which fail with EPERM.
+/// `prctl(2)` options the agent's threads may use (naming threads).
+const PRCTL_ALLOWED: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64];
+
+/// The agent's own resource limits (resource, name, soft = hard): no core
+/// dumps of its memory, no locked memory, a bounded number of open files.
+pub const AGENT_RLIMITS: &[(libc::__rlimit_resource_t, &str, u64)] = &[
+    (libc::RLIMIT_CORE, "RLIMIT_CORE", 0),
+    (libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK", 0),
+    (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", 4096),
+];
+
+fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, ConfineError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(ConfineError::Build)
+}
+
+/// The agent's filter: [`ALLOWED`], `prctl` for [`PRCTL_ALLOWED`],
+/// `prlimit64` that only reads, and `reboot` that powers off; anything else
+/// traps (logged, then EPERM: see [`on_denied`]).
 fn filter() -> Result<BpfProgram, ConfineError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&(_, nr)| (nr, vec![])).collect();
-    let not_power_off = SeccompCondition::new(
+        ALLOWED.iter().map(|&nr| (nr, vec![])).collect();
+    let one = |c: SeccompCondition| SeccompRule::new(vec![c]).map_err(ConfineError::Build);
+    let prctl = PRCTL_ALLOWED
+        .iter()
+        .map(|&op| condition(0, SeccompCmpOp::Eq, op).and_then(one))
+        .collect::<Result<_, _>>()?;
+    rules.insert(libc::SYS_prctl, prctl);
+    // getrlimit(2) is prlimit64(0, resource, NULL, old): no new limit.
+    rules.insert(
+        libc::SYS_prlimit64,
+        vec![one(condition(2, SeccompCmpOp::Eq, 0)?)?],
+    );
+    let power_off = SeccompCondition::new(
         2,
         SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Ne,
+        SeccompCmpOp::Eq,
         REBOOT_CMD_POWER_OFF,
     )
-    .and_then(|c| SeccompRule::new(vec![c]))
     .map_err(ConfineError::Build)?;
-    rules.insert(libc::SYS_reboot, vec![not_power_off]);
+    rules.insert(libc::SYS_reboot, vec![one(power_off)?]);
     SeccompFilter::new(
         rules,
+        SeccompAction::Trap,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
         TargetArch::x86_64,
     )
     .and_then(BpfProgram::try_from)
     .map_err(ConfineError::Build)
 }
 
-/// Sets `no_new_privs` and installs the agent's filter on the calling
-/// thread (and so on every thread it starts later).
+/// The `_sigsys` member of the kernel's `siginfo_t` for SIGSYS (libc has no
+/// accessor for it): after the three ints and padding, the calling address,
+/// the system call number and the audit architecture.
+#[repr(C)]
+struct SigsysInfo {
+    _signo: libc::c_int,
+    _errno: libc::c_int,
+    _code: libc::c_int,
+    _pad: libc::c_int,
+    _call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    _arch: libc::c_uint,
+}
+
+/// SIGSYS handler for a call the filter denied: writes one line naming the
+/// call's number to stderr (the console) and makes the call return EPERM.
+/// Only async-signal-safe work: formatting into a stack buffer and write(2).
+extern "C" fn on_denied(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a SIGSYS siginfo (SA_SIGINFO), laid out as
+    // `SigsysInfo`; it is valid for the handler's duration.
+    let nr = unsafe { (*info.cast::<SigsysInfo>()).syscall };
+    const PREFIX: &[u8] = b"skerry-agent: seccomp denied system call ";
+    let mut line = [0u8; PREFIX.len() + 11];
+    line[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let (mut n, mut count) = (nr.unsigned_abs(), 0);
+    loop {
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..count].iter().rev().enumerate() {
+        line[PREFIX.len() + i] = *d;
+    }
+    line[PREFIX.len() + count] = b'\n';
+    let len = PREFIX.len() + count + 1;
+    // SAFETY: write(2) of a stack buffer to fd 2; the ucontext is the one
+    // the kernel saved for this thread, and RAX holds the call's result
+    // once the handler returns.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), len);
+        let context = context.cast::<libc::ucontext_t>();
+        (*context).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EPERM);
+    }
+}
+
+/// Installs [`on_denied`] for SIGSYS (process-wide; children reset it when
+/// they exec).
+fn log_denied_calls() -> Result<(), ConfineError> {
+    // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C"`
+    // function of the SA_SIGINFO signature.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_denied as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(ConfineError::Handler(std::io::Error::last_os_error()))
+    }
+}
+
+/// Lowers the process's limits to [`AGENT_RLIMITS`] after handing the
+/// values it had to the launcher's children.
+fn limit_resources() -> Result<(), ConfineError> {
+    let mut boot = Vec::new();
+    for &(resource, name, value) in AGENT_RLIMITS {
+        let mut had = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit to the valid pointer.
+        if unsafe { libc::getrlimit(resource, &mut had) } != 0 {
+            return Err(ConfineError::Rlimit(name, std::io::Error::last_os_error()));
+        }
+        boot.push((resource as libc::c_int, had));
+        let value = value.min(had.rlim_max);
+        let want = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: setrlimit reads one rlimit from the valid pointer.
+        if unsafe { libc::setrlimit(resource, &want) } != 0 {
+            return Err(ConfineError::Rlimit(name, std::io::Error::last_os_error()));
+        }
+    }
+    skerry_container::launch::set_child_rlimits(boot);
+    Ok(())
+}
+
+/// Confines the agent: lowers the process's resource limits, logs denied
+/// calls, and sets `no_new_privs` and the filter on the calling thread (and
+/// so on every thread it starts later).
 pub fn confine_this_thread() -> Result<(), ConfineError> {
-    seccompiler::apply_filter(&filter()?).map_err(ConfineError::Apply)
+    let filter = filter()?;
+    limit_resources()?;
+    log_denied_calls()?;
+    seccompiler::apply_filter(&filter).map_err(ConfineError::Apply)
+}
+
+/// The process's [`AGENT_RLIMITS`] as `NAME soft/hard`, for the log.
+pub fn limits_of_this_process() -> String {
+    AGENT_RLIMITS
+        .iter()
+        .map(|&(resource, name, _)| {
+            let mut l = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one rlimit to the valid pointer.
+            match unsafe { libc::getrlimit(resource, &mut l) } {
+                0 => format!("{name} {}/{}", l.rlim_cur, l.rlim_max),
+                _ => format!("{name} unknown"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What the calling thread's `/proc` status says of its confinement
@@ -162,42 +422,127 @@ impl Launcher {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
+    /// A system call with up to four integer arguments: its result and errno.
+    fn call(nr: i64, args: [u64; 4]) -> (i64, Option<i32>) {
+        // SAFETY: each call the test makes takes integer arguments or NULL
+        // pointers only, or is denied before the kernel reads them.
+        let ret = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3]) };
+        (ret, std::io::Error::last_os_error().raw_os_error())
+    }
+
     /// In a child process (the filter cannot be taken off again): the
-    /// confined thread is denied what the filter lists and keeps the rest,
-    /// and the launcher started before it is not confined.
+    /// confined thread may make what the agent needs, every other call is
+    /// denied with EPERM and logged with its number on stderr, the process's
+    /// limits are the agent's, and the launcher started before it is not
+    /// confined.
     #[test]
-    fn a_confined_thread_is_denied_the_list_and_the_launcher_is_not() {
+    fn a_confined_thread_is_limited_to_the_allow_list_and_the_launcher_is_not() {
+        let (log_read, log_write) = nix::unistd::pipe().unwrap();
         // SAFETY: the child only runs this test's code and then _exits; the
         // test process is not multi-threaded in a way that matters here
         // (the child touches no lock held by another thread).
         match unsafe { libc::fork() } {
             0 => {
                 let code = (|| {
+                    nix::unistd::dup2(log_write.as_raw_fd(), 2).ok()?;
                     let launcher = Launcher::start().ok()?;
                     confine_this_thread().ok()?;
+                    let mut bad = Vec::new();
                     let confined = status_of_this_thread();
                     let free = launcher.run(status_of_this_thread);
-                    // SAFETY: plain syscalls with integer arguments.
-                    let keyctl = unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) };
-                    let errno = std::io::Error::last_os_error().raw_os_error();
-                    // SAFETY: a reboot that is not a power-off: denied
-                    // before the kernel sees it (else EINVAL for the bad
-                    // magic numbers).
-                    let reboot = unsafe { libc::syscall(libc::SYS_reboot, 0, 0, 0x0123_4567, 0) };
-                    let reboot_errno = std::io::Error::last_os_error().raw_os_error();
-                    let ok = confined == "NoNewPrivs: 1, Seccomp: 2"
-                        && free == "NoNewPrivs: 0, Seccomp: 0"
-                        && keyctl == -1
-                        && errno == Some(libc::EPERM)
-                        && reboot == -1
-                        && reboot_errno == Some(libc::EPERM)
-                        && std::fs::read_to_string("/proc/self/status").is_ok();
-                    if !ok {
-                        eprintln!("confined {confined:?}, launcher {free:?}, keyctl {errno:?}, reboot {reboot_errno:?}");
+                    if confined != "NoNewPrivs: 1, Seccomp: 2"
+                        || free != "NoNewPrivs: 0, Seccomp: 0"
+                    {
+                        bad.push(format!("confined {confined:?}, launcher {free:?}"));
                     }
-                    ok.then_some(())
+                    let denied: &[(&str, i64, [u64; 4])] = &[
+                        ("keyctl", libc::SYS_keyctl, [0; 4]),
+                        (
+                            "ptrace",
+                            libc::SYS_ptrace,
+                            [libc::PTRACE_ATTACH as u64, 1, 0, 0],
+                        ),
+                        ("bpf", libc::SYS_bpf, [0; 4]),
+                        ("init_module", libc::SYS_init_module, [0; 4]),
+                        ("kexec_load", libc::SYS_kexec_load, [0; 4]),
+                        ("perf_event_open", libc::SYS_perf_event_open, [0; 4]),
+                        ("io_uring_setup", libc::SYS_io_uring_setup, [1, 0, 0, 0]),
+                        (
+                            "unshare",
+                            libc::SYS_unshare,
+                            [libc::CLONE_NEWUSER as u64, 0, 0, 0],
+                        ),
+                        ("setns", libc::SYS_setns, [0; 4]),
+                        ("personality", libc::SYS_personality, [0xffff_ffff, 0, 0, 0]),
+                        ("setuid", libc::SYS_setuid, [0; 4]),
+                        (
+                            "setrlimit",
+                            libc::SYS_setrlimit,
+                            [libc::RLIMIT_CORE as u64, 0, 0, 0],
+                        ),
+                        (
+                            "prlimit64 (set)",
+                            libc::SYS_prlimit64,
+                            [0, libc::RLIMIT_CORE as u64, 8, 0],
+                        ),
+                        (
+                            "prctl(PR_SET_DUMPABLE)",
+                            libc::SYS_prctl,
+                            [libc::PR_SET_DUMPABLE as u64, 1, 0, 0],
+                        ),
+                        ("reboot (restart)", libc::SYS_reboot, [0, 0, 0x0123_4567, 0]),
+                    ];
+                    for (name, nr, args) in denied {
+                        let got = call(*nr, *args);
+                        if got != (-1, Some(libc::EPERM)) {
+                            bad.push(format!("{name}: {got:?}, not EPERM"));
+                        }
+                    }
+                    // Allowed: reading a limit, naming a thread, /proc.
+                    let mut core = libc::rlimit {
+                        rlim_cur: 1,
+                        rlim_max: 1,
+                    };
+                    // SAFETY: getrlimit writes one rlimit to the valid pointer.
+                    let got = unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut core) };
+                    if got != 0 || core.rlim_cur != 0 || core.rlim_max != 0 {
+                        bad.push(format!(
+                            "RLIMIT_CORE {got} {} {}",
+                            core.rlim_cur, core.rlim_max
+                        ));
+                    }
+                    let name = b"confined\0";
+                    if call(
+                        libc::SYS_prctl,
+                        [libc::PR_SET_NAME as u64, name.as_ptr() as u64, 0, 0],
+                    )
+                    .0 != 0
+                    {
+                        bad.push("prctl(PR_SET_NAME) denied".into());
+                    }
+                    if std::fs::read_to_string("/proc/self/status").is_err() {
+                        bad.push("reading /proc/self/status failed".into());
+                    }
+                    let mut log = vec![0u8; 4096];
+                    // Every denied call above logged one line before returning.
+                    let n = nix::unistd::read(log_read.as_raw_fd(), &mut log).unwrap_or(0);
+                    let log = String::from_utf8_lossy(&log[..n]).into_owned();
+                    let logged = |nr: i64| {
+                        log.contains(&format!("skerry-agent: seccomp denied system call {nr}\n"))
+                    };
+                    for (name, nr, _) in denied {
+                        if !logged(*nr) {
+                            bad.push(format!("{name} not logged in {log:?}"));
+                        }
+                    }
+                    for b in &bad {
+                        println!("{b}");
+                    }
+                    bad.is_empty().then_some(())
                 })();
                 // SAFETY: leaving the forked child without running the
                 // parent's destructors.

@@ -128,7 +128,11 @@ fn main() {
     let launcher = confine::Launcher::start()
         .and_then(|l| confine::confine_this_thread().map(|()| l))
         .unwrap_or_else(|e| fatal(guest, anyhow::Error::new(e)));
-    info!(status = %confine::status_of_this_thread(), "agent confined");
+    info!(
+        status = %confine::status_of_this_thread(),
+        limits = %confine::limits_of_this_process(),
+        "agent confined"
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

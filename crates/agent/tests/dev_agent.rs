@@ -116,6 +116,7 @@ async fn containers_run_in_a_development_agent() {
         .arg(format!("unix://{}", sock.display()))
         .arg("--shared-dir")
         .arg(&shared)
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
         .spawn()
         .unwrap();
     let mut agent = Agent { child, dir };
@@ -347,4 +348,8 @@ async fn containers_run_in_a_development_agent() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The agent's seccomp allow-list denied nothing it did on the way.
+    let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
+    assert!(log.contains("agent confined"), "{log}");
+    assert!(!log.contains("seccomp denied"), "{log}");
 }

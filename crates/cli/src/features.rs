@@ -26,9 +26,12 @@ pub const OCI_VERSION_MIN: &str = "1.0.0";
 pub const VERSION_ANNOTATION: &str = "io.skerry.runtime.version";
 
 /// How the guest agent confines itself once the guest is set up (VM
-/// isolation): its threads run with no_new_privs and a seccomp filter.
-pub const AGENT_CONFINEMENT_ANNOTATION: (&str, &str) =
-    ("io.skerry.vm.agent.confinement", "seccomp,no_new_privs");
+/// isolation): its threads run with no_new_privs and a seccomp allow list,
+/// and the process with lowered resource limits.
+pub const AGENT_CONFINEMENT_ANNOTATION: (&str, &str) = (
+    "io.skerry.vm.agent.confinement",
+    "seccomp-allow-list,no_new_privs,rlimits",
+);
 
 /// What every container in a VM is denied whatever its spec: the guest's
 /// vsock (the agent's channel) and io_uring.

@@ -229,18 +229,28 @@ fn plain_probe_reading_proc_kcore_fails() {
     assert!(!text.contains("read-kcore"), "{text}");
 }
 
-/// No container in a VM reaches the guest's vsock (the agent's channel, and
-/// the host's back end beyond it), whatever its spec: here runc's default
-/// spec, which has no seccomp filter at all. The guest kernel has AF_VSOCK
-/// (the agent talks to the host over it), so the denial is skerry's filter;
-/// io_uring, whose socket operation would go around it, is denied too.
+/// The probe set, inside a VM, with runc's default spec, which has no
+/// seccomp filter at all (Kubernetes' Unconfined is the same): no container
+/// reaches the guest's vsock (the agent's channel, and the host's back end
+/// beyond it) nor io_uring (whose socket operation would go around that) —
+/// the guest kernel has AF_VSOCK, so the denial is skerry's own filter —
+/// and without CAP_SYS_ADMIN it cannot mount the pod's share (the virtio-fs
+/// tag) or anything else, load a kernel module, open a raw socket, create a
+/// BPF map or read the guest's kernel memory.
 #[test]
 fn vm_probe_guest_channels_are_denied_without_a_seccomp_profile() {
     require_vm!();
     require_gcc!();
     let w = World::new();
-    let script = "/bin/probe vsock; /bin/probe io_uring; grep ^Seccomp: /proc/self/status";
-    let dir = w.spec_bundle("v", &["--runc"], &["sh", "-c", script]);
+    let script = format!(
+        "for p in vsock io_uring finit_module init_module raw_socket bpf; do /bin/probe $p; done; \
+         mount -t virtiofs {tag} /dev && echo share-mounted; \
+         mount -t tmpfs none /dev && echo tmpfs-mounted; \
+         head -c 16 /proc/kcore 2>/dev/null | wc -c | grep -qx 0 || echo read-kcore; \
+         grep ^Seccomp: /proc/self/status",
+        tag = skerry_protocol::SHARED_FS_TAG
+    );
+    let dir = w.spec_bundle("v", &["--runc"], &["sh", "-c", &script]);
     let spec: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert!(
@@ -250,13 +260,24 @@ fn vm_probe_guest_channels_are_denied_without_a_seccomp_profile() {
     fs::copy(build_probe(&w), dir.join("rootfs/bin/probe")).unwrap();
     let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "v"]);
     let text = stdout(&out) + &stderr(&out);
-    assert!(
-        text.contains("vsock: denied: Address family not supported by protocol"),
-        "{text}\n{}",
-        w.log()
-    );
-    assert!(
-        text.contains("io_uring: denied: Operation not permitted"),
+    for expected in [
+        "vsock: denied: Address family not supported by protocol",
+        "io_uring: denied: Operation not permitted",
+        "finit_module: denied",
+        "init_module: denied",
+        "raw_socket: denied",
+        "bpf: denied",
+        // The guest filter only; the spec's own would be the second.
+        "Seccomp:\t2",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}\n{}", w.log());
+    }
+    for escaped in [": allowed", "share-mounted", "tmpfs-mounted", "read-kcore"] {
+        assert!(!text.contains(escaped), "{escaped}: {text}");
+    }
+    assert_eq!(
+        text.matches("mount: permission denied").count(),
+        2,
         "{text}"
     );
     w.assert_clean("v");

@@ -41,9 +41,10 @@ fn vm_read_only_volume_and_rootfs_hold_against_guest_root() {
 }
 
 /// The guest agent confines itself once the guest is set up (its own
-/// seccomp filter and no_new_privs, read from its /proc status and logged to
-/// the console), and containers still run: they are cloned by a thread that
-/// is not confined, so they get their spec's limits, not the agent's.
+/// seccomp allow list and no_new_privs, read from its /proc status, and its
+/// resource limits, logged to the console), and containers still run: they
+/// are cloned by a thread that is not confined and restore the limits, so
+/// they get their spec's, not the agent's.
 #[test]
 fn vm_the_agent_is_confined_after_boot() {
     require_vm!();
@@ -62,18 +63,32 @@ fn vm_the_agent_is_confined_after_boot() {
         log = String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned();
     }
     assert!(
-        log.contains("agent confined status=NoNewPrivs: 1, Seccomp: 2"),
+        log.contains(
+            "agent confined status=NoNewPrivs: 1, Seccomp: 2 limits=RLIMIT_CORE 0/0, \
+             RLIMIT_MEMLOCK 0/0, RLIMIT_NOFILE 4096/4096"
+        ),
         "{log}"
     );
     assert!(w.run(&["start", "conf"]).status.success());
+    // Not the agent's no_new_privs, nor its limits: the guest kernel's
+    // defaults for init (core hard unlimited, 8 MiB memlock, 1024 files).
     let out = w.run(&[
         "exec",
         "conf",
         "sh",
         "-c",
-        "grep -E '^NoNewPrivs' /proc/self/status",
+        "grep -E '^NoNewPrivs' /proc/self/status; ulimit -H -c; ulimit -l; ulimit -n",
     ]);
-    assert_eq!(stdout(&out), "NoNewPrivs:\t0\n", "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "NoNewPrivs:\t0\nunlimited\n8192\n1024\n",
+        "{}",
+        stderr(&out)
+    );
+    // Create, start, exec and their stdio went through the allow list
+    // without a denied call.
+    let log = String::from_utf8_lossy(&fs::read(&console).unwrap()).into_owned();
+    assert!(!log.contains("seccomp denied"), "{log}");
     assert!(w.run(&["delete", "--force", "conf"]).status.success());
     w.assert_clean("conf");
 }

@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
@@ -94,6 +95,16 @@ pub struct Prepared {
 // SAFETY: the raw pointers point into the CStrings owned by the same struct (heap data that
 // does not move with the struct), so sending it to another thread keeps them valid.
 unsafe impl Send for Prepared {}
+
+/// Resource limits every cloned child sets first (see [`set_child_rlimits`]).
+static CHILD_RLIMITS: OnceLock<Vec<(libc::c_int, libc::rlimit)>> = OnceLock::new();
+
+/// Records the resource limits (resource, limit) every child cloned from here on sets
+/// before it execs: the ones the process had before it lowered its own (the agent
+/// confines itself; its containers must not inherit that). Only the first call counts.
+pub fn set_child_rlimits(limits: Vec<(libc::c_int, libc::rlimit)>) {
+    let _ = CHILD_RLIMITS.set(limits);
+}
 
 fn prep<T>(what: &'static str, r: nix::Result<T>) -> Result<T, LaunchError> {
     r.map_err(|source| LaunchError::Prepare { what, source })
@@ -231,13 +242,16 @@ impl Prepared {
             self.child_stdio[2].as_raw_fd(),
         ];
         let chan = self.child_chan.as_raw_fd();
+        let rlimits = CHILD_RLIMITS.get().map_or(&[][..], Vec::as_slice);
         // SAFETY: the child branch only calls `child_exec`, which is async-signal-safe and
         // uses fds and C strings built above, all alive for the duration of the call.
         match unsafe { sys::clone_process(self.flags.bits()) }.map_err(LaunchError::Clone)? {
             Forked::Parent(pid) => Ok(pid),
             // SAFETY: we are the freshly cloned child; argv/envp are NULL-terminated.
             Forked::Child => unsafe {
-                sys::child_exec(stdio, chan, INIT_FD, &self.exe, &self.argv, &self.envp)
+                sys::child_exec(
+                    rlimits, stdio, chan, INIT_FD, &self.exe, &self.argv, &self.envp,
+                )
             },
         }
     }

@@ -65,13 +65,14 @@ pub unsafe fn clone_process(flags: libc::c_int) -> Result<Forked, SysError> {
     })
 }
 
-/// The async-signal-safe tail of a freshly cloned child: wire up stdio and the channel,
-/// then exec `exe`. Never returns.
+/// The async-signal-safe tail of a freshly cloned child: set `rlimits`, wire up stdio and
+/// the channel, then exec `exe`. Never returns.
 ///
 /// # Safety
 /// Must only be called in a child created by [`clone_process`]; `argv` and `envp` must be
 /// NULL-terminated arrays of pointers to valid C strings that outlive the call.
 pub unsafe fn child_exec(
+    rlimits: &[(libc::c_int, libc::rlimit)],
     stdio: [RawFd; 3],
     channel: RawFd,
     channel_target: RawFd,
@@ -79,9 +80,14 @@ pub unsafe fn child_exec(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, execve, _exit) on fds and
-    // pointers the caller prepared before cloning.
+    // SAFETY: only async-signal-safe calls (setrlimit, dup2, fcntl, execve, _exit) on
+    // values, fds and pointers the caller prepared before cloning.
     unsafe {
+        // Restoring a limit above the parent's needs CAP_SYS_RESOURCE; without it the
+        // child keeps the parent's lower limit (the spec's rlimits still apply later).
+        for (resource, limit) in rlimits {
+            libc::setrlimit(*resource as libc::__rlimit_resource_t, limit);
+        }
         for (target, src) in stdio.iter().enumerate() {
             if libc::dup2(*src, target as RawFd) < 0 {
                 libc::_exit(126);
