@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the skerry guest kernel from Debian's linux-source-6.1 with the
-# config fragment guest/kernel/skerry.config (on top of `make allnoconfig`),
+# config fragment guest/kernel/skerry.config (on top of `make allnoconfig`)
+# and skerry's own LSM guest/kernel/skerry_lsm.c (built in as security/skerry),
 # into a cache directory outside the work tree:
 #   ${SKERRY_KERNEL_CACHE:-~/.cache/skerry-kernel}/<key>/{bzImage,vmlinux,config,kernel.json}
-# <key> hashes the source package version, the fragment and this script, so
+# <key> hashes the source package version, the fragment, the LSM and this script, so
 # a build is reused until one of them changes. Prints that directory on stdout
 # (progress goes to stderr). Fails if any option of the fragment did not
 # survive the merge. SKERRY_KERNEL_JOBS (default 2) sets make's -j.
@@ -22,6 +23,7 @@ esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 script=$root/scripts/build-kernel.sh
 fragment=$root/guest/kernel/skerry.config
+lsm=$root/guest/kernel/skerry_lsm.c
 package=linux-source-6.1
 tarball=/usr/src/$package.tar.xz
 cache=${SKERRY_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/skerry-kernel}
@@ -32,7 +34,7 @@ version=$(dpkg-query -W -f='${Version}' "$package" 2>/dev/null) || {
     exit 1
 }
 [[ -f $tarball ]] || { echo "build-kernel: $tarball is missing" >&2; exit 1; }
-key=$({ echo "$package $version"; cat "$fragment" "$script"; } | sha256sum | cut -c1-16)
+key=$({ echo "$package $version"; cat "$fragment" "$lsm" "$script"; } | sha256sum | cut -c1-16)
 out=$cache/$key
 if [[ -f $out/kernel.json ]]; then
     echo "build-kernel: cached build $out" >&2
@@ -83,6 +85,23 @@ if [[ ! -f $work/.extracted ]]; then
     touch "$work/.extracted"
 fi
 cd "$work"
+# skerry's LSM as one more built-in security module (idempotent: a rerun
+# resumes in the same tree).
+mkdir -p security/skerry
+cp "$lsm" security/skerry/skerry.c
+echo 'obj-y := skerry.o' >security/skerry/Makefile
+cat >security/skerry/Kconfig <<'KCONFIG'
+config SECURITY_SKERRY
+	bool "skerry guest: containers cannot reach the agent's channels"
+	depends on SECURITY && SECURITY_NETWORK
+	help
+	  Denies AF_VSOCK sockets and virtio-fs mounts to tasks outside the
+	  initial pid namespace (see security/skerry/skerry.c).
+KCONFIG
+grep -q 'security/skerry/Kconfig' security/Kconfig ||
+    sed -i '/^source "security\/yama\/Kconfig"/a source "security/skerry/Kconfig"' security/Kconfig
+grep -q 'skerry/' security/Makefile ||
+    echo 'obj-$(CONFIG_SECURITY_SKERRY)		+= skerry/' >>security/Makefile
 export ARCH=x86_64
 make allnoconfig >>"$log" 2>&1
 scripts/kconfig/merge_config.sh -n .config "$fragment" >>"$log" 2>&1

@@ -77,9 +77,11 @@ pub fn early() -> Vec<String> {
         problems.push(skerry_container::init::error_chain(&e));
     }
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mounts: [(&'static str, &'static str, MsFlags, Option<&str>); 8] = [
+    let mounts: [(&'static str, &'static str, MsFlags, Option<&str>); 9] = [
         ("proc", "/proc", nodev, None),
         ("sysfs", "/sys", nodev, None),
+        // The active LSMs: whether the kernel guards the agent's channels.
+        ("securityfs", "/sys/kernel/security", nodev, None),
         ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
         (
             "devpts",

@@ -123,6 +123,10 @@ fn main() {
         // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
+    info!(
+        "containers are kept off the agent's vsock and share by {}",
+        skerry_container::security::ChannelGuard::of_this_kernel()
+    );
     // Set up; from here on the agent's threads are confined, and container
     // processes are cloned by the launcher, which is not.
     let launcher = confine::Launcher::start()

@@ -33,10 +33,11 @@ pub const AGENT_CONFINEMENT_ANNOTATION: (&str, &str) = (
     "seccomp-allow-list,no_new_privs,rlimits",
 );
 
-/// What every container in a VM is denied whatever its spec: the guest's
-/// vsock (the agent's channel) and io_uring.
+/// What every container in a VM is denied whatever its spec, by the guest
+/// kernel's skerry LSM: the guest's vsock (the agent's channel) and mounts of
+/// virtio-fs (the pod's share).
 pub const GUEST_FILTER_ANNOTATION: (&str, &str) =
-    ("io.skerry.vm.container.denied", "AF_VSOCK,io_uring");
+    ("io.skerry.vm.container.denied", "AF_VSOCK,virtiofs-mount");
 
 /// The host namespaces a container in a VM cannot share, refused at create
 /// (crates/runtime/src/vm_namespaces.rs): pid and ipc when the spec has no

@@ -229,14 +229,49 @@ fn plain_probe_reading_proc_kcore_fails() {
     assert!(!text.contains("read-kcore"), "{text}");
 }
 
+/// Runs `script` in a VM container of runc's default spec (no seccomp
+/// filter at all, as Kubernetes' Unconfined), edited by `edit`, with the
+/// probe helper at /bin/probe; returns its output.
+fn run_in_vm_with_runc_spec(
+    w: &World,
+    name: &str,
+    script: &str,
+    edit: fn(&mut serde_json::Value),
+) -> String {
+    let dir = w.spec_bundle(name, &["--runc"], &["sh", "-c", script]);
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert!(
+        spec["linux"]["seccomp"].is_null(),
+        "runc's spec has a filter"
+    );
+    edit(&mut spec);
+    fs::write(&path, spec.to_string()).unwrap();
+    fs::copy(build_probe(w), dir.join("rootfs/bin/probe")).unwrap();
+    let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), name]);
+    w.assert_clean(name);
+    stdout(&out) + &stderr(&out)
+}
+
+/// Mounts the pod's share by its virtio-fs tag and a tmpfs, and tries to
+/// read the guest's kernel memory; prints what worked.
+fn mount_probes() -> String {
+    format!(
+        "mount -t virtiofs {tag} /dev && echo share-mounted; \
+         mount -t tmpfs none /dev && echo tmpfs-mounted; \
+         head -c 16 /proc/kcore 2>/dev/null | wc -c | grep -qx 0 || echo read-kcore; ",
+        tag = skerry_protocol::SHARED_FS_TAG
+    )
+}
+
 /// The probe set, inside a VM, with runc's default spec, which has no
 /// seccomp filter at all (Kubernetes' Unconfined is the same): no container
 /// reaches the guest's vsock (the agent's channel, and the host's back end
-/// beyond it) nor io_uring (whose socket operation would go around that) —
-/// the guest kernel has AF_VSOCK, so the denial is skerry's own filter —
-/// and without CAP_SYS_ADMIN it cannot mount the pod's share (the virtio-fs
-/// tag) or anything else, load a kernel module, open a raw socket, create a
-/// BPF map or read the guest's kernel memory.
+/// beyond it) — the guest kernel has AF_VSOCK, so the denial is skerry's
+/// guest LSM, and the container keeps "no filter" (`Seccomp: 0`) — and
+/// without CAP_SYS_ADMIN it cannot mount the pod's share (the virtio-fs tag)
+/// or anything else, load a kernel module, open a raw socket, create a BPF
+/// map, use io_uring or read the guest's kernel memory.
 #[test]
 fn vm_probe_guest_channels_are_denied_without_a_seccomp_profile() {
     require_vm!();
@@ -244,31 +279,18 @@ fn vm_probe_guest_channels_are_denied_without_a_seccomp_profile() {
     let w = World::new();
     let script = format!(
         "for p in vsock io_uring finit_module init_module raw_socket bpf; do /bin/probe $p; done; \
-         mount -t virtiofs {tag} /dev && echo share-mounted; \
-         mount -t tmpfs none /dev && echo tmpfs-mounted; \
-         head -c 16 /proc/kcore 2>/dev/null | wc -c | grep -qx 0 || echo read-kcore; \
-         grep ^Seccomp: /proc/self/status",
-        tag = skerry_protocol::SHARED_FS_TAG
+         {} grep ^Seccomp: /proc/self/status",
+        mount_probes()
     );
-    let dir = w.spec_bundle("v", &["--runc"], &["sh", "-c", &script]);
-    let spec: serde_json::Value =
-        serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
-    assert!(
-        spec["linux"]["seccomp"].is_null(),
-        "runc's spec has a filter"
-    );
-    fs::copy(build_probe(&w), dir.join("rootfs/bin/probe")).unwrap();
-    let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "v"]);
-    let text = stdout(&out) + &stderr(&out);
+    let text = run_in_vm_with_runc_spec(&w, "v", &script, |_| {});
     for expected in [
         "vsock: denied: Address family not supported by protocol",
-        "io_uring: denied: Operation not permitted",
+        "io_uring: denied",
         "finit_module: denied",
         "init_module: denied",
         "raw_socket: denied",
         "bpf: denied",
-        // The guest filter only; the spec's own would be the second.
-        "Seccomp:\t2",
+        "Seccomp:\t0",
     ] {
         assert!(text.contains(expected), "{expected}: {text}\n{}", w.log());
     }
@@ -280,5 +302,32 @@ fn vm_probe_guest_channels_are_denied_without_a_seccomp_profile() {
         2,
         "{text}"
     );
-    w.assert_clean("v");
+}
+
+/// A privileged container in a VM (every capability, no seccomp) may mount
+/// a tmpfs, but not the pod's share by its virtio-fs tag, and gets no vsock
+/// socket: the guest kernel's LSM refuses both to anything outside the
+/// agent's pid namespace.
+#[test]
+fn vm_probe_a_privileged_container_cannot_reach_the_agents_channels() {
+    require_vm!();
+    require_gcc!();
+    let w = World::new();
+    let script = format!("/bin/probe vsock; {}", mount_probes());
+    let text = run_in_vm_with_runc_spec(&w, "p", &script, |spec| {
+        for set in ["bounding", "effective", "permitted"] {
+            spec["process"]["capabilities"][set] = common::ALL_CAPS.into();
+        }
+    });
+    assert!(
+        text.contains("vsock: denied: Address family not supported by protocol"),
+        "{text}\n{}",
+        w.log()
+    );
+    assert!(text.contains("tmpfs-mounted"), "{text}");
+    assert!(!text.contains("share-mounted"), "{text}");
+    assert!(
+        text.contains("mount: mounting skerryfs on /dev failed: Operation not permitted"),
+        "{text}"
+    );
 }

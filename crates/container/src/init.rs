@@ -25,7 +25,7 @@ use rustix::fs::OFlags;
 use crate::channel::{self, InitConfig, SyncMsg, INIT_FD_ENV};
 use crate::inroot::{self, Kind};
 use crate::mounts::{parse_mount_options, propagation_flags, MountOptions};
-use crate::security::{self, SecurityError};
+use crate::security::{self, ChannelGuard, SecurityError};
 use crate::spec::{self, SpecError};
 use crate::sys::{self, Forked, MountSetattr, SysError};
 
@@ -104,6 +104,8 @@ pub fn main() -> ! {
         Err(_) => std::process::exit(1),
     };
     let mut chan = chan;
+    // Still in the agent's mount namespace, where securityfs is.
+    let guard = ChannelGuard::of_this_kernel();
     let config = match channel::recv::<InitConfig>(&mut chan) {
         Ok(Some(c)) => c,
         Ok(None) => std::process::exit(1),
@@ -118,7 +120,7 @@ pub fn main() -> ! {
         } => {
             let r = join
                 .map_or(Ok(()), |(pid, names)| join_namespaces(pid, &names))
-                .and_then(|()| run_container(&mut chan, &spec, &rootfs));
+                .and_then(|()| run_container(&mut chan, &spec, &rootfs, guard));
             (id, r)
         }
         InitConfig::Exec {
@@ -133,6 +135,7 @@ pub fn main() -> ! {
                 &process,
                 (target_pid, &namespaces),
                 seccomp.as_deref(),
+                guard,
             );
             (id, r)
         }
@@ -170,7 +173,12 @@ fn open_channel() -> Result<UnixStream, InitError> {
 
 enum Never {}
 
-fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Never, InitError> {
+fn run_container(
+    chan: &mut UnixStream,
+    spec: &Spec,
+    rootfs: &Path,
+    guard: ChannelGuard,
+) -> Result<Never, InitError> {
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     security::check_seccomp(seccomp)?;
     setup_rootfs(spec, rootfs)?;
@@ -186,7 +194,7 @@ fn run_container(chan: &mut UnixStream, spec: &Spec, rootfs: &Path) -> Result<Ne
     if process.terminal().unwrap_or(false) {
         setup_console(chan, process.user().uid())?;
     }
-    let prepared = setup_process(process, seccomp)?;
+    let prepared = setup_process(process, seccomp, guard)?;
     wait_and_exec(chan, prepared)
 }
 
@@ -217,6 +225,7 @@ fn run_exec(
     process: &Process,
     (target_pid, namespaces): (i32, &[String]),
     seccomp: Option<&LinuxSeccomp>,
+    guard: ChannelGuard,
 ) -> Result<Never, InitError> {
     security::check_seccomp(seccomp)?;
     join_namespaces(target_pid, namespaces)?;
@@ -239,7 +248,7 @@ fn run_exec(
             if process.terminal().unwrap_or(false) {
                 setup_console(chan, process.user().uid())?;
             }
-            let prepared = setup_process(process, seccomp)?;
+            let prepared = setup_process(process, seccomp, guard)?;
             wait_and_exec(chan, prepared)
         }
     }
@@ -316,10 +325,16 @@ fn cstring(field: String, s: &str) -> Result<CString, InitError> {
     })
 }
 
-fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared, InitError> {
+fn setup_process(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    guard: ChannelGuard,
+) -> Result<Prepared, InitError> {
     // First, while the process is still root with every capability (no
     // noNewPrivileges needed), and whatever the spec's own filter.
-    security::load_seccomp(&security::guest_channel_filter())?;
+    if guard == ChannelGuard::Seccomp {
+        security::load_seccomp(&security::guest_channel_filter())?;
+    }
     step(setsid().map(drop), || "setsid".into())?;
     if process.terminal().unwrap_or(false) {
         sys::set_controlling_tty()?;

@@ -117,7 +117,45 @@ pub fn load_seccomp(filter: &LinuxSeccomp) -> Result<(), SecurityError> {
     Ok(())
 }
 
-/// The filter every container process in a guest gets on top of its spec's:
+/// Where the kernel lists its active security modules (securityfs, which the
+/// agent mounts at boot).
+const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
+
+/// What keeps a guest's containers off the agent's channels (vsock, the
+/// share's virtio-fs tag), whatever their spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelGuard {
+    /// skerry's guest kernel: its `skerry` LSM denies them to every task
+    /// outside the agent's pid namespace (guest/kernel/skerry_lsm.c); a
+    /// container's seccomp status is its spec's.
+    Kernel,
+    /// Any other kernel: [`guest_channel_filter`] in every container process.
+    Seccomp,
+}
+
+impl std::fmt::Display for ChannelGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kernel => "the kernel's skerry LSM",
+            Self::Seccomp => "a seccomp filter in every container",
+        })
+    }
+}
+
+impl ChannelGuard {
+    /// The guard of the running kernel; read before a container's mount
+    /// namespace hides securityfs. A list that cannot be read means
+    /// [`ChannelGuard::Seccomp`].
+    pub fn of_this_kernel() -> Self {
+        match std::fs::read_to_string(ACTIVE_LSMS) {
+            Ok(list) if list.trim_end().split(',').any(|m| m == "skerry") => Self::Kernel,
+            _ => Self::Seccomp,
+        }
+    }
+}
+
+/// The filter every container process in a guest gets on top of its spec's
+/// where the kernel does not guard the channels ([`ChannelGuard::Seccomp`]):
 /// no AF_VSOCK socket (the agent's channel to the host, and the host's
 /// vsock back end, are not a container's to reach, whatever its spec or
 /// seccomp profile) and no io_uring (its socket operation would go around

@@ -1,7 +1,7 @@
 //! skerry's own guest kernel: the description `scripts/build-kernel.sh` writes
 //! beside its `bzImage`, the check that the kernel builds in everything the
 //! guest needs (Debian's kernel loads it as [`GUEST_MODULES`]), and a build, or
-//! a cache lookup, with the script and config fragment compiled into this
+//! a cache lookup, with the script, config fragment and LSM compiled into this
 //! binary, so that an installed `skerry image build` needs no source tree.
 
 use std::io::Write;
@@ -24,6 +24,9 @@ const BUILD_SCRIPT: &str = include_str!("../../../../scripts/build-kernel.sh");
 
 /// guest/kernel/skerry.config, as this binary was built with it.
 pub const CONFIG_FRAGMENT: &str = include_str!("../../../../guest/kernel/skerry.config");
+
+/// guest/kernel/skerry_lsm.c, skerry's LSM, as this binary was built with it.
+const LSM_SOURCE: &str = include_str!("../../../../guest/kernel/skerry_lsm.c");
 
 /// `kernel.json` of a skerry kernel build.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -88,6 +91,11 @@ pub fn build_skerry_kernel() -> Result<PathBuf, ImageError> {
         (
             &src.path().join("guest/kernel/skerry.config"),
             CONFIG_FRAGMENT,
+            0o644,
+        ),
+        (
+            &src.path().join("guest/kernel/skerry_lsm.c"),
+            LSM_SOURCE,
             0o644,
         ),
     ] {
