@@ -1040,6 +1040,21 @@ fn vm_namespace_cases() -> Vec<(Case, Option<&'static str>)> {
                  io.kubernetes.cri.container-type)",
             ),
         ),
+        // A cgroup namespace of its own is rooted at the container's cgroup.
+        (
+            case(
+                "cgroup-namespace-root",
+                |s, _| {
+                    without_namespace(s, "cgroup");
+                    s["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"type": "cgroup"}));
+                },
+                "grep '^0::' /proc/self/cgroup",
+            ),
+            None,
+        ),
         // Outside a pod the container keeps the guest's network namespace
         // (the VM has no NIC).
         (

@@ -24,6 +24,7 @@ use rustix::fs::OFlags;
 
 use crate::channel::{self, InitConfig, SyncMsg, INIT_FD_ENV};
 use crate::inroot::{self, Kind};
+use crate::launch;
 use crate::mounts::{parse_mount_options, propagation_flags, MountOptions};
 use crate::security::{self, ChannelGuard, SecurityError};
 use crate::spec::{self, SpecError};
@@ -181,6 +182,12 @@ fn run_container(
 ) -> Result<Never, InitError> {
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     security::check_seccomp(seccomp)?;
+    // The parent moved this process into its cgroup before sending the spec.
+    if launch::own_cgroup_namespace(spec) {
+        step(nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP), || {
+            "linux.namespaces: unshare(CLONE_NEWCGROUP)".into()
+        })?;
+    }
     setup_rootfs(spec, rootfs)?;
     if let Some(h) = spec.hostname() {
         step(nix::unistd::sethostname(h), || {

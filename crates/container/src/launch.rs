@@ -176,7 +176,9 @@ pub fn prepare(terminal: bool, flags: CloneFlags) -> Result<Prepared, LaunchErro
     let env = CString::new(format!("{INIT_FD_ENV}={INIT_FD}")).expect("no NUL in env");
     let envp = [env.as_ptr(), std::ptr::null()];
     Ok(Prepared {
-        flags,
+        // The init unshares its cgroup namespace itself, once the parent has moved it
+        // into its cgroup, so that the namespace is rooted there (see `init`).
+        flags: flags.difference(CloneFlags::CLONE_NEWCGROUP),
         exe,
         _args: args,
         argv,
@@ -435,6 +437,15 @@ pub fn container_namespaces(spec: &Spec, in_pod: bool) -> ContainerNamespaces {
         join_pid,
         warnings,
     }
+}
+
+/// Whether `spec` asks for a cgroup namespace of the container's own, which
+/// its init creates once it is in its cgroup (runc's order: `/proc/self/cgroup`
+/// then reads `0::/`, and the container's cgroup2 mount shows its own cgroup).
+pub fn own_cgroup_namespace(spec: &Spec) -> bool {
+    container_namespaces(spec, false)
+        .flags
+        .contains(CloneFlags::CLONE_NEWCGROUP)
 }
 
 /// Names (under /proc/<pid>/ns) of the namespaces an exec joins, mount last.

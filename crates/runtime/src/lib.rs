@@ -18,6 +18,7 @@ pub mod hypervisor;
 pub mod image;
 pub mod isolation;
 pub mod lifecycle;
+pub mod mac_labels;
 pub mod monitor;
 pub mod mounts;
 pub mod net;

@@ -25,6 +25,7 @@ use crate::{
         identity::{IdLease, IdRange, IdentityError, LEASE_DIR},
         HypervisorError, Vm, VmExit, VmSpec,
     },
+    mac_labels::{self, KernelLsms},
     mounts::HostMounts,
     net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
@@ -455,6 +456,9 @@ impl Sandbox {
         // the CLI: config.json may change between the two.
         policy::check(&self.policy, &bundle.spec, Isolation::Vm)?;
         vm_namespaces::check(&bundle.spec)?;
+        for warning in mac_labels::not_applied(&bundle.spec, KernelLsms::GUEST, true) {
+            tracing::warn!(container = id, "{warning}");
+        }
         let shared = share::share(bundle, id, &self.paths, self.mounts.as_ref())?;
         // A pod's other containers share its sandbox container's IPC and UTS
         // namespaces (the sandbox container's id is the sandbox's).

@@ -94,9 +94,7 @@ impl TaskError {
             | TaskError::Bundle(_)
             | TaskError::Stdio { .. }
             | TaskError::State(StateError::InvalidId(_)) => Code::INVALID_ARGUMENT,
-            TaskError::FailedPrecondition(_)
-            | TaskError::Config(_)
-            | TaskError::Plain(PlainError::Unsupported { .. }) => Code::FAILED_PRECONDITION,
+            TaskError::FailedPrecondition(_) | TaskError::Config(_) => Code::FAILED_PRECONDITION,
             TaskError::AlreadyExists(_) | TaskError::State(StateError::Exists(_)) => {
                 Code::ALREADY_EXISTS
             }

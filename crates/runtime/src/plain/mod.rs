@@ -42,6 +42,7 @@ mod setup;
 use crate::{
     bundle::Bundle,
     config::Isolation,
+    mac_labels::{self, KernelLsms},
     monitor::now_rfc3339,
     state::{lock_exclusive, ContainerState, ProcessId, StateError, StateStore, Status},
 };
@@ -80,16 +81,6 @@ pub enum PlainError {
     /// Not a signal number.
     #[error("invalid signal number {0}")]
     Signal(i32),
-    /// A spec field this host cannot honour.
-    #[error("{field} {value:?}: unsupported: {reason}")]
-    Unsupported {
-        /// The spec field.
-        field: &'static str,
-        /// Its value.
-        value: String,
-        /// What the host lacks.
-        reason: &'static str,
-    },
     /// The container's cgroup could not be read or written.
     #[error("container {id:?}: cgroup: {message}")]
     Cgroup {
@@ -194,27 +185,43 @@ fn lc_error<'a>(
 }
 
 /// The bundle directory libcontainer creates the container from: the
-/// bundle itself, or, when `linux.rootfsPropagation` is one of the recursive
-/// forms runc and CRI use (`rshared`, `rslave`, `rprivate`, `runbindable`),
-/// which libcontainer 0.7 does not know, a copy of its config.json in the
-/// container's state dir with the plain form and an absolute root
-/// (libcontainer's remount of `/` is recursive either way).
+/// bundle itself, or a copy of its config.json in the container's state dir
+/// (with an absolute root) when libcontainer 0.7 needs the spec changed:
+/// `linux.rootfsPropagation` in one of the recursive forms runc and CRI use
+/// (`rshared`, `rslave`, `rprivate`, `runbindable`), which it does not know,
+/// becomes the plain form (its remount of `/` is recursive either way); a
+/// `process.apparmorProfile` on a host without AppArmor, which it would fail
+/// on, is left out (not applied, as `create` warned: see [`mac_labels`]).
 fn libcontainer_bundle(
     store: &StateStore,
     id: &str,
     bundle: &Bundle,
 ) -> Result<PathBuf, PlainError> {
-    let Some(linux) = bundle.spec.linux() else {
+    let mut spec = bundle.spec.clone();
+    let mut changed = false;
+    if let Some(mut linux) = spec.linux().clone() {
+        let plain = linux
+            .rootfs_propagation()
+            .as_deref()
+            .and_then(|p| p.strip_prefix('r'))
+            .filter(|p| ["shared", "slave", "private", "unbindable"].contains(p))
+            .map(str::to_string);
+        if let Some(plain) = plain {
+            linux.set_rootfs_propagation(Some(plain));
+            spec.set_linux(Some(linux));
+            changed = true;
+        }
+    }
+    if let Some(mut process) = spec.process().clone() {
+        if process.apparmor_profile().is_some() && !KernelLsms::host().apparmor {
+            process.set_apparmor_profile(None);
+            spec.set_process(Some(process));
+            changed = true;
+        }
+    }
+    if !changed {
         return Ok(bundle.dir.clone());
-    };
-    let Some(plain) = linux
-        .rootfs_propagation()
-        .as_deref()
-        .and_then(|p| p.strip_prefix('r'))
-        .filter(|p| ["shared", "slave", "private", "unbindable"].contains(p))
-    else {
-        return Ok(bundle.dir.clone());
-    };
+    }
     let dir = store.dir(id).join("bundle");
     let io = |path: &Path, source| PlainError::Io {
         id: id.into(),
@@ -222,10 +229,6 @@ fn libcontainer_bundle(
         source,
     };
     fs::create_dir(&dir).map_err(|e| io(&dir, e))?;
-    let mut spec = bundle.spec.clone();
-    let mut linux = linux.clone();
-    linux.set_rootfs_propagation(Some(plain.to_string()));
-    spec.set_linux(Some(linux));
     if let Some(mut root) = spec.root().clone() {
         root.set_path(bundle.rootfs.clone());
         spec.set_root(Some(root));
@@ -291,47 +294,6 @@ fn load(store: &StateStore, id: &str) -> Result<Container, PlainError> {
     Container::load(lc_root(store, id).join(id)).map_err(lc_error(id, "loading its state"))
 }
 
-/// Refuses MAC labels the host cannot apply: running without the
-/// confinement a spec asks for would be a silent downgrade.
-pub fn check_host_support(spec: &Spec) -> Result<(), PlainError> {
-    let process = spec.process().as_ref();
-    if let Some(profile) = process.and_then(|p| p.apparmor_profile().as_ref()) {
-        let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-            .is_ok_and(|s| s.trim() == "Y");
-        if !enabled {
-            return Err(PlainError::Unsupported {
-                field: "process.apparmorProfile",
-                value: profile.clone(),
-                reason: "AppArmor is not enabled on this host",
-            });
-        }
-    }
-    let selinux = Path::new("/sys/fs/selinux/enforce").exists();
-    let labels = [
-        (
-            "process.selinuxLabel",
-            process.and_then(|p| p.selinux_label().clone()),
-        ),
-        (
-            "linux.mountLabel",
-            spec.linux().as_ref().and_then(|l| l.mount_label().clone()),
-        ),
-    ];
-    for (field, label) in labels {
-        match label {
-            Some(value) if !value.is_empty() && !selinux => {
-                return Err(PlainError::Unsupported {
-                    field,
-                    value,
-                    reason: "SELinux is not enabled on this host",
-                })
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// Creates container `id` from `bundle`: its init waits for `start`.
 /// Returns the init's pid. On failure nothing is left in the store.
 pub fn create(
@@ -351,7 +313,9 @@ pub fn create_with_stdio(
     opts: &CreateOptions,
     stdio: Option<ProcessFds>,
 ) -> Result<u32, PlainError> {
-    check_host_support(&bundle.spec)?;
+    for warning in mac_labels::not_applied(&bundle.spec, KernelLsms::host(), false) {
+        tracing::warn!(container = id, "{warning}");
+    }
     let dir = store.create_dir(id)?;
     let created = create_in(store, id, bundle, opts, stdio);
     if created.is_err() {
@@ -713,48 +677,4 @@ pub fn update(store: &StateStore, id: &str, resources: &LinuxResources) -> Resul
             freezer_state: None,
         })
         .map_err(|e| cgroup_error(id, &e))
-}
-
-#[cfg(test)]
-mod tests {
-    use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, SpecBuilder};
-
-    use super::*;
-
-    fn host_has_apparmor() -> bool {
-        fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y")
-    }
-
-    #[test]
-    fn mac_labels_the_host_lacks_are_named() {
-        assert!(check_host_support(&Spec::default()).is_ok());
-        if host_has_apparmor() || Path::new("/sys/fs/selinux/enforce").exists() {
-            eprintln!("SKIPPED: this host has AppArmor or SELinux");
-            return;
-        }
-        let process = ProcessBuilder::default()
-            .apparmor_profile("docker-default")
-            .build()
-            .unwrap();
-        let spec = SpecBuilder::default().process(process).build().unwrap();
-        assert_eq!(
-            check_host_support(&spec).unwrap_err().to_string(),
-            "process.apparmorProfile \"docker-default\": unsupported: AppArmor is not \
-             enabled on this host"
-        );
-        let linux = LinuxBuilder::default()
-            .mount_label("system_u:object_r:container_file_t:s0")
-            .build()
-            .unwrap();
-        let spec = SpecBuilder::default().linux(linux).build().unwrap();
-        assert_eq!(
-            check_host_support(&spec).unwrap_err().to_string(),
-            "linux.mountLabel \"system_u:object_r:container_file_t:s0\": unsupported: \
-             SELinux is not enabled on this host"
-        );
-        // An empty label asks for nothing.
-        let linux = LinuxBuilder::default().mount_label("").build().unwrap();
-        let spec = SpecBuilder::default().linux(linux).build().unwrap();
-        assert!(check_host_support(&spec).is_ok());
-    }
 }
