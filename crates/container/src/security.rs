@@ -147,9 +147,15 @@ impl ChannelGuard {
     /// namespace hides securityfs. A list that cannot be read means
     /// [`ChannelGuard::Seccomp`].
     pub fn of_this_kernel() -> Self {
-        match std::fs::read_to_string(ACTIVE_LSMS) {
-            Ok(list) if list.trim_end().split(',').any(|m| m == "skerry") => Self::Kernel,
-            _ => Self::Seccomp,
+        std::fs::read_to_string(ACTIVE_LSMS).map_or(Self::Seccomp, |list| Self::of_lsms(&list))
+    }
+
+    /// The guard for the comma-separated list of active LSMs `list`.
+    fn of_lsms(list: &str) -> Self {
+        if list.trim_end().split(',').any(|m| m == "skerry") {
+            Self::Kernel
+        } else {
+            Self::Seccomp
         }
     }
 }
@@ -219,6 +225,19 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn only_the_skerry_lsm_guards_the_channels() {
+        assert_eq!(
+            ChannelGuard::of_lsms("lockdown,capability,yama,skerry\n"),
+            ChannelGuard::Kernel
+        );
+        assert_eq!(
+            ChannelGuard::of_lsms("lockdown,capability,skerryx,apparmor"),
+            ChannelGuard::Seccomp
+        );
+        assert_eq!(ChannelGuard::of_lsms(""), ChannelGuard::Seccomp);
+    }
 
     fn init() -> Process {
         let caps: std::collections::HashSet<_> = [Capability::Chown, Capability::Kill].into();
