@@ -88,12 +88,7 @@ async fn serve(opts: Options, guest: bool, launcher: confine::Launcher) -> anyho
 }
 
 fn main() {
-    let mut args = std::env::args();
-    let _argv0 = args.next();
-    let rest: Vec<String> = args.collect();
-    if rest.first().map(String::as_str) == Some("init") {
-        skerry_container::init::main();
-    }
+    let rest = skerry_container::init::main_if_init();
     let guest = std::process::id() == 1;
     let problems = if guest { boot::early() } else { Vec::new() };
     init_logging();

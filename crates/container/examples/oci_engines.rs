@@ -122,13 +122,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Options {
 }
 
 fn main() {
-    let mut args = std::env::args();
-    let _argv0 = args.next();
-    let rest: Vec<String> = args.collect();
     // The skerry engine's child re-executes this binary as `<exe> init`, as the agent's.
-    if rest.first().map(String::as_str) == Some("init") {
-        skerry_container::init::main();
-    }
+    let rest = skerry_container::init::main_if_init();
     let opts = parse_args(rest.into_iter());
     if let Err(e) = run(&opts) {
         eprintln!("oci_engines: {}", skerry_container::init::error_chain(&*e));

@@ -91,8 +91,19 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The arguments after argv[0] of a binary that embeds the engine: when they
+/// are `init ...` (the engine's child re-executes the binary so), runs
+/// [`main`], which never returns; otherwise returns them.
+pub fn main_if_init() -> Vec<String> {
+    let rest: Vec<String> = std::env::args().skip(1).collect();
+    if rest.first().map(String::as_str) == Some("init") {
+        main();
+    }
+    rest
+}
+
 /// Entry point of `<agent> init`; never returns.
-pub fn main() -> ! {
+fn main() -> ! {
     let chan = match open_channel() {
         Ok(c) => c,
         Err(e) => {
