@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what skerry needs on a Debian 12 host: QEMU, iproute2 (pod taps), busybox (test and demo
+# Installs what skerry needs on a Debian 12 host: QEMU, iproute2 (pod taps), nftables (port forwarding to a pod VM), busybox (test and demo
 # bundles), the vhost-user back ends (virtiofsd, vhost-device-vsock) and
 # cargo-nextest; libseccomp-dev for container mode (libcontainer), gcc and
 # libc6-dev for the static probe helper of crates/cli/tests/plain_probes.rs;
@@ -10,7 +10,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq \
-    qemu-system-x86 busybox-static cpio ca-certificates bsdutils iproute2 \
+    qemu-system-x86 busybox-static cpio ca-certificates bsdutils iproute2 nftables \
     podman containerd runc crun hyperfine \
     libseccomp-dev libcap-ng-dev pkg-config gcc libc6-dev \
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils >/dev/null

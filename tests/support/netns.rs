@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A network namespace `sknet<pid>` holding `eth0` (10.a.b.2/24 and
+/// A network namespace `sknet<pid>` holding an up `lo` and `eth0` (10.a.b.2/24 and
 /// fd77:a:b::2/64, default routes via the host end), paired with `skh<pid>`
 /// (10.a.b.1/24, fd77:a:b::1/64) on the host.
 pub struct PodNetns {
@@ -70,6 +70,8 @@ impl PodNetns {
         sh("ip", &["link", "set", &pod.host_veth, "up"]);
         pod.ip(&["addr", "add", &format!("{}/24", net(2)), "dev", "eth0"]);
         pod.ip(&["link", "set", "eth0", "up"]);
+        // As CNI's loopback plugin leaves every pod namespace.
+        pod.ip(&["link", "set", "lo", "up"]);
         pod.ip(&["route", "add", "default", "via", &net(1)]);
         let net6 = |host: u8| format!("fd77:{}:{}::{host}", subnet[1], subnet[2]);
         // nodad: usable at once (the guest's copy goes through DAD itself).
@@ -139,6 +141,34 @@ impl PodNetns {
         assert!(
             !qdiscs.contains("ingress"),
             "ingress qdisc left behind: {qdiscs}"
+        );
+        let tables = sh(
+            "ip",
+            &["netns", "exec", &self.name, "nft", "list", "tables"],
+        );
+        assert!(
+            !tables.contains("skerry_portforward"),
+            "port-forward table left behind: {tables}"
+        );
+    }
+
+    /// What containerd's CRI PortForward does: from inside the namespace,
+    /// `GET /` of 127.0.0.1:`port` reaches the guest and returns `body`.
+    pub fn assert_loopback_forwards(&self, port: u16, body: &str, log: impl Fn() -> String) {
+        let path = self.path();
+        let reply = std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                try_http_get(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            })
+            .join()
+            .unwrap()
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+        assert!(
+            reply.starts_with("HTTP/1.") && reply.ends_with(&format!("\r\n\r\n{body}")),
+            "GET / from 127.0.0.1:{port} in the pod's namespace: {reply}"
         );
     }
 
@@ -211,9 +241,9 @@ fn net_skip_reason() -> Option<String> {
     if !Path::new("/dev/net/tun").exists() {
         return Some("no /dev/net/tun".into());
     }
-    for tool in ["ip", "tc"] {
+    for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")] {
         if Command::new(tool).arg("-V").output().is_err() {
-            return Some(format!("no `{tool}` (iproute2)"));
+            return Some(format!("no `{tool}` ({package})"));
         }
     }
     None
@@ -221,6 +251,12 @@ fn net_skip_reason() -> Option<String> {
 
 /// Fetches `/` from `addr`, retrying while the guest boots.
 fn http_get(addr: SocketAddr, log: &impl Fn() -> String) -> String {
+    try_http_get(addr).unwrap_or_else(|e| panic!("{e}\n{}", log()))
+}
+
+/// Fetches `/` from `addr`, retrying while the guest boots; the last error
+/// once the time is up.
+fn try_http_get(addr: SocketAddr) -> Result<String, String> {
     // Room for a rebooted stalled guest (boot_attempts in the test config).
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -233,13 +269,11 @@ fn http_get(addr: SocketAddr, log: &impl Fn() -> String) -> String {
             Ok(reply)
         };
         match attempt() {
-            Ok(reply) => return reply,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "no TCP connection to {addr}: {e}\n{}",
-                log()
-            ),
+            Ok(reply) => return Ok(reply),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("no TCP connection to {addr}: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }

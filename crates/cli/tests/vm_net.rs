@@ -1,7 +1,8 @@
 //! Tier 3: pod networking. A network namespace holding one end of a veth
 //! pair (as CNI leaves it), the other end addressed in the host's namespace;
 //! the container in the VM must answer a ping and a TCP connection from the
-//! host end, and `delete` must leave the namespace as it found it.
+//! host end and, as CRI's PortForward dials it, from 127.0.0.1 inside the
+//! namespace; `delete` must leave the namespace as it found it.
 
 mod common;
 #[path = "../../../tests/support/netns.rs"]
@@ -57,6 +58,7 @@ fn vm_pod_network_answers_ping_and_tcp_from_the_host_end() {
 
     pod.assert_http_serves(8080, "hello from the pod\n", || w.log());
     pod.assert_guest_answers_ping();
+    pod.assert_loopback_forwards(8080, "hello from the pod\n", || w.log());
 
     let out = w.run(&["delete", "--force", "net1"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));

@@ -24,6 +24,7 @@ pub mod mounts;
 pub mod net;
 pub mod plain;
 pub mod policy;
+pub mod portforward;
 pub mod relay;
 pub mod sandbox;
 pub mod share;

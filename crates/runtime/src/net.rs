@@ -160,8 +160,8 @@ pub async fn connect(
     .await
 }
 
-/// Undoes [`connect`]: deletes the pod interface's ingress qdisc and the
-/// tap. Idempotent: without the tap, the connection is already undone (and
+/// Undoes [`connect`]: deletes the pod interface's ingress qdisc, the port
+/// forwarding redirect (`portforward`) and the tap. Idempotent: without the tap, the connection is already undone (and
 /// the interface may be another sandbox's by now), so nothing is touched;
 /// without the namespace file (CNI removed it), neither.
 pub async fn disconnect(netns: &Path, tap: &str) -> Result<(), NetError> {
@@ -176,6 +176,7 @@ pub async fn disconnect(netns: &Path, tap: &str) -> Result<(), NetError> {
         if let Some(pod) = pod_interface(&nl).await? {
             nl.remove_ingress(&pod).await?;
         }
+        crate::portforward::remove_redirect();
         nl.remove_tap(&tap).await
     })
     .await

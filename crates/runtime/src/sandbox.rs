@@ -29,6 +29,7 @@ use crate::{
     mounts::HostMounts,
     net::{self, NetError, NetSpec, PodNetwork},
     policy::{self, PolicyError},
+    portforward::{self, PortForward},
     share::{self, ShareError},
     stalled_boots,
     state::{ProcessId, StateStore},
@@ -206,6 +207,8 @@ pub struct Sandbox {
     mounts: Box<dyn HostMounts>,
     /// The VM's NIC in the pod's network namespace.
     net: Option<NetSpec>,
+    /// Forwarding of the pod namespace's loopback to the guest, while the VM runs.
+    portforward: std::sync::Mutex<Option<PortForward>>,
     /// The VM's own uid, released once its processes are gone.
     lease: std::sync::Mutex<Option<IdLease>>,
     /// The guest's kernel release, from the agent handshake.
@@ -417,6 +420,9 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        let pod_ip = network
+            .as_ref()
+            .and_then(|n| portforward::ipv4_of(&n.guest.addresses));
         let interfaces = network.map(|n| vec![n.guest]).unwrap_or_default();
         if let Err(e) = agent.create_sandbox(id, hostname, interfaces).await {
             if let Err(stop) = vm.stop().await {
@@ -431,6 +437,14 @@ impl Sandbox {
             ..Default::default()
         };
         info!(sandbox = id, ?timings, kernel = %check.kernel_release, "sandbox booted");
+        // Without it only CRI's PortForward fails, not the pod.
+        let portforward = match (&nic, pod_ip) {
+            (Some(nic), Some(ip)) => portforward::start(id, &nic.netns, ip)
+                .await
+                .map_err(|e| warn!(sandbox = id, error = %crate::monitor::error_chain(&e), "port forwarding not available"))
+                .ok(),
+            _ => None,
+        };
         Ok(Self {
             id: id.to_string(),
             vsock_path: vm.vsock_path(),
@@ -442,6 +456,7 @@ impl Sandbox {
             shared: std::sync::Mutex::new(HashMap::new()),
             mounts,
             net: nic,
+            portforward: std::sync::Mutex::new(portforward),
             lease: std::sync::Mutex::new(lease),
             kernel_release: check.kernel_release,
             timings,
@@ -555,6 +570,7 @@ impl Sandbox {
             .collect();
         share::unshare(&self.paths, self.mounts.as_ref(), &shared);
         unshare_dir(self.mounts.as_ref(), &self.paths);
+        drop(self.portforward.lock().expect("portforward lock").take());
         disconnect_network(&self.id, self.net.as_ref()).await;
     }
 }

@@ -359,6 +359,7 @@ fn vm_shim_pod_network_answers_ping_and_tcp_from_the_host_end() {
     pod.assert_connected();
     pod.assert_http_serves(8080, "hello from the pod\n", || w.log());
     pod.assert_guest_answers_ping();
+    pod.assert_loopback_forwards(8080, "hello from the pod\n", || w.log());
     w.ok(&["task", "kill", "-s", "SIGKILL", "web"]);
     w.wait_stopped("web", Duration::from_secs(20));
     w.delete_all(&["web"]);
