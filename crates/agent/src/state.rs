@@ -418,7 +418,7 @@ impl Sandbox {
                 .map(|pid| (pid, join))
                 .filter(|(_, names)| !names.is_empty()),
         };
-        let ready = launch::handshake(&mut chan, &config, |_| {})
+        let ready = launch::handshake(&mut chan, pid, &config, |_| {})
             .and_then(|ready| launch::parent_stdio(pipes, ready.console));
         match ready {
             Ok(stdio) => Ok((pid, exit, chan, stdio, flags)),
@@ -518,7 +518,7 @@ impl Sandbox {
         let terminal = process.terminal().unwrap_or(false);
         let prepared = launch::prepare(terminal, CloneFlags::empty()).map_err(setup)?;
         let (prepared, spawned) = self.spawn(prepared);
-        spawned.map_err(setup)?;
+        let (child, _) = spawned.map_err(setup)?;
         let (mut chan, pipes) = prepared.into_parent();
         let config = InitConfig::Exec {
             id: c.id.clone(),
@@ -529,7 +529,7 @@ impl Sandbox {
         };
         let mut registered = None;
         let mut cgroup = Ok(());
-        let r = launch::handshake(&mut chan, &config, |pid| {
+        let r = launch::handshake(&mut chan, child, &config, |pid| {
             registered = Some((pid, self.reaper.register(pid)));
             if let Some(cgroups) = &self.cgroups {
                 cgroup = cgroups.add(&c.id, pid);

@@ -1055,6 +1055,26 @@ fn vm_namespace_cases() -> Vec<(Case, Option<&'static str>)> {
             ),
             None,
         ),
+        // A user namespace of its own, mapped as the spec asks (the rootfs's
+        // files belong to an unmapped root: nobody, as under runc).
+        (
+            case(
+                "user-namespace",
+                |s, _| {
+                    s["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"type": "user"}));
+                    s["linux"]["uidMappings"] =
+                        json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+                    s["linux"]["gidMappings"] =
+                        json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+                },
+                "cat /proc/self/uid_map /proc/self/gid_map; id; stat -c %u:%g /bin/busybox; \
+                 grep CapEff /proc/self/status",
+            ),
+            None,
+        ),
         // Outside a pod the container keeps the guest's network namespace
         // (the VM has no NIC).
         (

@@ -92,3 +92,40 @@ fn vm_the_agent_is_confined_after_boot() {
     assert!(w.run(&["delete", "--force", "conf"]).status.success());
     w.assert_clean("conf");
 }
+
+/// A container with a user namespace of its own in a VM: root inside is an
+/// unprivileged host-side id in the guest, and an exec joins the same
+/// namespace (its maps, root there), so container root owns nothing of the
+/// guest's: not the agent's files, not the guest's mounts.
+#[test]
+fn vm_a_user_namespace_holds_for_the_init_and_an_exec() {
+    require_vm!();
+    let w = World::new();
+    let dir = w.bundle("uns", &["sleep", "600"]);
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "user"}));
+    spec["linux"]["uidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    spec["linux"]["gidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    fs::write(&path, spec.to_string()).unwrap();
+    w.create(&dir, "uns");
+    assert!(w.run(&["start", "uns"]).status.success());
+    let script = "tr -s ' ' < /proc/self/uid_map; id -u; tr -s ' ' < /proc/1/uid_map; \
+                  mount -t tmpfs none /tmp 2>/dev/null && echo mounted; \
+                  hostname x 2>/dev/null && echo renamed; echo done";
+    let out = w.run(&["exec", "uns", "sh", "-c", script]);
+    assert_eq!(
+        stdout(&out),
+        " 0 100000 65536\n0\n 0 100000 65536\ndone\n",
+        "{}\n{}",
+        stderr(&out),
+        w.log()
+    );
+    assert!(w.run(&["delete", "--force", "uns"]).status.success());
+    w.assert_clean("uns");
+}

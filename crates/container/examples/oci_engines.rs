@@ -274,7 +274,7 @@ fn skerry_once(
         rootfs: rootfs.to_path_buf(),
         join: None,
     };
-    let ready = launch::handshake(&mut chan, &config, |_| {});
+    let ready = launch::handshake(&mut chan, pid, &config, |_| {});
     let stdio = ready.and_then(|r| launch::parent_stdio(stdio, r.console))?;
     let t1 = Instant::now();
     launch::release(chan)?;

@@ -68,6 +68,9 @@ impl InitConfig {
     }
 }
 
+/// The parent's answer to [`SyncMsg::UserNamespace`] once the maps are written.
+pub const USERNS_MAPPED: u8 = b'm';
+
 /// Messages from the child.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum SyncMsg {
@@ -75,6 +78,9 @@ pub enum SyncMsg {
     Pid(i32),
     /// The pty master of the process's terminal travels with this frame (`SCM_RIGHTS`).
     Console,
+    /// (container only) The child unshared its user namespace: the parent writes its
+    /// maps and answers with one byte ([`USERNS_MAPPED`]).
+    UserNamespace,
     /// Setup done; waiting for the start byte. (Nothing is skipped or degraded: a step
     /// that cannot be done is an [`SyncMsg::Error`].)
     Ready,

@@ -29,6 +29,7 @@ use crate::mounts::{parse_mount_options, propagation_flags, MountOptions};
 use crate::security::{self, ChannelGuard, SecurityError};
 use crate::spec::{self, SpecError};
 use crate::sys::{self, Forked, MountSetattr, SysError};
+use crate::userns;
 
 /// Container setup inside the child failed.
 #[derive(Debug, thiserror::Error)]
@@ -209,11 +210,33 @@ fn run_container(
         .process()
         .as_ref()
         .ok_or(SpecError::Missing { field: "process" })?;
+    if userns::wanted(spec) {
+        enter_user_namespace(chan)?;
+    }
     if process.terminal().unwrap_or(false) {
         setup_console(chan, process.user().uid())?;
     }
     let prepared = setup_process(process, seccomp, guard)?;
     wait_and_exec(chan, prepared)
+}
+
+/// Unshares the container's user namespace, waits for the parent to map it
+/// and becomes its root (see [`userns`]).
+fn enter_user_namespace(chan: &mut UnixStream) -> Result<(), InitError> {
+    step(nix::sched::unshare(CloneFlags::CLONE_NEWUSER), || {
+        "linux.namespaces: unshare(CLONE_NEWUSER)".into()
+    })?;
+    channel::send(chan, &SyncMsg::UserNamespace)
+        .map_err(|e| InitError::Channel(error_chain(&e)))?;
+    let mut byte = [0u8; 1];
+    match chan.read(&mut byte) {
+        Ok(1) if byte[0] == channel::USERNS_MAPPED => {}
+        // The parent reports its own failure; nothing to add.
+        _ => std::process::exit(1),
+    }
+    step(userns::become_root(), || {
+        "linux.uidMappings: becoming root of the user namespace".into()
+    })
 }
 
 /// Joins the namespaces `namespaces` (names under /proc/<pid>/ns) of process `target_pid`.
@@ -247,6 +270,11 @@ fn run_exec(
 ) -> Result<Never, InitError> {
     security::check_seccomp(seccomp)?;
     join_namespaces(target_pid, namespaces)?;
+    if namespaces.iter().any(|n| n == "user") {
+        step(userns::become_root(), || {
+            "exec: becoming root of the container's user namespace".into()
+        })?;
+    }
     // Closed (by our exit) only after `Pid` is sent, so the child's messages come after it.
     let (gate_r, gate_w) = step(nix::unistd::pipe2(OFlag::O_CLOEXEC), || {
         "exec: ordering pipe".into()

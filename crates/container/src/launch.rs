@@ -4,6 +4,7 @@
 //! `<exe> init` (see [`crate::init`]), which is safe in a multi-threaded parent.
 
 use std::ffi::CString;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
@@ -16,6 +17,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::channel::{self, ChannelError, InitConfig, SyncMsg, INIT_FD, INIT_FD_ENV};
 use crate::sys::{self, Forked, SysError};
+use crate::userns;
 
 /// How long the parent waits for the child's setup before giving up.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +52,9 @@ pub enum LaunchError {
     /// The terminal the child sent is unusable.
     #[error("container init process sent a bad terminal: {0}")]
     BadConsole(String),
+    /// The container's user namespace could not be mapped.
+    #[error("linux.namespaces: user namespace")]
+    UserNamespace(#[from] userns::UserNsError),
     /// The pod's pid namespace could not be opened, entered or left.
     #[error("{what} the pod's pid namespace")]
     PidNamespace {
@@ -177,8 +182,9 @@ pub fn prepare(terminal: bool, flags: CloneFlags) -> Result<Prepared, LaunchErro
     let envp = [env.as_ptr(), std::ptr::null()];
     Ok(Prepared {
         // The init unshares its cgroup namespace itself, once the parent has moved it
-        // into its cgroup, so that the namespace is rooted there (see `init`).
-        flags: flags.difference(CloneFlags::CLONE_NEWCGROUP),
+        // into its cgroup, so that the namespace is rooted there (see `init`), and its
+        // user namespace once it is set up (see `userns`).
+        flags: flags.difference(CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWUSER),
         exe,
         _args: args,
         argv,
@@ -289,10 +295,12 @@ pub fn validate_console(mut fds: Vec<OwnedFd>) -> Result<OwnedFd, LaunchError> {
     Ok(fd)
 }
 
-/// Sends the config and waits for `Ready`; `on_pid` sees an exec's final pid first. With a
-/// terminal, the pty master must arrive (validated) before `Ready`.
+/// Sends the config to child `child` and waits for `Ready`; `on_pid` sees an exec's final
+/// pid first. With a terminal, the pty master must arrive (validated) before `Ready`. A
+/// container that unshares its user namespace gets its maps written (see [`userns`]).
 pub fn handshake(
     chan: &mut UnixStream,
+    child: i32,
     config: &InitConfig,
     mut on_pid: impl FnMut(i32),
 ) -> Result<Ready, LaunchError> {
@@ -316,6 +324,17 @@ pub fn handshake(
             }
             _ if !fds.is_empty() => return Err(LaunchError::Protocol),
             SyncMsg::Pid(pid) => on_pid(pid),
+            SyncMsg::UserNamespace => {
+                let InitConfig::Container { spec, .. } = config else {
+                    return Err(LaunchError::Protocol);
+                };
+                if !userns::wanted(spec) {
+                    return Err(LaunchError::Protocol);
+                }
+                userns::write_maps(child, spec)?;
+                chan.write_all(&[channel::USERNS_MAPPED])
+                    .map_err(ChannelError::Io)?;
+            }
             SyncMsg::Ready => {
                 if terminal && console.is_none() {
                     return Err(LaunchError::BadConsole("missing before ready".into()));
@@ -351,7 +370,6 @@ pub fn parent_stdio(
 
 /// Releases a ready child to exec its program; `Ok` once the exec succeeded.
 pub fn release(mut chan: UnixStream) -> Result<(), LaunchError> {
-    use std::io::Write;
     chan.write_all(&[1]).map_err(ChannelError::Io)?;
     match channel::recv_with_fds::<SyncMsg>(&chan)? {
         None => Ok(()),
@@ -422,9 +440,7 @@ pub fn container_namespaces(spec: &Spec, in_pod: bool) -> ContainerNamespaces {
         match t {
             LinuxNamespaceType::Network => flags |= CloneFlags::CLONE_NEWNET,
             LinuxNamespaceType::Cgroup => flags |= CloneFlags::CLONE_NEWCGROUP,
-            LinuxNamespaceType::User => warnings.push(
-                "linux.namespaces: user namespace not supported in the guest, ignored".into(),
-            ),
+            LinuxNamespaceType::User => flags |= CloneFlags::CLONE_NEWUSER,
             LinuxNamespaceType::Time => {
                 warnings.push("linux.namespaces: time namespace not supported, ignored".into())
             }
@@ -448,7 +464,7 @@ pub fn own_cgroup_namespace(spec: &Spec) -> bool {
         .contains(CloneFlags::CLONE_NEWCGROUP)
 }
 
-/// Names (under /proc/<pid>/ns) of the namespaces an exec joins, mount last.
+/// Names (under /proc/<pid>/ns) of the namespaces an exec joins, mount and then user last.
 pub fn exec_namespaces(flags: CloneFlags) -> Vec<String> {
     let mut out: Vec<String> = vec!["ipc".into(), "uts".into()];
     if flags.contains(CloneFlags::CLONE_NEWNET) {
@@ -459,6 +475,10 @@ pub fn exec_namespaces(flags: CloneFlags) -> Vec<String> {
     }
     out.push("pid".into());
     out.push("mnt".into());
+    // Last: once in it, the process has no privilege over the others.
+    if flags.contains(CloneFlags::CLONE_NEWUSER) {
+        out.push("user".into());
+    }
     out
 }
 

@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod security;
 pub mod spec;
 pub mod sys;
+pub mod userns;
 
 pub use channel::InitConfig;
 pub use id::{validate_container_id, validate_exec_id, IdError};
