@@ -524,11 +524,13 @@ mod tests {
         assert!(join.is_empty() && !join_pid, "not in a pod: {join:?}");
         assert!(flags.contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID));
         assert!(flags.contains(CloneFlags::CLONE_NEWNET));
-        assert!(!flags.contains(CloneFlags::CLONE_NEWUSER));
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        // A user namespace of its own (the init unshares it; see `userns`); the
+        // ipc path is not the pod's here.
+        assert!(flags.contains(CloneFlags::CLONE_NEWUSER));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert_eq!(
             exec_namespaces(flags),
-            ["ipc", "uts", "net", "pid", "mnt"].map(String::from)
+            ["ipc", "uts", "net", "pid", "mnt", "user"].map(String::from)
         );
         let spec: Spec = serde_json::from_str(
             r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},
