@@ -1060,18 +1060,8 @@ fn vm_namespace_cases() -> Vec<(Case, Option<&'static str>)> {
         (
             case(
                 "user-namespace",
-                |s, _| {
-                    s["linux"]["namespaces"]
-                        .as_array_mut()
-                        .unwrap()
-                        .push(json!({"type": "user"}));
-                    s["linux"]["uidMappings"] =
-                        json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-                    s["linux"]["gidMappings"] =
-                        json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-                },
-                "cat /proc/self/uid_map /proc/self/gid_map; id; stat -c %u:%g /bin/busybox; \
-                 grep CapEff /proc/self/status",
+                |s, _| own_user_namespace(s),
+                USER_NAMESPACE,
             ),
             None,
         ),
@@ -1106,6 +1096,21 @@ fn vm_namespaces_a_vm_cannot_give() {
         w.assert_clean(&id);
     }
 }
+
+/// Gives the container a user namespace of its own: uids from 100000, gids
+/// from 200000.
+fn own_user_namespace(s: &mut Value) {
+    s["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+}
+
+/// What a container sees of its user namespace.
+const USER_NAMESPACE: &str = "cat /proc/self/uid_map /proc/self/gid_map; id; \
+     stat -c %u:%g /bin/busybox; grep CapEff /proc/self/status";
 
 /// `NAME=LINK` of each namespace of process `pid`.
 fn namespaces_of(pid: &str) -> String {
@@ -1198,18 +1203,10 @@ fn namespaces() {
             case(
                 "user-namespace",
                 |s, tmp| {
-                    s["linux"]["namespaces"]
-                        .as_array_mut()
-                        .unwrap()
-                        .push(json!({"type": "user"}));
-                    s["linux"]["uidMappings"] =
-                        json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-                    s["linux"]["gidMappings"] =
-                        json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+                    own_user_namespace(s);
                     host_namespaces(s, tmp);
                 },
-                "cat /proc/self/uid_map /proc/self/gid_map; id; stat -c %u:%g /bin/busybox; \
-                 grep CapEff /proc/self/status",
+                USER_NAMESPACE,
             ),
         ],
     );
