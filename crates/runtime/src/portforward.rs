@@ -39,6 +39,9 @@ pub const TABLE: &str = "skerry_portforward";
 /// Connections forwarded at once; more are closed.
 const MAX_CONNECTIONS: usize = 64;
 
+/// How long a connection to the pod may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Failure to set up port forwarding for a pod.
 #[derive(Debug, thiserror::Error)]
 pub enum PortForwardError {
@@ -194,11 +197,18 @@ async fn serve(listener: TcpListener, own_port: u16, pod_ip: Ipv4Addr, sandbox: 
         tokio::spawn(async move {
             let _slot = slot;
             let mut conn = conn;
-            match TcpStream::connect((pod_ip, port)).await {
-                Ok(mut pod) => {
+            // A guest that drops the SYN must not hold a slot for the kernel's minutes.
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((pod_ip, port))).await {
+                Ok(Ok(mut pod)) => {
                     let _ = tokio::io::copy_bidirectional(&mut conn, &mut pod).await;
                 }
-                Err(e) => debug!(sandbox, port, error = %e, "port forward: connecting to the pod"),
+                Ok(Err(e)) => {
+                    debug!(sandbox, port, error = %e, "port forward: connecting to the pod")
+                }
+                Err(_) => debug!(
+                    sandbox,
+                    port, "port forward: the pod did not answer in time"
+                ),
             }
         });
     }
