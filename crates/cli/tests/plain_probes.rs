@@ -333,3 +333,37 @@ fn vm_probe_a_privileged_container_cannot_reach_the_agents_channels() {
         "{text}"
     );
 }
+
+/// On a guest kernel without skerry's LSM (Debian's, `--kernel debian`) the
+/// agent falls back to a seccomp filter of its own in every container: with
+/// runc's spec (no filter of its own) the container still gets no vsock
+/// socket, and shows one filter.
+#[test]
+fn vm_probe_on_a_kernel_without_the_lsm_a_filter_guards_the_channels() {
+    require_vm!();
+    require_gcc!();
+    let image = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest-debian");
+    skip_if!(
+        (!image.join("manifest.json").exists()).then(|| format!(
+            "no Debian-kernel guest image in {} (scripts/test.sh builds it)",
+            image.display()
+        )),
+        "fallback probe"
+    );
+    let w = World::with_image(&image);
+    let text = run_in_vm_with_runc_spec(
+        &w,
+        "d",
+        "/bin/probe vsock; grep -E '^Seccomp(_filters)?:' /proc/self/status",
+        |_| {},
+    );
+    assert!(
+        text.contains("vsock: denied: Address family not supported by protocol"),
+        "{text}\n{}",
+        w.log()
+    );
+    assert!(
+        text.contains("Seccomp:\t2\nSeccomp_filters:\t1\n"),
+        "{text}"
+    );
+}
