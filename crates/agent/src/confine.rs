@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Mutex;
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -196,10 +197,10 @@ const PRCTL_ALLOWED: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u
 
 /// The agent's own resource limits (resource, name, soft = hard): no core
 /// dumps of its memory, no locked memory, a bounded number of open files.
-pub const AGENT_RLIMITS: &[(libc::__rlimit_resource_t, &str, u64)] = &[
-    (libc::RLIMIT_CORE, "RLIMIT_CORE", 0),
-    (libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK", 0),
-    (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", 4096),
+pub const AGENT_RLIMITS: &[(Resource, &str, u64)] = &[
+    (Resource::RLIMIT_CORE, "RLIMIT_CORE", 0),
+    (Resource::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK", 0),
+    (Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE", 4096),
 ];
 
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, ConfineError> {
@@ -314,24 +315,17 @@ fn log_denied_calls() -> Result<(), ConfineError> {
 fn limit_resources() -> Result<(), ConfineError> {
     let mut boot = Vec::new();
     for &(resource, name, value) in AGENT_RLIMITS {
-        let mut had = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one rlimit to the valid pointer.
-        if unsafe { libc::getrlimit(resource, &mut had) } != 0 {
-            return Err(ConfineError::Rlimit(name, std::io::Error::last_os_error()));
-        }
-        boot.push((resource as libc::c_int, had));
-        let value = value.min(had.rlim_max);
-        let want = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
-        };
-        // SAFETY: setrlimit reads one rlimit from the valid pointer.
-        if unsafe { libc::setrlimit(resource, &want) } != 0 {
-            return Err(ConfineError::Rlimit(name, std::io::Error::last_os_error()));
-        }
+        let failed = |e: nix::Error| ConfineError::Rlimit(name, e.into());
+        let (soft, hard) = getrlimit(resource).map_err(failed)?;
+        boot.push((
+            resource as libc::c_int,
+            libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            },
+        ));
+        let value = value.min(hard);
+        setrlimit(resource, value, value).map_err(failed)?;
     }
     skerry_container::launch::set_child_rlimits(boot);
     Ok(())
@@ -351,16 +345,9 @@ pub fn confine_this_thread() -> Result<(), ConfineError> {
 pub fn limits_of_this_process() -> String {
     AGENT_RLIMITS
         .iter()
-        .map(|&(resource, name, _)| {
-            let mut l = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes one rlimit to the valid pointer.
-            match unsafe { libc::getrlimit(resource, &mut l) } {
-                0 => format!("{name} {}/{}", l.rlim_cur, l.rlim_max),
-                _ => format!("{name} unknown"),
-            }
+        .map(|&(resource, name, _)| match getrlimit(resource) {
+            Ok((soft, hard)) => format!("{name} {soft}/{hard}"),
+            Err(_) => format!("{name} unknown"),
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -502,18 +489,11 @@ mod tests {
                             bad.push(format!("{name}: {got:?}, not EPERM"));
                         }
                     }
-                    // Allowed: reading a limit, naming a thread, /proc.
-                    let mut core = libc::rlimit {
-                        rlim_cur: 1,
-                        rlim_max: 1,
-                    };
-                    // SAFETY: getrlimit writes one rlimit to the valid pointer.
-                    let got = unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut core) };
-                    if got != 0 || core.rlim_cur != 0 || core.rlim_max != 0 {
-                        bad.push(format!(
-                            "RLIMIT_CORE {got} {} {}",
-                            core.rlim_cur, core.rlim_max
-                        ));
+                    // Allowed: reading a limit (the agent's own now), naming a
+                    // thread, /proc.
+                    let core = getrlimit(Resource::RLIMIT_CORE);
+                    if core != Ok((0, 0)) {
+                        bad.push(format!("RLIMIT_CORE {core:?}"));
                     }
                     let name = b"confined\0";
                     if call(

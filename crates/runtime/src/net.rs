@@ -161,9 +161,10 @@ pub async fn connect(
 }
 
 /// Undoes [`connect`]: deletes the pod interface's ingress qdisc, the port
-/// forwarding redirect (`portforward`) and the tap. Idempotent: without the tap, the connection is already undone (and
-/// the interface may be another sandbox's by now), so nothing is touched;
-/// without the namespace file (CNI removed it), neither.
+/// forwarding redirect (`portforward`) and the tap. Idempotent: without the
+/// tap, the connection is already undone (and the interface may be another
+/// sandbox's by now), so nothing is touched; without the namespace file (CNI
+/// removed it), neither.
 pub async fn disconnect(netns: &Path, tap: &str) -> Result<(), NetError> {
     if !netns.exists() {
         return Ok(());

@@ -87,37 +87,30 @@ pub async fn start(
     pod_ip: Ipv4Addr,
 ) -> Result<PortForward, PortForwardError> {
     let dir = netns.to_path_buf();
-    let listener = tokio::task::spawn_blocking(move || listen_and_redirect(&dir))
+    let (listener, own_port) = tokio::task::spawn_blocking(move || listen_and_redirect(&dir))
         .await
         .expect("port-forward set-up panicked")?;
-    let listen = |source| PortForwardError::Listen {
-        netns: netns.to_path_buf(),
-        source,
-    };
-    let own_port = listener.local_addr().map_err(listen)?.port();
-    listener.set_nonblocking(true).map_err(listen)?;
-    let listener = TcpListener::from_std(listener).map_err(listen)?;
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+        .map_err(|source| PortForwardError::Listen {
+            netns: netns.to_path_buf(),
+            source,
+        })?;
     info!(sandbox, netns = %netns.display(), %pod_ip, port = own_port, "port forwarding ready");
     let task = tokio::spawn(serve(listener, own_port, pod_ip, sandbox.to_string()));
     Ok(PortForward { task })
 }
 
-/// In `netns`: a listener on 127.0.0.1 and the table redirecting there.
-fn listen_and_redirect(netns: &Path) -> Result<StdListener, PortForwardError> {
+/// In `netns`: a listener on 127.0.0.1, its port, and the table redirecting there.
+fn listen_and_redirect(netns: &Path) -> Result<(StdListener, u16), PortForwardError> {
     net::run_in_netns(netns, || {
-        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| {
-            PortForwardError::Listen {
-                netns: netns.to_path_buf(),
-                source,
-            }
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| PortForwardError::Listen {
-                netns: netns.to_path_buf(),
-                source,
-            })?
-            .port();
+        let listen = |source| PortForwardError::Listen {
+            netns: netns.to_path_buf(),
+            source,
+        };
+        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(listen)?;
+        let port = listener.local_addr().map_err(listen)?.port();
         let ruleset = format!(
             "table ip {TABLE} {{\n chain output {{\n  type nat hook output priority -100; \
              policy accept;\n  oifname \"lo\" ip daddr 127.0.0.1 tcp dport != {port} \
@@ -128,7 +121,7 @@ fn listen_and_redirect(netns: &Path) -> Result<StdListener, PortForwardError> {
             netns: netns.to_path_buf(),
             reason,
         })?;
-        Ok(listener)
+        Ok((listener, port))
     })?
 }
 

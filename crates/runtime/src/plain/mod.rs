@@ -190,12 +190,13 @@ fn lc_error<'a>(
 /// `linux.rootfsPropagation` in one of the recursive forms runc and CRI use
 /// (`rshared`, `rslave`, `rprivate`, `runbindable`), which it does not know,
 /// becomes the plain form (its remount of `/` is recursive either way); a
-/// `process.apparmorProfile` on a host without AppArmor, which it would fail
+/// `process.apparmorProfile` on a host (`host`) without AppArmor, which it would fail
 /// on, is left out (not applied, as `create` warned: see [`mac_labels`]).
 fn libcontainer_bundle(
     store: &StateStore,
     id: &str,
     bundle: &Bundle,
+    host: KernelLsms,
 ) -> Result<PathBuf, PlainError> {
     let mut spec = bundle.spec.clone();
     let mut changed = false;
@@ -213,7 +214,7 @@ fn libcontainer_bundle(
         }
     }
     if let Some(mut process) = spec.process().clone() {
-        if process.apparmor_profile().is_some() && !KernelLsms::host().apparmor {
+        if process.apparmor_profile().is_some() && !host.apparmor {
             process.set_apparmor_profile(None);
             spec.set_process(Some(process));
             changed = true;
@@ -313,11 +314,13 @@ pub fn create_with_stdio(
     opts: &CreateOptions,
     stdio: Option<ProcessFds>,
 ) -> Result<u32, PlainError> {
-    for warning in mac_labels::not_applied(&bundle.spec, KernelLsms::host(), false) {
+    // Read once: the warnings and libcontainer's copy of the spec agree.
+    let host = KernelLsms::host();
+    for warning in mac_labels::not_applied(&bundle.spec, host, false) {
         tracing::warn!(container = id, "{warning}");
     }
     let dir = store.create_dir(id)?;
-    let created = create_in(store, id, bundle, opts, stdio);
+    let created = create_in(store, id, bundle, host, opts, stdio);
     if created.is_err() {
         if let Ok(mut container) = load(store, id) {
             let _ = container.delete(true);
@@ -333,6 +336,7 @@ fn create_in(
     store: &StateStore,
     id: &str,
     bundle: &Bundle,
+    host: KernelLsms,
     opts: &CreateOptions,
     stdio: Option<ProcessFds>,
 ) -> Result<u32, PlainError> {
@@ -350,7 +354,7 @@ fn create_in(
         opts.preserve_fds,
         stdio,
     )?
-    .as_init(libcontainer_bundle(store, id, bundle)?)
+    .as_init(libcontainer_bundle(store, id, bundle, host)?)
     .with_systemd(false)
     .with_detach(opts.detached)
     .with_no_pivot(opts.no_pivot);
