@@ -74,7 +74,7 @@ fn reroot() -> Result<(), BootError> {
 pub fn early() -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = reroot() {
-        problems.push(skerry_container::init::error_chain(&e));
+        problems.push(skerry_container::error_chain(&e));
     }
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mounts: [(&'static str, &'static str, MsFlags, Option<&str>); 9] = [
@@ -115,7 +115,7 @@ pub fn early() -> Vec<String> {
                 target,
                 source,
             };
-            problems.push(skerry_container::init::error_chain(&e));
+            problems.push(skerry_container::error_chain(&e));
         }
     }
     ensure_stdio();

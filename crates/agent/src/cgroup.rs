@@ -142,11 +142,6 @@ impl Cgroups {
         }
     }
 
-    /// Moves `pid` into the cgroup of container `id`.
-    pub fn add(&self, id: &str, pid: i32) -> Result<(), CgroupError> {
-        write(&self.dir(id).join("cgroup.procs"), pid)
-    }
-
     /// The pids in the cgroup of container `id`.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>, CgroupError> {
         let path = self.dir(id).join("cgroup.procs");

@@ -2,14 +2,11 @@
 //! serves the API runs with `no_new_privs`, a seccomp allow-list of the
 //! system calls the agent still makes, and bounded resource limits.
 //!
-//! Seccomp filters and `no_new_privs` are per thread and inherited by what a
-//! thread forks, so containers must not be forked by a confined thread: they
-//! would inherit the agent's limits (no setuid binaries, no ptrace) instead
-//! of their spec's. They are cloned by the [`Launcher`], one thread started
-//! before the confinement, which does nothing but run the clone calls it is
-//! handed. A filter per thread is the same model as the VMM's; threads share
-//! memory, so this raises the bar for a compromised agent thread rather than
-//! walls it off (a separate launcher process would; see docs/architecture.md).
+//! Seccomp filters, `no_new_privs` and resource limits are inherited by what
+//! a process forks, so containers must not be forked by the confined agent:
+//! they would get the agent's limits (no setuid binaries, no ptrace) instead
+//! of their spec's. They are created by the launcher process
+//! (`crate::launcher`), forked before the confinement.
 //!
 //! The filter is an allow list ([`ALLOWED`]): file and socket I/O, memory,
 //! threads, signals, the mounts, netlink and cgroup writes of container
@@ -19,15 +16,10 @@
 //! the console with its number before it returns EPERM, so a call missing
 //! from the list shows up in the field as one line, not as a silent failure.
 //!
-//! Resource limits are per process, so the agent's own ([`AGENT_RLIMITS`]: no
-//! core dumps, no locked memory, a bounded number of open files) would be
-//! every container's too; the agent hands the values it booted with to
-//! [`skerry_container::launch::set_child_rlimits`], and every cloned child
-//! gets them back before it runs any container code.
+//! The agent's own resource limits ([`AGENT_RLIMITS`]): no core dumps, no
+//! locked memory, a bounded number of open files.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
-use std::sync::Mutex;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use seccompiler::{
@@ -53,9 +45,6 @@ pub enum ConfineError {
     /// A resource limit could not be read or set.
     #[error("setting the agent's {0}")]
     Rlimit(&'static str, #[source] std::io::Error),
-    /// The launcher thread could not be started.
-    #[error("starting the launcher thread")]
-    Launcher(#[source] std::io::Error),
 }
 
 /// The system calls the agent's threads may make, whatever their arguments.
@@ -310,24 +299,14 @@ fn log_denied_calls() -> Result<(), ConfineError> {
     }
 }
 
-/// Lowers the process's limits to [`AGENT_RLIMITS`] after handing the
-/// values it had to the launcher's children.
+/// Lowers the process's limits to [`AGENT_RLIMITS`].
 fn limit_resources() -> Result<(), ConfineError> {
-    let mut boot = Vec::new();
     for &(resource, name, value) in AGENT_RLIMITS {
         let failed = |e: nix::Error| ConfineError::Rlimit(name, e.into());
-        let (soft, hard) = getrlimit(resource).map_err(failed)?;
-        boot.push((
-            resource as libc::c_int,
-            libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            },
-        ));
+        let (_, hard) = getrlimit(resource).map_err(failed)?;
         let value = value.min(hard);
         setrlimit(resource, value, value).map_err(failed)?;
     }
-    skerry_container::launch::set_child_rlimits(boot);
     Ok(())
 }
 
@@ -365,48 +344,6 @@ pub fn status_of_this_thread() -> String {
         .join(", ")
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A thread, unconfined, that runs the calls which clone container
-/// processes, one at a time.
-pub struct Launcher {
-    jobs: Mutex<mpsc::Sender<Job>>,
-}
-
-impl Launcher {
-    /// Starts the thread; call before [`confine_this_thread`].
-    pub fn start() -> Result<Self, ConfineError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("launcher".into())
-            .spawn(move || {
-                for job in queue {
-                    job();
-                }
-            })
-            .map_err(ConfineError::Launcher)?;
-        Ok(Self {
-            jobs: Mutex::new(jobs),
-        })
-    }
-
-    /// Runs `f` on the launcher thread and returns what it returns.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (done, result) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move || {
-            let _ = done.send(f());
-        });
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .expect("the launcher thread runs as long as the agent");
-        result
-            .recv()
-            .expect("the launcher thread answers every job")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
@@ -424,8 +361,7 @@ mod tests {
     /// In a child process (the filter cannot be taken off again): the
     /// confined thread may make what the agent needs, every other call is
     /// denied with EPERM and logged with its number on stderr, the process's
-    /// limits are the agent's, and the launcher started before it is not
-    /// confined.
+    /// limits are the agent's, and a process forked before is not confined.
     #[test]
     fn a_confined_thread_is_limited_to_the_allow_list_and_the_launcher_is_not() {
         let (log_read, log_write) = nix::unistd::pipe().unwrap();
@@ -436,11 +372,26 @@ mod tests {
             0 => {
                 let code = (|| {
                     nix::unistd::dup2(log_write.as_raw_fd(), 2).ok()?;
-                    let launcher = Launcher::start().ok()?;
+                    // The launcher: forked first, it reports its status when
+                    // the confined parent asks (a byte on the pipe).
+                    let (ask_r, ask_w) = nix::unistd::pipe().ok()?;
+                    let (tell_r, tell_w) = nix::unistd::pipe().ok()?;
+                    // SAFETY: this child process has one thread.
+                    if unsafe { libc::fork() } == 0 {
+                        let mut byte = [0u8; 1];
+                        let _ = nix::unistd::read(ask_r.as_raw_fd(), &mut byte);
+                        let _ = nix::unistd::write(&tell_w, status_of_this_thread().as_bytes());
+                        // SAFETY: leaving the forked launcher.
+                        unsafe { libc::_exit(0) }
+                    }
+                    drop(tell_w);
                     confine_this_thread().ok()?;
                     let mut bad = Vec::new();
                     let confined = status_of_this_thread();
-                    let free = launcher.run(status_of_this_thread);
+                    nix::unistd::write(&ask_w, b"?").ok()?;
+                    let mut answer = vec![0u8; 256];
+                    let n = nix::unistd::read(tell_r.as_raw_fd(), &mut answer).ok()?;
+                    let free = String::from_utf8_lossy(&answer[..n]).into_owned();
                     if confined != "NoNewPrivs: 1, Seccomp: 2"
                         || free != "NoNewPrivs: 0, Seccomp: 0"
                     {

@@ -1,9 +1,11 @@
 //! skerry-agent: PID 1 of the sandbox VM. Serves the agent API on vsock and runs the
-//! pod's containers. `skerry-agent init` is the internal container-setup mode.
+//! pod's containers (through youki's libcontainer, in the launcher process).
 
 mod boot;
 mod cgroup;
 mod confine;
+mod guest_spec;
+mod launcher;
 mod network;
 mod reaper;
 mod service;
@@ -14,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use skerry_container::security::ChannelGuard;
 use tracing::{error, info, warn};
 
 /// Default directory the host's virtio-fs share is mounted on.
@@ -26,18 +29,35 @@ const POWEROFF_AFTER_BOOT: &str = "skerry.poweroff_after_boot";
 struct Options {
     listen: String,
     shared_dir: PathBuf,
+    /// Bundles and libcontainer's state; default: `agent` beside the shared directory.
+    state_dir: Option<PathBuf>,
+}
+
+impl Options {
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            self.shared_dir
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join("agent")
+        })
+    }
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
     let mut o = Options {
         listen: format!("vsock://-1:{}", skerry_protocol::AGENT_VSOCK_PORT),
         shared_dir: PathBuf::from(SHARED_DIR),
+        state_dir: None,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => o.listen = args.next().context("--listen needs an address")?,
             "--shared-dir" => {
                 o.shared_dir = args.next().context("--shared-dir needs a path")?.into()
+            }
+            "--state-dir" => {
+                o.state_dir = Some(args.next().context("--state-dir needs a path")?.into())
             }
             // The kernel passes unknown command-line words to init; ignore them.
             _ => {}
@@ -57,16 +77,25 @@ fn init_logging() {
         .init();
 }
 
-async fn serve(opts: Options, guest: bool, launcher: confine::Launcher) -> anyhow::Result<()> {
+async fn serve(
+    opts: Options,
+    guest: bool,
+    launcher: launcher::Launcher,
+    guard: ChannelGuard,
+) -> anyhow::Result<()> {
     let reaper = Arc::new(reaper::Reaper::default());
     reaper.start()?;
     let cgroups = guest
         .then(|| cgroup::Cgroups::open(cgroup::GUEST_ROOT.as_ref()))
         .flatten();
+    let state_dir = opts.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let sandbox = Arc::new(state::Sandbox::new(
         reaper,
         launcher,
-        opts.shared_dir,
+        (opts.shared_dir, state_dir),
+        guard,
         cgroups,
     ));
     let service = service::AgentService::new(sandbox, guest);
@@ -88,7 +117,7 @@ async fn serve(opts: Options, guest: bool, launcher: confine::Launcher) -> anyho
 }
 
 fn main() {
-    let rest = skerry_container::init::main_if_init();
+    let rest: Vec<String> = std::env::args().skip(1).collect();
     let guest = std::process::id() == 1;
     let problems = if guest { boot::early() } else { Vec::new() };
     init_logging();
@@ -118,15 +147,16 @@ fn main() {
         // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
-    info!(
-        "containers are kept off the agent's vsock and share by {}",
-        skerry_container::security::ChannelGuard::of_this_kernel()
-    );
-    // Set up; from here on the agent's threads are confined, and container
-    // processes are cloned by the launcher, which is not.
-    let launcher = confine::Launcher::start()
-        .and_then(|l| confine::confine_this_thread().map(|()| l))
-        .unwrap_or_else(|e| fatal(guest, anyhow::Error::new(e)));
+    let guard = ChannelGuard::of_this_kernel();
+    info!("containers are kept off the agent's vsock and share by {guard}");
+    // Set up. The launcher is forked while this is the only thread; from here
+    // on the agent's threads are confined, and container processes are
+    // created by the launcher, which is not.
+    let launcher =
+        launcher::Launcher::fork().unwrap_or_else(|e| fatal(guest, anyhow::Error::new(e)));
+    if let Err(e) = confine::confine_this_thread() {
+        fatal(guest, anyhow::Error::new(e));
+    }
     info!(
         status = %confine::status_of_this_thread(),
         limits = %confine::limits_of_this_process(),
@@ -142,7 +172,7 @@ fn main() {
     };
     // A panic on this thread must still end in a logged power-off, never a silent exit.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(serve(opts, guest, launcher))
+        rt.block_on(serve(opts, guest, launcher, guard))
     }));
     match result {
         Ok(Ok(())) => fatal(guest, anyhow::anyhow!("server loop ended")),

@@ -1,7 +1,7 @@
 //! Pod networking in the guest (`CreateSandbox.interfaces`): the NIC to
 //! which the host gave the pod interface's MAC gets that interface's MTU,
 //! addresses and routes, and comes up; so does `lo`. Containers share this
-//! network namespace (see `skerry_container::launch::container_namespaces`).
+//! network namespace (see `crate::guest_spec`).
 
 use std::net::IpAddr;
 

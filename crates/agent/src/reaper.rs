@@ -69,21 +69,8 @@ impl Reaper {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `spawn` (which creates a child and returns its pid) under the table lock, so
-    /// the child's exit cannot be reaped before it is registered.
-    pub fn spawn_registered<E>(
-        &self,
-        spawn: impl FnOnce() -> Result<i32, E>,
-    ) -> Result<(i32, ExitReceiver), E> {
-        let mut table = self.lock();
-        let pid = spawn()?;
-        table.unclaimed.retain(|(p, _)| *p != pid);
-        let (tx, rx) = watch::channel(None);
-        table.waiters.insert(pid, tx);
-        Ok((pid, rx))
-    }
-
-    /// Registers a child started indirectly (an exec's final process).
+    /// Registers a child (a container's init or exec'd process, the launcher's
+    /// worker's children until it exits): its exit, also one reaped before.
     pub fn register(&self, pid: i32) -> ExitReceiver {
         let mut table = self.lock();
         if let Some(i) = table.unclaimed.iter().position(|(p, _)| *p == pid) {

@@ -70,7 +70,8 @@ fn code_of(e: &AgentError) -> Code {
         }
         AgentError::WrongState(_)
         | AgentError::ProtocolMismatch { .. }
-        | AgentError::Setup { .. } => Code::FAILED_PRECONDITION,
+        | AgentError::Setup { .. }
+        | AgentError::Security { .. } => Code::FAILED_PRECONDITION,
         AgentError::Stdio { .. } | AgentError::System { .. } | AgentError::Cgroup { .. } => {
             Code::INTERNAL
         }
@@ -80,7 +81,7 @@ fn code_of(e: &AgentError) -> Code {
 /// Converts an error to a ttrpc status carrying the whole cause chain (the only place).
 pub fn to_status(method: &str, e: AgentError) -> ttrpc::Error {
     let code = code_of(&e);
-    let msg = skerry_container::init::error_chain(&e);
+    let msg = skerry_container::error_chain(&e);
     if code == Code::INTERNAL {
         error!(method, "{msg}");
     } else {

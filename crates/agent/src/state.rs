@@ -1,23 +1,27 @@
 //! Containers and processes of the sandbox, and the operations the API performs on them.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxSeccomp, Spec};
-use skerry_container::launch::{self, LaunchError};
-use skerry_container::{spec, IdError, InitConfig, SpecError};
+use oci_spec::runtime::Spec;
+use skerry_container::engine;
+use skerry_container::security::{self, ChannelGuard, SecurityError};
+use skerry_container::{spec, IdError, SpecError};
 use tracing::{info, warn};
 
 use crate::cgroup::{CgroupError, Cgroups};
-use crate::confine::Launcher;
+use crate::guest_spec;
+use crate::launcher::{Launcher, LauncherError, Request};
 use crate::reaper::{ExitInfo, ExitReceiver, Reaper};
-use crate::stdio::{ProcessIo, StdioError};
+use crate::stdio::{NewStdio, ParentStdio, ProcessIo, StdioError};
+
+/// libcontainer's state root, under the agent's state directory.
+const LIBCONTAINER_DIR: &str = "lc";
 
 /// How long RemoveContainer waits for a killed container to exit.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -73,14 +77,23 @@ pub enum AgentError {
         /// Ours.
         agent: u32,
     },
-    /// Creating or starting the process failed in the child.
+    /// Creating or starting the process failed (libcontainer's message).
     #[error("container {id}")]
     Setup {
         /// Container id.
         id: String,
-        /// The launch failure, with the child's own message.
+        /// The cause.
         #[source]
-        source: LaunchError,
+        source: LauncherError,
+    },
+    /// The container's seccomp filter or limits cannot be applied.
+    #[error("container {id}")]
+    Security {
+        /// Container id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: SecurityError,
     },
     /// Stdio failed.
     #[error("container {id}")]
@@ -138,13 +151,13 @@ impl Process {
 pub struct Container {
     id: String,
     init: Arc<Process>,
-    clone_flags: CloneFlags,
-    /// The spec's seccomp filter, for exec'd processes.
-    seccomp: Option<LinuxSeccomp>,
-    /// The spec's process: what an exec leaves out of its limits comes from it.
-    init_spec: Option<oci_spec::runtime::Process>,
-    /// Channel to the init process while it waits for StartContainer.
-    pending_start: Mutex<Option<UnixStream>>,
+    /// It has a pid namespace of its own (not the pod's).
+    own_pid_ns: bool,
+    /// The guest's spec: an exec gets its seccomp filter and, where it names
+    /// none, its process's limits.
+    spec: Spec,
+    /// The init waits for StartContainer.
+    pending_start: Mutex<bool>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
 }
 
@@ -155,9 +168,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// All containers of the sandbox.
 pub struct Sandbox {
     reaper: Arc<Reaper>,
-    /// Clones container processes: the agent's own threads are confined.
+    /// Creates container processes: the agent's own threads are multi-threaded
+    /// and confined.
     launcher: Launcher,
     shared_dir: PathBuf,
+    /// Per container: its bundle (the guest's config.json), console and exec
+    /// files; and libcontainer's state root ([`LIBCONTAINER_DIR`]).
+    state_dir: PathBuf,
+    /// What keeps containers off the agent's channels in this guest.
+    guard: ChannelGuard,
+    /// Names console sockets and exec process files.
+    seq: AtomicU64,
     /// Per-container cgroups; `None` without a cgroup2 hierarchy (development agent).
     cgroups: Option<Cgroups>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -177,39 +198,36 @@ impl Sandbox {
     pub fn new(
         reaper: Arc<Reaper>,
         launcher: Launcher,
-        shared_dir: PathBuf,
+        (shared_dir, state_dir): (PathBuf, PathBuf),
+        guard: ChannelGuard,
         cgroups: Option<Cgroups>,
     ) -> Self {
         Sandbox {
             reaper,
             launcher,
             shared_dir,
+            state_dir,
+            guard,
+            seq: AtomicU64::new(0),
             cgroups,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Clones `prepared`'s child on the launcher thread, registered with the
-    /// reaper before it can be reaped; hands `prepared` back.
-    #[allow(clippy::type_complexity)]
-    fn spawn(
-        &self,
-        prepared: launch::Prepared,
-    ) -> (
-        launch::Prepared,
-        Result<(i32, ExitReceiver), skerry_container::LaunchError>,
-    ) {
-        let mut back = None;
-        let spawned = self.reaper.spawn_registered(|| {
-            let (prepared, pid) = self.launcher.run(move || {
-                let pid = prepared.clone_child();
-                (prepared, pid)
-            });
-            back = Some(prepared);
-            pid
-        });
-        (back.expect("the launcher hands it back"), spawned)
+    fn lc_root(&self) -> PathBuf {
+        self.state_dir.join(LIBCONTAINER_DIR)
+    }
+
+    fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join(id)
+    }
+
+    /// A fresh path in container `id`'s bundle directory (`<prefix><n><ext>`,
+    /// short: console sockets must fit in 108 bytes).
+    fn fresh_path(&self, id: &str, prefix: &str, ext: &str) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.bundle_dir(id).join(format!("{prefix}{n}{ext}"))
     }
 
     /// The directory shared by the host.
@@ -258,8 +276,8 @@ impl Sandbox {
     }
 
     /// Creates a container that waits for [`Sandbox::start`]; returns its init pid. A
-    /// non-empty `join_namespaces_of` names the pod's sandbox container, whose IPC and UTS
-    /// namespaces the new one joins where its spec joins them by path.
+    /// non-empty `join_namespaces_of` names the pod's sandbox container, whose IPC, UTS
+    /// and pid namespaces the new one joins where its spec joins them by path.
     pub async fn create(
         self: &Arc<Self>,
         id: &str,
@@ -275,43 +293,40 @@ impl Sandbox {
                 return Err(AgentError::DuplicateContainer(id.to_string()));
             }
         }
-        let parsed = spec::parse_spec(spec_json).map_err(|source| AgentError::BadSpec {
-            id: id.to_string(),
-            source,
-        });
-        let spec = match parsed {
-            Ok(spec) => spec,
-            Err(e) => {
-                lock(&self.reserved).remove(id);
-                return Err(e);
-            }
-        };
-        // Exec'd processes get the container's seccomp filter too, and its
-        // process limits where they ask for none.
-        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        let init_spec = spec.process().clone();
         let me = Arc::clone(self);
         let idc = id.to_string();
-        let result = tokio::task::spawn_blocking(move || me.create_blocking(&idc, spec, pod_init))
-            .await
-            .map_err(blocking_failed)
-            .and_then(|r| r);
-        let result = result.and_then(|(pid, exit, chan, stdio, flags)| {
+        let spec_json = spec_json.to_vec();
+        let result = tokio::task::spawn_blocking(move || {
+            let spec = spec::parse_spec(&spec_json).map_err(|source| AgentError::BadSpec {
+                id: idc.clone(),
+                source,
+            })?;
+            me.create_blocking(&idc, &spec, pod_init)
+        })
+        .await
+        .map_err(blocking_failed)
+        .and_then(|r| r);
+        let result = result.and_then(|(pid, exit, stdio, guest)| {
             let io = ProcessIo::new(stdio).map_err(|source| AgentError::Stdio {
                 id: id.to_string(),
                 source,
-            })?;
-            Ok((pid, exit, chan, io, flags))
+            });
+            match io {
+                Ok(io) => Ok((pid, exit, io, guest)),
+                Err(e) => {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    Err(self.undo_create(id, e))
+                }
+            }
         });
         lock(&self.reserved).remove(id);
-        let (pid, exit, chan, io, clone_flags) = result?;
+        let (pid, exit, io, guest) = result?;
         let container = Arc::new(Container {
             id: id.to_string(),
             init: Arc::new(Process { pid, exit, io }),
-            clone_flags,
-            seccomp,
-            init_spec,
-            pending_start: Mutex::new(Some(chan)),
+            own_pid_ns: guest.own_pid_ns,
+            spec: guest.spec,
+            pending_start: Mutex::new(true),
             execs: Mutex::new(HashMap::new()),
         });
         lock(&self.containers).insert(id.to_string(), container);
@@ -341,32 +356,18 @@ impl Sandbox {
             .get(sandbox)
             .cloned()
             .ok_or_else(|| not("not in this guest"))?;
-        if c.init.exited().is_some() || lock(&c.pending_start).is_some() {
+        if c.init.exited().is_some() || *lock(&c.pending_start) {
             return Err(not("not running"));
         }
         Ok(Some(c.init.pid))
     }
 
-    #[allow(clippy::type_complexity)]
     fn create_blocking(
         &self,
         id: &str,
-        spec: Spec,
+        spec: &Spec,
         pod_init: Option<i32>,
-    ) -> Result<
-        (
-            i32,
-            ExitReceiver,
-            UnixStream,
-            skerry_container::ParentStdio,
-            CloneFlags,
-        ),
-        AgentError,
-    > {
-        let bad = |source| AgentError::BadSpec {
-            id: id.to_string(),
-            source,
-        };
+    ) -> Result<(i32, ExitReceiver, ParentStdio, guest_spec::GuestSpec), AgentError> {
         let rootfs = self.shared_dir.join(id).join("rootfs");
         if !rootfs.is_dir() {
             return Err(AgentError::WrongState(format!(
@@ -374,26 +375,59 @@ impl Sandbox {
                 rootfs.display()
             )));
         }
-        spec::validate_spec(&spec, &rootfs).map_err(bad)?;
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        // With a terminal, the init allocates the pty in the container's own devpts and
-        // sends the master back during the handshake (as runc does).
-        let namespaces = launch::container_namespaces(&spec, pod_init.is_some());
-        let (flags, join) = (namespaces.flags, namespaces.join);
-        for w in &namespaces.warnings {
-            warn!(container_id = id, "{w}");
-        }
-        let setup = |source| AgentError::Setup {
+        spec::validate_spec(spec, &rootfs).map_err(|source| AgentError::BadSpec {
             id: id.to_string(),
             source,
+        })?;
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+        security::check_seccomp(seccomp).map_err(|source| AgentError::Security {
+            id: id.to_string(),
+            source,
+        })?;
+        let cgroup_path = match &self.cgroups {
+            Some(_) => PathBuf::from(format!("/{id}")),
+            None => PathBuf::from(format!("/skerry-dev-agent/{id}")),
         };
-        let mut prepared = launch::prepare(terminal, flags).map_err(setup)?;
-        if let (true, Some(pod)) = (namespaces.join_pid, pod_init) {
-            prepared.in_pid_namespace_of(pod).map_err(setup)?;
+        let container_dir = self.shared_dir.join(id);
+        let guest = guest_spec::for_guest(spec, &rootfs, &container_dir, pod_init, cgroup_path);
+        for w in &guest.warnings {
+            warn!(container_id = id, "{w}");
+        }
+        let bundle = self.bundle_dir(id);
+        let system = |what: String| {
+            move |source| AgentError::System {
+                what: format!("container {id}: {what}"),
+                source,
+            }
+        };
+        std::fs::create_dir_all(&bundle)
+            .map_err(system(format!("creating {}", bundle.display())))?;
+        let created = self.create_in(id, &bundle, &guest, spec);
+        match created {
+            Ok((pid, exit, stdio)) => Ok((pid, exit, stdio, guest)),
+            Err(e) => Err(self.undo_create(id, e)),
+        }
+    }
+
+    /// Writes the guest's spec to `bundle`, makes the cgroup and the stdio,
+    /// and has the launcher create the container.
+    fn create_in(
+        &self,
+        id: &str,
+        bundle: &Path,
+        guest: &guest_spec::GuestSpec,
+        spec: &Spec,
+    ) -> Result<(i32, ExitReceiver, ParentStdio), AgentError> {
+        let config = bundle.join("config.json");
+        guest.spec.save(&config).map_err(|e| AgentError::System {
+            what: format!("container {id}: writing {}", config.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        for (key, value) in &guest.net_sysctls {
+            write_sysctl(key, value).map_err(|source| AgentError::System {
+                what: format!("container {id}: linux.sysctl[{key}]"),
+                source,
+            })?;
         }
         if let Some(cgroups) = &self.cgroups {
             let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
@@ -401,47 +435,109 @@ impl Sandbox {
                 .create(id, resources)
                 .map_err(|source| cgroup_failed(id, source))?;
         }
-        let (prepared, spawned) = self.spawn(prepared);
-        let (pid, exit) = spawned.map_err(|e| self.cgroup_undo(id, setup(e)))?;
-        let (mut chan, pipes) = prepared.into_parent();
-        if let Some(cgroups) = &self.cgroups {
-            if let Err(source) = cgroups.add(id, pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                return Err(self.cgroup_undo(id, cgroup_failed(id, source)));
-            }
-        }
-        let config = InitConfig::Container {
+        let process = spec.process().as_ref();
+        let terminal = process.and_then(|p| p.terminal()).unwrap_or(false);
+        let cwd = process.map(|p| p.cwd().clone()).unwrap_or_default();
+        let stdio =
+            NewStdio::new(terminal, self.fresh_path(id, "c", ".sock")).map_err(|source| {
+                AgentError::Stdio {
+                    id: id.to_string(),
+                    source,
+                }
+            })?;
+        let request = Request::Create {
             id: id.to_string(),
-            spec: Box::new(spec),
-            rootfs,
-            join: pod_init
-                .map(|pid| (pid, join))
-                .filter(|(_, names)| !names.is_empty()),
+            root: self.lc_root(),
+            bundle: bundle.to_path_buf(),
+            console_socket: stdio.console_socket(),
+            channel_filter: self.guard == ChannelGuard::Seccomp,
         };
-        let ready = launch::handshake(&mut chan, pid, &config, |_| {})
-            .and_then(|ready| launch::parent_stdio(pipes, ready.console));
-        match ready {
-            Ok(stdio) => Ok((pid, exit, chan, stdio, flags)),
-            Err(e) => {
-                // The child exits by itself after reporting; make sure of it either way.
+        self.launch(id, &request, stdio, &cwd)
+    }
+
+    /// Has the launcher create container `id`'s init or exec'd process
+    /// (`request`) with `stdio`; registers it with the reaper and returns it
+    /// with the agent's ends of its stdio. A failure names what libcontainer's
+    /// set-up logged (`cwd` is the process's, to name a failed `chdir`).
+    fn launch(
+        &self,
+        id: &str,
+        request: &Request,
+        stdio: NewStdio,
+        cwd: &Path,
+    ) -> Result<(i32, ExitReceiver, ParentStdio), AgentError> {
+        let setup = |source| AgentError::Setup {
+            id: id.to_string(),
+            source,
+        };
+        let pid = self
+            .launcher
+            .run(request, &stdio.child_fds())
+            .map_err(|e| setup(e.with_log(&stdio.setup_errors(cwd))))?
+            .ok_or_else(|| setup(LauncherError::Malformed))?;
+        let exit = self.reaper.register(pid);
+        match stdio.into_parent() {
+            Ok(parent) => Ok((pid, exit, parent)),
+            Err(source) => {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                Err(self.cgroup_undo(id, setup(e)))
+                Err(AgentError::Stdio {
+                    id: id.to_string(),
+                    source,
+                })
             }
         }
     }
 
-    /// Lets a created container exec its program.
-    pub async fn start(&self, id: &str) -> Result<(), AgentError> {
-        let c = self.container(id)?;
-        let chan = lock(&c.pending_start).take().ok_or_else(|| {
-            let state = if c.init.exited().is_some() {
-                "stopped"
-            } else {
-                "running"
+    /// Removes what a failed create of container `id` left: libcontainer's
+    /// state, the cgroup and the bundle; returns `e`.
+    fn undo_create(&self, id: &str, e: AgentError) -> AgentError {
+        self.forget(id);
+        e
+    }
+
+    /// Deletes container `id`'s libcontainer state (killing what is left in
+    /// its cgroup), its cgroup and its bundle directory.
+    fn forget(&self, id: &str) {
+        let state = self.lc_root().join(id);
+        if state.exists() {
+            let request = Request::Delete {
+                id: id.to_string(),
+                root: self.lc_root(),
             };
-            AgentError::WrongState(format!("container {id} is {state}, not created"))
-        })?;
-        tokio::task::spawn_blocking(move || launch::release(chan))
+            if let Err(e) = self.launcher.run(&request, &[]) {
+                warn!(container_id = id, error = %skerry_container::error_chain(&e), "deleting libcontainer's state");
+            }
+            let _ = std::fs::remove_dir_all(&state);
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove(id);
+        }
+        let _ = std::fs::remove_dir_all(self.bundle_dir(id));
+    }
+
+    /// Lets a created container exec its program.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), AgentError> {
+        let c = self.container(id)?;
+        {
+            let mut pending = lock(&c.pending_start);
+            if !*pending {
+                let state = if c.init.exited().is_some() {
+                    "stopped"
+                } else {
+                    "running"
+                };
+                return Err(AgentError::WrongState(format!(
+                    "container {id} is {state}, not created"
+                )));
+            }
+            *pending = false;
+        }
+        let request = Request::Start {
+            id: id.to_string(),
+            root: self.lc_root(),
+        };
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.launcher.run(&request, &[]))
             .await
             .map_err(blocking_failed)?
             .map_err(|source| AgentError::Setup {
@@ -461,7 +557,7 @@ impl Sandbox {
     ) -> Result<i32, AgentError> {
         let c = self.container(id)?;
         skerry_container::validate_exec_id(exec_id)?;
-        if c.init.exited().is_some() || lock(&c.pending_start).is_some() {
+        if c.init.exited().is_some() || *lock(&c.pending_start) {
             return Err(AgentError::WrongState(format!(
                 "container {id} is not running"
             )));
@@ -476,18 +572,18 @@ impl Sandbox {
             id: id.to_string(),
             source,
         };
-        let mut process = spec::parse_process(process_json).map_err(bad)?;
-        if let Some(init) = &c.init_spec {
-            process = skerry_container::security::exec_process(init, process);
-        }
+        let process = spec::parse_process(process_json).map_err(bad)?;
+        let plan = engine::exec::plan(&c.spec, process).map_err(|source| AgentError::Security {
+            id: id.to_string(),
+            source,
+        })?;
         let root = PathBuf::from(format!("/proc/{}/root", c.init.pid));
-        spec::validate_process(&process, &root).map_err(bad)?;
+        spec::validate_process(&plan.process, &root).map_err(bad)?;
         let me = Arc::clone(self);
         let c2 = Arc::clone(&c);
-        let (pid, exit, stdio) =
-            tokio::task::spawn_blocking(move || me.exec_blocking(&c2, process))
-                .await
-                .map_err(blocking_failed)??;
+        let (pid, exit, stdio) = tokio::task::spawn_blocking(move || me.exec_blocking(&c2, plan))
+            .await
+            .map_err(blocking_failed)??;
         let io = ProcessIo::new(stdio).map_err(|source| AgentError::Stdio {
             id: id.to_string(),
             source,
@@ -509,50 +605,39 @@ impl Sandbox {
     fn exec_blocking(
         &self,
         c: &Container,
-        process: oci_spec::runtime::Process,
-    ) -> Result<(i32, ExitReceiver, skerry_container::ParentStdio), AgentError> {
-        let setup = |source| AgentError::Setup {
-            id: c.id.clone(),
+        plan: engine::exec::Plan,
+    ) -> Result<(i32, ExitReceiver, ParentStdio), AgentError> {
+        let id = &c.id;
+        let stdio_failed = |source| AgentError::Stdio {
+            id: id.clone(),
             source,
         };
-        let terminal = process.terminal().unwrap_or(false);
-        let prepared = launch::prepare(terminal, CloneFlags::empty()).map_err(setup)?;
-        let (prepared, spawned) = self.spawn(prepared);
-        let (child, _) = spawned.map_err(setup)?;
-        let (mut chan, pipes) = prepared.into_parent();
-        let config = InitConfig::Exec {
-            id: c.id.clone(),
-            process: Box::new(process),
-            target_pid: c.init.pid,
-            namespaces: launch::exec_namespaces(c.clone_flags),
-            seccomp: c.seccomp.clone().map(Box::new),
-        };
-        let mut registered = None;
-        let mut cgroup = Ok(());
-        let r = launch::handshake(&mut chan, child, &config, |pid| {
-            registered = Some((pid, self.reaper.register(pid)));
-            if let Some(cgroups) = &self.cgroups {
-                cgroup = cgroups.add(&c.id, pid);
-            }
-        })
-        .and_then(|ready| launch::parent_stdio(pipes, ready.console));
-        if let (Err(source), Some((pid, _))) = (cgroup, &registered) {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-            return Err(cgroup_failed(&c.id, source));
-        }
-        match (r, registered) {
-            (Ok(stdio), Some((pid, exit))) => {
-                launch::release(chan).map_err(setup)?;
-                Ok((pid, exit, stdio))
-            }
-            (Ok(_), None) => Err(setup(LaunchError::Protocol)),
-            (Err(e), reg) => {
-                if let Some((pid, _)) = reg {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                Err(setup(e))
-            }
-        }
+        let terminal = plan.process.terminal().unwrap_or(false);
+        let cwd = plan.process.cwd().clone();
+        let process_file = self.fresh_path(id, "p", ".json");
+        let json = serde_json::to_vec(&plan.process).map_err(|e| AgentError::System {
+            what: format!("container {id}: exec process JSON"),
+            source: e.into(),
+        })?;
+        std::fs::write(&process_file, json).map_err(|source| AgentError::System {
+            what: format!("container {id}: writing {}", process_file.display()),
+            source,
+        })?;
+        let stdio = NewStdio::new(terminal, self.fresh_path(id, "c", ".sock"));
+        let result = stdio.map_err(stdio_failed).and_then(|stdio| {
+            let request = Request::Exec {
+                id: id.clone(),
+                root: self.lc_root(),
+                init_pid: c.init.pid,
+                plan: Box::new(plan),
+                process_file: process_file.clone(),
+                console_socket: stdio.console_socket(),
+                channel_filter: self.guard == ChannelGuard::Seccomp,
+            };
+            self.launch(id, &request, stdio, &cwd)
+        });
+        let _ = std::fs::remove_file(&process_file);
+        result
     }
 
     /// Sends a signal to a process, or with `all` to every process of the container.
@@ -570,8 +655,7 @@ impl Sandbox {
             // The container's cgroup holds exactly its processes. Its pid namespace
             // may be the pod's (shared with the sandbox and the other containers), so
             // it names them only when the container has its own.
-            let own_pid_ns = c.clone_flags.contains(CloneFlags::CLONE_NEWPID);
-            let pids = match (&self.cgroups, own_pid_ns) {
+            let pids = match (&self.cgroups, c.own_pid_ns) {
                 (Some(cgroups), _) => cgroups
                     .pids(id)
                     .map_err(|source| cgroup_failed(id, source))?,
@@ -597,7 +681,7 @@ impl Sandbox {
     }
 
     /// Kills (if needed) and forgets a container.
-    pub async fn remove(&self, id: &str) -> Result<(), AgentError> {
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<(), AgentError> {
         let c = self.container(id)?;
         if c.init.exited().is_none() {
             let _ = kill(Pid::from_raw(c.init.pid), Signal::SIGKILL);
@@ -612,9 +696,11 @@ impl Sandbox {
             }
         }
         lock(&self.containers).remove(id);
-        if let Some(cgroups) = &self.cgroups {
-            cgroups.remove(id);
-        }
+        let me = Arc::clone(self);
+        let idc = id.to_string();
+        tokio::task::spawn_blocking(move || me.forget(&idc))
+            .await
+            .map_err(blocking_failed)?;
         info!(container_id = id, "container removed");
         Ok(())
     }
@@ -645,14 +731,6 @@ impl Sandbox {
         })
     }
 
-    /// Removes container `id`'s cgroup after a failed create; returns `e`.
-    fn cgroup_undo(&self, id: &str, e: AgentError) -> AgentError {
-        if let Some(cgroups) = &self.cgroups {
-            cgroups.remove(id);
-        }
-        e
-    }
-
     /// Pids of all container inits still running.
     pub fn running_inits(&self) -> Vec<i32> {
         lock(&self.containers)
@@ -661,6 +739,20 @@ impl Sandbox {
             .map(|c| c.init.pid)
             .collect()
     }
+}
+
+/// Writes sysctl `key` (`net.ipv4.x`: `/proc/sys/net/ipv4/x`) of the guest.
+fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    if key
+        .split('.')
+        .any(|part| part.is_empty() || part == ".." || part.contains('/'))
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a sysctl name",
+        ));
+    }
+    std::fs::write(Path::new("/proc/sys").join(key.replace('.', "/")), value)
 }
 
 fn cgroup_failed(id: &str, source: CgroupError) -> AgentError {

@@ -22,6 +22,10 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+            eprintln!("--- the agent's log:\n{log}");
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -47,9 +47,8 @@ pub const HOST_NAMESPACES_ANNOTATION: (&str, &str) = (
     "pid,ipc,network(kubernetes-pod)",
 );
 
-/// Mount options the guest agent maps to mount(2) flags or propagation
-/// (crates/container/src/mounts.rs); anything else is passed to the
-/// filesystem as data.
+/// Mount options libcontainer, the guest's engine, maps to mount(2) flags
+/// or propagation; anything else is passed to the filesystem as data.
 const MOUNT_OPTIONS: &[&str] = &[
     "async",
     "atime",
@@ -86,14 +85,15 @@ const MOUNT_OPTIONS: &[&str] = &[
     "unbindable",
 ];
 
-/// Namespaces the agent creates for a container in the guest
-/// (crates/container/src/launch.rs); user and time are ignored there.
+/// Namespaces a container in the guest can have (crates/agent/src/guest_spec.rs);
+/// time is ignored there.
 const NAMESPACES: &[LinuxNamespaceType] = &[
     LinuxNamespaceType::Cgroup,
     LinuxNamespaceType::Ipc,
     LinuxNamespaceType::Mount,
     LinuxNamespaceType::Network,
     LinuxNamespaceType::Pid,
+    LinuxNamespaceType::User,
     LinuxNamespaceType::Uts,
 ];
 
@@ -229,10 +229,11 @@ mod tests {
             LinuxNamespaceType::Uts,
             LinuxNamespaceType::Mount,
             LinuxNamespaceType::Network,
+            LinuxNamespaceType::User,
         ] {
             assert!(ns.contains(&want), "{want:?} missing");
         }
-        assert!(!ns.contains(&LinuxNamespaceType::User));
+        assert!(!ns.contains(&LinuxNamespaceType::Time));
         let caps = linux.capabilities().as_ref().unwrap();
         for want in ["CAP_CHOWN", "CAP_NET_RAW", "CAP_SYS_ADMIN"] {
             assert!(caps.contains(&want.to_string()), "{want} missing: {caps:?}");

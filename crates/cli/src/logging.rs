@@ -160,14 +160,7 @@ impl tracing::field::Visit for FieldVisitor {
         self.put(field, value.into());
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        let mut text = value.to_string();
-        let mut source = value.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        self.put(field, text.into());
+        self.put(field, skerry_container::error_chain(value).into());
     }
 }
 

@@ -12,6 +12,7 @@ use std::{
 };
 
 use common::{stderr, stdout, World};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 /// Declares `#[test] fn $vm` and `#[test] fn $plain`, each running
@@ -296,6 +297,88 @@ fn start_sleeper(w: &World, id: &str) -> std::path::PathBuf {
     assert!(out.status.success(), "start: {}", stderr(&out));
     w.wait_ready(&bundle);
     bundle
+}
+
+both_isolations!(
+    vm_sigpipe_keeps_its_default_action_in_the_init_and_an_exec,
+    plain_sigpipe_keeps_its_default_action_in_the_init_and_an_exec,
+    sigpipe_keeps_its_default_action
+);
+
+/// SIGPIPE is not ignored in a container (the Rust processes that drive
+/// libcontainer ignore it, and an ignored signal survives exec): `yes | head`
+/// ends, in the init and in an exec'd process alike.
+fn sigpipe_keeps_its_default_action(w: &World) {
+    const SIGPIPE_BIT: u64 = 1 << (13 - 1);
+    let ignored = |text: &str| {
+        let mask = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .unwrap_or_else(|| panic!("no SigIgn in {text:?}"));
+        u64::from_str_radix(mask.trim(), 16).unwrap()
+    };
+    let script = "grep SigIgn /proc/self/status";
+    let bundle = w.bundle("sp", &["sh", "-c", script]);
+    let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "sp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ignored(&stdout(&out)) & SIGPIPE_BIT,
+        0,
+        "init: {}",
+        stdout(&out)
+    );
+    start_sleeper(w, "spx");
+    let out = w.run(&["exec", "spx", "sh", "-c", script]);
+    assert_eq!(
+        ignored(&stdout(&out)) & SIGPIPE_BIT,
+        0,
+        "exec: {}",
+        stdout(&out)
+    );
+    assert!(w.run(&["delete", "--force", "spx"]).status.success());
+    w.assert_clean("spx");
+}
+
+both_isolations!(
+    vm_exec_joins_the_containers_user_namespace,
+    plain_exec_joins_the_containers_user_namespace,
+    exec_joins_the_containers_user_namespace
+);
+
+/// A container with a user namespace of its own: an exec joins it (its
+/// maps, root there, the init's capabilities), so it is as unprivileged as
+/// the init where it runs: no device node, which root of the host's (or the
+/// guest's) namespace with CAP_MKNOD could make. libcontainer 0.7's exec
+/// leaves the user namespace out; without skerry's executor the process ran
+/// as the real root of the namespace it was started from.
+fn exec_joins_the_containers_user_namespace(w: &World) {
+    let dir = w.bundle("uns", &["sleep", "600"]);
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .extend([json!({"type": "user"}), json!({"type": "network"})]);
+    spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    std::fs::write(&path, spec.to_string()).unwrap();
+    w.create(&dir, "uns");
+    assert!(w.run(&["start", "uns"]).status.success());
+    let script = "tr -s ' ' < /proc/self/uid_map; id -u; tr -s ' ' < /proc/1/uid_map; \
+                  grep CapEff /proc/self/status; grep CapEff /proc/1/status; \
+                  mknod /tmp/null c 1 3 2>/dev/null && echo mknod; echo done";
+    let out = w.run(&["exec", "uns", "sh", "-c", script]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    let why = format!("{text}\n{}\n{}", stderr(&out), w.log());
+    assert_eq!(lines.len(), 6, "{why}");
+    assert_eq!(lines[0], " 0 100000 65536", "{why}");
+    assert_eq!((lines[1], lines[2]), ("0", lines[0]), "{why}");
+    assert_eq!(lines[3], lines[4], "the init's capabilities: {why}");
+    assert_eq!(lines[5], "done", "{why}");
+    assert!(w.run(&["delete", "--force", "uns"]).status.success());
+    w.assert_clean("uns");
 }
 
 both_isolations!(

@@ -1,24 +1,30 @@
-//! OCI runtime spec -> a process in its own namespaces.
+//! The OCI engine both isolations share: youki's libcontainer, and what
+//! skerry puts around it.
 //!
-//! Used by the guest agent (each container of a pod) and later by the host's
-//! plain-container mode. The pure parts (validation, PATH lookup, mount options,
-//! rlimits, ids) are in [`spec`], [`mounts`] and [`id`]; paths and mounts inside a root are
-//! made race-free by [`inroot`]; the parent side of a launch
-//! is [`launch`], the child side (`<binary> init`) is [`init`]; raw syscalls sit in [`sys`].
+//! The host's container mode and the guest agent create and exec into
+//! containers with libcontainer ([`engine`]); [`spec`] validates a spec or
+//! process with errors naming the field, [`security`] holds the seccomp and
+//! capability rules both apply, [`id`] the id rules; raw syscalls the host and
+//! the agent need beyond libcontainer's sit in [`sys`].
 
 pub mod cgroup_file;
-pub mod channel;
+pub mod engine;
 pub mod id;
-pub mod init;
-pub mod inroot;
-pub mod launch;
-pub mod mounts;
 pub mod security;
 pub mod spec;
 pub mod sys;
-pub mod userns;
 
-pub use channel::InitConfig;
 pub use id::{validate_container_id, validate_exec_id, IdError};
-pub use launch::{LaunchError, ParentStdio};
 pub use spec::SpecError;
+
+/// Formats an error with its whole source chain on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -7,24 +7,21 @@
 use libcontainer::{
     capabilities,
     seccomp::{self, SeccompError},
-    syscall::{linux::LinuxSyscall, Syscall, SyscallError},
+    syscall::{linux::LinuxSyscall, SyscallError},
 };
-use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{Arch, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, Process};
 
 /// A limit that could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
-    /// Switching to the process's user failed.
-    #[error("process.user: setresgid/setresuid({uid}, {gid})")]
-    SetId {
-        /// The uid.
-        uid: u32,
-        /// The gid.
-        gid: u32,
+    /// The container's user namespace could not be opened for an exec.
+    #[error("linux.namespaces: user namespace {path}")]
+    UserNamespace {
+        /// `/proc/<init>/ns/user`.
+        path: String,
         /// The cause.
         #[source]
-        source: SyscallError,
+        source: std::io::Error,
     },
     /// Setting the capability sets failed.
     #[error("process.capabilities")]
@@ -35,25 +32,6 @@ pub enum SecurityError {
     /// The filter asks for a user-space notifier, which the guest has not.
     #[error("linux.seccomp: SCMP_ACT_NOTIFY is not supported")]
     Notify,
-}
-
-/// Becomes `uid`:`gid`, keeping across the switch the capabilities `caps`
-/// grants (also to a non-root user), and sets every capability set to what
-/// `caps` says; without `caps` the process keeps what it has, as with runc.
-pub fn set_user_and_capabilities(
-    uid: u32,
-    gid: u32,
-    caps: Option<&LinuxCapabilities>,
-) -> Result<(), SecurityError> {
-    let syscall = LinuxSyscall;
-    syscall
-        .set_id(Uid::from_raw(uid), Gid::from_raw(gid))
-        .map_err(|source| SecurityError::SetId { uid, gid, source })?;
-    capabilities::reset_effective(&syscall).map_err(SecurityError::Capabilities)?;
-    match caps {
-        Some(caps) => set_capabilities(caps),
-        None => Ok(()),
-    }
 }
 
 /// Sets every capability set of this process to what `caps` says (an unset

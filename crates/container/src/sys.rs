@@ -1,11 +1,8 @@
-//! The raw, `unsafe` system calls of container setup, fenced in one place.
+//! The raw, `unsafe` system calls skerry makes beyond libcontainer's, fenced in one place.
 
-use std::ffi::CStr;
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// A raw system call failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,58 +62,6 @@ pub unsafe fn clone_process(flags: libc::c_int) -> Result<Forked, SysError> {
     })
 }
 
-/// The async-signal-safe tail of a freshly cloned child: set `rlimits`, wire up stdio and
-/// the channel, then exec `exe`. Never returns.
-///
-/// # Safety
-/// Must only be called in a child created by [`clone_process`]; `argv` and `envp` must be
-/// NULL-terminated arrays of pointers to valid C strings that outlive the call.
-pub unsafe fn child_exec(
-    rlimits: &[(libc::c_int, libc::rlimit)],
-    stdio: [RawFd; 3],
-    channel: RawFd,
-    channel_target: RawFd,
-    exe: &CStr,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> ! {
-    // SAFETY: only async-signal-safe calls (setrlimit, dup2, fcntl, execve, _exit) on
-    // values, fds and pointers the caller prepared before cloning.
-    unsafe {
-        // Restoring a limit above the parent's needs CAP_SYS_RESOURCE; without it the
-        // child keeps the parent's lower limit (the spec's rlimits still apply later).
-        for (resource, limit) in rlimits {
-            libc::setrlimit(*resource as libc::__rlimit_resource_t, limit);
-        }
-        for (target, src) in stdio.iter().enumerate() {
-            if libc::dup2(*src, target as RawFd) < 0 {
-                libc::_exit(126);
-            }
-        }
-        if channel == channel_target {
-            libc::fcntl(channel, libc::F_SETFD, 0);
-        } else if libc::dup2(channel, channel_target) < 0 {
-            libc::_exit(126);
-        }
-        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        libc::_exit(127)
-    }
-}
-
-/// pivot_root(2).
-pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> Result<(), SysError> {
-    // SAFETY: both arguments are valid NUL-terminated strings.
-    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
-    check(ret, || format!("pivot_root({new_root:?})")).map(drop)
-}
-
-/// Makes the terminal on fd 0 the controlling terminal of the calling session leader.
-pub fn set_controlling_tty() -> Result<(), SysError> {
-    // SAFETY: TIOCSCTTY takes an int argument, no memory is passed.
-    let ret = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-    check(ret.into(), || "ioctl(0, TIOCSCTTY)".into()).map(drop)
-}
-
 /// The number N of a pty master's slave (`/dev/pts/N` in the devpts instance it came from).
 /// Fails with `ENOTTY` when `fd` is not a pty master.
 pub fn pty_number(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
@@ -127,82 +72,12 @@ pub fn pty_number(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
     Ok(n)
 }
 
-/// Unlocks the slave of a pty master (the `unlockpt(3)` ioctl).
-pub fn pty_unlock(fd: BorrowedFd<'_>) -> Result<(), SysError> {
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one `int` from the valid pointer.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
-    check(ret.into(), || "ioctl(TIOCSPTLCK)".into()).map(drop)
-}
-
 /// The type of the namespace `fd` refers to, as its `CLONE_NEW*` flag (the `NS_GET_NSTYPE`
 /// ioctl). Fails with `ENOTTY` when `fd` is not a namespace file.
 pub fn namespace_type(fd: BorrowedFd<'_>) -> Result<libc::c_int, SysError> {
     // SAFETY: NS_GET_NSTYPE takes no argument and passes no memory.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
     check(ret.into(), || "ioctl(NS_GET_NSTYPE)".into()).map(|t| t as libc::c_int)
-}
-
-/// Most fds one `SCM_RIGHTS` message can carry (the kernel's `SCM_MAX_FD`); receiving with
-/// room for this many means control data is never truncated, so no fd can leak unseen.
-const SCM_MAX_FD: usize = 253;
-
-/// Sends `data` (possibly only a prefix; returns the count) with `fds` attached via
-/// `SCM_RIGHTS`.
-pub fn send_with_fds(
-    sock: BorrowedFd<'_>,
-    data: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> Result<usize, SysError> {
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsgs = [ControlMessage::ScmRights(&raw)];
-    socket::sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(data)],
-        &cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|errno| SysError {
-        call: "sendmsg(SCM_RIGHTS)".into(),
-        errno,
-    })
-}
-
-/// Receives into `buf` like `read(2)` and appends any fds that came along (`SCM_RIGHTS`,
-/// close-on-exec) to `fds`. Returns the byte count (0 at EOF); fails with `EMSGSIZE` if
-/// control data was truncated.
-pub fn recv_with_fds(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> Result<usize, SysError> {
-    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let err = |errno| SysError {
-        call: "recvmsg".into(),
-        errno,
-    };
-    let msg = socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(err)?;
-    // `cmsgs()` refuses (ENOBUFS) when control data was truncated.
-    let cmsgs = msg.cmsgs().map_err(|_| err(Errno::EMSGSIZE))?;
-    for c in cmsgs {
-        if let ControlMessageOwned::ScmRights(received) = c {
-            for fd in received {
-                // SAFETY: the kernel just installed this fd in our table for this message;
-                // nothing else refers to it, so taking ownership (and closing it on drop)
-                // is sound.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Ok(msg.bytes)
 }
 
 /// Sets the window size of a terminal.
@@ -216,21 +91,6 @@ pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> Result<(), SysError> {
     // SAFETY: TIOCSWINSZ reads a `winsize` from the valid pointer.
     let ret = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
     check(ret.into(), || "ioctl(TIOCSWINSZ)".into()).map(drop)
-}
-
-/// Sets one resource limit.
-pub fn set_rlimit(
-    resource: libc::__rlimit_resource_t,
-    soft: u64,
-    hard: u64,
-) -> Result<(), SysError> {
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit reads a valid `rlimit`.
-    let ret = unsafe { libc::setrlimit(resource, &lim) };
-    check(ret.into(), || format!("setrlimit({resource})")).map(drop)
 }
 
 /// Makes the process `cmd` starts have RLIMIT_FSIZE `max` (soft and hard),
@@ -307,29 +167,6 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, SysError> {
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
     check(ret.into(), || format!("TUNSETIFF({name})"))?;
     Ok(fd)
-}
-
-/// Sets the process umask.
-pub fn set_umask(mask: u32) {
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(mask as libc::mode_t) };
-}
-
-/// execve(2); returns only on failure.
-pub fn execve(path: &CStr, args: &[std::ffi::CString], env: &[std::ffi::CString]) -> Errno {
-    let argv: Vec<*const libc::c_char> = args
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    // SAFETY: both arrays are NULL-terminated and point into CStrings that outlive the call.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Errno::last()
 }
 
 /// Makes the mount points `paths` of process `pid`'s mount namespace (as
@@ -426,18 +263,6 @@ pub mod mount_attr {
     pub const NOSUID: u64 = 0x2;
     /// No device files.
     pub const NODEV: u64 = 0x4;
-    /// No program execution.
-    pub const NOEXEC: u64 = 0x8;
-    /// The access-time mode bits (one of the three below), cleared to set another.
-    pub const ATIME: u64 = 0x70;
-    /// Access times updated relative to modification times (the default).
-    pub const RELATIME: u64 = 0x0;
-    /// No access time updates.
-    pub const NOATIME: u64 = 0x10;
-    /// Access times always updated.
-    pub const STRICTATIME: u64 = 0x20;
-    /// No directory access time updates.
-    pub const NODIRATIME: u64 = 0x80;
 }
 
 /// A change of mount attributes for [`mount_setattr`].

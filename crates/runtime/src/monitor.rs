@@ -42,16 +42,7 @@ pub struct MonitorOptions {
 }
 
 /// Formats an error with its chain of causes on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use skerry_container::error_chain;
 
 /// Runs the monitor to completion and returns the exit status it must exit
 /// with: the container's, or non-zero if the container never ran.

@@ -33,11 +33,9 @@ use nix::{
     unistd::Pid,
 };
 use oci_spec::runtime::{LinuxResources, Process, Spec};
+use skerry_container::engine::{self, exec};
 use skerry_container::{cgroup_file, security::SecurityError};
 use skerry_protocol::StatsContainerResponse;
-
-mod exec;
-mod setup;
 
 use crate::{
     bundle::Bundle,
@@ -186,43 +184,17 @@ fn lc_error<'a>(
 
 /// The bundle directory libcontainer creates the container from: the
 /// bundle itself, or a copy of its config.json in the container's state dir
-/// (with an absolute root) when libcontainer 0.7 needs the spec changed:
-/// `linux.rootfsPropagation` in one of the recursive forms runc and CRI use
-/// (`rshared`, `rslave`, `rprivate`, `runbindable`), which it does not know,
-/// becomes the plain form (its remount of `/` is recursive either way); a
-/// `process.apparmorProfile` on a host (`host`) without AppArmor, which it would fail
-/// on, is left out (not applied, as `create` warned: see [`mac_labels`]).
+/// (with an absolute root) when libcontainer 0.7 needs the spec changed
+/// ([`engine::libcontainer_spec`]; `host` tells whether it has AppArmor).
 fn libcontainer_bundle(
     store: &StateStore,
     id: &str,
     bundle: &Bundle,
     host: KernelLsms,
 ) -> Result<PathBuf, PlainError> {
-    let mut spec = bundle.spec.clone();
-    let mut changed = false;
-    if let Some(mut linux) = spec.linux().clone() {
-        let plain = linux
-            .rootfs_propagation()
-            .as_deref()
-            .and_then(|p| p.strip_prefix('r'))
-            .filter(|p| ["shared", "slave", "private", "unbindable"].contains(p))
-            .map(str::to_string);
-        if let Some(plain) = plain {
-            linux.set_rootfs_propagation(Some(plain));
-            spec.set_linux(Some(linux));
-            changed = true;
-        }
-    }
-    if let Some(mut process) = spec.process().clone() {
-        if process.apparmor_profile().is_some() && !host.apparmor {
-            process.set_apparmor_profile(None);
-            spec.set_process(Some(process));
-            changed = true;
-        }
-    }
-    if !changed {
+    let Some(mut spec) = engine::libcontainer_spec(&bundle.spec, host.apparmor) else {
         return Ok(bundle.dir.clone());
-    }
+    };
     let dir = store.dir(id).join("bundle");
     let io = |path: &Path, source| PlainError::Io {
         id: id.into(),
@@ -354,11 +326,12 @@ fn create_in(
         opts.preserve_fds,
         stdio,
     )?
+    .with_executor(engine::InitExecutor)
     .as_init(libcontainer_bundle(store, id, bundle, host)?)
     .with_systemd(false)
     .with_detach(opts.detached)
     .with_no_pivot(opts.no_pivot);
-    let container = setup::build(|| init.build()).map_err(lc_error(id, "create"))?;
+    let container = engine::build(|| init.build()).map_err(lc_error(id, "create"))?;
     let pid =
         container
             .pid()
@@ -519,10 +492,14 @@ pub fn exec_with_stdio(
             path: config,
             source,
         })?;
-        let plan = exec::plan(&init, opts.process.clone()).map_err(|source| PlainError::Exec {
+        let exec_failed = |source| PlainError::Exec {
             id: id.into(),
             source,
-        })?;
+        };
+        let mut plan = exec::plan(&init, opts.process.clone()).map_err(exec_failed)?;
+        let init_pid = load(store, id)?.pid().map_or(0, |p| p.as_raw());
+        // Open until the build returns: libcontainer's processes join it.
+        let _user_ns = plan.open_user_namespace(init_pid).map_err(exec_failed)?;
         let file = store.dir(id).join(exec::process_file_name());
         let io = |source| PlainError::Io {
             id: id.into(),
@@ -545,7 +522,7 @@ pub fn exec_with_stdio(
                 .as_tenant()
                 .with_detach(opts.detached)
                 .with_process(Some(&file));
-            setup::build(|| tenant.build()).map_err(lc_error(id, "exec"))
+            engine::build(|| tenant.build()).map_err(lc_error(id, "exec"))
         });
         let _ = fs::remove_file(&file);
         pid

@@ -19,7 +19,7 @@ static SETUP: Mutex<()> = Mutex::new(());
 
 /// Runs libcontainer's `build`; if it fails, kills and reaps the set-up
 /// processes it started (those that were not children before).
-pub(super) fn build<T, E>(build: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+pub fn build<T, E>(build: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     let _setup = SETUP.lock().unwrap_or_else(PoisonError::into_inner);
     let before = setup_children();
     let built = build();
