@@ -53,14 +53,18 @@ PY
 }
 
 # bench_crun_cgroups: crun 1.8 refuses this host's hybrid cgroup layout unless
-# hugetlb is a v1 hierarchy; mounts it there if it is missing
-# (/work/shared/host-notes.md).
+# hugetlb is a v1 hierarchy (/work/shared/host-notes.md) and no controller is
+# enabled in the v2 hierarchy; moves hugetlb there if needed (the kernel
+# refuses while a v2 cgroup uses it). Returns 1 with a message if it cannot.
 bench_crun_cgroups() {
-    if [[ -d /sys/fs/cgroup/unified ]] && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
-        echo "${BENCH_NAME:-bench}: mounting the hugetlb cgroup v1 hierarchy for crun" >&2
-        mkdir -p /sys/fs/cgroup/hugetlb
-        mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+    local v2=/sys/fs/cgroup/unified/cgroup.subtree_control
+    [[ -d /sys/fs/cgroup/unified ]] && ! mountpoint -q /sys/fs/cgroup/hugetlb || return 0
+    echo "${BENCH_NAME:-bench}: mounting the hugetlb cgroup v1 hierarchy for crun" >&2
+    if grep -qw hugetlb "$v2" 2>/dev/null && ! echo -hugetlb > "$v2"; then
+        echo "${BENCH_NAME:-bench}: hugetlb is in use in the cgroup v2 hierarchy" >&2
+        return 1
     fi
+    mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
 }
 
 # bench_ms LOG COMMAND...: runs COMMAND (output appended to LOG) and prints
