@@ -16,6 +16,9 @@
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+BENCH_NAME="against-base"
 
 base_rev=${1:?usage: bench/against-base.sh BASE_REV [RUNS]}
 runs=${2:-9}
@@ -39,8 +42,9 @@ base=$base_tree/target/release/skerry
 work=$(mktemp -d /tmp/skbase.XXXXXX)
 cleanup() {
     for s in cur base; do
-        for id in $(ls "$work/root-$s" 2>/dev/null); do
-            "$(bin $s)" --root "$work/root-$s" delete --force "$id" >/dev/null 2>&1 || true
+        for dir in "$work/root-$s"/*/; do
+            [[ -d $dir ]] || continue
+            "$(bin $s)" --root "$work/root-$s" delete --force "$(basename "$dir")" >/dev/null 2>&1 || true
         done
     done
     rm -rf "$work"
@@ -48,20 +52,8 @@ cleanup() {
 bin() { if [[ $1 == cur ]]; then echo "$cur"; else echo "$base"; fi; }
 trap cleanup EXIT
 
-bundle() { # DIR ARGS_JSON
-    mkdir -p "$1/rootfs/bin" "$1/rootfs/proc" "$1/rootfs/dev" "$1/rootfs/tmp"
-    cp /bin/busybox "$1/rootfs/bin/busybox"
-    for applet in true sleep sh; do ln -sf busybox "$1/rootfs/bin/$applet"; done
-    cat > "$1/config.json" <<JSON
-{"ociVersion": "1.0.2",
- "process": {"user": {"uid": 0, "gid": 0}, "args": $2, "env": ["PATH=/bin"], "cwd": "/"},
- "root": {"path": "rootfs"},
- "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
- "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}}
-JSON
-}
-bundle "$work/true" '["/bin/true"]'
-bundle "$work/idle" '["/bin/sh", "-c", "touch /tmp/ready; exec sleep 100000"]'
+bench_bundle "$work/true" '["/bin/true"]'
+bench_bundle "$work/idle" '["/bin/sh", "-c", "touch /tmp/ready; exec sleep 100000"]'
 printf '[guest]\nimage_dir = "%s"\n[hypervisor]\nmemory_mib = 256\n' "$image" > "$work/config.toml"
 
 hyperfine -N --style basic --warmup 1 --runs "$runs" --export-json "$work/start.json" \

@@ -14,6 +14,9 @@
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+BENCH_NAME="plain-vs-crun"
 
 runs=${1:-50}
 command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
@@ -21,28 +24,13 @@ command -v crun >/dev/null || apt-get install -y -qq crun >/dev/null
 command -v runc >/dev/null || apt-get install -y -qq runc >/dev/null
 cargo build --release -q -p skerry
 
-if [ -d /sys/fs/cgroup/unified ] && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
-    echo "mounting the hugetlb cgroup v1 hierarchy for crun" >&2
-    mkdir -p /sys/fs/cgroup/hugetlb
-    mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
-fi
+bench_crun_cgroups
 
 work=$(mktemp -d /tmp/skplain.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 printf '[runtime]\nisolation = "container"\n' > "$work/config.toml"
-mkdir -p "$work/bundle/rootfs/bin"
-cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
-ln -s busybox "$work/bundle/rootfs/bin/true"
 # runc's example spec (the same for all three), without a terminal.
-target/release/skerry spec --runc --bundle "$work/bundle"
-python3 - "$work/bundle/config.json" <<'PY'
-import json, sys
-path = sys.argv[1]
-spec = json.load(open(path))
-spec["process"]["terminal"] = False
-spec["process"]["args"] = ["/bin/true"]
-json.dump(spec, open(path, "w"))
-PY
+bench_runc_bundle target/release/skerry "$work/bundle" /bin/true
 
 skerry="$PWD/target/release/skerry --root $work/skerry --config $work/config.toml"
 peers=(-n crun "crun --root $work/crun run --bundle $work/bundle bench-crun"

@@ -7,6 +7,9 @@
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+BENCH_NAME="podman-vs-runc"
 
 runs=${1:-5}
 image=${SKERRY_IMAGE_DIR:-$PWD/target/guest}
@@ -21,9 +24,7 @@ cat > "$work/skerry" <<SH
 exec $PWD/target/release/skerry --root $work/state --config $work/config.toml "\$@"
 SH
 chmod +x "$work/skerry"
-mkdir -p "$work/rootfs/bin"
-cp /bin/busybox "$work/rootfs/bin/busybox"
-ln -s busybox "$work/rootfs/bin/true"
+bench_rootfs "$work/rootfs" true
 tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
 
 podman="podman --root $work/storage --runroot $work/runroot --cgroup-manager cgroupfs --events-backend file"

@@ -8,6 +8,9 @@
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+BENCH_NAME="run-overhead"
 
 runs=${1:-7}
 image=${SKERRY_IMAGE_DIR:-$PWD/target/guest}
@@ -19,16 +22,7 @@ baseline=$PWD/target/release/examples/boot_to_poweroff
 
 work=$(mktemp -d /tmp/skbench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/b/rootfs/bin" "$work/b/rootfs/proc" "$work/b/rootfs/dev"
-cp /bin/busybox "$work/b/rootfs/bin/busybox"
-ln -s busybox "$work/b/rootfs/bin/true"
-cat > "$work/b/config.json" <<'JSON'
-{"ociVersion": "1.0.2",
- "process": {"user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "env": ["PATH=/bin"], "cwd": "/"},
- "root": {"path": "rootfs"},
- "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
- "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}}
-JSON
+bench_bundle "$work/b" '["/bin/true"]'
 printf '[guest]\nimage_dir = "%s"\n' "$image" > "$work/config.toml"
 
 hyperfine -N --style basic --warmup 1 --runs "$runs" --export-json "$work/result.json" \

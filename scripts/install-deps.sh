@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what skerry needs on a Debian 12 host: QEMU, iproute2 (pod taps), nftables (port forwarding to a pod VM), busybox (test and demo
+# Installs what skerry needs on a Debian 12 host (and its tests and benchmarks:
+# the peers podman, containerd, runc, crun; hyperfine and gnuplot for bench/): QEMU, iproute2 (pod taps), nftables (port forwarding to a pod VM), busybox (test and demo
 # bundles), the vhost-user back ends (virtiofsd, vhost-device-vsock) and
 # cargo-nextest; libseccomp-dev for container mode (libcontainer), gcc and
 # libc6-dev for the static probe helper of crates/cli/tests/plain_probes.rs;
@@ -11,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq \
     qemu-system-x86 busybox-static cpio ca-certificates bsdutils iproute2 nftables \
-    podman containerd runc crun hyperfine \
+    podman containerd runc crun hyperfine gnuplot-nox \
     libseccomp-dev libcap-ng-dev pkg-config gcc libc6-dev \
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils >/dev/null
 echo "install-deps: apt packages ready"
