@@ -17,8 +17,13 @@ flag=()
 cargo build "${flag[@]}" -p skerry
 # The agent is PID 1 of the guest: static, so the initramfs needs no libc
 # (nor libseccomp, which applies containers' seccomp filters: libseccomp.a);
-# stripped, since every container start execs it once more inside the guest.
-CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" \
+# stripped and built for size (optimised for size, whole-program LTO, one
+# codegen unit): the initramfs holding it is unpacked at every boot and stays
+# in guest RAM. Measured 2026-12-04: 12.0 MB -> 7.7 MB (initramfs 11.5 -> 7.3
+# MiB), `skerry run /bin/true` median 1519 -> 1481 ms (8 interleaved runs).
+CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+    CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    RUSTFLAGS="-C target-feature=+crt-static" \
     LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
     cargo build --release -p skerry-agent --target x86_64-unknown-linux-gnu
 agent=target/x86_64-unknown-linux-gnu/release/skerry-agent
