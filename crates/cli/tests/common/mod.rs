@@ -136,6 +136,47 @@ pub struct World {
     pub config: PathBuf,
     /// Whether the config's default isolation is "container".
     pub plain: bool,
+    /// Cleans up after the test process, however it ends ([`watchdog`]).
+    _watchdog: Option<std::process::ChildStdin>,
+}
+
+/// What the watchdog runs once the test process is gone: `skerry delete
+/// --force` of every container left in the world's root, then SIGKILL to
+/// any process whose command line still names the world's directory. The
+/// paths come in the environment, so that the watchdog's own command line
+/// does not match.
+const WATCHDOG: &str = r#"read -r _
+for d in "$W_ROOT"/*/; do
+    [ -d "$d" ] || continue
+    "$W_SKERRY" --root "$W_ROOT" --config "$W_CONFIG" delete --force "$(basename "$d")" >/dev/null 2>&1
+done
+pkill -KILL -f -- "$W_DIR/" 2>/dev/null
+rm -rf -- "$W_DIR"
+"#;
+
+/// Starts the watchdog of a world in `dir`: a shell in a session of its own
+/// (nextest ends a timed-out test's process group; the test process itself
+/// may be SIGKILLed, so no Drop runs), waiting on a pipe that only the test
+/// process holds. When that process ends, the pipe closes and the watchdog
+/// removes what a killed test left: monitors, hypervisors, virtiofsd and vsock
+/// back ends, host cgroups and run directories (`skerry delete --force`), and
+/// the directory. After a test that cleaned up, it finds nothing to do.
+fn watchdog(dir: &Path, root: &Path, config: &Path) -> Option<std::process::ChildStdin> {
+    let mut child = Command::new("setsid")
+        .args(["sh", "-c", WATCHDOG])
+        .env("W_DIR", dir)
+        .env("W_ROOT", root)
+        .env("W_CONFIG", config)
+        .env("W_SKERRY", env!("CARGO_BIN_EXE_skerry"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let stdin = child.stdin.take();
+    // The watchdog outlives this process by design; reaping it is init's job.
+    std::mem::forget(child);
+    stdin
 }
 
 impl World {
@@ -154,11 +195,13 @@ impl World {
         let root = tmp.path().join("r");
         let config = tmp.path().join("config.toml");
         fs::write(&config, config::skerry_config(image)).unwrap();
+        let watchdog = watchdog(tmp.path(), &root, &config);
         Self {
             tmp,
             root,
             config,
             plain: false,
+            _watchdog: watchdog,
         }
     }
 
