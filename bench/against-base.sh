@@ -24,7 +24,7 @@ base_rev=${1:?usage: bench/against-base.sh BASE_REV [RUNS]}
 runs=${2:-9}
 max=${MAX_REGRESSION_PERCENT:-5}
 image=${SKERRY_IMAGE_DIR:-$PWD/target/guest}
-[[ -f $image/vmlinuz ]] || { echo "against-base: no guest image in $image (run scripts/build.sh)" >&2; exit 1; }
+[[ -f $image/manifest.json ]] || { echo "against-base: no guest image in $image (run scripts/build.sh)" >&2; exit 1; }
 command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
 
 commit=$(git rev-parse --verify "$base_rev^{commit}")

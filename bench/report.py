@@ -258,10 +258,10 @@ def main():
                   f"{p90s[g][a] / p90s[g][b]:.2f}x |")
         w("")
         if g == "kernel" and images:
-            w("| image | kernel | vmlinuz | initramfs | module files |\n|---|---|---|---|---|")
+            w("| image | kernel | kernel file | initramfs | module files |\n|---|---|---|---|---|")
             for im in images:
-                w(f"| {im['origin']} | {im['version']} | "
-                  f"{int(im['vmlinuz_bytes']) / 2**20:.1f} MiB | "
+                w(f"| {im['origin']} | {im['version']} | {im['kernel_file']}, "
+                  f"{int(im['kernel_bytes']) / 2**20:.1f} MiB | "
                   f"{int(im['initramfs_bytes']) / 2**20:.1f} MiB | {im['module_files']} |")
             w("")
         rows = [r for r in latency if r["group"] == g]

@@ -55,7 +55,7 @@ bench_need as binutils
 image=${SKERRY_IMAGE_DIR:-$PWD/target/guest}
 debian_image=$PWD/target/guest-debian
 agent=$PWD/target/x86_64-unknown-linux-gnu/release/skerry-agent
-[[ -f $image/vmlinuz && -x $agent ]] ||
+[[ -f $image/manifest.json && -x $agent ]] ||
     { echo "report: no guest image in $image or no agent (run scripts/build.sh)" >&2; exit 1; }
 
 default_out=
@@ -169,7 +169,7 @@ dirty=
     printf 'crun\t%s\n' "$(crun --version | head -n 1)"
     printf 'containerd\t%s\n' "$(containerd --version)"
     printf 'qemu\t%s\n' "$(qemu-system-x86_64 --version | head -n 1)"
-    printf 'image\t%s\n' "$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["kernel_version"], m["kernel_origin"], "vmlinuz", m["vmlinuz_bytes"], "B, initramfs", m["initramfs_bytes"], "B")' "$image/manifest.json")"
+    printf 'image\t%s\n' "$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["kernel_version"], m["kernel_origin"], m["kernel_file"], m["kernel_bytes"], "B, initramfs", m["initramfs_bytes"], "B")' "$image/manifest.json")"
 } > "$out/meta.tsv"
 
 # 1. The OCI CLI.
@@ -247,8 +247,8 @@ if "$skerry" image build --kernel debian --output "$debian_image" --agent "$agen
         "boot-to-poweroff (skerry kernel)=$boot $image" \
         "boot-to-poweroff (Debian kernel)=$boot $debian_image"
     for dir in "$image" "$debian_image"; do
-        python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("\t".join(str(m[k]) for k in ("kernel_origin","kernel_version","vmlinuz_bytes","initramfs_bytes")) + "\t" + str(len(m["module_files"])))' "$dir/manifest.json"
-    done | { printf 'origin\tversion\tvmlinuz_bytes\tinitramfs_bytes\tmodule_files\n'; cat; } > "$out/images.tsv"
+        python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("\t".join(str(m[k]) for k in ("kernel_origin","kernel_version","kernel_file","kernel_bytes","initramfs_bytes")) + "\t" + str(len(m["module_files"])))' "$dir/manifest.json"
+    done | { printf 'origin\tversion\tkernel_file\tkernel_bytes\tinitramfs_bytes\tmodule_files\n'; cat; } > "$out/images.tsv"
 else
     unavailable "guest kernel comparison" "the Debian-kernel image could not be built: $(tail -n 1 "$work/image.log")"
 fi

@@ -17,7 +17,7 @@ BENCH_NAME="shim-vs-runc"
 runs=${1:-7}
 (( runs >= 5 )) || { echo "shim-vs-runc: RUNS must be at least 5" >&2; exit 2; }
 image=${SKERRY_IMAGE_DIR:-$PWD/target/guest}
-[[ -f $image/vmlinuz ]] || { echo "shim-vs-runc: no guest image in $image (run scripts/build.sh)" >&2; exit 1; }
+[[ -f $image/manifest.json ]] || { echo "shim-vs-runc: no guest image in $image (run scripts/build.sh)" >&2; exit 1; }
 cargo build --release -q -p containerd-shim-skerry-v2
 
 work=$(mktemp -d /tmp/sksb.XXXXXX)

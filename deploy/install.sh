@@ -25,9 +25,12 @@ done
 binaries=(skerry containerd-shim-skerry-v2 skerry-vmm jailer)
 prefix=/usr/local/bin image_dir=/var/lib/skerry/guest config=/etc/skerry/config.toml
 
-if [[ ! -f $image_src/vmlinuz && $image_src == "$PWD/target/guest" ]]; then
+if [[ ! -f $image_src/manifest.json && $image_src == "$PWD/target/guest" ]]; then
     scripts/build.sh
 fi
+# The image's kernel: skerry's uncompressed vmlinux (PVH), or Debian's vmlinuz.
+kernel=vmlinuz other_kernel=vmlinux
+if [[ -f $image_src/vmlinux ]]; then kernel=vmlinux other_kernel=vmlinuz; fi
 for b in "${binaries[@]}"; do
     if [[ ! -x $bin_dir/$b && $bin_dir == "$PWD/target/release" ]]; then
         export PATH="$HOME/.cargo/bin:$PATH"
@@ -38,7 +41,7 @@ done
 for b in "${binaries[@]}"; do
     [[ -x $bin_dir/$b ]] || { echo "install: $bin_dir/$b: no such executable" >&2; exit 1; }
 done
-for f in vmlinuz initramfs.img manifest.json; do
+for f in $kernel initramfs.img manifest.json; do
     [[ -f $image_src/$f ]] || { echo "install: $image_src/$f: missing (run scripts/build.sh)" >&2; exit 1; }
 done
 
@@ -53,7 +56,12 @@ put() {
     fi
 }
 for b in "${binaries[@]}"; do put "$bin_dir/$b" "$prefix/$b" 0755; done
-for f in vmlinuz initramfs.img manifest.json; do put "$image_src/$f" "$image_dir/$f" 0644; done
+for f in $kernel initramfs.img manifest.json; do put "$image_src/$f" "$image_dir/$f" 0644; done
+# The runtime boots a vmlinux when the image has one: the other kind's kernel goes.
+if [[ -e $destdir$image_dir/$other_kernel ]]; then
+    rm -f "$destdir$image_dir/$other_kernel"
+    echo "removed    $image_dir/$other_kernel"
+fi
 
 if [[ -e $destdir$config ]]; then
     echo "kept       $config (exists; not overwritten)"

@@ -4,6 +4,9 @@
 # and skerry's own LSM guest/kernel/skerry_lsm.c (built in as security/skerry),
 # into a cache directory outside the work tree:
 #   ${SKERRY_KERNEL_CACHE:-~/.cache/skerry-kernel}/<key>/{bzImage,vmlinux,config,kernel.json}
+# vmlinux is the uncompressed ELF with its PVH entry note, stripped of symbols
+# (QEMU would otherwise keep its symbol table in memory for every VM): the
+# image boots it directly, with nothing to decompress.
 # <key> hashes the source package version, the fragment, the LSM and this script, so
 # a build is reused until one of them changes. Prints that directory on stdout
 # (progress goes to stderr). Fails if any option of the fragment did not
@@ -133,7 +136,12 @@ if ! nice -n 10 make -j"$jobs" bzImage >>"$log" 2>&1; then
     exit 1
 fi
 release=$(make -s kernelrelease)
-cp arch/x86/boot/bzImage vmlinux "$out.tmp/"
+cp arch/x86/boot/bzImage "$out.tmp/"
+strip --strip-all -o "$out.tmp/vmlinux" vmlinux
+readelf --notes "$out.tmp/vmlinux" | grep -q 'Xen.*0x00000012' || {
+    echo "build-kernel: vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)" >&2
+    exit 1
+}
 cp .config "$out.tmp/config"
 seconds=$(($(date +%s) - start))
 cat >"$out.tmp/kernel.json" <<JSON
@@ -149,5 +157,5 @@ JSON
 cd "$cache"
 mv "$out.tmp" "$out"
 rm -rf "$work" "$log"
-echo "build-kernel: built $release in ${seconds}s: $out ($(stat -c %s "$out/bzImage") bytes bzImage)" >&2
+echo "build-kernel: built $release in ${seconds}s: $out ($(stat -c %s "$out/vmlinux") bytes vmlinux, $(stat -c %s "$out/bzImage") bytes bzImage)" >&2
 echo "$out"

@@ -31,7 +31,7 @@ usage: scripts/critest.sh --critest PATH [options]
   --handler H      runc | skerry | skerry-container; repeat for several
                    (default: all three, in that order)
   --bin DIR        holds containerd-shim-skerry-v2 (default: target/debug)
-  --guest DIR      guest image dir, vmlinuz + initramfs.img (default: target/guest)
+  --guest DIR      guest image dir, vmlinux or vmlinuz + initramfs.img (default: target/guest)
   --out DIR        logs and reports (default: /tmp/skerry-critest-<date>)
   --focus RE       only specs matching RE (ginkgo.focus)
   --skip RE        also skip specs matching RE (ginkgo.skip)
@@ -73,8 +73,8 @@ for h in "${HANDLERS[@]}"; do
             die "--bin $BIN: no containerd-shim-skerry-v2 (scripts/build.sh)"
     fi
     if [[ $h == skerry ]]; then
-        [[ -f $GUEST/vmlinuz && -f $GUEST/initramfs.img ]] ||
-            die "--guest $GUEST: no vmlinuz + initramfs.img (skerry image build)"
+        [[ ( -f $GUEST/vmlinux || -f $GUEST/vmlinuz ) && -f $GUEST/initramfs.img ]] ||
+            die "--guest $GUEST: no vmlinux or vmlinuz + initramfs.img (skerry image build)"
     fi
 done
 BIN=$(realpath -m "$BIN") GUEST=$(realpath -m "$GUEST")
@@ -470,7 +470,9 @@ EOF
 if [[ " ${HANDLERS[*]} " == *" skerry "* ]]; then
     chmod 711 "$T"
     mkdir -m 755 "$T/guest"
-    install -m 644 "$GUEST/vmlinuz" "$GUEST/initramfs.img" "$T/guest/"
+    for f in vmlinux vmlinuz initramfs.img; do
+        [[ -f $GUEST/$f ]] && install -m 644 "$GUEST/$f" "$T/guest/"
+    done
     [[ -f $GUEST/manifest.json ]] && install -m 644 "$GUEST/manifest.json" "$T/guest/"
 fi
 cat >"$T/skerry-vm.toml" <<EOF

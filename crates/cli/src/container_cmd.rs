@@ -13,7 +13,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use skerry_runtime::{
     bundle::Bundle,
     config::{Config, Isolation},
-    isolation, lifecycle,
+    image, isolation, lifecycle,
     monitor::{self, MonitorOptions},
     mounts::SysMounts,
     plain,
@@ -48,8 +48,11 @@ fn preflight(cli: &Cli, opts: &CreateArgs) -> anyhow::Result<(Config, Bundle, Is
         );
     }
     for (what, path) in [
-        ("guest kernel", config.guest.kernel()),
-        ("guest initramfs", config.guest.initrd()),
+        ("guest kernel", image::kernel_path(&config.guest.image_dir)),
+        (
+            "guest initramfs",
+            image::initrd_path(&config.guest.image_dir),
+        ),
     ] {
         if !path.is_file() {
             bail!(

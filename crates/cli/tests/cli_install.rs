@@ -102,18 +102,29 @@ fn install_puts_everything_in_place_once() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A second run changes nothing and keeps an operator's edits to the config.
+    // A second run changes nothing and keeps an operator's edits to the config; an
+    // image whose kernel is now skerry's vmlinux replaces the installed vmlinuz.
     fs::write(&config, "[guest]\nimage_dir = \"/srv/guest\"\n").unwrap();
-    fs::write(image.join("vmlinuz"), "a new kernel").unwrap();
+    fs::remove_file(image.join("vmlinuz")).unwrap();
+    fs::write(image.join("vmlinux"), "a new kernel").unwrap();
     let second = install(&bin_dir, &image, &dest);
     assert!(
         second.contains("kept       /etc/skerry/config.toml"),
         "{second}"
     );
     assert!(
-        second.contains("installed  /var/lib/skerry/guest/vmlinuz\n"),
+        second.contains("installed  /var/lib/skerry/guest/vmlinux\n"),
         "{second}"
     );
+    assert!(
+        second.contains("removed    /var/lib/skerry/guest/vmlinuz\n"),
+        "{second}"
+    );
+    assert_eq!(
+        fs::read_to_string(dest.join("var/lib/skerry/guest/vmlinux")).unwrap(),
+        "a new kernel"
+    );
+    assert!(!dest.join("var/lib/skerry/guest/vmlinuz").exists());
     for b in BINARIES {
         assert!(
             second.contains(&format!("unchanged  /usr/local/bin/{b}\n")),

@@ -28,7 +28,7 @@ pub enum JailError {
     /// A device to expose is not a character device.
     #[error("--device {0} is not a character device")]
     Device(PathBuf),
-    /// A file to copy in is not a regular file.
+    /// A file to bind in is not a regular file.
     #[error("--file {0} is not a regular file")]
     File(PathBuf),
     /// A directory to bind-mount is not a directory.
@@ -47,6 +47,17 @@ pub enum JailError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Binding a `--file` or `--bind-dir` into the root failed.
+    #[error("cannot {what} {path}")]
+    Mount {
+        /// What was attempted, e.g. "bind-mount --file".
+        what: String,
+        /// The host path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: nix::Error,
     },
     /// A system call failed.
     #[error("{0} failed")]
@@ -84,7 +95,8 @@ pub struct JailConfig {
     pub base_dir: PathBuf,
     /// Character devices to recreate inside (e.g. /dev/kvm).
     pub devices: Vec<PathBuf>,
-    /// Regular files to place at the root (by base name), e.g. kernel and initrd.
+    /// Regular files to place at the root (by base name), e.g. kernel and initrd:
+    /// read-only bind mounts of the host files, never copies.
     pub files: Vec<PathBuf>,
     /// Host directories to bind-mount at the root (by base name; nosuid, nodev, noexec),
     /// e.g. the directory of the VM's sockets.
@@ -177,7 +189,8 @@ fn shared_libs(exe: &Path) -> Result<Vec<PathBuf>, JailError> {
     Ok(libs)
 }
 
-/// Creates the root with only the executable, the requested files and device nodes.
+/// Creates the root with only the executable, the libraries and device nodes (the
+/// `files` are bound by [`bind_files`]).
 pub fn populate(cfg: &JailConfig, root: &Path) -> Result<(), JailError> {
     let name = exec_name(cfg)?;
     copy_into(root, &cfg.exec_file, Path::new(&name), cfg.uid, cfg.gid)?;
@@ -188,10 +201,6 @@ pub fn populate(cfg: &JailConfig, root: &Path) -> Result<(), JailError> {
             let real = fs::canonicalize(&lib).map_err(fs_err("resolve", &lib))?;
             copy_into(root, &real, &lib, 0, 0)?;
         }
-    }
-    for f in &cfg.files {
-        let base = f.file_name().ok_or_else(|| JailError::File(f.clone()))?;
-        copy_into(root, f, Path::new(base), cfg.uid, cfg.gid)?;
     }
     for dev in &cfg.devices {
         let meta = fs::metadata(dev).map_err(fs_err("stat", dev))?;
@@ -312,6 +321,7 @@ fn build_and_exec(cfg: &JailConfig, root: &Path) -> JailError {
         )
         .map_err(|e| JailError::Sys("bind-mount the jail root", e))?;
         populate(cfg, root)?;
+        bind_files(cfg, root)?;
         bind_dirs(cfg, root)?;
         let old = root.join("old_root");
         fs::create_dir(&old).map_err(fs_err("create", &old))?;
@@ -334,6 +344,21 @@ fn build_and_exec(cfg: &JailConfig, root: &Path) -> JailError {
     }
 }
 
+/// Bind-mounts each `--file` at `/<base name>` of the root, read-only, nosuid, nodev and
+/// noexec: the VMM reads the host's file (a kernel is tens of MiB) and can change
+/// neither it nor its owner; no copy per VM.
+fn bind_files(cfg: &JailConfig, root: &Path) -> Result<(), JailError> {
+    for src in &cfg.files {
+        let base = src
+            .file_name()
+            .ok_or_else(|| JailError::File(src.clone()))?;
+        let dst = root.join(base);
+        fs::File::create_new(&dst).map_err(fs_err("create", &dst))?;
+        bind(src, &dst, MsFlags::MS_RDONLY, "--file")?;
+    }
+    Ok(())
+}
+
 /// Bind-mounts each `--bind-dir` at `/<base name>` of the root, nosuid, nodev and noexec.
 fn bind_dirs(cfg: &JailConfig, root: &Path) -> Result<(), JailError> {
     for src in &cfg.bind_dirs {
@@ -342,28 +367,32 @@ fn bind_dirs(cfg: &JailConfig, root: &Path) -> Result<(), JailError> {
             .ok_or_else(|| JailError::BindDir(src.clone()))?;
         let dst = root.join(base);
         fs::create_dir(&dst).map_err(fs_err("create", &dst))?;
-        mount(
-            Some(src.as_path()),
-            &dst,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| JailError::Sys("bind-mount --bind-dir", e))?;
-        mount(
-            None::<&str>,
-            &dst,
-            None::<&str>,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .map_err(|e| JailError::Sys("remount --bind-dir nosuid,nodev,noexec", e))?;
+        bind(src, &dst, MsFlags::empty(), "--bind-dir")?;
     }
     Ok(())
+}
+
+/// Bind-mounts `src` (a `flag` operand) on `dst`, then remounts it nosuid, nodev, noexec
+/// and `extra`.
+fn bind(src: &Path, dst: &Path, extra: MsFlags, flag: &str) -> Result<(), JailError> {
+    let err = |what: String| {
+        move |source| JailError::Mount {
+            what,
+            path: src.to_owned(),
+            source,
+        }
+    };
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(err(format!("bind-mount {flag}")))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | extra;
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .map_err(err(format!("restrict ({flags:?}) {flag}")))
 }
 
 /// Sets rlimits, drops to the target uid/gid with no supplementary groups, and execs.

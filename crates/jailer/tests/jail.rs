@@ -37,6 +37,7 @@ fn jailer() -> Command {
 
 const LISTER: &str = r#"
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -55,12 +56,19 @@ static void walk(const char *dir) {
     closedir(d);
 }
 extern char **environ;
-int main(void) {
+int main(int argc, char **argv) {
     int env = 0, fds = 0;
     while (environ[env]) env++;
     for (int fd = 3; fd < 64; fd++) fds += fcntl(fd, F_GETFD) != -1;
     printf("uid=%d gid=%d pid=%d groups=%d env=%d extra_fds=%d\n", getuid(), getgid(), getpid(),
            getgroups(0, 0), env, fds);
+    if (argc > 1) {
+        char buf[64] = {0};
+        int fd = open(argv[1], O_RDONLY);
+        if (fd >= 0) read(fd, buf, sizeof buf - 1);
+        int w = open(argv[1], O_WRONLY);
+        printf("%s: read=%s write=%s\n", argv[1], buf, w >= 0 ? "ok" : strerror(errno));
+    }
     walk("/");
     return 7;
 }
@@ -93,6 +101,11 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), b"hi").unwrap();
     std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A host file given with --file, writable by everyone on the host: in the jail it is
+    // the host's file (no copy), read-only.
+    let kernel = dir.path().join("kernel");
+    std::fs::write(&kernel, b"kernel!").unwrap();
+    std::fs::set_permissions(&kernel, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     let mut cmd = jailer();
     cmd.args([
         "--id",
@@ -109,6 +122,8 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
     .arg(&base)
     .arg("--bind-dir")
     .arg(&shared)
+    .arg("--file")
+    .arg(&kernel)
     .args(["--device", "/dev/null"]);
     if cgroup_v1_pids() {
         cmd.args([
@@ -120,7 +135,11 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
             "pids.max=32",
         ]);
     }
-    let out = cmd.env("SECRET", "must-not-leak").output().unwrap();
+    let out = cmd
+        .env("SECRET", "must-not-leak")
+        .args(["--", "/kernel"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!(
@@ -137,12 +156,24 @@ fn jailed_program_sees_only_its_root_and_runs_as_target_uid() {
         lines.next(),
         Some("uid=1234 gid=1235 pid=1 groups=0 env=0 extra_fds=0")
     );
+    assert_eq!(
+        lines.next(),
+        Some("/kernel: read=kernel! write=Read-only file system")
+    );
     let mut listing: Vec<&str> = lines.collect();
     listing.sort_unstable();
     assert_eq!(
         listing,
-        vec!["/dev", "/dev/null", "/lister", "/sock", "/sock/hello"]
+        vec![
+            "/dev",
+            "/dev/null",
+            "/kernel",
+            "/lister",
+            "/sock",
+            "/sock/hello"
+        ]
     );
+    assert_eq!(std::fs::read(&kernel).unwrap(), b"kernel!");
     assert!(
         !base.join("lister").join(&id).exists(),
         "jail dir is removed after exit"

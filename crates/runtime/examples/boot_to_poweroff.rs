@@ -10,6 +10,7 @@ use std::{path::PathBuf, time::Instant};
 use skerry_runtime::{
     config::HypervisorConfig,
     hypervisor::{self, VmExit, VmSpec},
+    image,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -27,8 +28,8 @@ async fn main() -> anyhow::Result<()> {
     let spec = VmSpec {
         id: "bench".into(),
         run_dir,
-        kernel: image.join("vmlinuz"),
-        initrd: image.join("initramfs.img"),
+        kernel: image::kernel_path(&image),
+        initrd: image::initrd_path(&image),
         kernel_params: format!(
             "skerry.poweroff_after_boot {}",
             std::env::args().nth(2).unwrap_or_default()

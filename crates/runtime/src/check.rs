@@ -242,11 +242,14 @@ pub fn run(config: &Config) -> CheckReport {
     }
 
     let guest = &config.guest;
-    let missing: Vec<String> = [guest.kernel(), guest.initrd()]
-        .iter()
-        .filter(|p| !p.is_file())
-        .map(|p| p.display().to_string())
-        .collect();
+    let missing: Vec<String> = [
+        crate::image::kernel_path(&guest.image_dir),
+        crate::image::initrd_path(&guest.image_dir),
+    ]
+    .iter()
+    .filter(|p| !p.is_file())
+    .map(|p| p.display().to_string())
+    .collect();
     if missing.is_empty() {
         let version = crate::image::read_manifest(&guest.image_dir)
             .map(|m| m.kernel_summary())

@@ -257,8 +257,9 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GuestConfig {
-    /// `image_dir`: directory holding `vmlinuz` and `initramfs.img` as written by
-    /// `skerry image build`; default "/var/lib/skerry/guest".
+    /// `image_dir`: directory holding the kernel (`vmlinux` or `vmlinuz`) and
+    /// `initramfs.img` as written by `skerry image build` (`image::kernel_path`
+    /// and `image::initrd_path` name them); default "/var/lib/skerry/guest".
     pub image_dir: PathBuf,
     /// `kernel_params`: extra guest kernel command-line parameters; default "".
     pub kernel_params: String,
@@ -359,18 +360,6 @@ impl Default for PodConfig {
             overhead_vcpus: 1,
             overhead_memory_mib: 128,
         }
-    }
-}
-
-impl GuestConfig {
-    /// Path of the guest kernel image.
-    pub fn kernel(&self) -> PathBuf {
-        self.image_dir.join("vmlinuz")
-    }
-
-    /// Path of the guest initramfs.
-    pub fn initrd(&self) -> PathBuf {
-        self.image_dir.join("initramfs.img")
     }
 }
 
@@ -538,7 +527,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = Config::parse("", Path::new("c.toml")).unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.guest.kernel(), Path::new("/var/lib/skerry/guest/vmlinuz"));
+        assert_eq!(c.guest.image_dir, Path::new("/var/lib/skerry/guest"));
     }
 
     #[test]
@@ -552,7 +541,7 @@ mod tests {
         assert_eq!(c.hypervisor.accel, Accel::Tcg);
         assert_eq!(c.hypervisor.memory_mib, 256);
         assert_eq!(c.hypervisor.console_log_max_kib, 64);
-        assert_eq!(c.guest.initrd(), Path::new("/x/initramfs.img"));
+        assert_eq!(c.guest.image_dir, Path::new("/x"));
     }
 
     #[test]

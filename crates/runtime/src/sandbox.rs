@@ -123,8 +123,8 @@ impl SandboxParams {
     /// Sizing and image as the configuration file sets them.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            kernel: config.guest.kernel(),
-            initrd: config.guest.initrd(),
+            kernel: crate::image::kernel_path(&config.guest.image_dir),
+            initrd: crate::image::initrd_path(&config.guest.image_dir),
             kernel_params: config.guest.kernel_params.clone(),
             vcpus: config.hypervisor.vcpus,
             memory_mib: config.hypervisor.memory_mib,

@@ -128,7 +128,7 @@ fn prepare(agent: &Path, extra: Option<Vec<u8>>) -> Option<Guest> {
         host_cgroup: None,
         ids: None,
         run_dir,
-        kernel: image_dir.join("vmlinuz"),
+        kernel: image::kernel_path(&image_dir),
         initrd,
         kernel_params: String::new(),
         vcpus: 1,

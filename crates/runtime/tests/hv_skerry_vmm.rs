@@ -4,8 +4,8 @@
 //! cgroup; `stop()` ends jailer, VMM and virtiofsd and removes the jail, the
 //! cgroup and the sockets.
 //!
-//! The kernel is the ELF `vmlinux` inside the image's `vmlinuz` (extracted by the
-//! VMM tests' helper): under PVM the bzImage decompressor alone runs for minutes
+//! The kernel is the image's ELF `vmlinux` (skerry's kernel), or the one inside
+//! its `vmlinuz` (Debian's, extracted by the VMM tests' helper): under PVM the bzImage decompressor alone runs for minutes
 //! of emulated guest ring 0, and even the ELF kernel needs seconds to print its
 //! command line here (Debian's ~15 s; with skerry's kernel the whole test took
 //! 1.8 s; milliseconds on native KVM). Skips (printing why) when not

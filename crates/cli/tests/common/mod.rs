@@ -19,6 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use skerry_runtime::image;
+
 /// Busybox applets the test bundles link.
 const APPLETS: &[&str] = &[
     "sh",
@@ -68,8 +70,8 @@ pub fn vm_skip_reason() -> Option<String> {
         return Some("needs busybox-static (/bin/busybox)".into());
     }
     let dir = image_dir();
-    for f in ["vmlinuz", "initramfs.img"] {
-        if !dir.join(f).is_file() {
+    for f in [image::kernel_path(&dir), image::initrd_path(&dir)] {
+        if !f.is_file() {
             return Some(format!(
                 "no guest image in {} (run scripts/test.sh, or set SKERRY_TEST_IMAGE_DIR)",
                 dir.display()

@@ -10,7 +10,7 @@
 //! | `R/vm/fs.sock` | `/vm/fs.sock` | virtiofsd's socket (virtiofsd runs on the host), chowned to the jail uid |
 //! | `R/vm/vsock.sock` | `/vm/vsock.sock` | hybrid vsock, bound by the VMM |
 //! | `R/vm/api.sock` | `/vm/api.sock` | control API, bound by the VMM |
-//! | kernel, initrd | `/<base name>` | copies |
+//! | kernel, initrd | `/<base name>` | read-only bind mounts of the image's files |
 //! | `/dev/kvm` | `/dev/kvm` | a node owned by the jail uid |
 //! | console log (through `console_log.rs`) | stdout, a pipe | the serial console |
 //! | `R/vmm.log` | stderr | jailer and VMM messages |

@@ -71,8 +71,35 @@ pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Name of the manifest written next to the image.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// Version of the image layout; bump to force rebuilds.
-const FORMAT: u32 = 1;
+/// Version of the image layout; bump to force rebuilds. 2: a skerry kernel is
+/// the uncompressed PVH `vmlinux`, the manifest names the kernel file.
+const FORMAT: u32 = 2;
+
+/// The kernel file of an image with skerry's kernel: an uncompressed ELF with a
+/// PVH entry, booted with nothing to decompress.
+pub const VMLINUX: &str = "vmlinux";
+
+/// The kernel file of an image with Debian's kernel: its compressed bzImage.
+pub const VMLINUZ: &str = "vmlinuz";
+
+/// The initramfs file of an image.
+pub const INITRAMFS: &str = "initramfs.img";
+
+/// The kernel an image in `dir` boots: its `vmlinux` if it has one, else its
+/// `vmlinuz` (which is the path to name when neither is there).
+pub fn kernel_path(dir: &Path) -> PathBuf {
+    let vmlinux = dir.join(VMLINUX);
+    if vmlinux.is_file() {
+        vmlinux
+    } else {
+        dir.join(VMLINUZ)
+    }
+}
+
+/// The initramfs of an image in `dir`.
+pub fn initrd_path(dir: &Path) -> PathBuf {
+    dir.join(INITRAMFS)
+}
 
 /// Failure to build the guest image.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +160,9 @@ pub enum ImageError {
     /// A skerry kernel directory lacks its build description or kernel.
     #[error("{0} is not a skerry kernel build (run scripts/build-kernel.sh)")]
     NotASkerryKernel(PathBuf, #[source] std::io::Error),
+    /// A skerry kernel's `vmlinux` is not an ELF file.
+    #[error("{0} is not an ELF kernel (an uncompressed vmlinux)")]
+    NotAnElfKernel(PathBuf),
     /// A skerry kernel's `kernel.json` does not parse.
     #[error("cannot parse {0}")]
     BadKernelInfo(PathBuf, #[source] serde_json::Error),
@@ -161,7 +191,7 @@ pub enum KernelSource {
     /// meta package), or `None` to download it with apt.
     Debian(Option<PathBuf>),
     /// skerry's own kernel, everything built in: a directory written by
-    /// `scripts/build-kernel.sh` (`bzImage`, `config` and `kernel.json`), or `None` to
+    /// `scripts/build-kernel.sh` (`vmlinux`, `config` and `kernel.json`), or `None` to
     /// build it (or find it in the cache) with the script compiled into this binary.
     Skerry(Option<PathBuf>),
 }
@@ -180,7 +210,7 @@ pub enum KernelOrigin {
 /// What `build` should do.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// Where `vmlinuz`, `initramfs.img` and the manifest go.
+    /// Where the kernel (`vmlinux` or `vmlinuz`), `initramfs.img` and the manifest go.
     pub output_dir: PathBuf,
     /// The static agent binary that becomes `/init`.
     pub agent: PathBuf,
@@ -226,8 +256,10 @@ pub struct Manifest {
     pub modules: Vec<String>,
     /// Module files in load order (absolute guest paths).
     pub module_files: Vec<String>,
-    /// Size of `vmlinuz` in bytes.
-    pub vmlinuz_bytes: u64,
+    /// The kernel's file in the image: [`VMLINUX`] or [`VMLINUZ`].
+    pub kernel_file: String,
+    /// Size of the kernel file in bytes.
+    pub kernel_bytes: u64,
     /// Size of `initramfs.img` in bytes.
     pub initramfs_bytes: u64,
 }
@@ -262,8 +294,9 @@ impl Manifest {
             && self.kernel_build_key == wanted.kernel_build_key
             && self.agent_sha256 == wanted.agent_sha256
             && self.modules == wanted.modules
-            && size("vmlinuz") == Some(self.vmlinuz_bytes)
-            && size("initramfs.img") == Some(self.initramfs_bytes)
+            && self.kernel_file == wanted.kernel_file
+            && size(&self.kernel_file) == Some(self.kernel_bytes)
+            && size(INITRAMFS) == Some(self.initramfs_bytes)
     }
 }
 
@@ -345,8 +378,8 @@ fn human_size(bytes: u64) -> String {
 enum ResolvedKernel {
     /// A versioned Debian kernel package and its release.
     Debian { deb: PathBuf, release: String },
-    /// A skerry kernel's `bzImage`.
-    Skerry { bzimage: PathBuf },
+    /// A skerry kernel's `vmlinux`.
+    Skerry { vmlinux: PathBuf },
 }
 
 /// Builds (or confirms up to date) the guest kernel and initramfs.
@@ -367,7 +400,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         agent_sha256: hex(&Sha256::digest(&agent)),
         modules: Vec::new(),
         module_files: Vec::new(),
-        vmlinuz_bytes: 0,
+        kernel_file: String::new(),
+        kernel_bytes: 0,
         initramfs_bytes: 0,
     };
     let (kernel_from, kernel) = match &opts.kernel {
@@ -383,6 +417,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
             manifest.kernel_version = release.clone();
             manifest.kernel_package_version = control.get("Version").cloned().unwrap_or_default();
             manifest.modules = guest_module_names().iter().map(|m| m.to_string()).collect();
+            manifest.kernel_file = VMLINUZ.into();
             (deb.clone(), ResolvedKernel::Debian { deb, release })
         }
         KernelSource::Skerry(dir) => {
@@ -396,8 +431,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
             manifest.kernel_origin = KernelOrigin::Skerry;
             manifest.kernel_config_sha256 = info.config_sha256;
             manifest.kernel_build_key = info.build_key;
-            let bzimage = dir.join("bzImage");
-            (dir, ResolvedKernel::Skerry { bzimage })
+            manifest.kernel_file = VMLINUX.into();
+            let vmlinux = dir.join(VMLINUX);
+            (dir, ResolvedKernel::Skerry { vmlinux })
         }
     };
     if !opts.force {
@@ -414,17 +450,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         }
     }
 
-    let (vmlinuz, modules) = match kernel {
+    let (kernel, modules) = match kernel {
         ResolvedKernel::Debian { deb, release } => debian_kernel(&deb, &release, out)?,
-        ResolvedKernel::Skerry { bzimage } => {
-            let vmlinuz =
-                std::fs::read(&bzimage).map_err(|e| ImageError::Io(bzimage.clone(), e))?;
-            (vmlinuz, Vec::new())
+        ResolvedKernel::Skerry { vmlinux } => {
+            let kernel = std::fs::read(&vmlinux).map_err(|e| ImageError::Io(vmlinux.clone(), e))?;
+            (kernel, Vec::new())
         }
     };
 
     // initramfs
-    let initramfs_path = out.join("initramfs.img");
+    let initramfs_path = initrd_path(out);
     let cpio_err = |e| ImageError::Io(initramfs_path.clone(), e);
     let mut cpio = CpioWriter::new(Vec::with_capacity(agent.len() + (4 << 20)));
     cpio.file("init", 0o755, &agent).map_err(cpio_err)?;
@@ -449,13 +484,28 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         .map_err(cpio_err)?;
     let initramfs = cpio.finish().map_err(cpio_err)?;
 
-    manifest.vmlinuz_bytes = vmlinuz.len() as u64;
+    manifest.kernel_bytes = kernel.len() as u64;
     manifest.initramfs_bytes = initramfs.len() as u64;
     let mut files = Vec::new();
-    for (name, data) in [("vmlinuz", &vmlinuz), ("initramfs.img", &initramfs)] {
+    for (name, data) in [
+        (manifest.kernel_file.as_str(), &kernel),
+        (INITRAMFS, &initramfs),
+    ] {
         let path = out.join(name);
         write_atomic(&path, data)?;
         files.push((path, data.len() as u64));
+    }
+    // The runtime boots `vmlinux` when there is one: the other kind's kernel goes.
+    for stale in [VMLINUX, VMLINUZ] {
+        if stale != manifest.kernel_file {
+            let path = out.join(stale);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ImageError::Io(path, e))
+                }
+                _ => {}
+            }
+        }
     }
     let manifest_path = out.join(MANIFEST_FILE);
     let json = serde_json::to_vec_pretty(&manifest)
@@ -1292,7 +1342,8 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
             agent_sha256: "ab".into(),
             modules: vec!["fuse".into()],
             module_files: vec![],
-            vmlinuz_bytes: 3,
+            kernel_file: VMLINUZ.into(),
+            kernel_bytes: 3,
             initramfs_bytes: 4,
         }
     }
@@ -1301,7 +1352,7 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
     fn skerry_kernel_dir(dir: &Path, build_key: &str) -> PathBuf {
         let kdir = dir.join(format!("kernel-{build_key}"));
         std::fs::create_dir_all(&kdir).unwrap();
-        std::fs::write(kdir.join("bzImage"), b"bzImage!").unwrap();
+        std::fs::write(kdir.join(VMLINUX), b"\x7fELF vmlinux").unwrap();
         std::fs::write(kdir.join(SKERRY_KERNEL_CONFIG), CONFIG_FRAGMENT).unwrap();
         let info = serde_json::json!({
             "release": "6.1.192-skerry",
@@ -1326,7 +1377,14 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
             kernel: KernelSource::Skerry(Some(skerry_kernel_dir(dir.path(), "k1"))),
             force: false,
         };
+        // Over an image with Debian's kernel: its vmlinuz goes (one kernel per image).
+        std::fs::create_dir_all(&opts.output_dir).unwrap();
+        std::fs::write(opts.output_dir.join(VMLINUZ), b"old bzImage").unwrap();
         let report = build(&opts).unwrap();
+        assert!(
+            !opts.output_dir.join(VMLINUZ).exists(),
+            "stale vmlinuz kept"
+        );
         assert!(!report.up_to_date);
         let m = &report.manifest;
         assert_eq!(m.kernel_origin, KernelOrigin::Skerry);
@@ -1334,9 +1392,10 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
         assert_eq!(m.kernel_package_version, "6.1.192-3");
         assert_eq!(m.kernel_config_sha256, "c0".repeat(32));
         assert!(m.modules.is_empty() && m.module_files.is_empty());
+        assert_eq!(m.kernel_file, VMLINUX);
         assert_eq!(
-            std::fs::read(opts.output_dir.join("vmlinuz")).unwrap(),
-            b"bzImage!"
+            std::fs::read(opts.output_dir.join(VMLINUX)).unwrap(),
+            b"\x7fELF vmlinux"
         );
         let initramfs = std::fs::read(opts.output_dir.join("initramfs.img")).unwrap();
         let entries = parse_newc(&initramfs);
@@ -1354,6 +1413,17 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
             ..opts.clone()
         };
         assert!(!build(&rebuilt).unwrap().up_to_date, "another kernel build");
+        // A bzImage where the vmlinux should be is refused, naming the file.
+        let kdir = skerry_kernel_dir(dir.path(), "k4");
+        std::fs::write(kdir.join(VMLINUX), b"MZ bzImage").unwrap();
+        let compressed = BuildOptions {
+            kernel: KernelSource::Skerry(Some(kdir.clone())),
+            ..opts.clone()
+        };
+        match build(&compressed) {
+            Err(ImageError::NotAnElfKernel(path)) => assert_eq!(path, kdir.join(VMLINUX)),
+            other => panic!("{other:?}"),
+        }
         let missing = BuildOptions {
             kernel: KernelSource::Skerry(Some(dir.path().join("nope"))),
             ..opts.clone()
@@ -1414,7 +1484,7 @@ kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
         let dir = tempfile::tempdir().unwrap();
         let on_disk = manifest();
         let wanted = Manifest {
-            vmlinuz_bytes: 0,
+            kernel_bytes: 0,
             initramfs_bytes: 0,
             ..manifest()
         };

@@ -1,10 +1,10 @@
 //! skerry's own guest kernel: the description `scripts/build-kernel.sh` writes
-//! beside its `bzImage`, the check that the kernel builds in everything the
+//! beside its `vmlinux`, the check that the kernel builds in everything the
 //! guest needs (Debian's kernel loads it as [`GUEST_MODULES`]), and a build, or
 //! a cache lookup, with the script, config fragment and LSM compiled into this
 //! binary, so that an installed `skerry image build` needs no source tree.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,10 +13,10 @@ use serde::Deserialize;
 
 use super::{ImageError, GUEST_MODULES};
 
-/// The file `scripts/build-kernel.sh` writes next to its `bzImage`.
+/// The file `scripts/build-kernel.sh` writes next to its `vmlinux`.
 pub const SKERRY_KERNEL_INFO: &str = "kernel.json";
 
-/// The final `.config` of the build, next to its `bzImage`.
+/// The final `.config` of the build, next to its `vmlinux`.
 pub const SKERRY_KERNEL_CONFIG: &str = "config";
 
 /// scripts/build-kernel.sh, as this binary was built with it.
@@ -44,12 +44,20 @@ pub struct SkerryKernelInfo {
 }
 
 /// Reads `kernel.json` of a skerry kernel build directory, checks that its
-/// `bzImage` is there and that its `config` builds in every guest module.
+/// `vmlinux` is an ELF file (the script checked its PVH note) and that its
+/// `config` builds in every guest module.
 pub fn read_skerry_kernel(dir: &Path) -> Result<SkerryKernelInfo, ImageError> {
     let not_a_build = |e| ImageError::NotASkerryKernel(dir.to_path_buf(), e);
     let info_path = dir.join(SKERRY_KERNEL_INFO);
     let text = std::fs::read(&info_path).map_err(not_a_build)?;
-    std::fs::metadata(dir.join("bzImage")).map_err(not_a_build)?;
+    let vmlinux = dir.join(super::VMLINUX);
+    let mut magic = [0u8; 4];
+    std::fs::File::open(&vmlinux)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(not_a_build)?;
+    if &magic != b"\x7fELF" {
+        return Err(ImageError::NotAnElfKernel(vmlinux));
+    }
     let config = std::fs::read_to_string(dir.join(SKERRY_KERNEL_CONFIG)).map_err(not_a_build)?;
     let info =
         serde_json::from_slice(&text).map_err(|e| ImageError::BadKernelInfo(info_path, e))?;

@@ -11,6 +11,7 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
+use skerry_runtime::image;
 
 #[path = "../../../../tests/support/config.rs"]
 mod config;
@@ -65,7 +66,7 @@ pub fn skip_reason() -> Option<String> {
         return Some(reason);
     }
     let dir = image_dir();
-    if !dir.join("vmlinuz").is_file() || !dir.join("initramfs.img").is_file() {
+    if !image::kernel_path(&dir).is_file() || !image::initrd_path(&dir).is_file() {
         return Some(format!("no guest image in {}", dir.display()));
     }
     None
