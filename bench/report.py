@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes OUT/report.md and its SVG charts (with gnuplot) from the raw samples
-bench/report.sh leaves in OUT: meta.tsv, load.tsv, latency.tsv, pss.tsv,
-images.tsv, tiny_guest.tsv, unavailable.tsv. Every figure is computed from
+bench/report.sh leaves in OUT: meta.tsv, load.tsv, latency.tsv, phases.tsv,
+pss.tsv, images.tsv, tiny_guest.tsv, unavailable.tsv. Every figure is computed from
 those files; nothing else goes in.
 
 Usage: bench/report.py OUT
@@ -122,6 +122,7 @@ def main():
     latency = read_tsv(os.path.join(out, "latency.tsv"))
     pss = read_tsv(os.path.join(out, "pss.tsv"))
     images = read_tsv(os.path.join(out, "images.tsv"))
+    phases = read_tsv(os.path.join(out, "phases.tsv"))
     tiny = read_tsv(os.path.join(out, "tiny_guest.tsv"))
     unavailable = read_tsv(os.path.join(out, "unavailable.tsv"))
 
@@ -196,7 +197,32 @@ def main():
     md.extend(heads)
     w("")
 
+    # Phases of the kernel section's `skerry run`s, per kernel: medians of
+    # each phase's own length (the log gives when each ended).
+    phase = {}
+    for r in phases:
+        a, s_, c = (float(r[k]) for k in ("agent_ready_ms", "sandbox_created_ms",
+                                           "container_created_ms"))
+        p = phase.setdefault(r["config"], {"agent ready": [], "CreateSandbox": [],
+                                           "container creation": [],
+                                           "CreateSandbox → container created": []})
+        p["agent ready"].append(a)
+        p["CreateSandbox"].append(s_ - a)
+        p["container creation"].append(c - s_)
+        p["CreateSandbox → container created"].append(c - a)
+    phase_med = {k: {n: statistics.median(v) for n, v in p.items()} for k, p in phase.items()}
+
     goals = []
+    ks, kd = phase_med.get("skerry kernel"), phase_med.get("Debian kernel")
+    if ks and kd:
+        r = ks["agent ready"] / kd["agent ready"]
+        goals.append(("agent ready after launch, skerry kernel / Debian kernel", "≤ 0.5x",
+                      f"{r:.2f}x ({fmt_ms(ks['agent ready'])} / {fmt_ms(kd['agent ready'])} ms)",
+                      r <= 0.5))
+    if ks:
+        v = ks["CreateSandbox → container created"]
+        goals.append(("CreateSandbox → container created (skerry kernel, as the host sees it)",
+                      "< 150 ms", f"{fmt_ms(v)} ms", v < 150))
     r = ratio("kernel", "skerry run (skerry kernel)", "boot-to-poweroff (skerry kernel)")
     if r is not None:
         goals.append(("`skerry run /bin/true` / raw boot-to-poweroff of the same image",
@@ -257,6 +283,20 @@ def main():
                 w(f"| {a} / {b} | {med[g][a] / med[g][b]:.2f}x | "
                   f"{p90s[g][a] / p90s[g][b]:.2f}x |")
         w("")
+        if g == "kernel" and phase_med:
+            names = list(next(iter(phase_med.values())))
+            w("Phases of those `skerry run`s (medians, ms; the runtime's log gives when each "
+              "ended, counted from the VM's launch): the agent answering after the guest's "
+              "boot, `CreateSandbox`, then creating the container (sharing its rootfs, "
+              "`CreateContainer` and the guest's container set-up up to the init waiting "
+              "for start).\n")
+            w("| kernel | runs | " + " | ".join(names) + " |")
+            w("|---|---|" + "---|" * len(names))
+            for k in ("skerry kernel", "Debian kernel"):
+                if k in phase_med:
+                    w(f"| {k} | {len(phase[k]['agent ready'])} | "
+                      + " | ".join(fmt_ms(phase_med[k][n]) for n in names) + " |")
+            w("")
         if g == "kernel" and images:
             w("| image | kernel | kernel file | initramfs | module files |\n|---|---|---|---|---|")
             for im in images:

@@ -242,10 +242,26 @@ bench_containerd_stop
 # scripts/test.sh builds it (a no-op when up to date).
 if "$skerry" image build --kernel debian --output "$debian_image" --agent "$agent" >"$work/image.log" 2>&1; then
     interleave kernel \
-        "skerry run (skerry kernel)=$skerry --root $work/root-ks --config $work/vm.toml run --bundle $bundle ks{i}" \
-        "skerry run (Debian kernel)=$skerry --root $work/root-kd --config $work/vm-debian.toml run --bundle $bundle kd{i}" \
+        "skerry run (skerry kernel)=$skerry --root $work/root-ks --config $work/vm.toml --log $work/phases.log run --bundle $bundle ks{i}" \
+        "skerry run (Debian kernel)=$skerry --root $work/root-kd --config $work/vm-debian.toml --log $work/phases.log run --bundle $bundle kd{i}" \
         "boot-to-poweroff (skerry kernel)=$boot $image" \
         "boot-to-poweroff (Debian kernel)=$boot $debian_image"
+    # The phases of those runs, from their "container created" log lines
+    # (BootTimings: each phase's end, counted from the VM's launch).
+    python3 - "$work/phases.log" > "$out/phases.tsv" <<'PY'
+import re, sys
+UNIT = {"s": 1e3, "ms": 1.0, "µs": 1e-3, "ns": 1e-6}
+def ms(d):
+    m = re.fullmatch(r"([0-9.]+)(s|ms|µs|ns)", d)
+    return float(m.group(1)) * UNIT[m.group(2)]
+print("config\tround\tagent_ready_ms\tsandbox_created_ms\tcontainer_created_ms")
+for line in open(sys.argv[1], encoding="utf-8"):
+    m = re.search(r'container created sandbox="k([sd])([0-9]+)" timings=BootTimings '
+                  r'\{ agent_ready: (\S+), sandbox_created: (\S+), container_created: (\S+) \}', line)
+    if m:
+        kernel = "skerry kernel" if m.group(1) == "s" else "Debian kernel"
+        print(f"{kernel}\t{m.group(2)}\t" + "\t".join(f"{ms(d):.1f}" for d in m.groups()[2:]))
+PY
     for dir in "$image" "$debian_image"; do
         python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("\t".join(str(m[k]) for k in ("kernel_origin","kernel_version","kernel_file","kernel_bytes","initramfs_bytes")) + "\t" + str(len(m["module_files"])))' "$dir/manifest.json"
     done | { printf 'origin\tversion\tkernel_file\tkernel_bytes\tinitramfs_bytes\tmodule_files\n'; cat; } > "$out/images.tsv"

@@ -32,10 +32,12 @@ const QEMU_GRACE: Duration = Duration::from_secs(2);
 const BACKEND_GRACE: Duration = Duration::from_secs(1);
 /// Longest QMP line accepted.
 const MAX_QMP_LINE: usize = 64 * 1024;
-/// TCG translation cache in MiB. With QEMU 7.2's default a guest boot leaves
-/// ~51 MiB of translated code resident; 40 MiB did not slow the start, 32 MiB
-/// did by ~0.4 s (docs/architecture.md, "Memory of an idle pod").
-const TCG_TB_SIZE_MIB: u32 = 40;
+/// TCG translation cache in MiB: a cap on what QEMU keeps resident, above
+/// what booting skerry's kernel and creating a container translate (~46 MiB).
+/// A full cache is flushed and everything retranslated: at 40 MiB that flush
+/// fell in the container's creation and cost ~110 ms of it
+/// (docs/architecture.md, "Memory of an idle pod").
+const TCG_TB_SIZE_MIB: u32 = 64;
 
 /// QEMU's seccomp sandbox: no obsolete syscalls, no setuid/setgid or
 /// capability changes, no fork/exec, no scheduler/affinity/rlimit changes.
@@ -659,7 +661,7 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(joined.contains("-M microvm,acpi=on"), "{joined}");
-        assert!(joined.contains("-accel tcg,tb-size=40"), "{joined}");
+        assert!(joined.contains("-accel tcg,tb-size=64"), "{joined}");
         assert!(joined.contains("-device virtio-balloon-device,free-page-reporting=on"));
         assert!(joined.contains("-cpu max"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
