@@ -133,7 +133,19 @@ pub async fn configure(nics: &[Nic]) -> Result<(), AgentError> {
     result
 }
 
+/// `lo`'s index: the kernel registers it first in every network namespace (its
+/// `LOOPBACK_IFINDEX`), so it is set up without listing the interfaces.
+const LOOPBACK_IFINDEX: u32 = 1;
+
 async fn configure_with(nl: &Handle, nics: &[Nic]) -> Result<(), AgentError> {
+    nl.link()
+        .set(LinkUnspec::new_with_index(LOOPBACK_IFINDEX).up().build())
+        .execute()
+        .await
+        .map_err(failed("bringing lo up"))?;
+    if nics.is_empty() {
+        return Ok(());
+    }
     let links: Vec<LinkMessage> = nl
         .link()
         .get()
@@ -147,13 +159,6 @@ async fn configure_with(nl: &Handle, nics: &[Nic]) -> Result<(), AgentError> {
             .find(|l| l.attributes.iter().any(want))
             .map(|l| l.header.index)
     };
-    if let Some(lo) = index_of(&|a| matches!(a, LinkAttribute::IfName(n) if n == "lo")) {
-        nl.link()
-            .set(LinkUnspec::new_with_index(lo).up().build())
-            .execute()
-            .await
-            .map_err(failed("bringing lo up"))?;
-    }
     for nic in nics {
         let mac = pb::mac_string(&nic.mac);
         let index = index_of(&|a| matches!(a, LinkAttribute::Address(m) if m[..] == nic.mac[..]))

@@ -39,14 +39,16 @@ both_isolations!(
     run_prints_the_kernel
 );
 
-/// A VM container sees the guest's kernel, a container-mode one the host's.
+/// A VM container sees the guest's kernel, a container-mode one the host's; both see
+/// `lo` up.
 fn run_prints_the_kernel(w: &World) {
     let bundle = w.bundle(
         "b",
         &[
             "sh",
             "-c",
-            "cat /proc/version; echo hello from the container; hostname",
+            "cat /proc/version; echo hello from the container; hostname; \
+             echo lo flags $(cat /sys/class/net/lo/flags)",
         ],
     );
     let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "c1"]);
@@ -74,6 +76,8 @@ fn run_prints_the_kernel(w: &World) {
         text.contains("skerry-test\n"),
         "hostname from the spec: {text}"
     );
+    // The container shares the guest's (or the host's) network namespace, whose lo is up.
+    assert!(text.contains("lo flags 0x9\n"), "lo is up: {text}");
     w.assert_clean("c1");
 }
 
