@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the skerry guest kernel from Debian's linux-source-6.1 with the
-# config fragment guest/kernel/skerry.config (on top of `make allnoconfig`)
-# and skerry's own LSM guest/kernel/skerry_lsm.c (built in as security/skerry),
-# into a cache directory outside the work tree:
+# config fragment guest/kernel/skerry.config (on top of `make allnoconfig`),
+# skerry's own LSM guest/kernel/skerry_lsm.c (built in as security/skerry) and
+# the patches in guest/kernel/patches/ (each says why at its top), into a cache
+# directory outside the work tree:
 #   ${SKERRY_KERNEL_CACHE:-~/.cache/skerry-kernel}/<key>/{bzImage,vmlinux,config,kernel.json}
 # vmlinux is the uncompressed ELF with its PVH entry note, stripped of symbols
 # (QEMU would otherwise keep its symbol table in memory for every VM): the
 # image boots it directly, with nothing to decompress.
-# <key> hashes the source package version, the fragment, the LSM and this script, so
+# <key> hashes the source package version, the fragment, the LSM, the patches and this script, so
 # a build is reused until one of them changes. Prints that directory on stdout
 # (progress goes to stderr). Fails if any option of the fragment did not
 # survive the merge. SKERRY_KERNEL_JOBS (default 2) sets make's -j.
@@ -27,6 +28,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 script=$root/scripts/build-kernel.sh
 fragment=$root/guest/kernel/skerry.config
 lsm=$root/guest/kernel/skerry_lsm.c
+patches=("$root"/guest/kernel/patches/*.patch)
 package=linux-source-6.1
 tarball=/usr/src/$package.tar.xz
 cache=${SKERRY_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/skerry-kernel}
@@ -37,7 +39,7 @@ version=$(dpkg-query -W -f='${Version}' "$package" 2>/dev/null) || {
     exit 1
 }
 [[ -f $tarball ]] || { echo "build-kernel: $tarball is missing" >&2; exit 1; }
-key=$({ echo "$package $version"; cat "$fragment" "$lsm" "$script"; } | sha256sum | cut -c1-16)
+key=$({ echo "$package $version"; cat "$fragment" "$lsm" "${patches[@]}" "$script"; } | sha256sum | cut -c1-16)
 out=$cache/$key
 if [[ -f $out/kernel.json ]]; then
     echo "build-kernel: cached build $out" >&2
@@ -88,6 +90,12 @@ if [[ ! -f $work/.extracted ]]; then
     touch "$work/.extracted"
 fi
 cd "$work"
+# skerry's patches, each applied once (a rerun resumes in the same tree).
+for p in "${patches[@]}"; do
+    if ! patch -p1 -R -s -f --dry-run <"$p" >/dev/null 2>&1; then
+        patch -p1 -s -f <"$p" >&2 || { echo "build-kernel: $p does not apply" >&2; exit 1; }
+    fi
+done
 # skerry's LSM as one more built-in security module (idempotent: a rerun
 # resumes in the same tree).
 mkdir -p security/skerry

@@ -121,7 +121,7 @@ fn skerry_world() -> Option<(World, tempfile::TempDir)> {
 /// A container in a VM on the skerry kernel sees that kernel: its release
 /// (from the build's kernel.json) in /proc/version, an image manifest
 /// naming the source package, the config and no modules, and `skerry check`
-/// names that kernel.
+/// names that kernel. The kernel's patches hold (few vsock receive buffers).
 #[test]
 fn vm_boots_the_skerry_kernel() {
     let Some((w, image_tmp)) = skerry_world() else {
@@ -140,7 +140,14 @@ fn vm_boots_the_skerry_kernel() {
     let release = manifest["kernel_version"].as_str().unwrap().to_string();
     assert!(release.ends_with("-skerry"), "{release}");
 
-    let dir = w.bundle("ver", &["cat", "/proc/version"]);
+    let dir = w.bundle(
+        "ver",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/version; grep '^skbuff_head_cache ' /proc/slabinfo",
+        ],
+    );
     let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "ver"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}\n{}", stderr(&out), w.log());
@@ -148,6 +155,14 @@ fn vm_boots_the_skerry_kernel() {
         text.starts_with(&format!("Linux version {release} ")),
         "{text}"
     );
+    // guest/kernel/patches/vsock-rx-buffers.patch: the vsock driver queues at most 256
+    // receive buffers, one socket buffer each (QEMU's ring has room for 1024).
+    let skbs: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("skbuff_head_cache "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no skbuff_head_cache in /proc/slabinfo:\n{text}"));
+    assert!(skbs <= 400, "{skbs} socket buffers in use: {text}");
     w.assert_clean("ver");
 
     // `skerry check` says which kernel the configured image has.

@@ -1,8 +1,8 @@
 //! skerry's own guest kernel: the description `scripts/build-kernel.sh` writes
 //! beside its `vmlinux`, the check that the kernel builds in everything the
 //! guest needs (Debian's kernel loads it as [`GUEST_MODULES`]), and a build, or
-//! a cache lookup, with the script, config fragment and LSM compiled into this
-//! binary, so that an installed `skerry image build` needs no source tree.
+//! a cache lookup, with the script, config fragment, LSM and patches compiled
+//! into this binary, so that an installed `skerry image build` needs no source tree.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -27,6 +27,13 @@ pub const CONFIG_FRAGMENT: &str = include_str!("../../../../guest/kernel/skerry.
 
 /// guest/kernel/skerry_lsm.c, skerry's LSM, as this binary was built with it.
 const LSM_SOURCE: &str = include_str!("../../../../guest/kernel/skerry_lsm.c");
+
+/// guest/kernel/patches/: each patch's file name and text, as this binary was built
+/// with them (a test checks the list against the directory).
+const PATCHES: &[(&str, &str)] = &[(
+    "vsock-rx-buffers.patch",
+    include_str!("../../../../guest/kernel/patches/vsock-rx-buffers.patch"),
+)];
 
 /// `kernel.json` of a skerry kernel build.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -94,22 +101,21 @@ pub fn build_skerry_kernel() -> Result<PathBuf, ImageError> {
         .tempdir()
         .map_err(|e| ImageError::Io(std::env::temp_dir(), e))?;
     let script = src.path().join("scripts/build-kernel.sh");
+    let kernel_dir = src.path().join("guest/kernel");
+    let patches = PATCHES
+        .iter()
+        .map(|(name, text)| (kernel_dir.join("patches").join(name), *text, 0o644));
     for (path, text, mode) in [
-        (&script, BUILD_SCRIPT, 0o755),
-        (
-            &src.path().join("guest/kernel/skerry.config"),
-            CONFIG_FRAGMENT,
-            0o644,
-        ),
-        (
-            &src.path().join("guest/kernel/skerry_lsm.c"),
-            LSM_SOURCE,
-            0o644,
-        ),
-    ] {
+        (script.clone(), BUILD_SCRIPT, 0o755),
+        (kernel_dir.join("skerry.config"), CONFIG_FRAGMENT, 0o644),
+        (kernel_dir.join("skerry_lsm.c"), LSM_SOURCE, 0o644),
+    ]
+    .into_iter()
+    .chain(patches)
+    {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(path.parent().unwrap_or(src.path()))?;
-            let mut file = std::fs::File::create(path)?;
+            let mut file = std::fs::File::create(&path)?;
             file.write_all(text.as_bytes())?;
             file.set_permissions(std::fs::Permissions::from_mode(mode))
         };
@@ -159,5 +165,28 @@ mod tests {
         );
         let as_module = without_bridge + "CONFIG_BRIDGE=m\n";
         assert_eq!(missing_builtin(&as_module).map(|m| m.name), Some("bridge"));
+    }
+
+    /// The binary carries every patch of guest/kernel/patches/ (so that its build
+    /// hashes to the repository's key) and nothing else.
+    #[test]
+    fn every_kernel_patch_is_compiled_in() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/kernel/patches");
+        let mut on_disk: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&p).unwrap())
+            })
+            .collect();
+        on_disk.sort();
+        let mut compiled: Vec<(String, String)> = PATCHES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        compiled.sort();
+        assert_eq!(compiled, on_disk);
     }
 }
