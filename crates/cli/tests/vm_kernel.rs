@@ -121,7 +121,8 @@ fn skerry_world() -> Option<(World, tempfile::TempDir)> {
 /// A container in a VM on the skerry kernel sees that kernel: its release
 /// (from the build's kernel.json) in /proc/version, an image manifest
 /// naming the source package, the config and no modules, and `skerry check`
-/// names that kernel. The kernel's patches hold (few vsock receive buffers).
+/// names that kernel. The kernel's patches hold (few vsock receive buffers), and a
+/// container with its own network namespace costs no large per-CPU chunk.
 #[test]
 fn vm_boots_the_skerry_kernel() {
     let Some((w, image_tmp)) = skerry_world() else {
@@ -145,9 +146,18 @@ fn vm_boots_the_skerry_kernel() {
         &[
             "sh",
             "-c",
-            "cat /proc/version; grep '^skbuff_head_cache ' /proc/slabinfo",
+            "cat /proc/version; grep '^skbuff_head_cache ' /proc/slabinfo; \
+             grep '^VmallocUsed:' /proc/meminfo",
         ],
     );
+    // Its own network namespace, whose per-CPU data once took a second per-CPU chunk.
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "network"}));
+    fs::write(&path, spec.to_string()).unwrap();
     let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "ver"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}\n{}", stderr(&out), w.log());
@@ -163,6 +173,14 @@ fn vm_boots_the_skerry_kernel() {
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no skbuff_head_cache in /proc/slabinfo:\n{text}"));
     assert!(skbs <= 400, "{skbs} socket buffers in use: {text}");
+    // percpu_alloc=page (hypervisor::VmSpec::kernel_cmdline): per-CPU chunks are small, and
+    // so are their memcg arrays (a 2 MiB-unit chunk came with a 4 MiB one).
+    let vmalloc_kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmallocUsed:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmallocUsed in /proc/meminfo:\n{text}"));
+    assert!(vmalloc_kib < 2048, "VmallocUsed {vmalloc_kib} kB: {text}");
     w.assert_clean("ver");
 
     // `skerry check` says which kernel the configured image has.
