@@ -151,13 +151,12 @@ fn vm_boots_the_skerry_kernel() {
         ],
     );
     // Its own network namespace, whose per-CPU data once took a second per-CPU chunk.
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    spec["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"type": "network"}));
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "network"}));
+    });
     let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "ver"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}\n{}", stderr(&out), w.log());
@@ -167,19 +166,11 @@ fn vm_boots_the_skerry_kernel() {
     );
     // guest/kernel/patches/vsock-rx-buffers.patch: the vsock driver queues at most 256
     // receive buffers, one socket buffer each (QEMU's ring has room for 1024).
-    let skbs: u32 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("skbuff_head_cache "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no skbuff_head_cache in /proc/slabinfo:\n{text}"));
+    let skbs = number_after(&text, "skbuff_head_cache ");
     assert!(skbs <= 400, "{skbs} socket buffers in use: {text}");
     // percpu_alloc=page (hypervisor::VmSpec::kernel_cmdline): per-CPU chunks are small, and
     // so are their memcg arrays (a 2 MiB-unit chunk came with a 4 MiB one).
-    let vmalloc_kib: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmallocUsed:"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no VmallocUsed in /proc/meminfo:\n{text}"));
+    let vmalloc_kib = number_after(&text, "VmallocUsed:");
     assert!(vmalloc_kib < 2048, "VmallocUsed {vmalloc_kib} kB: {text}");
     w.assert_clean("ver");
 
@@ -199,6 +190,15 @@ fn vm_boots_the_skerry_kernel() {
         )),
         "{row}"
     );
+}
+
+/// The number that follows `prefix` at the start of a line of `text` (a row of
+/// /proc/slabinfo or /proc/meminfo).
+fn number_after(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix:?} line with a number in:\n{text}"))
 }
 
 /// Root of the guest with every capability and no seccomp filter still
@@ -229,13 +229,12 @@ fn vm_skerry_kernel_refuses_modules_and_kexec() {
         .output()
         .unwrap();
     assert!(out.status.success(), "gcc: {}", stderr(&out));
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     let caps = serde_json::json!(common::ALL_CAPS);
-    spec["process"]["capabilities"] = serde_json::json!({
-        "bounding": caps, "effective": caps, "permitted": caps,
+    common::edit_spec(&dir, |spec| {
+        spec["process"]["capabilities"] = serde_json::json!({
+            "bounding": caps, "effective": caps, "permitted": caps,
+        });
     });
-    fs::write(&path, spec.to_string()).unwrap();
 
     let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "probe"]);
     let text = stdout(&out);

@@ -263,12 +263,11 @@ impl World {
         fs::remove_file(&path).unwrap();
         let out = self.run(&[&["spec", "--bundle", dir.to_str().unwrap()], spec_args].concat());
         assert!(out.status.success(), "spec: {}", stderr(&out));
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        spec["process"]["terminal"] = false.into();
-        spec["process"]["args"] = args.into();
-        spec["linux"]["cgroupsPath"] = self.cgroup_path(name).into();
-        fs::write(&path, spec.to_string()).unwrap();
+        edit_spec(&dir, |spec| {
+            spec["process"]["terminal"] = false.into();
+            spec["process"]["args"] = args.into();
+            spec["linux"]["cgroupsPath"] = self.cgroup_path(name).into();
+        });
         dir
     }
 
@@ -470,6 +469,14 @@ pub const ALL_CAPS: &[&str] = &[
 ];
 
 /// A minimal OCI spec (the shape `runc spec` writes) running `args`.
+/// Rewrites `bundle`'s config.json with `edit` applied.
+pub fn edit_spec(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut spec);
+    fs::write(&path, spec.to_string()).unwrap();
+}
+
 pub fn spec(args: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
