@@ -18,12 +18,11 @@ fn setup(runtime: &str, annotation: Option<&str>) -> (World, String) {
     fs::write(&w.config, config).unwrap();
     w.plain = true; // bundles get a cgroup path of their own
     let dir = w.bundle("b", &["sh", "-c", "exit 3"]);
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    if let Some(value) = annotation {
-        spec["annotations"] = serde_json::json!({ "io.skerry.isolation": value });
-    }
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        if let Some(value) = annotation {
+            spec["annotations"] = serde_json::json!({ "io.skerry.isolation": value });
+        }
+    });
     (w, dir.to_string_lossy().into_owned())
 }
 

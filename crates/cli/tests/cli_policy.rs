@@ -218,12 +218,11 @@ fn plain_the_hardened_spec_runs_under_the_strictest_floor() {
     let b = dir.to_str().unwrap();
     let out = w.run(&["spec", "--bundle", b]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let path = dir.join("config.json");
-    let mut spec: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = json!(["sh", "-c", "exit 7"]);
-    spec["linux"]["cgroupsPath"] = w.cgroup_path("hardened").into();
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = json!(["sh", "-c", "exit 7"]);
+        spec["linux"]["cgroupsPath"] = w.cgroup_path("hardened").into();
+    });
     let out = w.run(&["run", "--bundle", b, "h"]);
     assert_eq!(out.status.code(), Some(7), "{}\n{}", stderr(&out), w.log());
     assert_nothing_created(&w);

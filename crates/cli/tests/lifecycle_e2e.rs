@@ -357,16 +357,14 @@ both_isolations!(
 /// as the real root of the namespace it was started from.
 fn exec_joins_the_containers_user_namespace(w: &World) {
     let dir = w.bundle("uns", &["sleep", "600"]);
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    spec["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .extend([json!({"type": "user"}), json!({"type": "network"})]);
-    spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    std::fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .extend([json!({"type": "user"}), json!({"type": "network"})]);
+        spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
     w.create(&dir, "uns");
     assert!(w.run(&["start", "uns"]).status.success());
     let script = "tr -s ' ' < /proc/self/uid_map; id -u; tr -s ' ' < /proc/1/uid_map; \
@@ -551,12 +549,11 @@ fn bind_mounts_reach_the_container(w: &World) {
             "cat /data/hello /etc/hostinfo; echo written > /data/out",
         ],
     );
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    let mounts = spec["mounts"].as_array_mut().unwrap();
-    mounts.push(serde_json::json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}));
-    mounts.push(serde_json::json!({"destination": "/etc/hostinfo", "type": "bind", "source": file, "options": ["bind", "ro"]}));
-    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    common::edit_spec(&bundle, |spec| {
+        let mounts = spec["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}));
+        mounts.push(serde_json::json!({"destination": "/etc/hostinfo", "type": "bind", "source": file, "options": ["bind", "ro"]}));
+    });
     let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "bm"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
     assert_eq!(stdout(&out), "from the host\na single file\n");
@@ -579,10 +576,7 @@ fn console_socket_gives_the_container_a_terminal(w: &World) {
     use std::os::unix::net::UnixListener;
 
     let bundle = w.bundle("b", &["sh", "-c", "tty; stty size; echo done; sleep 2"]);
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    spec["process"]["terminal"] = true.into();
-    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    common::edit_spec(&bundle, |spec| spec["process"]["terminal"] = true.into());
     let socket = w.tmp.path().join("console.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     let receiver = std::thread::spawn(move || {
@@ -677,21 +671,20 @@ both_isolations!(
 
 fn hooks_run_on_the_host_with_the_state(w: &World) {
     let bundle = w.bundle("b", &["true"]);
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     let out = w.tmp.path().join("hooks");
     std::fs::create_dir(&out).unwrap();
     let hook = |name: &str| {
         let file = out.join(name);
         serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", file.display())]})
     };
-    spec["hooks"] = serde_json::json!({
-        "prestart": [hook("prestart")],
-        "createRuntime": [hook("createRuntime")],
-        "poststart": [hook("poststart")],
-        "poststop": [hook("poststop")],
+    common::edit_spec(&bundle, |spec| {
+        spec["hooks"] = serde_json::json!({
+            "prestart": [hook("prestart")],
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")],
+        });
     });
-    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
     let run = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "hk"]);
     assert!(run.status.success(), "{}\n{}", stderr(&run), w.log());
     // Container mode passes libcontainer's state, which says "creating"
@@ -713,8 +706,9 @@ fn hooks_run_on_the_host_with_the_state(w: &World) {
     }
 
     // A failing prestart hook fails create, leaving nothing behind.
-    spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 3"]}]});
-    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    common::edit_spec(&bundle, |spec| {
+        spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 3"]}]});
+    });
     let run = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "hk2"]);
     assert!(!run.status.success());
     let err = stderr(&run);
@@ -762,12 +756,11 @@ fn plain_preserved_fds_reach_the_container() {
 /// that it ran.
 fn run_with_mac_labels(w: &World) -> String {
     let bundle = w.bundle("mac", &["true"]);
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    spec["process"]["apparmorProfile"] = "tenant-profile".into();
-    spec["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into();
-    spec["linux"]["mountLabel"] = "system_u:object_r:container_file_t:s0".into();
-    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    common::edit_spec(&bundle, |spec| {
+        spec["process"]["apparmorProfile"] = "tenant-profile".into();
+        spec["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into();
+        spec["linux"]["mountLabel"] = "system_u:object_r:container_file_t:s0".into();
+    });
     let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "mac"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
     w.assert_clean("mac");
@@ -1172,15 +1165,13 @@ fn vm_a_flooding_guest_stays_within_its_host_cgroup() {
                   i=0; while [ $i -lt 300 ]; do sleep 600 & i=$((i+1)); done; \
                   touch /tmp/ready; exec sleep 1000";
     let dir = w.bundle("fl", &["sh", "-c", script]);
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    spec["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"destination": "/vol", "type": "bind",
-                                 "source": volume, "options": ["rbind", "rw"]}));
-    std::fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"destination": "/vol", "type": "bind",
+                                     "source": volume, "options": ["rbind", "rw"]}));
+    });
     w.create(&dir, "fl");
     assert!(w.run(&["start", "fl"]).status.success());
     w.wait_ready(&dir);

@@ -123,10 +123,7 @@ fn bundle(
         &["--runc"],
         &["sh", "-c", script],
     );
-    let path = dir.join("config.json");
-    let mut spec: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    edit(&mut spec, w.tmp.path());
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| edit(spec, w.tmp.path()));
     dir
 }
 
@@ -1415,8 +1412,6 @@ fn hooks() {
         let out = w.tmp.path().join(format!("hooks-{}", rt.name()));
         fs::create_dir(&out).unwrap();
         let dir = bundle(&w, "hooks", rt, unchanged, "true");
-        let path = dir.join("config.json");
-        let mut spec: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         // Each hook saves its stdin, env and args, and which hooks ran before it.
         let hook = |name: &str| {
             let script = format!(
@@ -1427,11 +1422,12 @@ fn hooks() {
             let args = json!(["sh", "-c", script, "arg0", "arg1"]);
             json!([{"path": "/bin/sh", "args": args, "env": [format!("HOOK={name}")]}])
         };
-        spec["hooks"] = HOST_HOOKS
-            .iter()
-            .map(|(h, _)| (h.to_string(), hook(h)))
-            .collect();
-        fs::write(&path, spec.to_string()).unwrap();
+        common::edit_spec(&dir, |spec| {
+            spec["hooks"] = HOST_HOOKS
+                .iter()
+                .map(|(h, _)| (h.to_string(), hook(h)))
+                .collect();
+        });
         let run = rt.run(&w, &["run", "--bundle", dir.to_str().unwrap(), "hooks"]);
         let mut texts = vec![observed(&w, "hooks", rt, &run)];
         for (name, _) in &HOST_HOOKS {

@@ -239,14 +239,13 @@ fn run_in_vm_with_runc_spec(
     edit: fn(&mut serde_json::Value),
 ) -> String {
     let dir = w.spec_bundle(name, &["--runc"], &["sh", "-c", script]);
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    assert!(
-        spec["linux"]["seccomp"].is_null(),
-        "runc's spec has a filter"
-    );
-    edit(&mut spec);
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        assert!(
+            spec["linux"]["seccomp"].is_null(),
+            "runc's spec has a filter"
+        );
+        edit(spec);
+    });
     fs::copy(build_probe(w), dir.join("rootfs/bin/probe")).unwrap();
     let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), name]);
     w.assert_clean(name);

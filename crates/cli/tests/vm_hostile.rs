@@ -20,15 +20,14 @@ fn vm_read_only_volume_and_rootfs_hold_against_guest_root() {
     let script = "mount -o remount,rw,bind /vol; echo guest > /vol/f; echo vol $?; \
                   mount -o remount,rw /; echo guest > /planted; echo root $?";
     let dir = w.bundle("ro", &["sh", "-c", script]);
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    spec["root"]["readonly"] = true.into();
-    spec["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"destination": "/vol", "type": "bind",
-                                 "source": volume, "options": ["rbind", "ro"]}));
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        spec["root"]["readonly"] = true.into();
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"destination": "/vol", "type": "bind",
+                                     "source": volume, "options": ["rbind", "ro"]}));
+    });
     let out = w.run(&["run", "--bundle", dir.to_str().unwrap(), "ro"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}", stderr(&out));
@@ -50,10 +49,9 @@ fn vm_the_agent_is_confined_after_boot() {
     require_vm!();
     let w = World::new();
     let dir = w.bundle("conf", &["sleep", "600"]);
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    spec["process"]["noNewPrivileges"] = false.into();
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| {
+        spec["process"]["noNewPrivileges"] = false.into()
+    });
     w.create(&dir, "conf");
     let console = w.root.join("conf/console.log");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -32,14 +32,12 @@ fn create_in(w: &World, pod: &PodNetns, id: &str) {
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir(rootfs.join("www")).unwrap();
     symlink("busybox", rootfs.join("bin/httpd")).unwrap();
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    spec["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"type": "network", "path": pod.path()}));
-    std::fs::write(&config, spec.to_string()).unwrap();
+    common::edit_spec(&bundle, |spec| {
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "network", "path": pod.path()}));
+    });
     w.create(&bundle, id);
     pod.assert_connected();
 }

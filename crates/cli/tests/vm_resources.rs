@@ -32,10 +32,7 @@ fn bundle_with(
     resources: serde_json::Value,
 ) -> std::path::PathBuf {
     let dir = w.bundle(name, args);
-    let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    spec["linux"]["resources"] = resources;
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&dir, |spec| spec["linux"]["resources"] = resources);
     dir
 }
 
@@ -85,12 +82,11 @@ fn vm_guest_cgroups_hold_every_resource_of_the_spec_and_of_update() {
         &["sh", "-c", "touch /tmp/ready; exec sleep 1000"],
         resources,
     );
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    for set in ["bounding", "effective", "permitted"] {
-        spec["process"]["capabilities"][set] = serde_json::json!(["CAP_SYS_ADMIN"]);
-    }
-    fs::write(&path, spec.to_string()).unwrap();
+    common::edit_spec(&bundle, |spec| {
+        for set in ["bounding", "effective", "permitted"] {
+            spec["process"]["capabilities"][set] = serde_json::json!(["CAP_SYS_ADMIN"]);
+        }
+    });
     w.create(&bundle, "rs");
     assert!(w.run(&["start", "rs"]).status.success());
     w.wait_ready(&bundle);

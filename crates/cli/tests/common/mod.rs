@@ -468,7 +468,6 @@ pub const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// A minimal OCI spec (the shape `runc spec` writes) running `args`.
 /// Rewrites `bundle`'s config.json with `edit` applied.
 pub fn edit_spec(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = bundle.join("config.json");
@@ -477,6 +476,7 @@ pub fn edit_spec(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     fs::write(&path, spec.to_string()).unwrap();
 }
 
+/// A minimal OCI spec (the shape `runc spec` writes) running `args`.
 pub fn spec(args: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
