@@ -384,6 +384,10 @@ impl Sandbox {
             id: id.to_string(),
             source,
         })?;
+        engine::create_cwd(spec, &rootfs).map_err(|source| AgentError::BadSpec {
+            id: id.to_string(),
+            source,
+        })?;
         let cgroup_path = match &self.cgroups {
             Some(_) => PathBuf::from(format!("/{id}")),
             None => PathBuf::from(format!("/skerry-dev-agent/{id}")),

@@ -158,14 +158,16 @@ async fn containers_run_in_a_development_agent() {
         msg,
         "container t1: process.args[0] \"/bin/nope\" not found in rootfs"
     );
+    // A missing cwd on the rootfs is made, as runc makes it; one under another
+    // mount is not, and libcontainer's failed chdir is named as the field.
     let r = code_of(
-        c.create_container(ctx(), &bad("t1", &spec(&["sh"], "/missing")))
+        c.create_container(ctx(), &bad("t1", &spec(&["sh"], "/proc/missing")))
             .await,
     );
     let (code, msg) = r.unwrap();
     assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
     assert!(
-        msg.contains("process.cwd") && msg.contains("/missing"),
+        msg.contains("process.cwd") && msg.contains("/proc/missing"),
         "{msg}"
     );
 

@@ -125,6 +125,37 @@ fn exit_statuses_come_back(w: &World) {
     w.assert_clean("e137");
 }
 
+both_isolations!(
+    vm_a_missing_cwd_is_made_as_runc_makes_it,
+    plain_a_missing_cwd_is_made_as_runc_makes_it,
+    a_missing_cwd_is_made_as_runc_makes_it
+);
+
+/// runc's init creates a missing `process.cwd` (`docker run -w /new`), inside
+/// the rootfs; a symlink in the rootfs cannot make it create a host directory.
+fn a_missing_cwd_is_made_as_runc_makes_it(w: &World) {
+    let bundle = w.bundle("cwd", &["sh", "-c", "pwd; ls -ld . | cut -c1-10"]);
+    common::edit_spec(&bundle, |spec| spec["process"]["cwd"] = "/work/new".into());
+    let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "cwd"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.log());
+    assert_eq!(stdout(&out), "/work/new\ndrwxr-xr-x\n");
+    assert!(bundle.join("rootfs/work/new").is_dir());
+    w.assert_clean("cwd");
+
+    let outside = w.tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let bundle = w.bundle("cwdlink", &["true"]);
+    std::os::unix::fs::symlink(&outside, bundle.join("rootfs/out")).unwrap();
+    common::edit_spec(&bundle, |spec| {
+        spec["process"]["cwd"] = "/out/planted".into()
+    });
+    let out = w.run(&["run", "--bundle", bundle.to_str().unwrap(), "cwdlink"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("process.cwd"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    w.assert_clean("cwdlink");
+}
+
 fn status_of(w: &World, id: &str) -> serde_json::Value {
     let out = w.run(&["state", id]);
     assert!(out.status.success(), "state: {}", stderr(&out));

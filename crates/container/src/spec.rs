@@ -240,6 +240,24 @@ fn check_executable(root: &Path, inner: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `path` with `.` and `..` resolved lexically; None for a relative path.
+pub fn lexical(path: &Path) -> Option<PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(out)
+}
+
 /// Why a path could not be resolved inside a root.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {

@@ -251,24 +251,6 @@ fn has_option(m: &Mount, names: &[&str]) -> bool {
         .any(|o| names.contains(&o.as_str()))
 }
 
-/// `path` with `.` and `..` resolved lexically; None for a relative path.
-fn lexical(path: &Path) -> Option<PathBuf> {
-    if !path.is_absolute() {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Some(out)
-}
-
 fn check_privileged(spec: &Spec, isolation: Isolation) -> Result<(), PolicyError> {
     let privileged = |field: String, detail: String| PolicyError::Privileged { field, detail };
     let Some(caps) = capabilities(spec) else {
@@ -294,7 +276,7 @@ fn check_privileged(spec: &Spec, isolation: Isolation) -> Result<(), PolicyError
             let Some(source) = m.source().as_deref() else {
                 continue;
             };
-            let Some(host) = lexical(source) else {
+            let Some(host) = skerry_container::spec::lexical(source) else {
                 continue;
             };
             let kernel_fs = host.starts_with("/proc") || host.starts_with("/sys");

@@ -3,9 +3,11 @@
 //! What libcontainer 0.7 needs around it is here: the spec changes it needs
 //! ([`libcontainer_spec`]), an exec confined as the container's init
 //! ([`exec`]), the reaping of a failed build's set-up processes
-//! ([`build`]), and the executor that gives the container's program default
-//! signal dispositions ([`InitExecutor`]).
+//! ([`build`]), the executor that gives the container's program default
+//! signal dispositions ([`InitExecutor`]), and a missing working directory
+//! made as runc makes it ([`create_cwd`]).
 
+mod cwd;
 pub mod exec;
 mod setup;
 
@@ -15,6 +17,7 @@ use libcontainer::workload::{
 use nix::sys::signal::{signal, SigHandler, Signal};
 use oci_spec::runtime::Spec;
 
+pub use cwd::create_cwd;
 pub use setup::build;
 
 /// Gives SIGPIPE back its default action in the calling process. The Rust

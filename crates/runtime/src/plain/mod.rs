@@ -96,6 +96,15 @@ pub enum PlainError {
         #[source]
         source: std::io::Error,
     },
+    /// `process.cwd` could not be made inside the rootfs.
+    #[error("container {id:?}")]
+    Cwd {
+        /// Container.
+        id: String,
+        /// What stood in the way.
+        #[source]
+        source: skerry_container::SpecError,
+    },
     /// The container's limits cannot be applied to an exec'd process.
     #[error("container {id:?}: exec")]
     Exec {
@@ -316,6 +325,10 @@ fn create_in(
     fs::create_dir(&root).map_err(|source| PlainError::Io {
         id: id.into(),
         path: root.clone(),
+        source,
+    })?;
+    engine::create_cwd(&bundle.spec, &bundle.rootfs).map_err(|source| PlainError::Cwd {
+        id: id.into(),
         source,
     })?;
     let init = builder(
