@@ -470,6 +470,10 @@ async fn wire_proxy(host: UnixStream, agent: PathBuf, fault: WireFault, log: Arc
 struct Harness {
     _tmp: tempfile::TempDir,
     store: StateStore,
+    /// The containers started, whose VM run dirs (under the real
+    /// `VM_RUN_BASE` when the tests run as root) go with the harness: the
+    /// tests end without the `delete` that removes them.
+    started: StdMutex<Vec<String>>,
     bundle: PathBuf,
     launcher: FakeLauncher,
     mounts: RecordingMounts,
@@ -549,7 +553,17 @@ async fn harness_with_wire(args: &[&str], fault: Option<WireFault>) -> Harness {
         },
         mounts: RecordingMounts::default(),
         wire,
+        started: StdMutex::default(),
         _tmp: tmp,
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        for id in started.iter() {
+            let _ = std::fs::remove_dir_all(SandboxPaths::new(&self.store, id).run_dir);
+        }
     }
 }
 
@@ -566,6 +580,7 @@ async fn start_monitor(h: &Harness, id: &str) -> Running {
 
 async fn start_monitor_with(h: &Harness, id: &str, policy: PolicyConfig) -> Running {
     h.store.create_dir(id).unwrap();
+    h.started.lock().unwrap().push(id.to_string());
     let (mut ready_r, ready_w) = std::io::pipe().unwrap();
     let (stdin, monitor_stdin) = tokio::io::duplex(1 << 16);
     let (monitor_stdout, stdout) = tokio::io::duplex(1 << 16);
@@ -855,7 +870,7 @@ async fn create_fails_through(fault: WireFault, within: Duration, cause: &str) -
     );
     assert_eq!(r.monitor.await.unwrap(), 1);
     assert!(!h.store.dir(&id).exists(), "state dir left behind");
-    let log = h.wire.unwrap();
+    let log = h.wire.clone().unwrap();
     let mut closed = log.closed.subscribe();
     tokio::time::timeout(Duration::from_secs(5), closed.wait_for(|c| *c))
         .await

@@ -382,6 +382,13 @@ impl World {
             !self.root.join(id).exists(),
             "state dir of {id} left behind"
         );
+        let store = skerry_runtime::state::StateStore::new(&self.root);
+        let run_dir = skerry_runtime::sandbox::SandboxPaths::new(&store, id).run_dir;
+        assert!(
+            !run_dir.exists(),
+            "VM run dir {} left behind",
+            run_dir.display()
+        );
     }
 
     /// Waits until the container has created /tmp/ready in its rootfs
