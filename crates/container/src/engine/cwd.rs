@@ -41,9 +41,14 @@ pub fn create_cwd(spec: &Spec, rootfs: &Path) -> Result<(), SpecError> {
         reason: format!("{what} {cwd:?} in the rootfs: {e}"),
     };
     let root = Root::open(rootfs).map_err(|e| failed("opening the root for", &e))?;
-    let Some(first_missing) = prefixes.iter().position(|p| root.resolve(p).is_err()) else {
+    // One lookup when it exists (every create with a cwd other than `/`).
+    if root.resolve(cwd).is_ok() {
         return Ok(());
-    };
+    }
+    let first_missing = prefixes
+        .iter()
+        .position(|p| root.resolve(p).is_err())
+        .unwrap_or(prefixes.len() - 1);
     root.mkdir_all(cwd, &Permissions::from_mode(CWD_MODE))
         .map_err(|e| failed("creating", &e))?;
     if let Some((uid, gid)) = container_root(spec) {
